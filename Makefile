@@ -1,0 +1,59 @@
+# Every target bootstraps its own virtualenv, so a fresh clone needs only Python 3.11 and make.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: help venv test lint typecheck unit integration e2e demo up status schemas bench clean
+
+help:
+	@echo "make demo   - start the embedded stack (NATS, four services) and show it healthy"
+	@echo "make test   - lint, type check and the whole test suite"
+	@echo "make schemas - regenerate schemas/json and schemas/asyncapi.json from the models"
+	@echo "make bench  - benchmarks (ratios against a baseline measured in the same run)"
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	@touch $(STAMP)
+
+venv: $(STAMP)
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+test: lint typecheck
+	$(BIN)/python tests/setup_machine.py
+	$(BIN)/pytest
+
+unit: $(STAMP)
+	$(BIN)/pytest -m unit
+
+integration: $(STAMP)
+	$(BIN)/pytest -m integration
+
+e2e: $(STAMP)
+	$(BIN)/pytest -m e2e
+
+demo: $(STAMP)
+	$(BIN)/tidemark demo
+
+up: $(STAMP)
+	$(BIN)/tidemark up
+
+status: $(STAMP)
+	$(BIN)/tidemark status
+
+schemas: $(STAMP)
+	$(BIN)/python -m schemas.export
+
+bench: $(STAMP)
+	$(BIN)/python -m bench
+
+clean:
+	rm -rf $(VENV) .state .pytest_cache .mypy_cache .ruff_cache
