@@ -28,7 +28,6 @@ typecheck: $(STAMP)
 	$(BIN)/mypy
 
 test: lint typecheck
-	$(BIN)/python tests/setup_machine.py
 	$(BIN)/pytest
 
 unit: $(STAMP)

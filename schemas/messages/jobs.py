@@ -1,0 +1,91 @@
+"""Jobs: one engine operation on one node, reported as accepted → progress… → succeeded|failed."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Annotated, ClassVar, Literal
+
+from pydantic import Field, StringConstraints
+
+from schemas._base import NodeName, ObjectKey, StrictModel, UtcDateTime
+from schemas.envelope import Event
+from schemas.messages.common import BackupId, Failure, Operation, Percent, ProgressUnit
+from schemas.positions import Lineage, Position
+
+Phase = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z_]{0,39}$")]
+
+
+class BackupResult(StrictModel):
+    kind: Literal["backup"] = "backup"
+    backup_id: BackupId
+    manifest_key: ObjectKey
+    size_bytes: int = Field(ge=0)
+    consistent_at: Position
+
+
+class RestoreResult(StrictModel):
+    kind: Literal["restore"] = "restore"
+    reached: Position
+    reached_time: UtcDateTime | None = None
+    lineage: Lineage
+
+
+class VerifyResult(StrictModel):
+    kind: Literal["verify"] = "verify"
+    backup_id: BackupId
+    ok: bool
+    checks: list[Annotated[str, StringConstraints(max_length=200)]] = Field(default_factory=list)
+
+
+JobResult = Annotated[BackupResult | RestoreResult | VerifyResult, Field(discriminator="kind")]
+
+
+class JobAccepted(Event):
+    TYPE: ClassVar[str] = "job.accepted"
+    SUBJECT: ClassVar[str] = "tm.evt.job.accepted.{database}"
+    SUMMARY: ClassVar[str] = "An executor took a command and journaled it."
+
+    job_id: uuid.UUID
+    command_id: uuid.UUID
+    operation: Operation
+    node: NodeName
+
+
+class JobProgress(Event):
+    TYPE: ClassVar[str] = "job.progress"
+    SUBJECT: ClassVar[str] = "tm.evt.job.progress.{database}"
+    SUMMARY: ClassVar[str] = "A running job's phase and how far it has got."
+
+    job_id: uuid.UUID
+    operation: Operation
+    phase: Phase
+    done: int | None = Field(default=None, ge=0)
+    total: int | None = Field(default=None, ge=0)
+    unit: ProgressUnit | None = None
+    percent: Percent | None = None
+    message: Annotated[str, StringConstraints(max_length=500)] = ""
+
+
+class JobSucceeded(Event):
+    TYPE: ClassVar[str] = "job.succeeded"
+    SUBJECT: ClassVar[str] = "tm.evt.job.succeeded.{database}"
+    SUMMARY: ClassVar[str] = "A job finished; its typed result is attached."
+
+    job_id: uuid.UUID
+    operation: Operation
+    result: JobResult
+    started_at: UtcDateTime
+    finished_at: UtcDateTime
+
+
+class JobFailed(Event):
+    TYPE: ClassVar[str] = "job.failed"
+    SUBJECT: ClassVar[str] = "tm.evt.job.failed.{database}"
+    SUMMARY: ClassVar[str] = "A job failed, was cancelled, or was interrupted by a restart."
+
+    job_id: uuid.UUID
+    operation: Operation
+    failure: Failure
+    interrupted: bool = Field(
+        default=False, description="the executor restarted mid-job; nothing is assumed done"
+    )

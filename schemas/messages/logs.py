@@ -1,0 +1,75 @@
+"""Archived logs: an Oracle archived redo log or a PostgreSQL WAL segment, stored and indexed."""
+
+from __future__ import annotations
+
+from typing import Annotated, ClassVar, Literal
+
+from pydantic import Field, StringConstraints, model_validator
+
+from schemas._base import Crc32c, NodeName, ObjectKey, UtcDateTime
+from schemas.envelope import Event
+from schemas.messages.common import Compression
+from schemas.positions import Lineage, Position, check_on_lineage
+
+WalFileName = Annotated[
+    str, StringConstraints(pattern=r"^[0-9A-F]{24}(\.partial)?$|^[0-9A-F]{8}\.history$")
+]
+
+
+class LogArchived(Event):
+    """A completed log is in the object store, verified (crc32c) against what the store holds.
+
+    Covers `[first, next)` on its thread within its lineage. For PostgreSQL the thread is 1 and
+    the sequence is the segment number; a timeline history file has no positions.
+    """
+
+    TYPE: ClassVar[str] = "log.archived"
+    SUBJECT: ClassVar[str] = "tm.evt.log.archived.{database}"
+    SUMMARY: ClassVar[str] = "A completed log is stored and verified in the object store."
+
+    lineage: Lineage
+    kind: Literal["redo", "wal", "history"]
+    thread: int = Field(ge=1, le=65535)
+    sequence: int = Field(ge=0, lt=1 << 63)
+    first: Position | None = None
+    next: Position | None = None
+    first_time: UtcDateTime | None = None
+    next_time: UtcDateTime | None = None
+    size_bytes: int = Field(ge=0)
+    crc32c: Crc32c
+    compression: Compression = Compression.NONE
+    object_key: ObjectKey
+    file_name: WalFileName | None = Field(
+        default=None, description="PostgreSQL WAL or history file name"
+    )
+    node: NodeName
+    archived_at: UtcDateTime = Field(description="when the engine completed the log")
+    stored_at: UtcDateTime = Field(description="when the object store confirmed it")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> LogArchived:
+        check_on_lineage(self.lineage, self.first, self.next)
+        if self.kind != "history":
+            if self.first is None or self.next is None:
+                raise ValueError(f"a {self.kind} log needs first and next positions")
+            if self.next < self.first:
+                raise ValueError("next must not precede first: a log covers [first, next)")
+        if self.kind == "redo" and self.lineage.kind != "incarnation":
+            raise ValueError("redo logs belong to an Oracle incarnation")
+        if self.kind in ("wal", "history") and self.lineage.kind != "timeline":
+            raise ValueError("WAL and history files belong to a PostgreSQL timeline")
+        return self
+
+
+class LogIndexed(Event):
+    """The catalog holds the log; the archiver may release its local spool copy."""
+
+    TYPE: ClassVar[str] = "log.indexed"
+    SUBJECT: ClassVar[str] = "tm.evt.log.indexed.{database}"
+    SUMMARY: ClassVar[str] = "The catalog indexed a stored log; its spool copy may be released."
+
+    lineage: Lineage
+    thread: int = Field(ge=1, le=65535)
+    sequence: int = Field(ge=0, lt=1 << 63)
+    object_key: ObjectKey
+    crc32c: Crc32c

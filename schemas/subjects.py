@@ -1,0 +1,143 @@
+"""Subjects, streams and the registry of message types: where every message goes.
+
+    tm.cmd.<service>.<node|any>.<action>   commands   stream TM_CMD (work queue)
+    tm.evt.<domain>.<event>.<database>     events     stream TM_EVT (limits, replayable)
+    tm.dlq.<original subject>              dead letters  stream TM_DLQ
+
+A node name becomes one subject token with `node_token` (dots → `_`). Events end with the
+database uid so a consumer can follow one database (`tm.evt.*.*.orders-db`).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import ValidationError
+
+from schemas._base import node_token
+from schemas.envelope import Envelope, Payload
+from schemas.messages import (
+    BackupCompleted,
+    BackupFailed,
+    BackupRequested,
+    JobAccepted,
+    JobFailed,
+    JobProgress,
+    JobSucceeded,
+    LogArchived,
+    LogIndexed,
+    RequestBackup,
+    RequestRestore,
+    RestoreCompleted,
+    RestoreFailed,
+    RestoreProgress,
+    RestoreRequested,
+    RunBackup,
+    RunRestore,
+)
+from schemas.records import DLQ_SUBJECT_PREFIX
+
+COMMAND_PREFIX = "tm.cmd"
+EVENT_PREFIX = "tm.evt"
+
+
+@dataclass(frozen=True)
+class StreamSpec:
+    """A JetStream stream of the contract. Retention is part of the contract: commands are a
+    work queue (each taken once), events and dead letters are kept for replay."""
+
+    name: str
+    subjects: tuple[str, ...]
+    retention: str  # "workqueue" | "limits"
+    description: str
+
+
+STREAMS: tuple[StreamSpec, ...] = (
+    StreamSpec("TM_CMD", (f"{COMMAND_PREFIX}.>",), "workqueue", "Commands, each taken once."),
+    StreamSpec("TM_EVT", (f"{EVENT_PREFIX}.>",), "limits", "Facts, replayable by any consumer."),
+    StreamSpec("TM_DLQ", (f"{DLQ_SUBJECT_PREFIX}.>",), "limits", "Messages given up on, with why."),
+)
+
+COMMANDS: tuple[type[Payload], ...] = (RequestBackup, RunBackup, RequestRestore, RunRestore)
+EVENTS: tuple[type[Payload], ...] = (
+    BackupRequested,
+    BackupCompleted,
+    BackupFailed,
+    LogArchived,
+    LogIndexed,
+    RestoreRequested,
+    RestoreProgress,
+    RestoreCompleted,
+    RestoreFailed,
+    JobAccepted,
+    JobProgress,
+    JobSucceeded,
+    JobFailed,
+)
+MESSAGE_TYPES: dict[str, type[Payload]] = {m.TYPE: m for m in (*COMMANDS, *EVENTS)}
+
+
+class ContractError(ValueError):
+    """A message that does not satisfy the contract. `reason` says exactly what is wrong."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def subject_for(envelope: Envelope[Any], *, node: str | None = None) -> str:
+    """The subject a message is published on. Commands to a node need `node`; `any` otherwise."""
+    template = type(envelope.data).SUBJECT
+    values: dict[str, str] = {}
+    if "{node}" in template:
+        values["node"] = node_token(node) if node else "any"
+    if "{database}" in template:
+        if envelope.database is None:
+            raise ContractError(f"{envelope.type} must name its database")
+        values["database"] = envelope.database.uid
+    return template.format(**values)
+
+
+def subject_pattern(model: type[Payload]) -> re.Pattern[str]:
+    """A regex matching every concrete subject of a message type."""
+    escaped = re.escape(model.SUBJECT).replace(r"\{node\}", "[^.]+").replace(
+        r"\{database\}", "[^.]+"
+    )
+    return re.compile(f"^{escaped}$")
+
+
+def wildcard(model: type[Payload]) -> str:
+    """The NATS wildcard subject for a message type (placeholders become `*`)."""
+    return model.SUBJECT.replace("{node}", "*").replace("{database}", "*")
+
+
+def _explain(error: ValidationError) -> str:
+    parts = []
+    for item in error.errors()[:5]:
+        where = ".".join(str(p) for p in item["loc"]) or "message"
+        parts.append(f"{where}: {item['msg']}")
+    more = error.error_count() - len(parts)
+    return "; ".join(parts) + (f" (and {more} more)" if more > 0 else "")
+
+
+def decode(raw: bytes, *, subject: str | None = None) -> Envelope[Any]:
+    """Parse and validate one message; raise `ContractError` saying what is wrong."""
+    try:
+        document = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ContractError(f"payload is not JSON: {exc}") from None
+    if not isinstance(document, dict):
+        raise ContractError("payload must be a JSON object (a Tidemark envelope)")
+    kind = document.get("type")
+    model = MESSAGE_TYPES.get(kind) if isinstance(kind, str) else None
+    if model is None:
+        raise ContractError(f"unknown message type {kind!r}")
+    if subject is not None and not subject_pattern(model).match(subject):
+        raise ContractError(f"{kind} does not belong on subject {subject!r} ({model.SUBJECT})")
+    try:
+        return Envelope[model].model_validate(document)  # type: ignore[valid-type]
+    except ValidationError as exc:
+        raise ContractError(f"{kind} is invalid: {_explain(exc)}") from None
