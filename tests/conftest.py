@@ -2,6 +2,7 @@
 emulator, PostgreSQL clusters made with initdb. Nothing here touches the machine's own services."""
 
 pytest_plugins = [
+    "tests.fixtures.telemetry",
     "tests.fixtures.nats",
     "tests.fixtures.gcs",
     "tests.fixtures.postgres",

@@ -1,0 +1,1 @@
+"""Tidemark services (planner, executor, archiver, catalog) and the runtime they share."""

@@ -1,0 +1,43 @@
+"""The bus: NATS JetStream through nats-py, with no framework on top.
+
+- `connect` — a client that reconnects;
+- `ensure_topology` — streams (TM_CMD work queue, TM_EVT, TM_DLQ, TM_ADV) and KV buckets;
+- `Publisher` — `Nats-Msg-Id` + `traceparent` on every message, retried safely;
+- `Consumer` — the pull loop whose ack policy is written in `services/bus/consumer.py`;
+- errors: `HandlerError` → `RetryableError` | `TerminalError` (see `services/bus/errors.py`).
+"""
+
+from services.bus.connection import connect
+from services.bus.consumer import Consumer, Delivery, Handler, backoff_delay
+from services.bus.deadletter import dead_letter
+from services.bus.errors import BusError, HandlerError, RetryableError, TerminalError
+from services.bus.publisher import MSG_ID_HEADER, Publisher
+from services.bus.topology import (
+    ADVISORY_STREAM,
+    BUCKETS,
+    HEALTH_BUCKET,
+    NODES_BUCKET,
+    PLANS_BUCKET,
+    ensure_topology,
+)
+
+__all__ = [
+    "ADVISORY_STREAM",
+    "BUCKETS",
+    "HEALTH_BUCKET",
+    "MSG_ID_HEADER",
+    "NODES_BUCKET",
+    "PLANS_BUCKET",
+    "BusError",
+    "Consumer",
+    "Delivery",
+    "Handler",
+    "HandlerError",
+    "Publisher",
+    "RetryableError",
+    "TerminalError",
+    "backoff_delay",
+    "connect",
+    "dead_letter",
+    "ensure_topology",
+]

@@ -1,0 +1,16 @@
+"""Settings from `TIDEMARK_*` environment variables and an optional TOML file.
+
+Precedence, highest first: explicit arguments, environment (`TIDEMARK_NATS__URL` sets
+`nats.url`), the file named by `TIDEMARK_CONFIG` (or `--config`), then defaults. Secrets are
+never values here: settings hold *references* (a file path or an environment variable name).
+"""
+
+from services.settings.model import (
+    BusSettings,
+    NatsSettings,
+    Settings,
+    TelemetrySettings,
+    load_settings,
+)
+
+__all__ = ["BusSettings", "NatsSettings", "Settings", "TelemetrySettings", "load_settings"]

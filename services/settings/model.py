@@ -1,0 +1,107 @@
+"""The settings model. Every field has a default that works on the embedded stack."""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class NatsSettings(_Section):
+    url: str = Field(default="nats://127.0.0.1:4222", description="comma-separated server URLs")
+    name: str | None = None
+    credentials_file: Path | None = Field(default=None, description="a .creds file (reference)")
+    user: str | None = None
+    password_file: Path | None = Field(default=None, description="file holding the password")
+    tls_ca: Path | None = None
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    connect_timeout_s: float = 5.0
+    max_reconnect_attempts: int = Field(default=-1, description="-1: reconnect forever")
+    reconnect_wait_s: float = 1.0
+
+    def servers(self) -> list[str]:
+        return [u.strip() for u in self.url.split(",") if u.strip()]
+
+
+class BusSettings(_Section):
+    replicas: int = Field(default=1, ge=1, le=5, description="stream replicas (3 in a cluster)")
+    duplicate_window_s: float = Field(default=120.0, gt=0)
+    event_max_age_days: float = Field(default=30.0, gt=0)
+    dlq_max_age_days: float = Field(default=90.0, gt=0)
+    ack_wait_s: float = Field(default=30.0, gt=0)
+    max_deliver: int = Field(default=8, ge=1)
+    backoff_base_s: float = Field(default=0.5, gt=0)
+    backoff_max_s: float = Field(default=60.0, gt=0)
+    heartbeat_s: float | None = Field(
+        default=None, description="in_progress() interval; default ack_wait/3"
+    )
+    fetch_batch: int = Field(default=1, ge=1, le=256)
+    drain_timeout_s: float = Field(default=30.0, gt=0)
+
+
+class TelemetrySettings(_Section):
+    otlp_endpoint: str | None = Field(
+        default=None, description="OTLP/HTTP endpoint, e.g. http://collector:4318; off when unset"
+    )
+    service_namespace: str = "tidemark"
+    log_format: Literal["json", "text"] = "json"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    metrics_interval_s: float = Field(default=15.0, gt=0)
+
+
+class Settings(BaseSettings):
+    """All of Tidemark's settings. Sections nest: `TIDEMARK_BUS__MAX_DELIVER=5`."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="TIDEMARK_",
+        env_nested_delimiter="__",
+        extra="forbid",
+    )
+
+    node: str = Field(default_factory=socket.gethostname, description="this node's name")
+    state_dir: Path = Field(default=Path(".state"), description="local durable state")
+    nats: NatsSettings = Field(default_factory=NatsSettings)
+    bus: BusSettings = Field(default_factory=BusSettings)
+    telemetry: TelemetrySettings = Field(default_factory=TelemetrySettings)
+    health_interval_s: float = Field(default=5.0, gt=0)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        config = os.environ.get("TIDEMARK_CONFIG")
+        if config:
+            path = Path(config)
+            if not path.is_file():
+                raise FileNotFoundError(f"TIDEMARK_CONFIG names {path}, which does not exist")
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=path))
+        return tuple(sources)
+
+
+def load_settings(config: Path | None = None, **overrides: Any) -> Settings:
+    """Load settings; `config` (a TOML file) takes the place of `TIDEMARK_CONFIG`."""
+    if config is not None:
+        if not config.is_file():
+            raise FileNotFoundError(f"config file {config} does not exist")
+        os.environ["TIDEMARK_CONFIG"] = str(config)
+    return Settings(**overrides)
