@@ -1,0 +1,1 @@
+"""Database engine drivers (postgres, oracle) behind the engine Protocol."""

@@ -1,0 +1,1 @@
+"""PostgreSQL engine: real clusters, driven through their own tools."""
