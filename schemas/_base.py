@@ -25,7 +25,9 @@ class StrictModel(BaseModel):
 def _require_utc(value: datetime) -> datetime:
     # A naive datetime is ambiguous across nodes in different zones; refuse rather than guess.
     if value.tzinfo is None or value.utcoffset() is None:
-        raise ValueError("timestamp must carry a timezone (UTC expected), e.g. 2026-01-31T12:00:00Z")
+        raise ValueError(
+            "timestamp must carry a timezone (UTC expected), e.g. 2026-01-31T12:00:00Z"
+        )
     return value.astimezone(UTC)
 
 
@@ -62,6 +64,7 @@ ServiceSource = Annotated[
 """Who produced a message: `service` or `service@node`, e.g. `executor@db-node-1`."""
 
 MessageType = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+$")]
+
 
 def _check_key_segments(value: str) -> str:
     # A key with an empty, `.` or `..` segment could escape its prefix on the filesystem driver.

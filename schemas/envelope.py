@@ -8,7 +8,7 @@ name the payload model exactly; a consumer refuses (dead-letters) a version it d
 from __future__ import annotations
 
 import uuid
-from typing import Any, ClassVar, Generic, Literal, TypeVar
+from typing import Any, ClassVar, Generic, Literal, TypeVar, cast
 
 from pydantic import Field, model_validator
 
@@ -94,7 +94,9 @@ def envelope(
     mid = message_id or uuid7()
     if correlation_id is None:
         correlation_id = causation.correlation_id if causation is not None else mid
-    return Envelope[type(data)](  # type: ignore[misc]
+    # Parametrise with the payload's own class so serialisation sees all of its fields.
+    model = cast("type[Envelope[P]]", Envelope[type(data)])  # type: ignore[misc]
+    return model(
         id=mid,
         type=data.TYPE,
         schema_version=data.SCHEMA_VERSION,

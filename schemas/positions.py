@@ -15,12 +15,12 @@ from pydantic import BeforeValidator, Field, PlainSerializer, WithJsonSchema
 from schemas._base import StrictModel
 
 _U64 = 1 << 64
-_LSN_RE = re.compile(r"^([0-9A-Fa-f]{1,8})/([0-9A-Fa-f]{1,8})$")
+_LSN_RE = re.compile(r"([0-9A-Fa-f]{1,8})/([0-9A-Fa-f]{1,8})")
 
 
 def parse_lsn(text: str) -> int:
     """`16/B374D848` → integer byte position."""
-    match = _LSN_RE.match(text)
+    match = _LSN_RE.fullmatch(text)
     if match is None:
         raise ValueError(f"not a PostgreSQL LSN (expected like 16/B374D848): {text!r}")
     return (int(match.group(1), 16) << 32) | int(match.group(2), 16)
@@ -136,6 +136,5 @@ def check_on_lineage(lineage: Incarnation | Timeline, *positions: Scn | Lsn | No
     expected = "scn" if isinstance(lineage, Incarnation) else "lsn"
     for position in positions:
         if position is not None and position.kind != expected:
-            raise ValueError(
-                f"a {lineage.kind} carries {expected.upper()} positions, not {position.kind.upper()}"
-            )
+            found = position.kind.upper()
+            raise ValueError(f"a {lineage.kind} carries {expected.upper()} positions, not {found}")

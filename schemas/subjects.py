@@ -90,7 +90,7 @@ class ContractError(ValueError):
 
 def subject_for(envelope: Envelope[Any], *, node: str | None = None) -> str:
     """The subject a message is published on. Commands to a node need `node`; `any` otherwise."""
-    template = type(envelope.data).SUBJECT
+    template: str = type(envelope.data).SUBJECT
     values: dict[str, str] = {}
     if "{node}" in template:
         values["node"] = node_token(node) if node else "any"
@@ -103,8 +103,8 @@ def subject_for(envelope: Envelope[Any], *, node: str | None = None) -> str:
 
 def subject_pattern(model: type[Payload]) -> re.Pattern[str]:
     """A regex matching every concrete subject of a message type."""
-    escaped = re.escape(model.SUBJECT).replace(r"\{node\}", "[^.]+").replace(
-        r"\{database\}", "[^.]+"
+    escaped = (
+        re.escape(model.SUBJECT).replace(r"\{node\}", "[^.]+").replace(r"\{database\}", "[^.]+")
     )
     return re.compile(f"^{escaped}$")
 
