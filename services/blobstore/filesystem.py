@@ -1,0 +1,298 @@
+"""`FilesystemStore`: the embedded default, one directory tree on local disk.
+
+Layout: the object for key `a/b/c` is the file `<root>/a/b/c`; beside it live names no key can take
+(keys never have a segment starting with `.`): `.c.meta.json` (its metadata sidecar), `.tmp-*`
+(writes in progress) and `.lock` (one per directory).
+
+A write, in the order that keeps every visible object complete and described:
+1. stream the bytes into `.tmp-<random>` in the object's directory, hashing as they pass; fsync;
+2. under the directory's `flock`: if the key exists, settle (same crc32c → success, else
+   `ObjectConflict`); otherwise write the sidecar (temp + rename) and fsync the directory, so the
+   metadata is durable before the object can be seen; then `os.link(tmp, final)` — atomic, and it
+   refuses to replace anything — and fsync the directory again;
+3. unlink the temp name.
+A crash leaves at worst a `.tmp-*` file or an orphan sidecar, never an object without metadata.
+The lock is an `flock`, so it also excludes other processes sharing the root (archiver and
+executor in `tidemark up`); it covers only the short publish step, not the data copy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import json
+import os
+import secrets
+import stat
+import time
+from collections.abc import AsyncIterator, Iterator, Mapping
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from itertools import islice
+from pathlib import Path
+from typing import IO, Any
+
+from services.blobstore._checksum import Crc32c, Digest
+from services.blobstore._common import (
+    StoreBase,
+    drain,
+    flush_and_sync,
+    fsync_dir,
+    iter_source,
+    settle,
+)
+from services.blobstore._keys import validate_key, validate_prefix
+from services.blobstore.errors import IntegrityError, ObjectNotFound, TerminalBlobError
+from services.blobstore.model import ObjectInfo, ObjectReader, Source
+
+_FILE_MODE = 0o640
+_DIR_MODE = 0o750
+_SIDECAR_FORMAT = 1
+
+
+class FilesystemStore(StoreBase):
+    """Objects as files under `root` (created if missing)."""
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = Path(root).absolute()
+        self.root.mkdir(mode=_DIR_MODE, parents=True, exist_ok=True)
+
+    def __repr__(self) -> str:
+        return f"FilesystemStore({str(self.root)!r})"
+
+    # -- paths --------------------------------------------------------------------------------
+
+    def _path(self, key: str) -> Path:
+        # validate_key already refused '..', '.', empty and absolute segments: nothing escapes.
+        return self.root.joinpath(*validate_key(key).split("/"))
+
+    @staticmethod
+    def _sidecar(path: Path) -> Path:
+        return path.with_name(f".{path.name}.meta.json")
+
+    # -- writes -------------------------------------------------------------------------------
+
+    async def put_stream(
+        self, key: str, source: Source, metadata: Mapping[str, str] | None = None
+    ) -> ObjectInfo:
+        path = self._path(key)
+        chunks = iter_source(source)
+        existing = await self.head(key)
+        if existing is not None:
+            return settle(key, existing, await drain(chunks))
+        await asyncio.to_thread(self._ensure_dir, path.parent, key)
+        tmp = path.with_name(f".tmp-{secrets.token_hex(8)}")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, _FILE_MODE)
+        try:
+            hasher = Crc32c()
+            with os.fdopen(fd, "wb") as out:
+                async for chunk in chunks:
+                    await asyncio.to_thread(_write_hashed, out, hasher, chunk)
+                await asyncio.to_thread(flush_and_sync, out)
+            return await asyncio.to_thread(
+                self._publish, key, path, tmp, hasher.digest(), dict(metadata or {})
+            )
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+
+    def _ensure_dir(self, directory: Path, key: str) -> None:
+        """Create missing directories one level at a time, fsyncing each parent, so a new
+        directory entry is as durable as the object that will be linked into it."""
+        missing: list[Path] = []
+        probe = directory
+        while not probe.is_dir():
+            if probe.exists() or probe == self.root:
+                raise TerminalBlobError(
+                    f"{key}: {probe.relative_to(self.root)} is an object, so it cannot also be a "
+                    "prefix on the filesystem driver",
+                    key=key,
+                )
+            missing.append(probe)
+            probe = probe.parent
+        for new_dir in reversed(missing):
+            with contextlib.suppress(FileExistsError):  # a concurrent writer made it first
+                new_dir.mkdir(mode=_DIR_MODE)
+            fsync_dir(new_dir.parent)
+
+    def _publish(
+        self, key: str, path: Path, tmp: Path, local: Digest, metadata: dict[str, str]
+    ) -> ObjectInfo:
+        with _locked(path.parent):
+            existing = self._read_info(key, path)
+            if existing is not None:
+                return settle(key, existing, local)
+            if path.is_dir():
+                raise TerminalBlobError(
+                    f"{key}: is a prefix of other objects, so it cannot also be an object on the "
+                    "filesystem driver",
+                    key=key,
+                )
+            info = ObjectInfo(
+                key=key,
+                size=local.size,
+                crc32c=local.crc32c,
+                metadata=metadata,
+                generation=time.time_ns(),
+                updated=datetime.now(UTC),
+            )
+            self._write_sidecar(path, info)
+            # The sidecar must be durable before the object is: a visible object always has
+            # its metadata, even after a power cut between these two steps.
+            fsync_dir(path.parent)
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                # Only reachable if something wrote here without the lock; still never replace.
+                return settle(key, self._read_info(key, path), local)
+            fsync_dir(path.parent)
+            return info
+
+    def _write_sidecar(self, path: Path, info: ObjectInfo) -> None:
+        sidecar = self._sidecar(path)
+        tmp = path.with_name(f".tmp-{secrets.token_hex(8)}.meta")
+        body = json.dumps(
+            {
+                "format": _SIDECAR_FORMAT,
+                "size": info.size,
+                "crc32c": info.crc32c,
+                "generation": info.generation,
+                "updated": info.updated.isoformat(),
+                "metadata": info.metadata,
+            },
+            sort_keys=True,
+        ).encode()
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, _FILE_MODE)
+        try:
+            with os.fdopen(fd, "wb") as out:
+                out.write(body)
+                flush_and_sync(out)
+            # Replacing is right here: under the lock, with no live object, any existing sidecar
+            # is an orphan from a crashed write.
+            os.replace(tmp, sidecar)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+
+    # -- reads --------------------------------------------------------------------------------
+
+    def _read_info(self, key: str, path: Path) -> ObjectInfo | None:
+        try:
+            st = os.stat(path)
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        if not stat.S_ISREG(st.st_mode):
+            return None  # a directory: a prefix of other keys, not an object
+        try:
+            raw: dict[str, Any] = json.loads(self._sidecar(path).read_bytes())
+        except FileNotFoundError:
+            if not path.exists():
+                return None  # deleted between the two reads
+            raise IntegrityError(f"{key}: object has no metadata sidecar", key=key) from None
+        except ValueError as exc:
+            raise IntegrityError(f"{key}: unreadable metadata sidecar: {exc}", key=key) from exc
+        return ObjectInfo(
+            key=key,
+            size=int(raw["size"]),
+            crc32c=str(raw["crc32c"]),
+            metadata={str(k): str(v) for k, v in raw["metadata"].items()},
+            generation=int(raw["generation"]),
+            updated=datetime.fromisoformat(raw["updated"]),
+        )
+
+    async def head(self, key: str) -> ObjectInfo | None:
+        path = self._path(key)
+        return await asyncio.to_thread(self._read_info, key, path)
+
+    def _open(self, key: str) -> tuple[ObjectInfo, IO[bytes]]:
+        path = self._path(key)
+        info = self._read_info(key, path)
+        if info is None:
+            raise ObjectNotFound(key)
+        try:
+            return info, open(path, "rb")  # closed by open_read
+        except FileNotFoundError:
+            raise ObjectNotFound(key) from None
+
+    @asynccontextmanager
+    async def open_read(
+        self, key: str, *, chunk_size: int | None = None
+    ) -> AsyncIterator[ObjectReader]:
+        info, f = await asyncio.to_thread(self._open, key)
+        try:
+            yield ObjectReader(info, f, chunk_size or self.read_chunk_size)
+        finally:
+            f.close()
+
+    async def list(self, prefix: str = "", *, page_size: int = 1000) -> AsyncIterator[ObjectInfo]:
+        validate_prefix(prefix)
+        walk = self._walk(prefix)
+        while True:
+            page = await asyncio.to_thread(lambda: [*islice(walk, page_size)])
+            for info in page:
+                yield info
+            if len(page) < page_size:
+                return
+
+    def _walk(self, prefix: str) -> Iterator[ObjectInfo]:
+        """Objects under `prefix` in exact key order: siblings sort by name, with a directory
+        compared as `name/`, which is how its keys compare against a sibling file's key."""
+        base, _, _ = prefix.rpartition("/")
+        start = self.root.joinpath(*base.split("/")) if base else self.root
+        yield from self._walk_dir(start, base, prefix)
+
+    def _walk_dir(self, directory: Path, rel: str, prefix: str) -> Iterator[ObjectInfo]:
+        try:
+            with os.scandir(directory) as it:
+                entries = [
+                    (e.name + "/" if e.is_dir(follow_symlinks=False) else e.name, e)
+                    for e in it
+                    if not e.name.startswith(".")
+                ]
+        except (FileNotFoundError, NotADirectoryError):
+            return
+        for sort_name, entry in sorted(entries, key=lambda pair: pair[0]):
+            key = f"{rel}/{entry.name}" if rel else entry.name
+            if sort_name.endswith("/"):
+                if (key + "/").startswith(prefix) or prefix.startswith(key + "/"):
+                    yield from self._walk_dir(Path(entry.path), key, prefix)
+            elif key.startswith(prefix):
+                info = self._read_info(key, Path(entry.path))
+                if info is not None:
+                    yield info
+
+    # -- delete -------------------------------------------------------------------------------
+
+    async def delete(self, key: str, *, generation: int | None = None) -> bool:
+        path = self._path(key)
+        return await asyncio.to_thread(self._delete, key, path, generation)
+
+    def _delete(self, key: str, path: Path, generation: int | None) -> bool:
+        if not path.parent.is_dir():
+            return False
+        with _locked(path.parent):
+            info = self._read_info(key, path)
+            if info is None or (generation is not None and info.generation != generation):
+                return False
+            # Object first, then sidecar: the reverse of a write, so no object is ever bare.
+            os.unlink(path)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self._sidecar(path))
+            fsync_dir(path.parent)
+            return True
+
+
+@contextlib.contextmanager
+def _locked(directory: Path) -> Iterator[None]:
+    fd = os.open(directory / ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, _FILE_MODE)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing the descriptor releases the flock
+
+
+def _write_hashed(out: IO[bytes], hasher: Crc32c, chunk: bytes) -> None:
+    out.write(chunk)
+    hasher.update(chunk)
