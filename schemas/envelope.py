@@ -56,10 +56,12 @@ P = TypeVar("P", bound=Payload)
 class Envelope(StrictModel, Generic[P]):
     """One Tidemark message."""
 
-    id: MessageId = Field(default_factory=uuid7, description="UUIDv7; also the Nats-Msg-Id header")
+    # Required on the wire: a default would give a message that arrives without an id a new one
+    # on every delivery, and JetStream's dedupe would never recognise the repeat.
+    id: MessageId = Field(description="UUIDv7; also the Nats-Msg-Id header")
     type: MessageType
     schema_version: int = Field(ge=1)
-    occurred_at: UtcDateTime = Field(default_factory=utcnow)
+    occurred_at: UtcDateTime
     source: ServiceSource
     correlation_id: uuid.UUID = Field(description="the operation this message belongs to")
     causation_id: uuid.UUID | None = Field(
@@ -100,6 +102,7 @@ def envelope(
         id=mid,
         type=data.TYPE,
         schema_version=data.SCHEMA_VERSION,
+        occurred_at=utcnow(),
         source=source,
         correlation_id=correlation_id,
         causation_id=causation.id if causation is not None else None,

@@ -158,7 +158,7 @@ class Consumer:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         if self._inflight:
-            done, pending = await asyncio.wait(
+            _done, pending = await asyncio.wait(
                 self._inflight, timeout=timeout or self.settings.drain_timeout_s
             )
             for task in pending:
@@ -240,7 +240,9 @@ class Consumer:
                 await handler(message, delivery)
             except TerminalError as exc:
                 span.set_status(Status(StatusCode.ERROR, exc.reason))
-                await self._give_up(msg, reason=exc.reason, error="terminal", message_type=message.type)
+                await self._give_up(
+                    msg, reason=exc.reason, error="terminal", message_type=message.type
+                )
                 self._count(message.type, "term", started)
                 return
             except asyncio.CancelledError:
@@ -275,7 +277,9 @@ class Consumer:
             return
         delay = exc.delay if isinstance(exc, RetryableError) and exc.delay is not None else None
         if delay is None:
-            delay = backoff_delay(attempt, self.settings.backoff_base_s, self.settings.backoff_max_s)
+            delay = backoff_delay(
+                attempt, self.settings.backoff_base_s, self.settings.backoff_max_s
+            )
         log.warning(
             "%s failed on delivery %d, retrying in %.1fs: %s", message_type, attempt, delay, reason
         )

@@ -39,7 +39,7 @@ pytestmark = pytest.mark.integration
 async def js(nc: Client) -> AsyncIterator[JetStreamContext]:
     context = nc.jetstream()
     await ensure_topology(context, FAST)
-    yield context
+    return context
 
 
 class Harness:

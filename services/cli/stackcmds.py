@@ -1,0 +1,142 @@
+"""`tidemark up`, `status`, `dlq`: run and inspect the embedded stack."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from services.stack.embedded import EmbeddedStack, read_stack_file
+from services.stack.probe import StackView, payload_preview
+
+console = Console()
+
+
+def resolve_nats_url(nats_url: str | None, state_dir: Path) -> str:
+    """Explicit flag, then TIDEMARK_NATS__URL, then the running embedded stack, then default."""
+    if nats_url:
+        return nats_url
+    env = os.environ.get("TIDEMARK_NATS__URL")
+    if env:
+        return env
+    info = read_stack_file(state_dir)
+    if info and isinstance(info.get("nats_url"), str):
+        return str(info["nats_url"])
+    return "nats://127.0.0.1:4222"
+
+
+def _age(iso: object) -> str:
+    if not isinstance(iso, str):
+        return "?"
+    seconds = (datetime.now(UTC) - datetime.fromisoformat(iso)).total_seconds()
+    return f"{seconds:.0f}s ago"
+
+
+def render_status(view: StackView) -> None:
+    services = Table(title=f"Services  ({view.url})", title_justify="left")
+    for column in ("service", "node", "state", "pid", "reported", "consumers"):
+        services.add_column(column)
+    for key in sorted(view.health):
+        h = view.health[key]
+        state = str(h.get("state"))
+        colour = {"healthy": "green", "draining": "yellow", "starting": "cyan"}.get(state, "red")
+        services.add_row(
+            str(h.get("service")),
+            str(h.get("node")),
+            f"[{colour}]{state}[/]",
+            str(h.get("pid")),
+            _age(h.get("updated_at")),
+            ", ".join(h.get("consumers") or []) or "-",
+        )
+    if not view.health:
+        services.add_row("[red]no service is reporting[/]", "", "", "", "", "")
+    console.print(services)
+
+    streams = Table(title="Streams and consumers", title_justify="left")
+    for column in ("stream", "messages", "bytes", "consumer", "pending", "ack pending", "redeliv."):
+        streams.add_column(column)
+    for stream in view.streams:
+        if not stream.consumers:
+            streams.add_row(stream.name, str(stream.messages), str(stream.bytes), "-", "", "", "")
+        for i, c in enumerate(stream.consumers):
+            streams.add_row(
+                stream.name if i == 0 else "",
+                str(stream.messages) if i == 0 else "",
+                str(stream.bytes) if i == 0 else "",
+                c["name"],
+                str(c["pending"]),
+                str(c["ack_pending"]),
+                str(c["redelivered"]),
+            )
+    console.print(streams)
+    colour = "red" if view.dead_letter_count else "green"
+    console.print(f"Dead letters: [{colour}]{view.dead_letter_count}[/]")
+    for letter in view.dead_letters:
+        console.print(
+            f"  • {letter.dead_lettered_at:%Y-%m-%d %H:%M:%S} [bold]{letter.error}[/] "
+            f"{letter.subject}: {letter.reason}"
+        )
+
+
+def render_dead_letters(view: StackView) -> None:
+    table = Table(title=f"Dead letters ({view.dead_letter_count} in TM_DLQ)", title_justify="left")
+    for column in ("when", "error", "subject", "deliveries", "reason", "payload"):
+        table.add_column(column, overflow="fold")
+    for letter in view.dead_letters:
+        table.add_row(
+            f"{letter.dead_lettered_at:%Y-%m-%d %H:%M:%S}",
+            letter.error,
+            letter.subject,
+            str(letter.deliveries),
+            letter.reason,
+            payload_preview(letter),
+        )
+    console.print(table)
+
+
+async def bring_up(stack: EmbeddedStack, timeout: float) -> float:
+    """Start NATS and the services, wait until all are healthy; returns seconds taken."""
+    started = time.monotonic()
+    with console.status("Starting nats-server (JetStream)…"):
+        nats = stack.start_nats()
+    console.print(f"[green]✓[/] nats-server ready at {nats.url} (monitor {nats.monitor_url})")
+    with console.status("Starting planner, executor, archiver, catalog…"):
+        stack.start_services()
+        await stack.wait_healthy(timeout)
+    elapsed = time.monotonic() - started
+    console.print(f"[green]✓[/] all services healthy in {elapsed:.1f}s")
+    return elapsed
+
+
+async def run_until_signal(stack: EmbeddedStack) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    console.print("Press Ctrl-C to stop.")
+    while not stop.is_set():
+        for name in stack.supervise_once():
+            console.print(f"[yellow]! {name} exited; restarted[/]")
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), 1.0)
+
+
+def shut_down(stack: EmbeddedStack) -> float:
+    started = time.monotonic()
+    with console.status("Stopping services (draining) and nats-server…"):
+        stack.stop()
+    elapsed = time.monotonic() - started
+    codes = stack.exit_codes()
+    unclean = {n: c for n, c in codes.items() if c not in (0, None)}
+    if unclean:
+        console.print(f"[red]✗[/] services exited uncleanly: {unclean}")
+    else:
+        console.print(f"[green]✓[/] stopped cleanly in {elapsed:.1f}s")
+    return elapsed

@@ -1,0 +1,200 @@
+"""The embedded stack: nats-server and the four services as child processes of `tidemark up`.
+
+State lives in one directory (`.state/` by default): JetStream's store, each service's log, and
+`stack.json`, which tells `tidemark status` and other commands where this stack's NATS is.
+A service that exits unexpectedly is restarted (with backoff) until the stack is stopped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from services.stack.natsserver import NatsServer, free_port
+from services.stack.probe import read_health
+
+SERVICES = ("catalog", "archiver", "executor", "planner")
+STACK_FILE = "stack.json"
+DEFAULT_NATS_PORT = 4222
+log = logging.getLogger("tidemark.stack")
+
+
+def _port_free(port: int) -> bool:
+    import socket
+
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+@dataclass
+class ServiceProcess:
+    name: str
+    process: subprocess.Popen[bytes] | None = None
+    restarts: int = 0
+    next_restart: float = 0.0
+
+
+@dataclass
+class EmbeddedStack:
+    state_dir: Path
+    node: str = "embedded"
+    nats_port: int | None = None
+    services: tuple[str, ...] = SERVICES
+    extra_env: dict[str, str] = field(default_factory=dict)
+    nats: NatsServer | None = None
+    procs: dict[str, ServiceProcess] = field(default_factory=dict)
+    stopping: bool = False
+
+    @property
+    def logs_dir(self) -> Path:
+        return self.state_dir / "logs"
+
+    def start_nats(self) -> NatsServer:
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self.logs_dir.mkdir(exist_ok=True)
+        port = self.nats_port
+        if port is None:
+            port = DEFAULT_NATS_PORT if _port_free(DEFAULT_NATS_PORT) else free_port()
+        self.nats = NatsServer(
+            store_dir=self.state_dir / "nats", port=port, log_file=self.logs_dir / "nats.log"
+        )
+        self.nats.start()
+        self._write_stack_file()
+        return self.nats
+
+    def service_env(self) -> dict[str, str]:
+        assert self.nats is not None
+        env = dict(os.environ)
+        env.update(
+            {
+                "TIDEMARK_NATS__URL": self.nats.url,
+                "TIDEMARK_NODE": self.node,
+                "TIDEMARK_STATE_DIR": str(self.state_dir.resolve()),
+                "PYTHONUNBUFFERED": "1",
+            }
+        )
+        env.update(self.extra_env)
+        return env
+
+    def spawn(self, name: str) -> None:
+        entry = self.procs.setdefault(name, ServiceProcess(name))
+        with open(self.logs_dir / f"{name}.log", "ab") as out:
+            entry.process = subprocess.Popen(
+                [sys.executable, "-m", f"services.{name}"],
+                env=self.service_env(),
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # the stack, not the terminal, decides when they stop
+            )
+        self._write_stack_file()
+
+    def start_services(self) -> None:
+        for name in self.services:
+            self.spawn(name)
+
+    def supervise_once(self) -> list[str]:
+        """Restart services that died; returns the names restarted."""
+        restarted = []
+        now = time.monotonic()
+        for entry in self.procs.values():
+            proc = entry.process
+            if self.stopping or proc is None or proc.poll() is None:
+                continue
+            if now < entry.next_restart:
+                continue
+            log.warning("%s exited with %s; restarting", entry.name, proc.returncode)
+            entry.restarts += 1
+            entry.next_restart = now + min(30.0, 0.5 * 2 ** min(entry.restarts, 6))
+            self.spawn(entry.name)
+            restarted.append(entry.name)
+        return restarted
+
+    async def wait_healthy(self, timeout: float = 60.0) -> dict[str, dict[str, object]]:
+        """Wait until every service reports `healthy` in the health bucket."""
+        assert self.nats is not None
+        deadline = time.monotonic() + timeout
+        health: dict[str, dict[str, object]] = {}
+        while time.monotonic() < deadline:
+            for entry in self.procs.values():
+                if entry.process is not None and entry.process.poll() is not None:
+                    raise RuntimeError(
+                        f"{entry.name} exited with {entry.process.returncode} during start-up; "
+                        f"see {self.logs_dir / (entry.name + '.log')}:\n{self.log_tail(entry.name)}"
+                    )
+            health = await read_health(self.nats.url)
+            ready = {h["service"] for h in health.values() if h.get("state") == "healthy"}
+            if set(self.services) <= ready:
+                return health
+            await asyncio.sleep(0.2)
+        missing = set(self.services) - {
+            h["service"] for h in health.values() if h.get("state") == "healthy"
+        }
+        raise TimeoutError(f"services not healthy after {timeout}s: {', '.join(sorted(missing))}")
+
+    def stop(self, timeout: float = 20.0) -> None:
+        """SIGTERM every service (they drain), wait, SIGKILL stragglers, then stop NATS."""
+        self.stopping = True
+        for entry in self.procs.values():
+            if entry.process is not None and entry.process.poll() is None:
+                entry.process.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        for entry in self.procs.values():
+            if entry.process is None:
+                continue
+            try:
+                entry.process.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                log.warning("%s did not stop in %ss; killing it", entry.name, timeout)
+                entry.process.kill()
+                entry.process.wait()
+        if self.nats is not None:
+            self.nats.stop()
+        with contextlib.suppress(FileNotFoundError):
+            (self.state_dir / STACK_FILE).unlink()
+
+    def exit_codes(self) -> dict[str, int | None]:
+        return {
+            name: (e.process.returncode if e.process is not None else None)
+            for name, e in self.procs.items()
+        }
+
+    def log_tail(self, name: str, lines: int = 15) -> str:
+        try:
+            text = (self.logs_dir / f"{name}.log").read_text(errors="replace")
+        except OSError:
+            return ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    def _write_stack_file(self) -> None:
+        assert self.nats is not None
+        info = {
+            "nats_url": self.nats.url,
+            "monitor_url": self.nats.monitor_url,
+            "supervisor_pid": os.getpid(),
+            "services": {n: e.process.pid for n, e in self.procs.items() if e.process is not None},
+        }
+        path = self.state_dir / STACK_FILE
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(info, indent=2))
+        tmp.replace(path)
+
+
+def read_stack_file(state_dir: Path) -> dict[str, object] | None:
+    try:
+        data = json.loads((state_dir / STACK_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
