@@ -103,7 +103,8 @@ class FilesystemStore(StoreBase):
         missing: list[Path] = []
         probe = directory
         while not probe.is_dir():
-            if probe.exists() or probe == self.root:
+            # Re-check is_dir: a concurrent writer may have just made this very directory.
+            if probe == self.root or (probe.exists() and not probe.is_dir()):
                 raise TerminalBlobError(
                     f"{key}: {probe.relative_to(self.root)} is an object, so it cannot also be a "
                     "prefix on the filesystem driver",
