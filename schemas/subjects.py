@@ -20,6 +20,7 @@ from pydantic import ValidationError
 from schemas._base import node_token
 from schemas.envelope import Envelope, Payload
 from schemas.messages import (
+    ArchiveAlarm,
     BackupCompleted,
     BackupFailed,
     BackupRequested,
@@ -76,6 +77,7 @@ EVENTS: tuple[type[Payload], ...] = (
     JobProgress,
     JobSucceeded,
     JobFailed,
+    ArchiveAlarm,
 )
 MESSAGE_TYPES: dict[str, type[Payload]] = {m.TYPE: m for m in (*COMMANDS, *EVENTS)}
 

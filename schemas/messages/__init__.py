@@ -1,5 +1,6 @@
 """Every command and event payload, one model per subject."""
 
+from schemas.messages.alarms import AlarmReason, ArchiveAlarm
 from schemas.messages.backups import (
     BackupCompleted,
     BackupFailed,
@@ -49,6 +50,8 @@ from schemas.messages.restores import (
 
 __all__ = [
     "AbsPath",
+    "AlarmReason",
+    "ArchiveAlarm",
     "BackupCompleted",
     "BackupFailed",
     "BackupId",

@@ -12,15 +12,25 @@ from schemas.messages.common import Compression
 from schemas.positions import Lineage, Position, check_on_lineage
 
 WalFileName = Annotated[
-    str, StringConstraints(pattern=r"^[0-9A-F]{24}(\.partial)?$|^[0-9A-F]{8}\.history$")
+    str,
+    StringConstraints(
+        pattern=r"^[0-9A-F]{24}(\.partial)?$"
+        r"|^[0-9A-F]{8}\.history$"
+        r"|^[0-9A-F]{24}\.[0-9A-F]{8}\.backup$"
+    ),
 ]
+"""A WAL segment (or the `.partial` left by a promotion), a timeline history file, or a backup
+history file (`<segment>.<offset>.backup`, written by pg_backup_stop)."""
 
 
 class LogArchived(Event):
     """A completed log is in the object store, verified (crc32c) against what the store holds.
 
     Covers `[first, next)` on its thread within its lineage. For PostgreSQL the thread is 1 and
-    the sequence is the segment number; a timeline history file has no positions.
+    the sequence is the segment number; a timeline history file has no positions (its sequence
+    is the timeline id), and a backup history file carries the backup's start and stop LSN when
+    they could be read from it. `size_bytes` and `crc32c` describe the log as the engine wrote
+    it; with compression the stored object has its own crc32c, verified by the store.
     """
 
     TYPE: ClassVar[str] = "log.archived"
@@ -28,7 +38,7 @@ class LogArchived(Event):
     SUMMARY: ClassVar[str] = "A completed log is stored and verified in the object store."
 
     lineage: Lineage
-    kind: Literal["redo", "wal", "history"]
+    kind: Literal["redo", "wal", "history", "backup_history"]
     thread: int = Field(ge=1, le=65535)
     sequence: int = Field(ge=0, lt=1 << 63)
     first: Position | None = None
@@ -49,14 +59,13 @@ class LogArchived(Event):
     @model_validator(mode="after")
     def _consistent(self) -> LogArchived:
         check_on_lineage(self.lineage, self.first, self.next)
-        if self.kind != "history":
-            if self.first is None or self.next is None:
-                raise ValueError(f"a {self.kind} log needs first and next positions")
-            if self.next < self.first:
-                raise ValueError("next must not precede first: a log covers [first, next)")
+        if self.kind in ("redo", "wal") and (self.first is None or self.next is None):
+            raise ValueError(f"a {self.kind} log needs first and next positions")
+        if self.first is not None and self.next is not None and self.next < self.first:
+            raise ValueError("next must not precede first: a log covers [first, next)")
         if self.kind == "redo" and self.lineage.kind != "incarnation":
             raise ValueError("redo logs belong to an Oracle incarnation")
-        if self.kind in ("wal", "history") and self.lineage.kind != "timeline":
+        if self.kind in ("wal", "history", "backup_history") and self.lineage.kind != "timeline":
             raise ValueError("WAL and history files belong to a PostgreSQL timeline")
         return self
 

@@ -43,6 +43,8 @@ from schemas.export import (
     write,
 )
 from schemas.messages import (
+    AlarmReason,
+    ArchiveAlarm,
     BackupCompleted,
     BackupFailed,
     BackupRequested,
@@ -219,6 +221,18 @@ EXAMPLES: dict[str, Callable[[], tuple[Payload, DatabaseRef]]] = {
             operation=Operation.RESTORE,
             failure=Failure(reason="executor restarted", retryable=True),
             interrupted=True,
+        ),
+        PG,
+    ),
+    "archive.alarm": lambda: (
+        ArchiveAlarm(
+            reason=AlarmReason.CHECKSUM_CONFLICT,
+            detail="the key already holds a different log",
+            node=NODE,
+            object_key=WAL,
+            path="/var/lib/tidemark/spool/orders-db/ready/0000000100000016000000B3",
+            existing_crc32c="q83vEg==",
+            attempted_crc32c="AAAAAA==",
         ),
         PG,
     ),
