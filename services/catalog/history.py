@@ -1,0 +1,378 @@
+"""One database's redo history and the recoverability rule over it.
+
+Positions are plain integers here (SCN or LSN; a database has one engine, so they never mix).
+
+For a restore base B (start S_B, consistent point M_B) on lineage Lb, and a target lineage L
+that is Lb or one of its descendants, walk the lineage path Lb → … → L:
+
+- on each lineage, every thread's chain must run on from the point the walk enters it (S_B on
+  Lb, the branch point on a child): E = min over threads of the end of the covered interval that
+  reaches that point;
+- to continue into a child that branched at P, the parent's chain must reach P and B must be
+  consistent before it (M_B < P);
+- on L the window is (max(M_B, P_L), E_L].
+
+The windows of L are the union over bases. Each thread's coverage is an `IntervalSet`, updated
+per log, so a query costs a few binary searches per base instead of a scan of every log.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_right, insort
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from services.catalog.intervals import IntervalSet
+
+
+class HistoryConflict(ValueError):
+    """The same log (lineage, thread, sequence) arrived twice with different ranges."""
+
+
+@dataclass(frozen=True)
+class LogEntry:
+    lineage: str
+    thread: int
+    sequence: int
+    first: int
+    next: int
+    first_time: datetime | None = None
+    next_time: datetime | None = None
+
+
+@dataclass(frozen=True)
+class BaseEntry:
+    backup_id: str
+    lineage: str
+    start: int
+    consistent: int
+    completed_at: datetime
+
+
+@dataclass(frozen=True)
+class LineageEntry:
+    key: str
+    parent: str | None = None
+    branch_at: int | None = None  # where the child starts, as a position on the parent
+
+
+@dataclass(frozen=True)
+class Window:
+    """Targets T with `start < T <= end` are restorable on `lineage`."""
+
+    lineage: str
+    start: int
+    end: int
+    start_time: datetime | None
+    end_time: datetime | None
+    bases: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Gap:
+    lineage: str
+    thread: int
+    after_sequence: int | None
+    before_sequence: int | None
+    start: int
+    end: int | None
+
+    def describe(self) -> str:
+        if self.after_sequence is not None and self.before_sequence is not None:
+            missing = f"sequences {self.after_sequence + 1}..{self.before_sequence - 1}"
+            if self.before_sequence - self.after_sequence == 2:
+                missing = f"sequence {self.after_sequence + 1}"
+        elif self.after_sequence is not None:
+            missing = f"logs after sequence {self.after_sequence}"
+        else:
+            missing = "logs"
+        return f"gap at thread {self.thread} {missing} (from position {self.start})"
+
+
+@dataclass(frozen=True)
+class Verdict:
+    restorable: bool
+    # ok | unknown_lineage | no_backup | before_lineage | before_first_backup | gap
+    # | beyond_last_log
+    code: str
+    reason: str
+    base: str | None = None
+    window: Window | None = None
+    gap: Gap | None = None
+    nearest_before: int | None = None
+    nearest_after: int | None = None
+
+
+@dataclass
+class _Thread:
+    cover: IntervalSet = field(default_factory=IntervalSet)
+    firsts: list[int] = field(default_factory=list)
+    by_first: dict[int, LogEntry] = field(default_factory=dict)
+    by_next: dict[int, LogEntry] = field(default_factory=dict)
+    by_seq: dict[int, LogEntry] = field(default_factory=dict)
+
+
+class History:
+    """Logs, bases and lineages of one database, with incremental coverage per thread."""
+
+    def __init__(self) -> None:
+        self.lineages: dict[str, LineageEntry] = {}
+        self.bases: dict[str, BaseEntry] = {}
+        self._threads: dict[str, dict[int, _Thread]] = {}
+
+    # -- updates --------------------------------------------------------------------------------
+
+    def add_lineage(self, entry: LineageEntry) -> None:
+        self.lineages[entry.key] = entry
+
+    def add_base(self, base: BaseEntry) -> None:
+        self.lineages.setdefault(base.lineage, LineageEntry(base.lineage))
+        self.bases[base.backup_id] = base
+
+    def remove_base(self, backup_id: str) -> bool:
+        return self.bases.pop(backup_id, None) is not None
+
+    def add_log(self, log: LogEntry) -> bool:
+        """Index a log; False if it was already there. Raises HistoryConflict on a mismatch."""
+        self.lineages.setdefault(log.lineage, LineageEntry(log.lineage))
+        thread = self._threads.setdefault(log.lineage, {}).setdefault(log.thread, _Thread())
+        known = thread.by_seq.get(log.sequence)
+        if known is not None:
+            if (known.first, known.next) != (log.first, log.next):
+                raise HistoryConflict(
+                    f"{log.lineage} thread {log.thread} sequence {log.sequence} already covers "
+                    f"[{known.first}, {known.next}), not [{log.first}, {log.next})"
+                )
+            return False
+        thread.by_seq[log.sequence] = log
+        thread.by_first[log.first] = log
+        thread.by_next[log.next] = log
+        insort(thread.firsts, log.first)
+        thread.cover.add(log.first, log.next)
+        return True
+
+    def remove_log(self, lineage: str, thread_no: int, sequence: int) -> bool:
+        thread = self._threads.get(lineage, {}).get(thread_no)
+        log = thread.by_seq.pop(sequence, None) if thread else None
+        if thread is None or log is None:
+            return False
+        thread.by_first.pop(log.first, None)
+        thread.by_next.pop(log.next, None)
+        i = bisect_right(thread.firsts, log.first) - 1
+        if i >= 0 and thread.firsts[i] == log.first:
+            del thread.firsts[i]
+        thread.cover.remove(log.first, log.next)
+        return True
+
+    # -- the rule ---------------------------------------------------------------------------------
+
+    def threads(self, lineage: str) -> dict[int, _Thread]:
+        return self._threads.get(lineage, {})
+
+    def chain_end(self, lineage: str, point: int) -> tuple[int, int | None]:
+        """How far every thread's chain runs from `point`: (E, the thread that limits it)."""
+        threads = self.threads(lineage)
+        if not threads:
+            return point, None
+        end: int | None = None
+        limiting: int | None = None
+        for number in sorted(threads):
+            reach = threads[number].cover.reaching(point)
+            thread_end = reach[1] if reach is not None else point
+            if end is None or thread_end < end:
+                end, limiting = thread_end, number
+        assert end is not None
+        return end, limiting
+
+    def path(self, ancestor: str, lineage: str) -> list[str] | None:
+        """Lineage keys from `ancestor` down to `lineage`, or None if not a descendant."""
+        chain = [lineage]
+        seen = {lineage}
+        current = self.lineages.get(lineage)
+        while current is not None and current.key != ancestor:
+            if current.parent is None or current.parent in seen:
+                return None
+            seen.add(current.parent)
+            chain.append(current.parent)
+            current = self.lineages.get(current.parent)
+        if current is None:
+            return None
+        return list(reversed(chain))
+
+    def base_window(self, base: BaseEntry, lineage: str) -> tuple[int, int, int | None] | None:
+        """(lower, E, limiting thread) of base on lineage, or None when it cannot reach it."""
+        path = self.path(base.lineage, lineage)
+        if path is None:
+            return None
+        point, lower = base.start, base.consistent
+        for i, key in enumerate(path):
+            end, limiting = self.chain_end(key, point)
+            if i == len(path) - 1:
+                return (lower, end, limiting) if end > lower else None
+            branch = self.lineages[path[i + 1]].branch_at
+            if branch is None or lower >= branch or end < branch:
+                return None
+            point = lower = branch
+        return None
+
+    def windows(self, lineage: str) -> list[Window]:
+        """The restorable windows of a lineage, oldest first."""
+        union = IntervalSet()
+        contributions: list[tuple[int, int, BaseEntry, int | None]] = []
+        for base in self.bases.values():
+            found = self.base_window(base, lineage)
+            if found is None:
+                continue
+            lower, end, limiting = found
+            union.add(lower + 1, end + 1)  # (lower, end] as a half-open integer interval
+            contributions.append((lower, end, base, limiting))
+        windows = []
+        for start_plus, end_plus in union:
+            start, end = start_plus - 1, end_plus - 1
+            inside = [c for c in contributions if start <= c[0] and c[1] <= end]
+            opening = [c for c in inside if c[0] == start]
+            closing = [c for c in inside if c[1] == end]
+            windows.append(
+                Window(
+                    lineage=lineage,
+                    start=start,
+                    end=end,
+                    start_time=self._start_time(lineage, start, opening),
+                    end_time=self._end_time(lineage, end, closing),
+                    bases=tuple(sorted(c[2].backup_id for c in inside)),
+                )
+            )
+        return windows
+
+    def _start_time(
+        self, lineage: str, start: int, opening: list[tuple[int, int, BaseEntry, int | None]]
+    ) -> datetime | None:
+        own = [
+            c[2].completed_at
+            for c in opening
+            if c[2].lineage == lineage and c[0] == c[2].consistent
+        ]
+        if own:
+            # Conservative: a base is only a base once it completed.
+            return min(own)
+        for thread in self.threads(lineage).values():
+            log = thread.by_first.get(start) or _containing(thread, start)
+            if log is not None and log.first_time is not None:
+                return log.first_time
+        return None
+
+    def _end_time(
+        self, lineage: str, end: int, closing: list[tuple[int, int, BaseEntry, int | None]]
+    ) -> datetime | None:
+        for _, _, _, limiting in closing:
+            if limiting is None:
+                continue
+            log = self.threads(lineage)[limiting].by_next.get(end)
+            if log is not None:
+                return log.next_time
+        return None
+
+    def check(self, lineage: str, target: int) -> Verdict:
+        """Is `target` restorable on `lineage`? If not, why, and what is nearest."""
+        if lineage not in self.lineages:
+            return Verdict(False, "unknown_lineage", f"no history on lineage {lineage}")
+        windows = self.windows(lineage)
+        for window in windows:
+            if window.start < target <= window.end:
+                base = self.best_base(lineage, target)
+                return Verdict(True, "ok", "restorable", base=base, window=window)
+        before = max((w.end for w in windows if w.end < target), default=None)
+        after = min((w.start + 1 for w in windows if w.start >= target), default=None)
+
+        def refuse(code: str, reason: str, gap: Gap | None = None) -> Verdict:
+            return Verdict(False, code, reason, gap=gap, nearest_before=before, nearest_after=after)
+
+        entry = self.lineages[lineage]
+        if entry.branch_at is not None and target <= entry.branch_at:
+            return refuse(
+                "before_lineage",
+                f"{lineage} starts at {entry.branch_at}; target the parent lineage "
+                f"{entry.parent} instead",
+            )
+        usable = [b for b in self.bases.values() if self.path(b.lineage, lineage) is not None]
+        if not usable:
+            return refuse("no_backup", f"no backup on the path to {lineage}")
+        if not windows or target <= windows[0].start:
+            first = windows[0].start if windows else min(b.consistent for b in usable)
+            return refuse(
+                "before_first_backup",
+                f"before the first restorable point: the oldest backup is consistent at {first}",
+            )
+        if target > windows[-1].end:
+            gap = self._gap_after(lineage, windows[-1].end)
+            if gap is not None and gap.before_sequence is not None:
+                return refuse("gap", gap.describe(), gap)
+            return refuse(
+                "beyond_last_log",
+                f"beyond the last archived log: restorable up to {windows[-1].end}",
+            )
+        gap = self._gap_after(lineage, before if before is not None else windows[0].end)
+        reason = gap.describe() if gap else "not covered by any retained backup and log chain"
+        return refuse("gap", reason, gap)
+
+    def _gap_after(self, lineage: str, end: int) -> Gap | None:
+        """The hole that stops the chain at `end`: the limiting thread and missing sequences."""
+        _, limiting = self.chain_end(lineage, end)
+        if limiting is None:
+            return None
+        thread = self.threads(lineage)[limiting]
+        last = thread.by_next.get(end)
+        following = thread.cover.next_after(end)
+        nxt = thread.by_first.get(following[0]) if following else None
+        return Gap(
+            lineage=lineage,
+            thread=limiting,
+            after_sequence=last.sequence if last else None,
+            before_sequence=nxt.sequence if nxt else None,
+            start=end,
+            end=nxt.first if nxt else None,
+        )
+
+    def best_base(self, lineage: str, target: int) -> str | None:
+        """The base needing the least redo: the latest consistent point still before target."""
+        best: BaseEntry | None = None
+        for base in self.bases.values():
+            found = self.base_window(base, lineage)
+            if found is None:
+                continue
+            lower, end, _ = found
+            if lower < target <= end and (best is None or base.consistent > best.consistent):
+                best = base
+        return best.backup_id if best else None
+
+    def logs_for(self, backup_id: str, lineage: str, target: int) -> list[LogEntry]:
+        """The logs a restore of `backup_id` to `target` on `lineage` reads, in apply order."""
+        base = self.bases[backup_id]
+        path = self.path(base.lineage, lineage)
+        if path is None:
+            return []
+        needed: list[LogEntry] = []
+        point = base.start
+        for i, key in enumerate(path):
+            stop = target if i == len(path) - 1 else self.lineages[path[i + 1]].branch_at
+            assert stop is not None
+            for number in sorted(self.threads(key)):
+                thread = self.threads(key)[number]
+                log = _containing(thread, point)
+                while log is not None and log.first <= stop:
+                    needed.append(log)
+                    if log.next > stop:
+                        break
+                    log = thread.by_first.get(log.next)
+            if i < len(path) - 1:
+                point = stop
+        needed.sort(key=lambda log: (path.index(log.lineage), log.first, log.thread))
+        return needed
+
+
+def _containing(thread: _Thread, point: int) -> LogEntry | None:
+    i = bisect_right(thread.firsts, point) - 1
+    if i < 0:
+        return None
+    log = thread.by_first[thread.firsts[i]]
+    return log if log.first <= point < log.next or (log.first == point == log.next) else None
