@@ -27,9 +27,9 @@ class LogArchived(Event):
     """A completed log is in the object store, verified (crc32c) against what the store holds.
 
     Covers `[first, next)` on its thread within its lineage. For PostgreSQL the thread is 1 and
-    the sequence is the segment number; a timeline history file has no positions (its sequence
-    is the timeline id), and a backup history file carries the backup's start and stop LSN when
-    they could be read from it. `size_bytes` and `crc32c` describe the log as the engine wrote
+    the sequence is the segment number; history files have the timeline id as sequence, a
+    timeline history file has no positions, and a backup history file carries the backup's start
+    and stop LSN. `size_bytes` and `crc32c` describe the log as the engine wrote
     it; with compression the stored object has its own crc32c, verified by the store.
     """
 

@@ -15,6 +15,8 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from services.archiver.settings import ArchiverSettings
+
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -77,6 +79,7 @@ class Settings(BaseSettings):
     nats: NatsSettings = Field(default_factory=NatsSettings)
     bus: BusSettings = Field(default_factory=BusSettings)
     telemetry: TelemetrySettings = Field(default_factory=TelemetrySettings)
+    archiver: ArchiverSettings = Field(default_factory=ArchiverSettings)
     health_interval_s: float = Field(default=5.0, gt=0)
 
     @classmethod

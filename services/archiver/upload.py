@@ -1,0 +1,177 @@
+"""Store one log: hash it, upload it (optionally zstd-compressed), verify what the store holds.
+
+Two passes over the file, on purpose. The first hashes and validates it, so the object's
+metadata can carry the log's own size and crc32c, which must be known before the upload starts
+(GCS sends metadata first). The second streams it to the store and hashes it again; if the
+bytes differ from the first pass, the stream fails before its end, so the store never
+finalises an object holding bytes of no log. Reading a 16 MiB segment twice costs a page-cache
+copy; storing a torn log under a create-only key would cost the archive.
+
+Idempotency is judged by the log's own checksum, not the stored bytes': an object stored
+uncompressed before a restart with `compression = "zstd"` is still the same log. So:
+
+    key absent                            → upload, then verify (head: size, crc32c, metadata)
+    key present, same log crc32c          → success (an identical re-push), nothing written
+    key present, different log crc32c     → ChecksumConflict (alarm), nothing written
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable, Generator
+from dataclasses import dataclass
+
+import zstandard
+
+from services.archiver.errors import ChecksumConflict, LogNotReady
+from services.archiver.keys import object_metadata
+from services.archiver.sources import LoggedFile, read_chunks
+from services.blobstore import (
+    BlobStore,
+    Crc32c,
+    Digest,
+    IntegrityError,
+    ObjectConflict,
+    ObjectInfo,
+)
+
+HeaderCheck = Callable[[LoggedFile, bytes], None]
+
+
+@dataclass(frozen=True, slots=True)
+class Stored:
+    """What the store holds for one log."""
+
+    info: ObjectInfo
+    #: The log as the engine wrote it.
+    log_digest: Digest
+    compression: str
+    #: True when the object was already there (an identical re-push): nothing was written.
+    existed: bool
+
+
+def digest_log(log: LoggedFile, check: HeaderCheck) -> Digest:
+    """Pass one: hash and validate the whole file (blocking)."""
+    hasher = Crc32c()
+    for chunk in read_chunks(log, check):
+        hasher.update(chunk)
+    return hasher.digest()
+
+
+def _logged_crc32c(info: ObjectInfo) -> str:
+    # Objects written by this archiver carry the log's crc32c in metadata; anything else
+    # (written uncompressed by hand, say) is judged by its own bytes.
+    return info.metadata.get("crc32c") or info.crc32c
+
+
+def _settle(key: str, existing: ObjectInfo, local: Digest) -> None:
+    if _logged_crc32c(existing) != local.crc32c:
+        raise ChecksumConflict(
+            key, existing_crc32c=_logged_crc32c(existing), attempted_crc32c=local.crc32c
+        )
+
+
+class _Stream:
+    """Pass two: the bytes to upload, failing before the end if the file is not pass one's."""
+
+    def __init__(
+        self, log: LoggedFile, check: HeaderCheck, expected: Digest, zstd_level: int | None
+    ) -> None:
+        self._chunks: Generator[bytes, None, None] = read_chunks(log, check)
+        self._log = log
+        self._expected = expected
+        self._hasher = Crc32c()
+        self._compressor = (
+            zstandard.ZstdCompressor(level=zstd_level, write_checksum=True).compressobj(
+                size=log.size
+            )
+            if zstd_level is not None
+            else None
+        )
+        self.sent = Crc32c()
+
+    def _next(self) -> bytes | None:
+        """The next piece to send (blocking), or None at the end."""
+        while True:
+            chunk = next(self._chunks, None)
+            if chunk is None:
+                if self._hasher.digest() != self._expected:
+                    raise LogNotReady(f"{self._log.path} changed between hashing and uploading")
+                if self._compressor is None:
+                    return None
+                tail: bytes = self._compressor.flush()
+                self._compressor = None
+                return tail or None
+            self._hasher.update(chunk)
+            if self._compressor is None:
+                return chunk
+            out: bytes = self._compressor.compress(chunk)
+            if out:
+                return out
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        while (piece := await asyncio.to_thread(self._next)) is not None:
+            self.sent.update(piece)
+            yield piece
+
+    def close(self) -> None:
+        # Close the file now, not when the generator is collected, even if the store gave up
+        # half way. (A read still running in a worker thread after a cancellation closes the
+        # file itself when it finishes: the generator is then collected.)
+        with contextlib.suppress(ValueError):
+            self._chunks.close()
+
+
+async def store_log(
+    store: BlobStore,
+    key: str,
+    log: LoggedFile,
+    check: HeaderCheck,
+    *,
+    compression: str = "none",
+    zstd_level: int = 3,
+) -> Stored:
+    """Put `log` under `key` create-only and verify it; see the module docstring."""
+    local = await asyncio.to_thread(digest_log, log, check)
+    existing = await store.head(key)
+    if existing is not None:
+        _settle(key, existing, local)
+        return Stored(existing, local, existing.metadata.get("compression", "none"), True)
+    metadata = object_metadata(log, local, compression)
+    stream = _Stream(log, check, local, zstd_level if compression == "zstd" else None)
+    try:
+        info = await store.put_stream(key, stream.chunks(), metadata)
+    except ObjectConflict:
+        # Someone stored this key between our head and our write: judge it like a re-push.
+        raced = await store.head(key)
+        if raced is None:
+            raise
+        _settle(key, raced, local)
+        return Stored(raced, local, raced.metadata.get("compression", "none"), True)
+    finally:
+        stream.close()
+    await verify(store, key, info, stream.sent.digest(), local)
+    return Stored(info, local, compression, False)
+
+
+async def verify(
+    store: BlobStore, key: str, info: ObjectInfo, sent: Digest, local: Digest
+) -> ObjectInfo:
+    """Ask the store what it now holds under `key` and compare with what was sent."""
+    held = await store.head(key)
+    if held is None:
+        raise IntegrityError(f"{key}: not found right after it was stored", key=key)
+    if (held.crc32c, held.size) != (sent.crc32c, sent.size) or held.generation != info.generation:
+        if _logged_crc32c(held) != local.crc32c:
+            raise ChecksumConflict(
+                key, existing_crc32c=_logged_crc32c(held), attempted_crc32c=local.crc32c
+            )
+        raise IntegrityError(
+            f"{key}: store holds crc32c={held.crc32c} size={held.size}, sent "
+            f"crc32c={sent.crc32c} size={sent.size}",
+            key=key,
+        )
+    if _logged_crc32c(held) != local.crc32c:
+        raise IntegrityError(f"{key}: stored metadata names another log", key=key)
+    return held
