@@ -155,7 +155,7 @@ async def test_identical_repush_is_success_and_another_checksum_raises_an_alarm(
     entry = streamer.entry(key_of(rig, names[1]))
     assert entry is not None
     assert entry.state is LogState.CONFLICT
-    assert streamer.backlogs()["orders-db"].conflicts == 1
+    await rig.until(lambda: streamer.backlogs()["orders-db"].conflicts == 1)
     points = rig.metric_points("tidemark.archive.alarms")
     assert [p.attributes["reason"] for p in points] == ["checksum_conflict"]
 
@@ -216,8 +216,8 @@ async def test_truncated_foreign_and_stray_files_are_reported_and_never_uploaded
         entry = streamer.entry(key_of(rig, name))
         assert entry is not None
         assert entry.state is LogState.UNREADABLE
-    assert streamer.backlogs()["orders-db"].unreadable == 3
-    assert streamer.backlogs()["orders-db"].strays == 1
+    await rig.until(lambda: streamer.backlogs()["orders-db"].unreadable == 3)
+    await rig.until(lambda: streamer.backlogs()["orders-db"].strays == 1)
 
     # The operator puts the complete segment in place: it is examined again and archived.
     (rig.spool.ready_dir / truncated).unlink()
@@ -303,6 +303,7 @@ async def test_log_indexed_releases_only_a_stored_log_with_the_same_checksum(
     await rig.until(lambda: len(rig.sink.archived) == 2)
     event = next(e for e in rig.sink.archived if e.file_name == names[0])
     key = event.object_key
+    await rig.until(lambda: getattr(streamer.entry(key), "state", None) is LogState.PUBLISHED)
 
     with pytest.raises(ValueError, match="kept"):
         await streamer.release(key, "AAAAAA==")
@@ -397,8 +398,8 @@ async def test_metrics_and_status_show_lag_bytes_and_backlog(tmp_path: Path) -> 
     flaky.fail(key_of(rig, names[2]), 10**6)
     streamer = await rig.start()
     await rig.until(lambda: len(rig.sink.archived) == 2)
-    await rig.until(lambda: streamer.backlogs()["orders-db"].logs == 1)
     backlog = streamer.backlogs()["orders-db"]
+    await rig.until(lambda: (backlog.logs, backlog.unreleased) == (1, 2))
     assert backlog.bytes == SEGMENT_SIZE
     assert backlog.unreleased == 2
     assert backlog.last_lag_s is not None
