@@ -1,0 +1,639 @@
+"""The catalog's in-memory index: one `History` per database plus what the answers need
+(object keys, times, backups), and the queries themselves.
+
+The durable copy is the store (`store.py`); this index is rebuilt from it at start-up and updated
+per event, so every query is answered from memory in a few binary searches per base.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from schemas import DatabaseRef, Engine, Incarnation, Lsn, Scn, Timeline, utcnow
+from schemas.catalog import (
+    BackupView,
+    CheckReply,
+    DatabaseSummary,
+    GapView,
+    LineageView,
+    PlannedObject,
+    RecoverySettings,
+    RestorePlanReply,
+    RetentionPreview,
+    VerdictCode,
+    WindowsReply,
+    WindowView,
+)
+from schemas.messages import (
+    BackupCompleted,
+    LogArchived,
+    RestoreTarget,
+    TargetImmediate,
+    TargetName,
+    TargetPosition,
+    TargetSequence,
+    TargetTime,
+    TargetXid,
+)
+from services.catalog.history import (
+    BaseEntry,
+    Gap,
+    History,
+    LineageEntry,
+    LogEntry,
+    Verdict,
+    Window,
+)
+
+
+class UnknownDatabase(LookupError):
+    """No database with that uid has been indexed."""
+
+
+class NotRestorable(ValueError):
+    """A restore plan was asked for a target the catalog cannot restore to."""
+
+    def __init__(self, reply: CheckReply) -> None:
+        super().__init__(reply.reason)
+        self.reply = reply
+
+
+@dataclass(frozen=True)
+class LogObject:
+    key: str
+    size: int
+    crc32c: str
+    archived_at: datetime
+
+
+@dataclass
+class DatabaseIndex:
+    ref: DatabaseRef
+    history: History = field(default_factory=History)
+    objects: dict[tuple[str, int, int], LogObject] = field(default_factory=dict)
+    backups: dict[str, BackupCompleted] = field(default_factory=dict)
+    lineage_files: set[str] = field(default_factory=set)
+    last_archived_at: datetime | None = None
+    current_lineage: str | None = None
+
+    def position(self, value: int) -> Scn | Lsn:
+        return Scn(value=value) if self.ref.engine is Engine.ORACLE else Lsn(value=value)
+
+
+def _lineage_entry(lineage: Incarnation | Timeline) -> LineageEntry:
+    if isinstance(lineage, Timeline):
+        if lineage.parent is not None and lineage.branch_lsn is not None:
+            return LineageEntry(lineage.key, f"tl-{lineage.parent:08X}", lineage.branch_lsn.value)
+        return LineageEntry(lineage.key)
+    if lineage.prior_resetlogs_id is not None:
+        return LineageEntry(
+            lineage.key, f"inc-{lineage.prior_resetlogs_id}", lineage.resetlogs_scn.value
+        )
+    return LineageEntry(lineage.key)
+
+
+class CatalogIndex:
+    """Every database's history, and the answers to what users ask of it."""
+
+    def __init__(self) -> None:
+        self._dbs: dict[str, DatabaseIndex] = {}
+
+    # -- updates --------------------------------------------------------------------------------
+
+    def databases(self) -> list[DatabaseRef]:
+        return [db.ref for db in self._dbs.values()]
+
+    def database(self, uid: str) -> DatabaseIndex:
+        try:
+            return self._dbs[uid]
+        except KeyError:
+            raise UnknownDatabase(f"no database {uid!r} in the catalog") from None
+
+    def _ensure(self, ref: DatabaseRef) -> DatabaseIndex:
+        db = self._dbs.get(ref.uid)
+        if db is None:
+            db = self._dbs[ref.uid] = DatabaseIndex(ref)
+        elif ref.system_id is not None and db.ref.system_id is None:
+            db.ref = ref
+        return db
+
+    def _learn_lineage(self, db: DatabaseIndex, lineage: Incarnation | Timeline) -> None:
+        entry = _lineage_entry(lineage)
+        known = db.history.lineages.get(entry.key)
+        if known is None or (known.parent is None and entry.parent is not None):
+            db.history.add_lineage(entry)
+
+    def apply_log(self, database: DatabaseRef, log: LogArchived) -> bool:
+        """Index one stored log; False if it was already indexed (redelivery)."""
+        db = self._ensure(database)
+        self._learn_lineage(db, log.lineage)
+        key = log.lineage.key
+        if log.kind in ("history", "backup_history"):
+            if log.object_key in db.lineage_files:
+                return False
+            db.lineage_files.add(log.object_key)
+            return True
+        # Both are present for redo and WAL: the contract's validator enforces it.
+        assert log.first is not None
+        assert log.next is not None
+        added = db.history.add_log(
+            LogEntry(
+                key,
+                log.thread,
+                log.sequence,
+                log.first.value,
+                log.next.value,
+                log.first_time,
+                # PostgreSQL segments carry no times yet: the archive time bounds the segment's
+                # commits from above.
+                log.next_time or log.archived_at,
+            )
+        )
+        if added:
+            db.objects[(key, log.thread, log.sequence)] = LogObject(
+                log.object_key, log.size_bytes, log.crc32c, log.archived_at
+            )
+            if db.last_archived_at is None or log.archived_at >= db.last_archived_at:
+                db.last_archived_at = log.archived_at
+                db.current_lineage = key
+        return added
+
+    def remove_log(self, database_uid: str, lineage: str, thread: int, sequence: int) -> bool:
+        db = self.database(database_uid)
+        db.objects.pop((lineage, thread, sequence), None)
+        return db.history.remove_log(lineage, thread, sequence)
+
+    def apply_backup(self, database: DatabaseRef, backup: BackupCompleted) -> bool:
+        db = self._ensure(database)
+        if backup.backup_id in db.backups:
+            return False
+        self._learn_lineage(db, backup.lineage)
+        db.backups[backup.backup_id] = backup
+        db.history.add_base(
+            BaseEntry(
+                backup.backup_id,
+                backup.lineage.key,
+                backup.start.value,
+                backup.consistent_at.value,
+                backup.completed_at,
+            )
+        )
+        if db.current_lineage is None:
+            db.current_lineage = backup.lineage.key
+        return True
+
+    def remove_backup(self, database_uid: str, backup_id: str) -> bool:
+        db = self.database(database_uid)
+        db.backups.pop(backup_id, None)
+        return db.history.remove_base(backup_id)
+
+    # -- views ----------------------------------------------------------------------------------
+
+    def snapshot(self, database_uid: str) -> list[tuple[str, int, int]]:
+        db = self.database(database_uid)
+        return [
+            (key, w.start, w.end)
+            for key in sorted(db.history.lineages)
+            for w in db.history.windows(key)
+        ]
+
+    def _window_view(self, db: DatabaseIndex, window: Window) -> WindowView:
+        return WindowView(
+            lineage=window.lineage,
+            start=db.position(window.start),
+            end=db.position(window.end),
+            start_time=window.start_time,
+            end_time=window.end_time,
+            bases=list(window.bases),
+        )
+
+    def _backup_view(self, db: DatabaseIndex, backup_id: str) -> BackupView:
+        b = db.backups[backup_id]
+        return BackupView(
+            backup_id=b.backup_id,
+            lineage=b.lineage.key,
+            kind=b.spec.kind.value,
+            start=b.start,
+            consistent_at=b.consistent_at,
+            completed_at=b.completed_at,
+            manifest_key=b.manifest_key,
+        )
+
+    def _gap_view(self, db: DatabaseIndex, gap: Gap) -> GapView:
+        thread = db.history.threads(gap.lineage).get(gap.thread)
+        last = thread.by_next.get(gap.start) if thread else None
+        return GapView(
+            lineage=gap.lineage,
+            thread=gap.thread,
+            after_sequence=gap.after_sequence,
+            before_sequence=gap.before_sequence,
+            start=db.position(gap.start),
+            end=db.position(gap.end) if gap.end is not None else None,
+            start_time=last.next_time if last else None,
+            description=gap.describe(),
+        )
+
+    def gaps(self, db: DatabaseIndex) -> list[GapView]:
+        """Holes inside each thread's chain (not the open end after the newest log)."""
+        found = []
+        for key in sorted(db.history.lineages):
+            for number, thread in sorted(db.history.threads(key).items()):
+                pairs = thread.cover.intervals()
+                for (_, end), (start, _) in itertools.pairwise(pairs):
+                    last, nxt = thread.by_next.get(end), thread.by_first.get(start)
+                    gap = Gap(
+                        key,
+                        number,
+                        last.sequence if last else None,
+                        nxt.sequence if nxt else None,
+                        end,
+                        start,
+                    )
+                    found.append(self._gap_view(db, gap))
+        return found
+
+    def windows(self, database_uid: str, *, now: datetime | None = None) -> WindowsReply:
+        db = self.database(database_uid)
+        now = now or utcnow()
+        lineages = []
+        windows: list[WindowView] = []
+        for key in sorted(db.history.lineages):
+            entry = db.history.lineages[key]
+            times = [
+                t
+                for thread in db.history.threads(key).values()
+                for log in thread.by_seq.values()
+                for t in (log.first_time, log.next_time)
+                if t is not None
+            ]
+            lineages.append(
+                LineageView(
+                    key=key,
+                    parent=entry.parent,
+                    branch_at=db.position(entry.branch_at) if entry.branch_at is not None else None,
+                    first_time=min(times, default=None),
+                    last_time=max(times, default=None),
+                )
+            )
+            windows.extend(self._window_view(db, w) for w in db.history.windows(key))
+        return WindowsReply(
+            database=db.ref,
+            now=now,
+            lineages=lineages,
+            windows=windows,
+            backups=[self._backup_view(db, b) for b in sorted(db.backups)],
+            gaps=self.gaps(db),
+            last_archived_at=db.last_archived_at,
+            rpo_lag_s=self._rpo_lag(db, now),
+        )
+
+    def _rpo_lag(self, db: DatabaseIndex, now: datetime) -> float | None:
+        """How much of the recent past is not restorable: now minus the newest restorable time."""
+        if db.current_lineage is None:
+            return None
+        windows = db.history.windows(db.current_lineage)
+        end = windows[-1].end_time if windows else None
+        return max(0.0, (now - end).total_seconds()) if end is not None else None
+
+    def summaries(self, *, now: datetime | None = None) -> list[DatabaseSummary]:
+        now = now or utcnow()
+        out = []
+        for uid in sorted(self._dbs):
+            db = self._dbs[uid]
+            windows = (
+                db.history.windows(db.current_lineage) if db.current_lineage is not None else []
+            )
+            out.append(
+                DatabaseSummary(
+                    database=db.ref,
+                    window_start_time=windows[0].start_time if windows else None,
+                    window_end_time=windows[-1].end_time if windows else None,
+                    rpo_lag_s=self._rpo_lag(db, now),
+                    backups=len(db.backups),
+                    gaps=len(self.gaps(db)),
+                    logs=len(db.objects),
+                )
+            )
+        return out
+
+    # -- checks ---------------------------------------------------------------------------------
+
+    def check(
+        self, database_uid: str, target: RestoreTarget, lineage: str | None = None
+    ) -> CheckReply:
+        """Is `target` restorable? If not, why, and which restorable points are nearest."""
+        db = self._dbs.get(database_uid)
+        if db is None:
+            return CheckReply(
+                database=database_uid,
+                target=target,
+                lineage=lineage,
+                restorable=False,
+                code="unknown_database",
+                reason=f"no database {database_uid!r} in the catalog",
+            )
+        key = lineage or db.current_lineage or ""
+        reply: dict[str, Any] = {"database": database_uid, "target": target, "lineage": key}
+        if isinstance(target, TargetTime):
+            return self._check_time(db, key, target.at, reply)
+        position: int | None = None
+        if isinstance(target, TargetPosition):
+            expected = "scn" if db.ref.engine is Engine.ORACLE else "lsn"
+            if target.position.kind != expected:
+                return CheckReply(
+                    **reply,
+                    restorable=False,
+                    code="unsupported_target",
+                    reason=f"{db.ref.engine.value} databases are restored to an "
+                    f"{expected.upper()}, not an {target.position.kind.upper()}",
+                )
+            position = target.position.value
+        elif isinstance(target, TargetSequence):
+            position = self._sequence_position(db, key, target)
+            if position is None:
+                return CheckReply(
+                    **reply,
+                    restorable=False,
+                    code="gap",
+                    reason=f"sequence {target.sequence - 1} of thread {target.thread} is not "
+                    "in the archive",
+                )
+        elif isinstance(target, TargetImmediate):
+            base = self._immediate_base(db, key)
+            if base is None:
+                return CheckReply(
+                    **reply,
+                    restorable=False,
+                    code="no_backup",
+                    reason="no backup on this lineage whose logs reach its consistent point",
+                )
+            return CheckReply(**reply, restorable=True, code="ok", reason="restorable", base=base)
+        elif isinstance(target, TargetXid | TargetName):
+            return CheckReply(
+                **reply,
+                restorable=False,
+                code="unsupported_target",
+                reason="the catalog cannot place a transaction id or a restore point in the "
+                "log history; restore to a time or position instead",
+            )
+        assert position is not None
+        return self._reply(db, reply, db.history.check(key, position))
+
+    def _reply(self, db: DatabaseIndex, reply: dict[str, Any], verdict: Verdict) -> CheckReply:
+        def time_at(pos: int | None) -> datetime | None:
+            if pos is None:
+                return None
+            for window in db.history.windows(str(reply["lineage"])):
+                if window.end == pos:
+                    return window.end_time
+                if window.start + 1 == pos:
+                    return window.start_time
+            return None
+
+        code: VerdictCode = verdict.code  # type: ignore[assignment]
+        return CheckReply.model_validate(
+            {
+                **reply,
+                "restorable": verdict.restorable,
+                "code": code,
+                "reason": verdict.reason,
+                "base": verdict.base,
+                "window": self._window_view(db, verdict.window) if verdict.window else None,
+                "gap": self._gap_view(db, verdict.gap) if verdict.gap else None,
+                "nearest_before": db.position(verdict.nearest_before)
+                if verdict.nearest_before is not None
+                else None,
+                "nearest_before_time": time_at(verdict.nearest_before),
+                "nearest_after": db.position(verdict.nearest_after)
+                if verdict.nearest_after is not None
+                else None,
+                "nearest_after_time": time_at(verdict.nearest_after),
+            }
+        )
+
+    def _sequence_position(
+        self, db: DatabaseIndex, lineage: str, target: TargetSequence
+    ) -> int | None:
+        # UNTIL SEQUENCE s THREAD t stops before s: the target is where s-1 ends.
+        thread = db.history.threads(lineage).get(target.thread)
+        log = thread.by_seq.get(target.sequence - 1) if thread else None
+        return log.next if log else None
+
+    def _immediate_base(self, db: DatabaseIndex, lineage: str) -> str | None:
+        best: BaseEntry | None = None
+        for base in db.history.bases.values():
+            if base.lineage != lineage:
+                continue
+            end, _ = db.history.chain_end(lineage, base.start)
+            if end >= base.consistent and (best is None or base.consistent > best.consistent):
+                best = base
+        return best.backup_id if best else None
+
+    def _check_time(
+        self, db: DatabaseIndex, lineage: str, at: datetime, reply: dict[str, Any]
+    ) -> CheckReply:
+        if lineage not in db.history.lineages:
+            return self._reply(db, reply, db.history.check(lineage, 0))
+        windows = db.history.windows(lineage)
+        timed = [w for w in windows if w.start_time is not None and w.end_time is not None]
+        for window in timed:
+            assert window.start_time is not None
+            assert window.end_time is not None
+            if window.start_time < at <= window.end_time:
+                base = self._base_for_time(db, window, at)
+                return CheckReply(
+                    **reply,
+                    restorable=True,
+                    code="ok",
+                    reason="restorable",
+                    base=base,
+                    window=self._window_view(db, window),
+                )
+        before = [w for w in timed if w.end_time is not None and w.end_time < at]
+        after = [w for w in timed if w.start_time is not None and w.start_time >= at]
+        code: VerdictCode
+        if not windows:
+            code, reason = "no_backup", "no restorable window on this lineage yet"
+        elif not before:
+            code = "before_first_backup"
+            reason = (
+                f"before the first restorable moment ({timed[0].start_time:%Y-%m-%d %H:%M:%S}Z)"
+                if timed
+                else "before the first restorable moment"
+            )
+        elif not after:
+            code = "beyond_last_log"
+            reason = (
+                "beyond the last archived log: restorable up to "
+                f"{before[-1].end_time:%Y-%m-%d %H:%M:%S}Z"
+            )
+        else:
+            code = "gap"
+            verdict = db.history.check(lineage, before[-1].end + 1)
+            reason = verdict.reason if verdict.gap else "between two restorable windows"
+        last_before = before[-1] if before else None
+        first_after = after[0] if after else None
+        return CheckReply(
+            **reply,
+            restorable=False,
+            code=code,
+            reason=reason,
+            nearest_before=db.position(last_before.end) if last_before else None,
+            nearest_before_time=last_before.end_time if last_before else None,
+            nearest_after=db.position(first_after.start + 1) if first_after else None,
+            nearest_after_time=first_after.start_time if first_after else None,
+        )
+
+    def _base_for_time(self, db: DatabaseIndex, window: Window, at: datetime) -> str | None:
+        candidates = [
+            db.history.bases[b] for b in window.bases if db.history.bases[b].completed_at < at
+        ]
+        if not candidates:
+            return window.bases[0] if window.bases else None
+        return max(candidates, key=lambda b: b.consistent).backup_id
+
+    # -- plans ----------------------------------------------------------------------------------
+
+    def restore_plan(
+        self, database_uid: str, target: RestoreTarget, lineage: str | None = None
+    ) -> RestorePlanReply:
+        """The base, the ordered objects to fetch, and the exact recovery target."""
+        verdict = self.check(database_uid, target, lineage)
+        db = self.database(database_uid)
+        key = verdict.lineage or ""
+        if isinstance(target, TargetXid | TargetName):
+            # Unplaceable targets restore from the newest base, reading its whole window.
+            windows = db.history.windows(key)
+            if not windows:
+                raise NotRestorable(verdict)
+            base_id = max(windows[-1].bases, key=lambda b: db.history.bases[b].consistent)
+            until = windows[-1].end
+        else:
+            if not verdict.restorable or verdict.base is None:
+                raise NotRestorable(verdict)
+            base_id = verdict.base
+            until = self._until_position(db, key, target, verdict)
+        logs = db.history.logs_for(base_id, key, until)
+        objects = []
+        for log in logs:
+            obj = db.objects.get((log.lineage, log.thread, log.sequence))
+            if obj is None:
+                continue
+            objects.append(
+                PlannedObject(
+                    key=obj.key,
+                    lineage=log.lineage,
+                    thread=log.thread,
+                    sequence=log.sequence,
+                    first=db.position(log.first),
+                    next=db.position(log.next),
+                    size_bytes=obj.size,
+                    crc32c=obj.crc32c,
+                )
+            )
+        return RestorePlanReply(
+            database=database_uid,
+            target=target,
+            lineage=key,
+            base=self._backup_view(db, base_id),
+            objects=objects,
+            recovery=self._recovery(db, key, target),
+            total_bytes=sum(o.size_bytes or 0 for o in objects),
+        )
+
+    def _until_position(
+        self, db: DatabaseIndex, lineage: str, target: RestoreTarget, verdict: CheckReply
+    ) -> int:
+        if isinstance(target, TargetPosition):
+            return target.position.value
+        if isinstance(target, TargetSequence):
+            position = self._sequence_position(db, lineage, target)
+            assert position is not None
+            return position
+        if isinstance(target, TargetImmediate):
+            return db.history.bases[verdict.base or ""].consistent
+        assert verdict.window is not None
+        # A time: read the window up to the first log that ends after the target time.
+        for thread in db.history.threads(lineage).values():
+            for log in sorted(thread.by_seq.values(), key=lambda log: log.first):
+                if isinstance(target, TargetTime) and log.next_time and log.next_time >= target.at:
+                    return min(log.next, verdict.window.end.value)
+        return verdict.window.end.value
+
+    def _recovery(self, db: DatabaseIndex, lineage: str, target: RestoreTarget) -> RecoverySettings:
+        on_current = lineage == db.current_lineage
+        if db.ref.engine is Engine.ORACLE:
+            if isinstance(target, TargetPosition):
+                until = f"SET UNTIL SCN {target.position.value}"
+            elif isinstance(target, TargetTime):
+                stamp = target.at.strftime("%Y-%m-%d %H:%M:%S")
+                until = f"SET UNTIL TIME \"TO_DATE('{stamp}','YYYY-MM-DD HH24:MI:SS')\""
+            elif isinstance(target, TargetSequence):
+                until = f"SET UNTIL SEQUENCE {target.sequence} THREAD {target.thread}"
+            else:
+                until = None
+            return RecoverySettings(
+                engine="oracle",
+                rman_until=until,
+                reset_to_incarnation=None if on_current else lineage,
+            )
+        settings: dict[str, str] = {"recovery_target_action": "promote"}
+        if lineage.startswith("tl-"):
+            settings["recovery_target_timeline"] = str(int(lineage[3:], 16))
+        if isinstance(target, TargetPosition):
+            settings["recovery_target_lsn"] = str(target.position)
+        elif isinstance(target, TargetTime):
+            settings["recovery_target_time"] = target.at.isoformat(sep=" ")
+        elif isinstance(target, TargetXid):
+            settings["recovery_target_xid"] = str(target.xid)
+        elif isinstance(target, TargetName):
+            settings["recovery_target_name"] = target.name
+        elif isinstance(target, TargetImmediate):
+            settings["recovery_target"] = "immediate"
+        return RecoverySettings(engine="postgres", postgres=settings)
+
+    # -- retention ------------------------------------------------------------------------------
+
+    def retention_preview(
+        self, database_uid: str, keep_days: float, *, now: datetime | None = None
+    ) -> RetentionPreview:
+        """What a recovery window of `keep_days` would delete. The base that starts the oldest
+        wanted window is always kept, with every log from its start on."""
+        db = self.database(database_uid)
+        keep_from = (now or utcnow()) - timedelta(days=keep_days)
+        bases = sorted(db.history.bases.values(), key=lambda b: b.completed_at)
+        anchor = None
+        for base in bases:
+            if base.completed_at <= keep_from:
+                anchor = base
+        if anchor is None:
+            return RetentionPreview(
+                database=database_uid,
+                keep_from=keep_from,
+                delete_backups=[],
+                keep_backups=[b.backup_id for b in bases],
+                delete_logs=0,
+                delete_bytes=0,
+                oldest_kept_base=bases[0].backup_id if bases else None,
+                note="no backup is older than the window; nothing can be deleted",
+            )
+        delete = [b.backup_id for b in bases if b.completed_at < anchor.completed_at]
+        keep = [b.backup_id for b in bases if b.backup_id not in delete]
+        old_logs = [
+            obj
+            for (lineage, thread, seq), obj in db.objects.items()
+            if lineage == anchor.lineage
+            and db.history.threads(lineage)[thread].by_seq[seq].next <= anchor.start
+        ]
+        return RetentionPreview(
+            database=database_uid,
+            keep_from=keep_from,
+            delete_backups=delete,
+            keep_backups=keep,
+            delete_logs=len(old_logs),
+            delete_bytes=sum(o.size for o in old_logs),
+            oldest_kept_base=anchor.backup_id,
+        )
