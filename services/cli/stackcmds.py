@@ -41,8 +41,8 @@ def _age(iso: object) -> str:
 
 def render_status(view: StackView) -> None:
     services = Table(title=f"Services  ({view.url})", title_justify="left")
-    for column in ("service", "node", "state", "pid", "reported", "consumers"):
-        services.add_column(column)
+    for column in ("service", "node", "state", "pid", "reported", "consumers", "detail"):
+        services.add_column(column, overflow="fold")
     for key in sorted(view.health):
         h = view.health[key]
         state = str(h.get("state"))
@@ -54,9 +54,11 @@ def render_status(view: StackView) -> None:
             str(h.get("pid")),
             _age(h.get("updated_at")),
             ", ".join(h.get("consumers") or []) or "-",
+            # The archiver reports each database's backlog, lag and alarms here.
+            str(h.get("detail") or ""),
         )
     if not view.health:
-        services.add_row("[red]no service is reporting[/]", "", "", "", "", "")
+        services.add_row("[red]no service is reporting[/]", "", "", "", "", "", "")
     console.print(services)
 
     streams = Table(title="Streams and consumers", title_justify="left")
