@@ -22,6 +22,7 @@ from schemas.envelope import Envelope, Payload
 from schemas.messages import (
     ArchiveAlarm,
     BackupCompleted,
+    BackupDeleted,
     BackupFailed,
     BackupRequested,
     JobAccepted,
@@ -29,6 +30,7 @@ from schemas.messages import (
     JobProgress,
     JobSucceeded,
     LogArchived,
+    LogDeleted,
     LogIndexed,
     RequestBackup,
     RequestRestore,
@@ -38,6 +40,7 @@ from schemas.messages import (
     RestoreRequested,
     RunBackup,
     RunRestore,
+    WindowChanged,
 )
 from schemas.records import DLQ_SUBJECT_PREFIX
 
@@ -67,8 +70,11 @@ EVENTS: tuple[type[Payload], ...] = (
     BackupRequested,
     BackupCompleted,
     BackupFailed,
+    BackupDeleted,
     LogArchived,
     LogIndexed,
+    LogDeleted,
+    WindowChanged,
     RestoreRequested,
     RestoreProgress,
     RestoreCompleted,

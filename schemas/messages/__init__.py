@@ -3,6 +3,7 @@
 from schemas.messages.alarms import AlarmReason, ArchiveAlarm
 from schemas.messages.backups import (
     BackupCompleted,
+    BackupDeleted,
     BackupFailed,
     BackupKind,
     BackupRequested,
@@ -28,7 +29,7 @@ from schemas.messages.jobs import (
     RestoreResult,
     VerifyResult,
 )
-from schemas.messages.logs import LogArchived, LogIndexed
+from schemas.messages.logs import LogArchived, LogDeleted, LogIndexed
 from schemas.messages.restores import (
     CloneSpec,
     RequestRestore,
@@ -47,12 +48,14 @@ from schemas.messages.restores import (
     TargetTime,
     TargetXid,
 )
+from schemas.messages.windows import LineageKey, WindowChanged, WindowSummary
 
 __all__ = [
     "AbsPath",
     "AlarmReason",
     "ArchiveAlarm",
     "BackupCompleted",
+    "BackupDeleted",
     "BackupFailed",
     "BackupId",
     "BackupKind",
@@ -68,7 +71,9 @@ __all__ = [
     "JobProgress",
     "JobResult",
     "JobSucceeded",
+    "LineageKey",
     "LogArchived",
+    "LogDeleted",
     "LogIndexed",
     "Operation",
     "RequestBackup",
@@ -90,4 +95,6 @@ __all__ = [
     "TargetTime",
     "TargetXid",
     "VerifyResult",
+    "WindowChanged",
+    "WindowSummary",
 ]

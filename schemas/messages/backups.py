@@ -119,3 +119,16 @@ class BackupFailed(Event):
     backup_id: BackupId
     job_id: uuid.UUID | None = None
     failure: Failure
+
+
+class BackupDeleted(Event):
+    """A backup's manifest and pieces are gone from the object store (retention, or a person):
+    it is no longer a restore base."""
+
+    TYPE: ClassVar[str] = "backup.deleted"
+    SUBJECT: ClassVar[str] = "tm.evt.backup.deleted.{database}"
+    SUMMARY: ClassVar[str] = "A backup was removed from the object store; it is no longer a base."
+
+    backup_id: BackupId
+    manifest_key: ObjectKey | None = None
+    reason: Reason

@@ -8,7 +8,7 @@ from pydantic import Field, StringConstraints, model_validator
 
 from schemas._base import Crc32c, NodeName, ObjectKey, UtcDateTime
 from schemas.envelope import Event
-from schemas.messages.common import Compression
+from schemas.messages.common import Compression, Reason
 from schemas.positions import Lineage, Position, check_on_lineage
 
 WalFileName = Annotated[
@@ -82,3 +82,19 @@ class LogIndexed(Event):
     sequence: int = Field(ge=0, lt=1 << 63)
     object_key: ObjectKey
     crc32c: Crc32c
+
+
+class LogDeleted(Event):
+    """A log's object is gone from the object store (retention, or a person)."""
+
+    TYPE: ClassVar[str] = "log.deleted"
+    SUBJECT: ClassVar[str] = "tm.evt.log.deleted.{database}"
+    SUMMARY: ClassVar[str] = "A log was removed from the object store; restores cannot use it."
+
+    lineage: Lineage
+    kind: Literal["redo", "wal", "history", "backup_history"]
+    thread: int = Field(ge=1, le=65535)
+    sequence: int = Field(ge=0, lt=1 << 63)
+    object_key: ObjectKey
+    file_name: WalFileName | None = None
+    reason: Reason

@@ -46,6 +46,7 @@ from schemas.messages import (
     AlarmReason,
     ArchiveAlarm,
     BackupCompleted,
+    BackupDeleted,
     BackupFailed,
     BackupRequested,
     BackupResult,
@@ -57,6 +58,7 @@ from schemas.messages import (
     JobProgress,
     JobSucceeded,
     LogArchived,
+    LogDeleted,
     LogIndexed,
     Operation,
     RequestBackup,
@@ -71,6 +73,8 @@ from schemas.messages import (
     RunRestore,
     TargetPosition,
     TargetTime,
+    WindowChanged,
+    WindowSummary,
 )
 
 pytestmark = pytest.mark.unit
@@ -138,6 +142,41 @@ EXAMPLES: dict[str, Callable[[], tuple[Payload, DatabaseRef]]] = {
     ),
     "log.indexed": lambda: (
         LogIndexed(lineage=TL1, thread=1, sequence=0x16B3, object_key=WAL, crc32c="q83vEg=="),
+        PG,
+    ),
+    "log.deleted": lambda: (
+        LogDeleted(
+            lineage=TL1,
+            kind="wal",
+            thread=1,
+            sequence=0x16B3,
+            object_key=WAL,
+            file_name="0000000100000016000000B3",
+            reason="retention: older than the oldest kept base",
+        ),
+        PG,
+    ),
+    "backup.deleted": lambda: (
+        BackupDeleted(
+            backup_id="b-20260131",
+            manifest_key="erp-prod/backups/b-20260131/manifest.json",
+            reason="retention: recovery window of 14 days",
+        ),
+        ORA,
+    ),
+    "window.changed": lambda: (
+        WindowChanged(
+            lineage="tl-00000001",
+            windows=[
+                WindowSummary(
+                    start=Lsn.parse("16/A0000100"),
+                    end=Lsn.parse("16/B4000000"),
+                    start_time=T0,
+                    end_time=T0 + timedelta(hours=3),
+                    bases=["b-20260131"],
+                )
+            ],
+        ),
         PG,
     ),
     "restore.request": lambda: (
