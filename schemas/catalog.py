@@ -157,3 +157,28 @@ class RetentionPreview(StrictModel):
     delete_bytes: int
     oldest_kept_base: BackupId | None = None
     note: str = ""
+
+
+class WindowsRequest(StrictModel):
+    database: DatabaseUid
+
+
+class RetentionRequest(StrictModel):
+    database: DatabaseUid
+    keep_days: float = Field(ge=0, le=36500)
+
+
+class DatabasesRequest(StrictModel):
+    pass
+
+
+class DatabasesReply(StrictModel):
+    databases: list[DatabaseSummary]
+
+
+class QueryError(StrictModel):
+    """What a refused query says: an HTTP-like status and exactly what was wrong."""
+
+    status: int
+    error: str
+    check: CheckReply | None = None

@@ -16,6 +16,7 @@ from typing import Annotated
 
 import typer
 
+from services.cli import querycmds
 from services.cli.stackcmds import (
     bring_up,
     console,
@@ -137,6 +138,9 @@ def demo(
 
         shutil.rmtree(state_dir, ignore_errors=True)
     raise typer.Exit(code)
+
+
+querycmds.register(app)
 
 
 def main() -> None:

@@ -1,0 +1,139 @@
+"""The catalog's queries over NATS request/reply, with the NATS services framework.
+
+    tm.qry.catalog.databases     DatabasesRequest → DatabasesReply
+    tm.qry.catalog.windows       WindowsRequest   → WindowsReply
+    tm.qry.catalog.check         CheckRequest     → CheckReply
+    tm.qry.catalog.restore_plan  CheckRequest     → RestorePlanReply
+    tm.qry.catalog.retention     RetentionRequest → RetentionPreview
+
+A refused query gets the services framework's error headers (`Nats-Service-Error-Code` 400,
+404 or 409) and a `QueryError` body saying what was wrong; a target that cannot be restored to
+is a 409 that carries the full `CheckReply` (why, and the nearest restorable points).
+Replicas share the queue group, so any catalog instance may answer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from nats.aio.client import Client
+from nats.micro import add_service
+from nats.micro.request import Request
+from nats.micro.service import Service, ServiceConfig
+from pydantic import BaseModel, ValidationError
+
+from schemas.catalog import (
+    QUERY_PREFIX,
+    CheckRequest,
+    DatabasesReply,
+    DatabasesRequest,
+    QueryError,
+    RetentionRequest,
+    WindowsRequest,
+)
+from services.catalog.index import CatalogIndex, NotRestorable, UnknownDatabase
+
+QUERY_QUEUE = "catalog"
+
+
+class _Refused(Exception):
+    def __init__(self, status: int, error: str, body: QueryError | None = None) -> None:
+        super().__init__(error)
+        self.status = status
+        self.error = error
+        self.body = body or QueryError(status=status, error=error)
+
+
+def _parse(model: type[BaseModel], data: bytes) -> Any:
+    try:
+        return model.model_validate_json(data or b"{}")
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or 'request'}: {e['msg']}"
+            for e in exc.errors()[:5]
+        )
+        raise _Refused(400, f"bad {model.__name__}: {problems}") from None
+
+
+def handlers(index: CatalogIndex) -> dict[str, Callable[[bytes], Awaitable[BaseModel]]]:
+    """Each query as bytes → reply model; raises `_Refused` for a clear refusal."""
+
+    async def databases(data: bytes) -> BaseModel:
+        _parse(DatabasesRequest, data)
+        return DatabasesReply(databases=index.summaries())
+
+    async def windows(data: bytes) -> BaseModel:
+        request: WindowsRequest = _parse(WindowsRequest, data)
+        try:
+            return index.windows(request.database)
+        except UnknownDatabase as exc:
+            raise _Refused(404, str(exc)) from None
+
+    async def check(data: bytes) -> BaseModel:
+        request: CheckRequest = _parse(CheckRequest, data)
+        reply = index.check(request.database, request.target, request.lineage)
+        if reply.code == "unknown_database":
+            raise _Refused(404, reply.reason)
+        return reply
+
+    async def restore_plan(data: bytes) -> BaseModel:
+        request: CheckRequest = _parse(CheckRequest, data)
+        try:
+            return index.restore_plan(request.database, request.target, request.lineage)
+        except UnknownDatabase as exc:
+            raise _Refused(404, str(exc)) from None
+        except NotRestorable as exc:
+            if exc.reply.code == "unknown_database":
+                raise _Refused(404, exc.reply.reason) from None
+            body = QueryError(status=409, error=exc.reply.reason, check=exc.reply)
+            raise _Refused(409, exc.reply.reason, body) from None
+
+    async def retention(data: bytes) -> BaseModel:
+        request: RetentionRequest = _parse(RetentionRequest, data)
+        try:
+            return index.retention_preview(request.database, request.keep_days)
+        except UnknownDatabase as exc:
+            raise _Refused(404, str(exc)) from None
+
+    return {
+        "databases": databases,
+        "windows": windows,
+        "check": check,
+        "restore_plan": restore_plan,
+        "retention": retention,
+    }
+
+
+async def serve_queries(nc: Client, index: CatalogIndex, *, version: str = "0.1.0") -> Service:
+    """Register the query endpoints; stop them with `await service.stop()`."""
+    service = await add_service(
+        nc,
+        ServiceConfig(
+            name="tidemark-catalog",
+            version=version,
+            description="Restorable windows, checks, restore plans, retention previews",
+            queue_group=QUERY_QUEUE,
+        ),
+    )
+    for name, handler in handlers(index).items():
+        await service.add_endpoint(
+            name=name, subject=f"{QUERY_PREFIX}.{name}", handler=_endpoint(handler)
+        )
+    return service
+
+
+def _endpoint(
+    handler: Callable[[bytes], Awaitable[BaseModel]],
+) -> Callable[[Request], Awaitable[None]]:
+    async def respond(request: Request) -> None:
+        try:
+            reply = await handler(request.data)
+        except _Refused as refused:
+            await request.respond_error(
+                str(refused.status), refused.error, data=refused.body.model_dump_json().encode()
+            )
+            return
+        await request.respond(reply.model_dump_json().encode())
+
+    return respond

@@ -1,0 +1,145 @@
+"""`tidemark windows DB` and `tidemark check DB --to TIME|--scn N|--lsn X`: ask the catalog."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, TypeVar
+
+import typer
+from rich.table import Table
+
+from schemas import Lsn, Scn
+from schemas.catalog import CheckReply, WindowsReply
+from schemas.messages import RestoreTarget, TargetPosition, TargetTime
+from services.catalog.client import CatalogClient, CatalogError
+from services.cli.stackcmds import console, resolve_nats_url
+from services.stack.probe import connect_once
+
+T = TypeVar("T")
+
+StateDir = Annotated[
+    Path, typer.Option("--state-dir", envvar="TIDEMARK_STATE_DIR", help="local state of the stack")
+]
+NatsUrl = Annotated[
+    str | None, typer.Option("--nats-url", help="NATS URL (default: the running stack's)")
+]
+
+
+def parse_target(to: str | None, scn: int | None, lsn: str | None) -> RestoreTarget:
+    """Exactly one of --to, --scn, --lsn; a time without a zone is taken as UTC."""
+    given = [name for name, v in (("--to", to), ("--scn", scn), ("--lsn", lsn)) if v is not None]
+    if len(given) != 1:
+        raise typer.BadParameter("give exactly one of --to TIME, --scn N or --lsn X/Y")
+    if scn is not None:
+        if scn < 0:
+            raise typer.BadParameter("--scn must not be negative")
+        return TargetPosition(position=Scn(value=scn))
+    if lsn is not None:
+        try:
+            return TargetPosition(position=Lsn.parse(lsn))
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc)) from None
+    assert to is not None
+    try:
+        at = datetime.fromisoformat(to.replace("Z", "+00:00"))
+    except ValueError:
+        raise typer.BadParameter(
+            f"--to {to!r} is not a time; use ISO 8601, e.g. 2026-03-01T12:05:00Z"
+        ) from None
+    if at.tzinfo is None:
+        at = at.replace(tzinfo=UTC)
+    return TargetTime(at=at)
+
+
+def ask(url: str, question: Callable[[CatalogClient], Awaitable[T]]) -> T:
+    async def run() -> T:
+        try:
+            nc = await connect_once(url)
+        except Exception as exc:
+            raise CatalogError(503, f"cannot reach NATS at {url}: {exc}") from exc
+        try:
+            return await question(CatalogClient(nc))
+        finally:
+            await nc.close()
+
+    try:
+        return asyncio.run(run())
+    except CatalogError as exc:
+        console.print(f"[red]✗ {exc.error}[/]")
+        raise typer.Exit(2 if exc.status in (400, 404) else 1) from None
+
+
+def _t(value: datetime | None) -> str:
+    return f"{value:%Y-%m-%d %H:%M:%S}Z" if value else "?"
+
+
+def render_windows(reply: WindowsReply) -> None:
+    db = reply.database
+    table = Table(title=f"Restorable windows of {db.uid} ({db.engine.value})", title_justify="left")
+    for column in (
+        "lineage",
+        "from (exclusive)",
+        "to (inclusive)",
+        "from time",
+        "to time",
+        "bases",
+    ):
+        table.add_column(column)
+    for w in reply.windows:
+        table.add_row(
+            w.lineage,
+            str(w.start),
+            str(w.end),
+            _t(w.start_time),
+            _t(w.end_time),
+            ", ".join(w.bases),
+        )
+    console.print(table)
+    for gap in reply.gaps:
+        console.print(f"[yellow]! {gap.lineage}: {gap.description}[/]")
+    lag = f"{reply.rpo_lag_s:.0f}s" if reply.rpo_lag_s is not None else "unknown"
+    console.print(f"RPO lag: {lag}   backups: {len(reply.backups)}")
+
+
+def render_check(reply: CheckReply) -> None:
+    if reply.restorable:
+        console.print(f"[green]✓ restorable[/] on {reply.lineage} from backup {reply.base}")
+        return
+    console.print(f"[red]✗ not restorable[/] ({reply.code}): {reply.reason}")
+    if reply.nearest_before is not None:
+        console.print(f"  nearest before: {reply.nearest_before} ({_t(reply.nearest_before_time)})")
+    if reply.nearest_after is not None:
+        console.print(f"  nearest after:  {reply.nearest_after} ({_t(reply.nearest_after_time)})")
+
+
+def register(app: typer.Typer) -> None:
+    @app.command()
+    def windows(
+        database: Annotated[str, typer.Argument(help="database uid")],
+        state_dir: StateDir = Path(".state"),
+        nats_url: NatsUrl = None,
+    ) -> None:
+        """Show a database's restorable windows, gaps and RPO lag."""
+        url = resolve_nats_url(nats_url, state_dir)
+        render_windows(ask(url, lambda c: c.windows(database)))
+
+    @app.command()
+    def check(
+        database: Annotated[str, typer.Argument(help="database uid")],
+        to: Annotated[str | None, typer.Option("--to", help="a time (ISO 8601; UTC)")] = None,
+        scn: Annotated[int | None, typer.Option("--scn", help="an Oracle SCN")] = None,
+        lsn: Annotated[str | None, typer.Option("--lsn", help="a PostgreSQL LSN, X/Y")] = None,
+        lineage: Annotated[str | None, typer.Option(help="incarnation or timeline key")] = None,
+        state_dir: StateDir = Path(".state"),
+        nats_url: NatsUrl = None,
+    ) -> None:
+        """Can DATABASE be restored to this point? If not, why, and what is nearest."""
+        target = parse_target(to, scn, lsn)
+        url = resolve_nats_url(nats_url, state_dir)
+        reply = ask(url, lambda c: c.check(database, target, lineage))
+        render_check(reply)
+        if not reply.restorable:
+            raise typer.Exit(1)
