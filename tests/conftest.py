@@ -6,4 +6,5 @@ pytest_plugins = [
     "tests.fixtures.nats",
     "tests.fixtures.gcs",
     "tests.fixtures.postgres",
+    "tests.fixtures.browser",
 ]

@@ -225,7 +225,9 @@ class HttpServer:
         return f"http://{host}:{self.port}"
 
     async def stop(self) -> None:
-        await self.runner.cleanup()
+        """Idempotent: a second call finds nothing left to close."""
+        if self.runner.server is not None:
+            await self.runner.cleanup()
 
 
 async def start_http(index: CatalogIndex, host: str, port: int) -> HttpServer:

@@ -101,7 +101,7 @@ def _axis(scale: _Scale, height: int) -> list[str]:
     span = scale.end - scale.start
     fmt = _tick_format(span)
     out = ['<g class="axis">']
-    for i in range(6):
+    for i in range(5):  # the sixth tick would be `now`, which has its own label
         t = scale.start + span * (i / 5)
         x = scale.x(t)
         out.append(
@@ -177,19 +177,36 @@ def _gap(g: GapView, y: float, scale: _Scale, reply: WindowsReply, lane: Lineage
     )
 
 
-def _branch(child: LineageView, parent_y: float, y: float, scale: _Scale) -> str:
-    # The child's first log is the closest time the reply gives for its branch point.
-    x = scale.x(child.first_time)
+def _branch_time(child: LineageView, reply: WindowsReply) -> datetime | None:
+    """When the parent passed the branch point: interpolated inside the parent's window that
+    holds it (positions advance roughly evenly between two known times), else the child's
+    first log, the closest time the reply gives."""
+    at = child.branch_at
+    for w in reply.windows:
+        if at is None or w.lineage != child.parent or w.start_time is None or w.end_time is None:
+            continue
+        if w.start.value < at.value <= w.end.value:
+            share = (at.value - w.start.value) / (w.end.value - w.start.value)
+            return w.start_time + (w.end_time - w.start_time) * share
+    return child.first_time
+
+
+def _branch(
+    child: LineageView, parent_y: float, y: float, scale: _Scale, reply: WindowsReply
+) -> str:
+    x0 = scale.x(_branch_time(child, reply), default=scale.x(child.first_time))
+    x1 = max(scale.x(child.first_time, default=x0), x0 + 8)
     title = (
         f"{child.key} branches from {child.parent} at {pos(child.branch_at)}"
-        f"\nfirst log {when(child.first_time)}"
+        f"\nfirst log on {child.key} {when(child.first_time)}"
     )
+    bend = (x1 - x0) / 2
     return (
         f'<g class="branch"{attrs(data_key=f"branch:{child.key}", data_parent=child.parent)}'
         f"{attrs(data_child=child.key, data_branch_at=_opt(child.branch_at))}>"
         f"<title>{esc(title)}</title>"
-        f"<path{attrs(d=f'M{x - 14} {parent_y}C{x - 4} {parent_y} {x - 6} {y} {x} {y}')}/>"
-        f"<circle{attrs(cx=x - 14, cy=parent_y, r=3)}/></g>"
+        f"<path{attrs(d=f'M{x0} {parent_y}C{x0 + bend} {parent_y} {x1 - bend} {y} {x1} {y}')}/>"
+        f"<circle{attrs(cx=x0, cy=parent_y, r=3)}/></g>"
     )
 
 
@@ -218,12 +235,14 @@ def render_timeline(reply: WindowsReply) -> str:
             f"<title>{esc(f'logs on {lane.key}: {when(lane.first_time)} … {when(lane.last_time)}')}"
             "</title></line></g>"
         )
-        if lane.parent in ys:
-            out.append(_branch(lane, ys[lane.parent], y, scale))
     by_key = {lane.key: lane for lane in lanes}
     for w in reply.windows:
         if w.lineage in by_key:
             out.append(_window(w, ys[w.lineage], scale, by_key[w.lineage]))
+    # Over the bands, so the point where a branch leaves its parent stays visible.
+    for lane in lanes:
+        if lane.parent in ys:
+            out.append(_branch(lane, ys[lane.parent], ys[lane.key], scale, reply))
     for g in reply.gaps:
         if g.lineage in by_key:
             out.append(_gap(g, ys[g.lineage], scale, reply, by_key[g.lineage]))
