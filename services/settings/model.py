@@ -16,6 +16,7 @@ from pydantic_settings import (
 )
 
 from services.archiver.settings import ArchiverSettings
+from services.catalog.settings import CatalogSettings
 
 
 class _Section(BaseModel):
@@ -80,6 +81,7 @@ class Settings(BaseSettings):
     bus: BusSettings = Field(default_factory=BusSettings)
     telemetry: TelemetrySettings = Field(default_factory=TelemetrySettings)
     archiver: ArchiverSettings = Field(default_factory=ArchiverSettings)
+    catalog: CatalogSettings = Field(default_factory=CatalogSettings)
     health_interval_s: float = Field(default=5.0, gt=0)
 
     @classmethod

@@ -1,0 +1,690 @@
+"""The catalog's durable index: every database, lineage, log and backup it has been told about.
+
+SQLite (WAL mode, `synchronous=FULL`) is the embedded default; PostgreSQL when the catalog is
+replicated. The store is the catalog's memory across restarts, not the truth: the truth is the
+bucket, and `catalog rebuild` recreates the store from it (`rebuild.py`). At start-up every row
+is loaded into a `CatalogIndex` (`load_into`), which answers the queries.
+
+Every write is keyed by the fact's natural key, so a redelivered event changes nothing:
+
+- `databases` (uid): a second write fills a missing system id, nothing else;
+- `lineages` (database, key such as `tl-00000002` or `inc-1180000000`): it fills a missing
+  parent and branch point, nothing else;
+- `logs` (database, lineage, thread, sequence, kind, file name): same range and crc32c is a
+  no-op, anything else is a `StoreConflict`;
+- `backups` (database, backup id): same lineage, positions and manifest is a no-op, anything
+  else is a `StoreConflict`; `backup_tombstones` remember deleted backups, so a late
+  `backup.completed` never brings one back.
+
+A conflict keeps the first fact: two different logs claiming one name is an alarm for a person,
+never something to settle by overwriting. Positions are stored per `columns.U64`.
+
+Methods are blocking; the service calls them in a worker thread.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    ForeignKeyConstraint,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    create_engine,
+    event,
+    func,
+    select,
+)
+from sqlalchemy.engine import URL, Connection, Engine, Row, make_url
+from sqlalchemy.exc import IntegrityError
+
+from schemas import DatabaseRef, Incarnation, Lineage, Lsn, Position, Scn, Timeline, utcnow
+from schemas import Engine as DbEngine
+from schemas.messages import BackupCompleted, BackupKind, BackupSpec, Compression, LogArchived
+from services.catalog.columns import U64, UtcDateTime
+from services.catalog.history import HistoryConflict
+from services.catalog.index import CatalogIndex
+from services.catalog.migrations import (
+    MigrationError,
+    current_version,
+    latest,
+    migrate,
+    schema_version,
+)
+from services.catalog.settings import check_catalog_url
+
+log = logging.getLogger("tidemark.catalog")
+
+#: The node a log row names when it was rebuilt from the bucket (objects do not say who wrote
+#: them); any valid node name would do, this one says what happened.
+UNKNOWN_NODE = "unknown"
+
+# -- the current model (migrations/ creates it; a test keeps the two equal) ----------------------
+
+metadata = MetaData()
+
+databases = Table(
+    "databases",
+    metadata,
+    Column("uid", String(63), primary_key=True),
+    Column("engine", String(16), nullable=False),
+    Column("name", String(63), nullable=False),
+    Column("system_id", U64()),
+)
+
+lineages = Table(
+    "lineages",
+    metadata,
+    Column("database_uid", String(63), primary_key=True),
+    Column("key", String(16), primary_key=True),
+    Column("kind", String(16), nullable=False),  # timeline | incarnation
+    Column("ident", BigInteger, nullable=False),  # timeline id | resetlogs id
+    Column("parent", String(16)),  # the parent lineage's key
+    Column("branch_at", U64()),  # branch LSN | resetlogs SCN: where it leaves the parent
+    Column("number", Integer),  # Oracle INCARNATION#
+    ForeignKeyConstraint(["database_uid"], ["databases.uid"]),
+)
+
+logs = Table(
+    "logs",
+    metadata,
+    Column("database_uid", String(63), primary_key=True),
+    Column("lineage", String(16), primary_key=True),
+    Column("thread", Integer, primary_key=True),
+    Column("sequence", BigInteger, primary_key=True, autoincrement=False),
+    Column("kind", String(16), primary_key=True),
+    # The PostgreSQL file name ("" for redo): a segment and its `.partial`, or two backup
+    # history files of one timeline, share thread and sequence but are different logs.
+    Column("name", String(64), primary_key=True),
+    Column("first", U64()),
+    Column("next", U64()),
+    Column("first_time", UtcDateTime()),
+    Column("next_time", UtcDateTime()),
+    Column("archived_at", UtcDateTime(), nullable=False),
+    Column("stored_at", UtcDateTime(), nullable=False),
+    Column("size_bytes", BigInteger, nullable=False),
+    Column("crc32c", String(8), nullable=False),
+    Column("compression", String(8), nullable=False),
+    Column("object_key", String(1024), nullable=False),
+    Column("node", String(253)),  # NULL when rebuilt from the bucket
+    ForeignKeyConstraint(["database_uid", "lineage"], ["lineages.database_uid", "lineages.key"]),
+    Index("logs_by_object_key", "database_uid", "object_key"),
+)
+
+backups = Table(
+    "backups",
+    metadata,
+    Column("database_uid", String(63), primary_key=True),
+    Column("backup_id", String(64), primary_key=True),
+    Column("lineage", String(16), nullable=False),
+    Column("kind", String(16), nullable=False),
+    Column("cumulative", Boolean, nullable=False),
+    Column("tag", String(30)),
+    Column("compression", String(8), nullable=False),
+    Column("parent_backup_id", String(64)),
+    Column("job_id", String(36), nullable=False),
+    Column("start", U64(), nullable=False),
+    Column("consistent_at", U64(), nullable=False),
+    Column("started_at", UtcDateTime(), nullable=False),
+    Column("completed_at", UtcDateTime(), nullable=False),
+    Column("size_bytes", BigInteger, nullable=False),
+    Column("piece_count", Integer, nullable=False),
+    Column("manifest_key", String(1024), nullable=False),
+    ForeignKeyConstraint(["database_uid", "lineage"], ["lineages.database_uid", "lineages.key"]),
+)
+
+backup_tombstones = Table(
+    "backup_tombstones",
+    metadata,
+    Column("database_uid", String(63), primary_key=True),
+    Column("backup_id", String(64), primary_key=True),
+    Column("deleted_at", UtcDateTime(), nullable=False),
+    Column("reason", String(2000), nullable=False),
+)
+
+
+class StoreError(RuntimeError):
+    """Base of the store's own errors (a database that is down raises SQLAlchemy's errors)."""
+
+
+class StoreConflict(StoreError):
+    """A fact with a known natural key but different content. The first one is kept."""
+
+
+@dataclass(frozen=True)
+class StoreCounts:
+    databases: int = 0
+    lineages: int = 0
+    logs: int = 0
+    backups: int = 0
+
+
+# -- engines ----------------------------------------------------------------------------------
+
+
+def create_catalog_engine(url: str, *, password_file: Path | None = None) -> Engine:
+    """An engine for `url`: SQLite in WAL mode with transactional DDL, or PostgreSQL (psycopg).
+
+    The password, if any, comes from `password_file` (or libpq's own PGPASSFILE), never from
+    the URL: `check_catalog_url` refuses one that carries it.
+    """
+    check_catalog_url(url)
+    parsed: URL = make_url(url)
+    if parsed.get_backend_name() == "postgresql":
+        parsed = parsed.set(drivername="postgresql+psycopg")
+        connect_args: dict[str, Any] = {"connect_timeout": 10}
+        if password_file is not None:
+            connect_args["password"] = password_file.read_text().strip()
+        return create_engine(parsed, connect_args=connect_args, pool_pre_ping=True)
+    if parsed.database and parsed.database != ":memory:":
+        Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+    engine = create_engine(parsed, connect_args={"timeout": 30})
+    event.listen(engine, "connect", _sqlite_connect)
+    event.listen(engine, "begin", _sqlite_begin)
+    return engine
+
+
+def _sqlite_connect(dbapi_connection: Any, _record: Any) -> None:
+    # Python's sqlite3 would open transactions itself, but not before DDL, so a migration could
+    # half-apply. With isolation_level None it opens none, and `_sqlite_begin` opens each one.
+    dbapi_connection.isolation_level = None
+    cursor = dbapi_connection.cursor()
+    try:
+        cursor.execute("PRAGMA journal_mode=WAL")
+        # FULL: a commit is on disk before the event is acked, even across a power cut.
+        cursor.execute("PRAGMA synchronous=FULL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+    finally:
+        cursor.close()
+
+
+def _sqlite_begin(conn: Connection) -> None:
+    # IMMEDIATE takes the write lock up front: a deferred transaction that reads and then
+    # writes can fail at once with SQLITE_BUSY instead of waiting out the busy timeout.
+    conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+# -- rows <-> contract models ------------------------------------------------------------------
+
+
+def _name_of(log: LogArchived) -> str:
+    return log.file_name or ""
+
+
+def _lineage_row(uid: str, lineage: Lineage) -> dict[str, Any]:
+    if isinstance(lineage, Timeline):
+        return {
+            "database_uid": uid,
+            "key": lineage.key,
+            "kind": "timeline",
+            "ident": lineage.id,
+            "parent": None if lineage.parent is None else Timeline(id=lineage.parent).key,
+            "branch_at": None if lineage.branch_lsn is None else lineage.branch_lsn.value,
+            "number": None,
+        }
+    prior = lineage.prior_resetlogs_id
+    return {
+        "database_uid": uid,
+        "key": lineage.key,
+        "kind": "incarnation",
+        "ident": lineage.resetlogs_id,
+        "parent": None if prior is None else f"inc-{prior}",
+        "branch_at": lineage.resetlogs_scn.value,
+        "number": lineage.number,
+    }
+
+
+def _lineage_model(row: Row[Any] | dict[str, Any]) -> Lineage:
+    values = row if isinstance(row, dict) else row._mapping
+    parent = values["parent"]
+    if values["kind"] == "timeline":
+        return Timeline(
+            id=values["ident"],
+            parent=None if parent is None else int(parent.removeprefix("tl-"), 16),
+            branch_lsn=None if values["branch_at"] is None else Lsn(value=values["branch_at"]),
+        )
+    return Incarnation(
+        resetlogs_id=values["ident"],
+        resetlogs_scn=Scn(value=values["branch_at"]),
+        number=values["number"],
+        prior_resetlogs_id=None if parent is None else int(parent.removeprefix("inc-")),
+    )
+
+
+def _position(engine: DbEngine, value: int | None) -> Position | None:
+    if value is None:
+        return None
+    return Scn(value=value) if engine is DbEngine.ORACLE else Lsn(value=value)
+
+
+def _log_row(uid: str, log: LogArchived) -> dict[str, Any]:
+    return {
+        "database_uid": uid,
+        "lineage": log.lineage.key,
+        "thread": log.thread,
+        "sequence": log.sequence,
+        "kind": log.kind,
+        "name": _name_of(log),
+        "first": None if log.first is None else log.first.value,
+        "next": None if log.next is None else log.next.value,
+        "first_time": log.first_time,
+        "next_time": log.next_time,
+        "archived_at": log.archived_at,
+        "stored_at": log.stored_at,
+        "size_bytes": log.size_bytes,
+        "crc32c": log.crc32c,
+        "compression": log.compression.value,
+        "object_key": log.object_key,
+        "node": None if log.node == UNKNOWN_NODE else log.node,
+    }
+
+
+def _log_model(row: Row[Any], lineage: Lineage, engine: DbEngine) -> LogArchived:
+    return LogArchived(
+        lineage=lineage,
+        kind=row.kind,
+        thread=row.thread,
+        sequence=row.sequence,
+        first=_position(engine, row.first),
+        next=_position(engine, row.next),
+        first_time=row.first_time,
+        next_time=row.next_time,
+        size_bytes=row.size_bytes,
+        crc32c=row.crc32c,
+        compression=Compression(row.compression),
+        object_key=row.object_key,
+        file_name=row.name or None,
+        node=row.node or UNKNOWN_NODE,
+        archived_at=row.archived_at,
+        stored_at=row.stored_at,
+    )
+
+
+def _backup_row(uid: str, backup: BackupCompleted) -> dict[str, Any]:
+    return {
+        "database_uid": uid,
+        "backup_id": backup.backup_id,
+        "lineage": backup.lineage.key,
+        "kind": backup.spec.kind.value,
+        "cumulative": backup.spec.cumulative,
+        "tag": backup.spec.tag,
+        "compression": backup.spec.compression.value,
+        "parent_backup_id": backup.parent_backup_id,
+        "job_id": str(backup.job_id),
+        "start": backup.start.value,
+        "consistent_at": backup.consistent_at.value,
+        "started_at": backup.started_at,
+        "completed_at": backup.completed_at,
+        "size_bytes": backup.size_bytes,
+        "piece_count": backup.piece_count,
+        "manifest_key": backup.manifest_key,
+    }
+
+
+def _backup_model(row: Row[Any], lineage: Lineage, engine: DbEngine) -> BackupCompleted:
+    start = _position(engine, row.start)
+    consistent = _position(engine, row.consistent_at)
+    assert start is not None
+    assert consistent is not None
+    return BackupCompleted(
+        backup_id=row.backup_id,
+        job_id=uuid.UUID(row.job_id),
+        spec=BackupSpec(
+            kind=BackupKind(row.kind),
+            cumulative=row.cumulative,
+            tag=row.tag,
+            compression=Compression(row.compression),
+        ),
+        parent_backup_id=row.parent_backup_id,
+        lineage=lineage,
+        start=start,
+        consistent_at=consistent,
+        started_at=row.started_at,
+        completed_at=row.completed_at,
+        size_bytes=row.size_bytes,
+        piece_count=row.piece_count,
+        manifest_key=row.manifest_key,
+    )
+
+
+# -- writes on one connection (shared by the event path and the rebuild) -----------------------
+
+
+class Writer:
+    """Idempotent writes on one open transaction."""
+
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+
+    def record_database(self, database: DatabaseRef) -> bool:
+        """Insert the database, or fill a system id that was unknown. True if inserted."""
+        found = self.conn.execute(
+            select(databases).where(databases.c.uid == database.uid)
+        ).one_or_none()
+        if found is None:
+            return self._insert(
+                databases,
+                {
+                    "uid": database.uid,
+                    "engine": database.engine.value,
+                    "name": database.name,
+                    "system_id": database.system_id,
+                },
+            )
+        if found.engine != database.engine.value:
+            raise StoreConflict(
+                f"database {database.uid} is {found.engine} in the catalog, "
+                f"not {database.engine.value}"
+            )
+        if found.system_id is None and database.system_id is not None:
+            self.conn.execute(
+                databases.update()
+                .where(databases.c.uid == database.uid)
+                .values(system_id=database.system_id)
+            )
+        elif database.system_id is not None and found.system_id != database.system_id:
+            raise StoreConflict(
+                f"database {database.uid} has system id {found.system_id} in the catalog, "
+                f"not {database.system_id}"
+            )
+        return False
+
+    def record_lineage(self, uid: str, lineage: Lineage) -> bool:
+        """Insert the lineage, or learn its parent if that was unknown. True if anything changed.
+
+        A WAL segment names only its timeline; the timeline's history file names the parent and
+        the branch point, and may arrive later (or earlier), so knowledge only ever grows.
+        """
+        row = _lineage_row(uid, lineage)
+        key = (lineages.c.database_uid == uid) & (lineages.c.key == row["key"])
+        found = self.conn.execute(select(lineages).where(key)).one_or_none()
+        if found is None:
+            return self._insert(lineages, row)
+        if found.parent is None and row["parent"] is not None:
+            self.conn.execute(
+                lineages.update()
+                .where(key)
+                .values(parent=row["parent"], branch_at=row["branch_at"], number=row["number"])
+            )
+            return True
+        if row["parent"] is not None and (found.parent, found.branch_at) != (
+            row["parent"],
+            row["branch_at"],
+        ):
+            log.warning(
+                "%s %s: parent %s at %s is known; ignoring parent %s at %s",
+                uid,
+                row["key"],
+                found.parent,
+                found.branch_at,
+                row["parent"],
+                row["branch_at"],
+            )
+        return False
+
+    def record_log(self, database: DatabaseRef, log: LogArchived) -> bool:
+        """Store one log. True if it is new; False if this exact log was known.
+
+        Raises `StoreConflict` when the same log (same lineage, thread, sequence, kind and
+        name) is known with another range or checksum: the first is kept.
+        """
+        self.record_database(database)
+        self.record_lineage(database.uid, log.lineage)
+        row = _log_row(database.uid, log)
+        found = self.conn.execute(select(logs).where(_log_key(database.uid, log))).one_or_none()
+        if found is None:
+            return self._insert(logs, row)
+        known = (found.first, found.next, found.crc32c)
+        if known != (row["first"], row["next"], row["crc32c"]):
+            raise StoreConflict(
+                f"{database.uid} {log.lineage.key} thread {log.thread} sequence {log.sequence} "
+                f"({log.kind} {_name_of(log) or log.object_key}) is known as "
+                f"[{found.first}, {found.next}) crc32c {found.crc32c}, not "
+                f"[{row['first']}, {row['next']}) crc32c {row['crc32c']}; keeping the first"
+            )
+        return False
+
+    def forget_log(self, database_uid: str, log: LogArchived) -> bool:
+        """Remove exactly this log (same range and checksum), e.g. one the index refused."""
+        where = _log_key(database_uid, log) & (logs.c.crc32c == log.crc32c)
+        return self.conn.execute(logs.delete().where(where)).rowcount > 0
+
+    def delete_log(
+        self, database_uid: str, lineage: str, kind: str, thread: int, sequence: int, name: str
+    ) -> bool:
+        where = (
+            (logs.c.database_uid == database_uid)
+            & (logs.c.lineage == lineage)
+            & (logs.c.thread == thread)
+            & (logs.c.sequence == sequence)
+            & (logs.c.kind == kind)
+            & (logs.c.name == name)
+        )
+        return self.conn.execute(logs.delete().where(where)).rowcount > 0
+
+    def record_backup(self, database: DatabaseRef, backup: BackupCompleted) -> bool:
+        """Store one backup. True if new; False if known or deleted (tombstoned) already."""
+        key = (backups.c.database_uid == database.uid) & (backups.c.backup_id == backup.backup_id)
+        tomb = (backup_tombstones.c.database_uid == database.uid) & (
+            backup_tombstones.c.backup_id == backup.backup_id
+        )
+        if self.conn.execute(select(backup_tombstones.c.backup_id).where(tomb)).first():
+            return False
+        self.record_database(database)
+        self.record_lineage(database.uid, backup.lineage)
+        row = _backup_row(database.uid, backup)
+        found = self.conn.execute(select(backups).where(key)).one_or_none()
+        if found is None:
+            return self._insert(backups, row)
+        compared = ("lineage", "start", "consistent_at", "manifest_key")
+        if any(getattr(found, name) != row[name] for name in compared):
+            raise StoreConflict(
+                f"{database.uid} backup {backup.backup_id} is known with another lineage, "
+                "positions or manifest; keeping the first"
+            )
+        return False
+
+    def delete_backup(
+        self, database_uid: str, backup_id: str, *, reason: str, deleted_at: datetime
+    ) -> bool:
+        """Forget a backup and remember that it is gone. True if it was indexed."""
+        tomb = (backup_tombstones.c.database_uid == database_uid) & (
+            backup_tombstones.c.backup_id == backup_id
+        )
+        if not self.conn.execute(select(backup_tombstones.c.backup_id).where(tomb)).first():
+            self._insert(
+                backup_tombstones,
+                {
+                    "database_uid": database_uid,
+                    "backup_id": backup_id,
+                    "deleted_at": deleted_at,
+                    "reason": reason[:2000],
+                },
+            )
+        key = (backups.c.database_uid == database_uid) & (backups.c.backup_id == backup_id)
+        return self.conn.execute(backups.delete().where(key)).rowcount > 0
+
+    def _insert(self, table: Table, row: dict[str, Any]) -> bool:
+        """Insert `row`; False if another writer (a second replica) inserted its key first."""
+        try:
+            # A savepoint, so losing that race does not spoil the caller's transaction.
+            with self.conn.begin_nested():
+                self.conn.execute(table.insert().values(**row))
+        except IntegrityError:
+            key = [column == row[column.name] for column in table.primary_key.columns]
+            if self.conn.execute(select(*table.primary_key.columns).where(*key)).first():
+                return False
+            raise  # not the race: a broken reference or constraint is a bug to surface
+        return True
+
+
+def _log_key(uid: str, log: LogArchived) -> Any:
+    return (
+        (logs.c.database_uid == uid)
+        & (logs.c.lineage == log.lineage.key)
+        & (logs.c.thread == log.thread)
+        & (logs.c.sequence == log.sequence)
+        & (logs.c.kind == log.kind)
+        & (logs.c.name == _name_of(log))
+    )
+
+
+# -- the store --------------------------------------------------------------------------------
+
+
+class CatalogStore:
+    """The durable index behind one SQLAlchemy engine."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    @classmethod
+    def open(
+        cls, url: str, *, password_file: Path | None = None, migrate: bool = True
+    ) -> CatalogStore:
+        """Open the store at `url`, bringing its schema up to date unless `migrate=False`."""
+        store = cls(create_catalog_engine(url, password_file=password_file))
+        if migrate:
+            applied = store.migrate()
+            if applied:
+                log.info("catalog store migrated to version %d", applied[-1])
+        return store
+
+    @property
+    def url(self) -> str:
+        return self.engine.url.render_as_string(hide_password=True)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def migrate(self) -> list[int]:
+        with self.engine.begin() as conn:
+            return migrate(conn)
+
+    def version(self) -> int:
+        with self.engine.begin() as conn:
+            return current_version(conn)
+
+    @contextmanager
+    def writing(self) -> Iterator[Writer]:
+        """One transaction: committed when the block ends, rolled back if it raises."""
+        with self.engine.begin() as conn:
+            yield Writer(conn)
+
+    # Single-fact transactions, as the event handlers use them.
+
+    def record_log(self, database: DatabaseRef, log: LogArchived) -> bool:
+        with self.writing() as writer:
+            return writer.record_log(database, log)
+
+    def forget_log(self, database_uid: str, log: LogArchived) -> bool:
+        with self.writing() as writer:
+            return writer.forget_log(database_uid, log)
+
+    def delete_log(
+        self, database_uid: str, lineage: str, kind: str, thread: int, sequence: int, name: str
+    ) -> bool:
+        with self.writing() as writer:
+            return writer.delete_log(database_uid, lineage, kind, thread, sequence, name)
+
+    def record_backup(self, database: DatabaseRef, backup: BackupCompleted) -> bool:
+        with self.writing() as writer:
+            return writer.record_backup(database, backup)
+
+    def delete_backup(
+        self, database_uid: str, backup_id: str, *, reason: str, deleted_at: datetime | None = None
+    ) -> bool:
+        with self.writing() as writer:
+            return writer.delete_backup(
+                database_uid, backup_id, reason=reason, deleted_at=deleted_at or utcnow()
+            )
+
+    @contextmanager
+    def replacing(self) -> Iterator[Writer]:
+        """Empty the store and refill it in one transaction (`catalog rebuild`).
+
+        Readers see the old contents until the block commits; if it raises, nothing changed.
+        """
+        with self.engine.begin() as conn:
+            at = current_version(conn)
+            if at > latest():
+                # A newer release may keep tables this one does not know to drop.
+                raise MigrationError(
+                    f"the catalog store is at schema version {at}, this release knows up to "
+                    f"{latest()}: rebuild it with the newer release"
+                )
+            metadata.drop_all(conn, checkfirst=True)
+            schema_version.drop(conn, checkfirst=True)
+            migrate(conn)
+            yield Writer(conn)
+
+    # Reads.
+
+    def counts(self) -> StoreCounts:
+        with self.engine.begin() as conn:
+
+            def count(table: Table) -> int:
+                return int(conn.execute(select(func.count()).select_from(table)).scalar_one())
+
+            return StoreCounts(
+                databases=count(databases),
+                lineages=count(lineages),
+                logs=count(logs),
+                backups=count(backups),
+            )
+
+    def load_into(self, index: CatalogIndex, *, batch: int = 5000) -> StoreCounts:
+        """Apply every stored database, log and backup to `index` (at start-up)."""
+        with self.engine.begin() as conn:
+            refs = {
+                row.uid: DatabaseRef(
+                    uid=row.uid, engine=DbEngine(row.engine), name=row.name, system_id=row.system_id
+                )
+                for row in conn.execute(select(databases))
+            }
+            known = {
+                (row.database_uid, row.key): _lineage_model(row)
+                for row in conn.execute(select(lineages))
+            }
+            n_logs = n_backups = 0
+            result = conn.execution_options(yield_per=batch).execute(
+                select(logs).order_by(logs.c.database_uid, logs.c.lineage, logs.c.first)
+            )
+            for row in result:
+                ref = refs[row.database_uid]
+                lineage = known[(row.database_uid, row.lineage)]
+                try:
+                    index.apply_log(ref, _log_model(row, lineage, ref.engine))
+                except HistoryConflict as exc:
+                    # Two stored files of one log (a segment and its .partial) that disagree:
+                    # the index keeps the first; the store keeps both for a person to see.
+                    log.warning("%s: %s", row.database_uid, exc)
+                n_logs += 1
+            for row in conn.execute(select(backups).order_by(backups.c.completed_at)):
+                ref = refs[row.database_uid]
+                lineage = known[(row.database_uid, row.lineage)]
+                index.apply_backup(ref, _backup_model(row, lineage, ref.engine))
+                n_backups += 1
+        return StoreCounts(databases=len(refs), lineages=len(known), logs=n_logs, backups=n_backups)
+
+    def lineage(self, database_uid: str, key: str) -> Lineage | None:
+        with self.engine.begin() as conn:
+            row = conn.execute(
+                select(lineages).where(
+                    (lineages.c.database_uid == database_uid) & (lineages.c.key == key)
+                )
+            ).one_or_none()
+        return None if row is None else _lineage_model(row)
