@@ -25,36 +25,21 @@ Methods are blocking; the service calls them in a worker thread.
 from __future__ import annotations
 
 import logging
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import (
-    BigInteger,
-    Boolean,
-    Column,
-    ForeignKeyConstraint,
-    Index,
-    Integer,
-    MetaData,
-    String,
-    Table,
-    create_engine,
-    event,
-    func,
-    select,
-)
-from sqlalchemy.engine import URL, Connection, Engine, Row, make_url
+from sqlalchemy import Table, create_engine, event, func, select
+from sqlalchemy.engine import URL, Connection, Engine, make_url
 from sqlalchemy.exc import IntegrityError
 
-from schemas import DatabaseRef, Incarnation, Lineage, Lsn, Position, Scn, Timeline, utcnow
+from schemas import DatabaseRef, Lineage, utcnow
 from schemas import Engine as DbEngine
-from schemas.messages import BackupCompleted, BackupKind, BackupSpec, Compression, LogArchived
-from services.catalog.columns import U64, UtcDateTime
+from schemas.messages import BackupCompleted, LogArchived
 from services.catalog.history import HistoryConflict
 from services.catalog.index import CatalogIndex
 from services.catalog.migrations import (
@@ -64,96 +49,26 @@ from services.catalog.migrations import (
     migrate,
     schema_version,
 )
+from services.catalog.rows import (
+    backup_model,
+    backup_row,
+    lineage_model,
+    lineage_row,
+    log_model,
+    log_row,
+    name_of,
+)
 from services.catalog.settings import check_catalog_url
+from services.catalog.tables import (
+    backup_tombstones,
+    backups,
+    databases,
+    lineages,
+    logs,
+    metadata,
+)
 
 log = logging.getLogger("tidemark.catalog")
-
-#: The node a log row names when it was rebuilt from the bucket (objects do not say who wrote
-#: them); any valid node name would do, this one says what happened.
-UNKNOWN_NODE = "unknown"
-
-# -- the current model (migrations/ creates it; a test keeps the two equal) ----------------------
-
-metadata = MetaData()
-
-databases = Table(
-    "databases",
-    metadata,
-    Column("uid", String(63), primary_key=True),
-    Column("engine", String(16), nullable=False),
-    Column("name", String(63), nullable=False),
-    Column("system_id", U64()),
-)
-
-lineages = Table(
-    "lineages",
-    metadata,
-    Column("database_uid", String(63), primary_key=True),
-    Column("key", String(16), primary_key=True),
-    Column("kind", String(16), nullable=False),  # timeline | incarnation
-    Column("ident", BigInteger, nullable=False),  # timeline id | resetlogs id
-    Column("parent", String(16)),  # the parent lineage's key
-    Column("branch_at", U64()),  # branch LSN | resetlogs SCN: where it leaves the parent
-    Column("number", Integer),  # Oracle INCARNATION#
-    ForeignKeyConstraint(["database_uid"], ["databases.uid"]),
-)
-
-logs = Table(
-    "logs",
-    metadata,
-    Column("database_uid", String(63), primary_key=True),
-    Column("lineage", String(16), primary_key=True),
-    Column("thread", Integer, primary_key=True),
-    Column("sequence", BigInteger, primary_key=True, autoincrement=False),
-    Column("kind", String(16), primary_key=True),
-    # The PostgreSQL file name ("" for redo): a segment and its `.partial`, or two backup
-    # history files of one timeline, share thread and sequence but are different logs.
-    Column("name", String(64), primary_key=True),
-    Column("first", U64()),
-    Column("next", U64()),
-    Column("first_time", UtcDateTime()),
-    Column("next_time", UtcDateTime()),
-    Column("archived_at", UtcDateTime(), nullable=False),
-    Column("stored_at", UtcDateTime(), nullable=False),
-    Column("size_bytes", BigInteger, nullable=False),
-    Column("crc32c", String(8), nullable=False),
-    Column("compression", String(8), nullable=False),
-    Column("object_key", String(1024), nullable=False),
-    Column("node", String(253)),  # NULL when rebuilt from the bucket
-    ForeignKeyConstraint(["database_uid", "lineage"], ["lineages.database_uid", "lineages.key"]),
-    Index("logs_by_object_key", "database_uid", "object_key"),
-)
-
-backups = Table(
-    "backups",
-    metadata,
-    Column("database_uid", String(63), primary_key=True),
-    Column("backup_id", String(64), primary_key=True),
-    Column("lineage", String(16), nullable=False),
-    Column("kind", String(16), nullable=False),
-    Column("cumulative", Boolean, nullable=False),
-    Column("tag", String(30)),
-    Column("compression", String(8), nullable=False),
-    Column("parent_backup_id", String(64)),
-    Column("job_id", String(36), nullable=False),
-    Column("start", U64(), nullable=False),
-    Column("consistent_at", U64(), nullable=False),
-    Column("started_at", UtcDateTime(), nullable=False),
-    Column("completed_at", UtcDateTime(), nullable=False),
-    Column("size_bytes", BigInteger, nullable=False),
-    Column("piece_count", Integer, nullable=False),
-    Column("manifest_key", String(1024), nullable=False),
-    ForeignKeyConstraint(["database_uid", "lineage"], ["lineages.database_uid", "lineages.key"]),
-)
-
-backup_tombstones = Table(
-    "backup_tombstones",
-    metadata,
-    Column("database_uid", String(63), primary_key=True),
-    Column("backup_id", String(64), primary_key=True),
-    Column("deleted_at", UtcDateTime(), nullable=False),
-    Column("reason", String(2000), nullable=False),
-)
 
 
 class StoreError(RuntimeError):
@@ -162,6 +77,19 @@ class StoreError(RuntimeError):
 
 class StoreConflict(StoreError):
     """A fact with a known natural key but different content. The first one is kept."""
+
+
+class Recorded(StrEnum):
+    """What writing one fact did."""
+
+    NEW = "new"
+    """It was not known: stored now."""
+
+    KNOWN = "known"
+    """This exact fact was stored already (a redelivery): nothing changed."""
+
+    DELETED = "deleted"
+    """A backup deleted earlier: it stays deleted, nothing changed."""
 
 
 @dataclass(frozen=True)
@@ -217,149 +145,6 @@ def _sqlite_begin(conn: Connection) -> None:
     conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
-# -- rows <-> contract models ------------------------------------------------------------------
-
-
-def _name_of(log: LogArchived) -> str:
-    return log.file_name or ""
-
-
-def _lineage_row(uid: str, lineage: Lineage) -> dict[str, Any]:
-    if isinstance(lineage, Timeline):
-        return {
-            "database_uid": uid,
-            "key": lineage.key,
-            "kind": "timeline",
-            "ident": lineage.id,
-            "parent": None if lineage.parent is None else Timeline(id=lineage.parent).key,
-            "branch_at": None if lineage.branch_lsn is None else lineage.branch_lsn.value,
-            "number": None,
-        }
-    prior = lineage.prior_resetlogs_id
-    return {
-        "database_uid": uid,
-        "key": lineage.key,
-        "kind": "incarnation",
-        "ident": lineage.resetlogs_id,
-        "parent": None if prior is None else f"inc-{prior}",
-        "branch_at": lineage.resetlogs_scn.value,
-        "number": lineage.number,
-    }
-
-
-def _lineage_model(row: Row[Any] | dict[str, Any]) -> Lineage:
-    values = row if isinstance(row, dict) else row._mapping
-    parent = values["parent"]
-    if values["kind"] == "timeline":
-        return Timeline(
-            id=values["ident"],
-            parent=None if parent is None else int(parent.removeprefix("tl-"), 16),
-            branch_lsn=None if values["branch_at"] is None else Lsn(value=values["branch_at"]),
-        )
-    return Incarnation(
-        resetlogs_id=values["ident"],
-        resetlogs_scn=Scn(value=values["branch_at"]),
-        number=values["number"],
-        prior_resetlogs_id=None if parent is None else int(parent.removeprefix("inc-")),
-    )
-
-
-def _position(engine: DbEngine, value: int | None) -> Position | None:
-    if value is None:
-        return None
-    return Scn(value=value) if engine is DbEngine.ORACLE else Lsn(value=value)
-
-
-def _log_row(uid: str, log: LogArchived) -> dict[str, Any]:
-    return {
-        "database_uid": uid,
-        "lineage": log.lineage.key,
-        "thread": log.thread,
-        "sequence": log.sequence,
-        "kind": log.kind,
-        "name": _name_of(log),
-        "first": None if log.first is None else log.first.value,
-        "next": None if log.next is None else log.next.value,
-        "first_time": log.first_time,
-        "next_time": log.next_time,
-        "archived_at": log.archived_at,
-        "stored_at": log.stored_at,
-        "size_bytes": log.size_bytes,
-        "crc32c": log.crc32c,
-        "compression": log.compression.value,
-        "object_key": log.object_key,
-        "node": None if log.node == UNKNOWN_NODE else log.node,
-    }
-
-
-def _log_model(row: Row[Any], lineage: Lineage, engine: DbEngine) -> LogArchived:
-    return LogArchived(
-        lineage=lineage,
-        kind=row.kind,
-        thread=row.thread,
-        sequence=row.sequence,
-        first=_position(engine, row.first),
-        next=_position(engine, row.next),
-        first_time=row.first_time,
-        next_time=row.next_time,
-        size_bytes=row.size_bytes,
-        crc32c=row.crc32c,
-        compression=Compression(row.compression),
-        object_key=row.object_key,
-        file_name=row.name or None,
-        node=row.node or UNKNOWN_NODE,
-        archived_at=row.archived_at,
-        stored_at=row.stored_at,
-    )
-
-
-def _backup_row(uid: str, backup: BackupCompleted) -> dict[str, Any]:
-    return {
-        "database_uid": uid,
-        "backup_id": backup.backup_id,
-        "lineage": backup.lineage.key,
-        "kind": backup.spec.kind.value,
-        "cumulative": backup.spec.cumulative,
-        "tag": backup.spec.tag,
-        "compression": backup.spec.compression.value,
-        "parent_backup_id": backup.parent_backup_id,
-        "job_id": str(backup.job_id),
-        "start": backup.start.value,
-        "consistent_at": backup.consistent_at.value,
-        "started_at": backup.started_at,
-        "completed_at": backup.completed_at,
-        "size_bytes": backup.size_bytes,
-        "piece_count": backup.piece_count,
-        "manifest_key": backup.manifest_key,
-    }
-
-
-def _backup_model(row: Row[Any], lineage: Lineage, engine: DbEngine) -> BackupCompleted:
-    start = _position(engine, row.start)
-    consistent = _position(engine, row.consistent_at)
-    assert start is not None
-    assert consistent is not None
-    return BackupCompleted(
-        backup_id=row.backup_id,
-        job_id=uuid.UUID(row.job_id),
-        spec=BackupSpec(
-            kind=BackupKind(row.kind),
-            cumulative=row.cumulative,
-            tag=row.tag,
-            compression=Compression(row.compression),
-        ),
-        parent_backup_id=row.parent_backup_id,
-        lineage=lineage,
-        start=start,
-        consistent_at=consistent,
-        started_at=row.started_at,
-        completed_at=row.completed_at,
-        size_bytes=row.size_bytes,
-        piece_count=row.piece_count,
-        manifest_key=row.manifest_key,
-    )
-
-
 # -- writes on one connection (shared by the event path and the rebuild) -----------------------
 
 
@@ -408,7 +193,7 @@ class Writer:
         A WAL segment names only its timeline; the timeline's history file names the parent and
         the branch point, and may arrive later (or earlier), so knowledge only ever grows.
         """
-        row = _lineage_row(uid, lineage)
+        row = lineage_row(uid, lineage)
         key = (lineages.c.database_uid == uid) & (lineages.c.key == row["key"])
         found = self.conn.execute(select(lineages).where(key)).one_or_none()
         if found is None:
@@ -443,7 +228,7 @@ class Writer:
         """
         self.record_database(database)
         self.record_lineage(database.uid, log.lineage)
-        row = _log_row(database.uid, log)
+        row = log_row(database.uid, log)
         found = self.conn.execute(select(logs).where(_log_key(database.uid, log))).one_or_none()
         if found is None:
             return self._insert(logs, row)
@@ -451,7 +236,7 @@ class Writer:
         if known != (row["first"], row["next"], row["crc32c"]):
             raise StoreConflict(
                 f"{database.uid} {log.lineage.key} thread {log.thread} sequence {log.sequence} "
-                f"({log.kind} {_name_of(log) or log.object_key}) is known as "
+                f"({log.kind} {name_of(log) or log.object_key}) is known as "
                 f"[{found.first}, {found.next}) crc32c {found.crc32c}, not "
                 f"[{row['first']}, {row['next']}) crc32c {row['crc32c']}; keeping the first"
             )
@@ -475,27 +260,31 @@ class Writer:
         )
         return self.conn.execute(logs.delete().where(where)).rowcount > 0
 
-    def record_backup(self, database: DatabaseRef, backup: BackupCompleted) -> bool:
-        """Store one backup. True if new; False if known or deleted (tombstoned) already."""
+    def record_backup(self, database: DatabaseRef, backup: BackupCompleted) -> Recorded:
+        """Store one backup; `DELETED` if it was deleted before (it is not stored again).
+
+        Raises `StoreConflict` when the id is known with another lineage, positions or
+        manifest: the first is kept.
+        """
         key = (backups.c.database_uid == database.uid) & (backups.c.backup_id == backup.backup_id)
         tomb = (backup_tombstones.c.database_uid == database.uid) & (
             backup_tombstones.c.backup_id == backup.backup_id
         )
         if self.conn.execute(select(backup_tombstones.c.backup_id).where(tomb)).first():
-            return False
+            return Recorded.DELETED
         self.record_database(database)
         self.record_lineage(database.uid, backup.lineage)
-        row = _backup_row(database.uid, backup)
+        row = backup_row(database.uid, backup)
         found = self.conn.execute(select(backups).where(key)).one_or_none()
         if found is None:
-            return self._insert(backups, row)
+            return Recorded.NEW if self._insert(backups, row) else Recorded.KNOWN
         compared = ("lineage", "start", "consistent_at", "manifest_key")
         if any(getattr(found, name) != row[name] for name in compared):
             raise StoreConflict(
                 f"{database.uid} backup {backup.backup_id} is known with another lineage, "
                 "positions or manifest; keeping the first"
             )
-        return False
+        return Recorded.KNOWN
 
     def delete_backup(
         self, database_uid: str, backup_id: str, *, reason: str, deleted_at: datetime
@@ -538,7 +327,7 @@ def _log_key(uid: str, log: LogArchived) -> Any:
         & (logs.c.thread == log.thread)
         & (logs.c.sequence == log.sequence)
         & (logs.c.kind == log.kind)
-        & (logs.c.name == _name_of(log))
+        & (logs.c.name == name_of(log))
     )
 
 
@@ -600,7 +389,7 @@ class CatalogStore:
         with self.writing() as writer:
             return writer.delete_log(database_uid, lineage, kind, thread, sequence, name)
 
-    def record_backup(self, database: DatabaseRef, backup: BackupCompleted) -> bool:
+    def record_backup(self, database: DatabaseRef, backup: BackupCompleted) -> Recorded:
         with self.writing() as writer:
             return writer.record_backup(database, backup)
 
@@ -656,7 +445,7 @@ class CatalogStore:
                 for row in conn.execute(select(databases))
             }
             known = {
-                (row.database_uid, row.key): _lineage_model(row)
+                (row.database_uid, row.key): lineage_model(row)
                 for row in conn.execute(select(lineages))
             }
             n_logs = n_backups = 0
@@ -667,7 +456,7 @@ class CatalogStore:
                 ref = refs[row.database_uid]
                 lineage = known[(row.database_uid, row.lineage)]
                 try:
-                    index.apply_log(ref, _log_model(row, lineage, ref.engine))
+                    index.apply_log(ref, log_model(row, lineage, ref.engine))
                 except HistoryConflict as exc:
                     # Two stored files of one log (a segment and its .partial) that disagree:
                     # the index keeps the first; the store keeps both for a person to see.
@@ -676,7 +465,7 @@ class CatalogStore:
             for row in conn.execute(select(backups).order_by(backups.c.completed_at)):
                 ref = refs[row.database_uid]
                 lineage = known[(row.database_uid, row.lineage)]
-                index.apply_backup(ref, _backup_model(row, lineage, ref.engine))
+                index.apply_backup(ref, backup_model(row, lineage, ref.engine))
                 n_backups += 1
         return StoreCounts(databases=len(refs), lineages=len(known), logs=n_logs, backups=n_backups)
 
@@ -687,4 +476,4 @@ class CatalogStore:
                     (lineages.c.database_uid == database_uid) & (lineages.c.key == key)
                 )
             ).one_or_none()
-        return None if row is None else _lineage_model(row)
+        return None if row is None else lineage_model(row)

@@ -29,13 +29,12 @@ from services.catalog.migrations import (
 from services.catalog.settings import CatalogSettings, check_catalog_url, sqlite_url
 from services.catalog.store import (
     CatalogStore,
+    Recorded,
     StoreConflict,
     StoreCounts,
-    backups,
     create_catalog_engine,
-    logs,
-    metadata,
 )
+from services.catalog.tables import backups, logs, metadata
 from tests.doubles.catalog_events import ORA, PG, backup, history, redo, wal
 
 pytestmark = pytest.mark.unit
@@ -112,21 +111,21 @@ def test_store_learns_a_timeline_parent_from_its_history_file(store: CatalogStor
 
 def test_store_backups_are_idempotent_conflicting_and_tombstoned(store: CatalogStore) -> None:
     b1 = backup("b1", 2 * 16 << 20, 3 * 16 << 20, Timeline(id=1))
-    assert store.record_backup(PG, b1) is True
-    assert store.record_backup(PG, b1) is False
+    assert store.record_backup(PG, b1) is Recorded.NEW
+    assert store.record_backup(PG, b1) is Recorded.KNOWN
     moved = b1.model_copy(update={"manifest_key": "orders-db/backups/elsewhere/manifest.json"})
     with pytest.raises(StoreConflict):
         store.record_backup(PG, moved)
     assert store.delete_backup(PG.uid, "b1", reason="retention") is True
     assert store.delete_backup(PG.uid, "b1", reason="retention") is False
     # A late redelivery of backup.completed does not bring a deleted backup back.
-    assert store.record_backup(PG, b1) is False
+    assert store.record_backup(PG, b1) is Recorded.DELETED
     assert store.counts().backups == 0
 
 
 def test_store_a_deleted_backup_stays_deleted_even_before_it_arrives(store: CatalogStore) -> None:
     assert store.delete_backup(PG.uid, "b9", reason="removed by hand") is False
-    assert store.record_backup(PG, backup("b9", 0, 16, Timeline(id=1))) is False
+    assert store.record_backup(PG, backup("b9", 0, 16, Timeline(id=1))) is Recorded.DELETED
 
 
 def test_store_keeps_unsigned_64_bit_positions_and_system_ids_exactly(

@@ -7,7 +7,7 @@ Two catalog replicas starting at once against one PostgreSQL serialise on an adv
 SQLite the store's `BEGIN IMMEDIATE` does the same.
 
 A migration is frozen once released: it describes the tables as they were at its version, never
-the current model in `store.py`. A test checks that migrating an empty store ends exactly at the
+the current model in `tables.py`. A test checks that migrating an empty store ends exactly at the
 current model.
 """
 
