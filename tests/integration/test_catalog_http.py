@@ -3,14 +3,19 @@ and error bodies that say exactly what is wrong."""
 
 from __future__ import annotations
 
+import json
+import re
+import threading
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
 
-from services.catalog.web import HttpServer, start_http
+from services.catalog.index import CatalogIndex
+from services.catalog.web import HttpServer, make_app, start_http
 from tests.doubles.catalog_history import INC2, RacHistory
 
 pytestmark = pytest.mark.integration
@@ -233,3 +238,47 @@ async def test_pages_are_html_with_a_locked_down_policy(api: Api) -> None:
     status, text = await api.get("/db/nope")
     assert status == 404
     assert "no database &#x27;nope&#x27; in the catalog" in text
+
+
+# -- docs/timeline.md -----------------------------------------------------------------------------
+
+DOCS = Path(__file__).parents[2] / "docs" / "timeline.md"
+
+
+async def test_docs_error_examples_are_what_the_api_says(api: Api) -> None:
+    examples = re.findall(
+        r"^\$ curl -s 'http://127\.0\.0\.1:8080(\S+)'\n(.+)$", DOCS.read_text(), flags=re.M
+    )
+    assert len(examples) >= 5, "docs/timeline.md lost its examples"
+    for path, documented in examples:
+        status, body = await api.get(path)
+        assert body == json.loads(documented), path
+        assert status in (400, 404)
+
+
+def test_docs_route_table_matches_the_app() -> None:
+    documented = set(re.findall(r"^\| `GET (/\S*?)(?:\?\S*)?` \|", DOCS.read_text(), flags=re.M))
+    served = {
+        route.resource.canonical
+        for route in make_app(CatalogIndex()).router.routes()
+        if route.method == "GET" and route.resource is not None
+    }
+    assert documented == served - {"/", "/db/{uid}", "/favicon.ico"}
+
+
+def test_docs_embedding_example_runs(capsys: pytest.CaptureFixture[str]) -> None:
+    (block,) = re.findall(r"```python\n(.*?)```", DOCS.read_text(), flags=re.DOTALL)
+    failures: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            exec(compile(block, str(DOCS), "exec"), {"__name__": "__doc_example__"})  # noqa: S102
+        except BaseException as exc:
+            failures.append(exc)
+
+    # Its own thread: the example calls asyncio.run, which must not disturb this test's loop.
+    worker = threading.Thread(target=run)
+    worker.start()
+    worker.join()
+    assert not failures, failures
+    assert "{'status': 'ok', 'databases': 0}" in capsys.readouterr().out
