@@ -186,3 +186,24 @@ async def test_refresh_failure_keeps_the_page_and_says_it_is_stale(
     assert status.startswith("stale since ")
     assert await tab.evaluate("document.querySelectorAll('#timeline rect.window').length") == 3
     assert tab.exceptions == []
+
+
+@pytest.mark.parametrize(
+    ("selector", "says"),
+    [
+        ("#timeline g.gap line", "gap at thread 2 sequence 6"),
+        ("#timeline g.backup[data-backup-id='B3'] path", "backup B3 (full) on inc-2000"),
+        ("#timeline g.lane[data-lineage='inc-2000'] text", "branched from inc-1000 at SCN 1800"),
+    ],
+)
+async def test_every_kind_of_mark_has_a_tooltip(
+    served: tuple[RacHistory, HttpServer], tab: CdpPage, selector: str, says: str
+) -> None:
+    _, server = served
+    await tab.goto(server.url + "/db/orders")
+    centre = await tab.evaluate(
+        f"""(() => {{ const b = document.querySelector("{selector}").getBoundingClientRect();
+            return [b.left + b.width / 2, b.top + b.height / 2]; }})()"""
+    )
+    await tab.hover(*centre)
+    assert says in await tab.wait_for(TIP)

@@ -210,6 +210,14 @@ def _branch(
     )
 
 
+def _lane_title(lane: LineageView) -> str:
+    origin = (
+        f"branched from {lane.parent} at {pos(lane.branch_at)}" if lane.parent else "root lineage"
+    )
+    logs = f"logs from {when(lane.first_time)} to {when(lane.last_time)}"
+    return f"lineage {lane.key}, {origin}\n{logs}"
+
+
 def render_timeline(reply: WindowsReply) -> str:
     """The `<svg>` element for one database."""
     lanes = _lane_order(reply.lineages)
@@ -228,12 +236,11 @@ def render_timeline(reply: WindowsReply) -> str:
         out.append(
             f'<g class="lane"{attrs(data_key=f"lane:{lane.key}", data_lineage=lane.key)}'
             f"{attrs(data_parent=lane.parent, data_branch_at=_opt(lane.branch_at))}>"
+            f"<title>{esc(_lane_title(lane))}</title>"
             f'<text class="lane-label"{attrs(x=8, y=y - 4)}>{esc(lane.key)}</text>'
             f'<text class="lane-note"{attrs(x=8, y=y + 12)}>'
             f"{esc(f'from {lane.parent}' if lane.parent else 'root lineage')}</text>"
-            f'<line class="coverage"{attrs(x1=first, x2=max(last, first), y1=y, y2=y)}>'
-            f"<title>{esc(f'logs on {lane.key}: {when(lane.first_time)} … {when(lane.last_time)}')}"
-            "</title></line></g>"
+            f'<line class="coverage"{attrs(x1=first, x2=max(last, first), y1=y, y2=y)}/></g>'
         )
     by_key = {lane.key: lane for lane in lanes}
     for w in reply.windows:
