@@ -297,6 +297,21 @@ class Journal:
         assert entry is not None, key
         return entry
 
+    def prune_released(self, before: datetime) -> list[str]:
+        """Forget logs released before `before`; returns their keys.
+
+        Their files are gone (PostgreSQL) or RMAN's to delete (Oracle); an Oracle log still on
+        disk after this is found again, re-pushed (identical: nothing written) and announced
+        again, which the catalog's dedupe absorbs. Keeping the journal bounded matters more.
+        """
+        with self._tx() as db:
+            rows = db.execute(
+                "SELECT key FROM logs WHERE state = ? AND released_at < ?",
+                (LogState.RELEASED, before.isoformat()),
+            ).fetchall()
+            db.executemany("DELETE FROM logs WHERE key = ?", rows)
+        return [str(r[0]) for r in rows]
+
     # -- files that are not logs --------------------------------------------------------------
 
     def problem_is_new(

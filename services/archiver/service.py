@@ -70,6 +70,9 @@ class ArchiverService(Service):
         if self.streamer is not None:
             await self.streamer.stop(timeout=self.settings.bus.drain_timeout_s)
         if self._task is not None:
+            # The loop may be waiting on a store that is down (claiming a prefix): in-flight
+            # logs are settled above, so nothing is lost by cancelling the wait.
+            self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
         if self._store is not None:

@@ -84,6 +84,9 @@ class ArchiverSettings(_Section):
     journal_path: Path | None = Field(
         default=None, description="default <state_dir>/archiver/journal.sqlite"
     )
+    journal_keep_days: float = Field(
+        default=7.0, gt=0, description="how long released logs stay in the journal"
+    )
     databases: list[ArchivedDatabase] = Field(default_factory=list)
 
     @model_validator(mode="after")

@@ -22,8 +22,10 @@ import asyncio
 import contextlib
 import logging
 import uuid
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any, Protocol
 
 from schemas import Envelope, utcnow
@@ -44,6 +46,8 @@ log = logging.getLogger("tidemark.archiver")
 
 #: How long a refused or unreachable prefix waits before it is checked again.
 RECLAIM_S = 30.0
+#: How often released journal rows older than `journal_keep_days` are pruned.
+PRUNE_EVERY_S = 3600.0
 _ACTIVE = (LogState.DISCOVERED, LogState.STORED)
 _REOPENABLE = (LogState.RELEASED, LogState.CONFLICT, LogState.UNREADABLE)
 
@@ -99,6 +103,10 @@ class Streamer:
         #: Keys with work to do (discovered or stored), and keys not yet released.
         self._pending: set[str] = set()
         self._open: set[str] = set()
+        #: `_pending` in dispatch order; rebuilt only when a log is added, so draining a big
+        #: backlog costs O(parallelism) per dispatch, not a sort of the whole backlog.
+        self._order: deque[str] | None = None
+        self._alarms: set[asyncio.Task[None]] = set()
         self._next_try: dict[str, float] = {}
         self._inflight: dict[str, asyncio.Task[None]] = {}
         self._wake = asyncio.Event()
@@ -116,7 +124,9 @@ class Streamer:
     def _remember(self, entry: Entry) -> Entry:
         self._cache[entry.key] = entry
         if entry.state in _ACTIVE:
-            self._pending.add(entry.key)
+            if entry.key not in self._pending:
+                self._pending.add(entry.key)
+                self._order = None
         else:
             self._pending.discard(entry.key)
             self._next_try.pop(entry.key, None)
@@ -134,11 +144,14 @@ class Streamer:
         for entry in await asyncio.to_thread(self.journal.entries):
             self._remember(entry)
         self.metrics.watch(self.backlogs)
-        next_scan = 0.0
+        next_scan = next_prune = 0.0
         try:
             while not self._stopping:
                 now = loop.time()
                 try:
+                    if now >= next_prune:
+                        next_prune = now + PRUNE_EVERY_S
+                        await self._prune()
                     await self._claim_all(now)
                     if self._scan_now or now >= next_scan:
                         self._scan_now = False
@@ -146,15 +159,15 @@ class Streamer:
                         for target in self._targets.values():
                             if target.claimed:
                                 await self._scan(target)
+                        self._refresh_backlogs()
                     self._dispatch(loop.time())
-                    self._refresh_backlogs()
                 except Exception:  # the journal's disk, say: keep trying, loudly
                     log.exception("archiver loop failed; retrying")
                     next_scan = loop.time() + self.settings.retry_max_s
                 now = loop.time()
                 # Only future times: a log that is due but has no free slot waits for a slot
                 # (a finished task wakes us), not in a busy loop.
-                later = [t for t in self._next_try.values() if t > now]
+                later = [*self._next_try.values()]
                 later += [t.retry_claim_at for t in self._targets.values() if not t.claimed]
                 wake_at = min([next_scan, *(t for t in later if t > now)])
                 with contextlib.suppress(TimeoutError):
@@ -170,7 +183,7 @@ class Streamer:
         """Stop starting work; let logs in flight finish (or cancel them after `timeout`)."""
         self._stopping = True
         self._wake.set()
-        tasks = list(self._inflight.values())
+        tasks = [*self._inflight.values(), *self._alarms]
         if tasks:
             _done, pending = await asyncio.wait(tasks, timeout=timeout)
             for task in pending:
@@ -302,19 +315,35 @@ class Streamer:
         free = self.settings.parallelism - len(self._inflight)
         if free <= 0 or self._stopping:
             return
-        ready = [
-            self._cache[key]
-            for key in self._pending
-            if key not in self._inflight
-            and self._next_try.get(key, 0.0) <= now
-            and self._claimed(self._cache[key].database)
-        ]
-        # Publishing a stored log first is cheap and unblocks the catalog; then oldest first.
-        ready.sort(key=lambda e: (e.state is not LogState.STORED, e.log.archived_at, e.key))
-        for entry in ready[:free]:
+        if self._order is None:
+            # Publishing a stored log first is cheap and unblocks the catalog; then oldest first.
+            self._order = deque(
+                sorted(
+                    self._pending,
+                    key=lambda k: (
+                        self._cache[k].state is not LogState.STORED,
+                        self._cache[k].log.archived_at,
+                        k,
+                    ),
+                )
+            )
+        while self._order and self._order[0] not in self._pending:
+            self._order.popleft()  # done; keys finished further back are skipped below
+        for key in self._order:
+            if free <= 0:
+                break
+            entry = self._cache[key]
+            if (
+                key not in self._pending
+                or key in self._inflight
+                or self._next_try.get(key, 0.0) > now
+                or not self._claimed(entry.database)
+            ):
+                continue
             target = self._targets[entry.database]
-            task = asyncio.create_task(self._advance(target, entry), name=f"archive {entry.key}")
-            self._inflight[entry.key] = task
+            task = asyncio.create_task(self._advance(target, entry), name=f"archive {key}")
+            self._inflight[key] = task
+            free -= 1
 
     def _claimed(self, database: str) -> bool:
         target = self._targets.get(database)
@@ -433,6 +462,8 @@ class Streamer:
         )
 
     async def _alarm(self, target: _Target, reason: AlarmReason, detail: str, **extra: Any) -> None:
+        """Raise an alarm without waiting for it: with NATS down, publishing retries for a
+        while, and that must not stall discovery or other logs."""
         self.metrics.alarms.add(1, {"database": target.uid, "reason": reason.value})
         message = archive_alarm(
             target.source.database.ref,
@@ -442,10 +473,21 @@ class Streamer:
             source=self.source_name,
             **extra,
         )
+        task = asyncio.create_task(self._send_alarm(message, target.uid))
+        self._alarms.add(task)
+        task.add_done_callback(self._alarms.discard)
+
+    async def _send_alarm(self, message: Envelope[Any], uid: str) -> None:
         try:
             await self.events.publish(message)
-        except Exception as exc:  # the journal and the log line still carry it
-            log.error("could not publish alarm for %s: %s", target.uid, exc)
+        except Exception as exc:  # the journal, the status line and the log still carry it
+            log.error("could not publish alarm for %s: %s", uid, exc)
+
+    async def _prune(self) -> None:
+        keep = timedelta(days=self.settings.journal_keep_days)
+        pruned = await asyncio.to_thread(self.journal.prune_released, utcnow() - keep)
+        for key in pruned:
+            self._cache.pop(key, None)
 
     # -- release (log.indexed) -----------------------------------------------------------------
 

@@ -33,8 +33,13 @@ class RecordingSink:
         self.messages: list[Envelope[Any]] = []
         self.sent = 0
         self.fail_next = 0
+        #: Alarms wait on this (set by default): clear it to play NATS that never answers.
+        self.alarms_flow = asyncio.Event()
+        self.alarms_flow.set()
 
     async def publish(self, message: Envelope[Any]) -> object:
+        if isinstance(message.data, ArchiveAlarm):
+            await self.alarms_flow.wait()
         if self.fail_next:
             self.fail_next -= 1
             raise TimeoutError("injected: NATS did not answer")
@@ -118,10 +123,10 @@ class Rig:
         self._task = asyncio.create_task(self.streamer.run())
         return self.streamer
 
-    async def stop(self) -> None:
+    async def stop(self, timeout: float = 5.0) -> None:
         assert self.streamer is not None
         assert self._task is not None
-        await self.streamer.stop(timeout=5)
+        await self.streamer.stop(timeout=timeout)
         await asyncio.wait_for(self._task, 5)
         self.journal.close()
 

@@ -161,6 +161,19 @@ def test_the_journal_survives_a_restart(tmp_path: Path) -> None:
     second.close()
 
 
+def test_released_logs_are_pruned_after_the_retention(journal: Journal) -> None:
+    done, busy = wal(1), wal(2)
+    for log in (done, busy):
+        journal.discovered([(log_key("", log), log, "m")])
+        journal.stored(log_key("", log), crc32c="q83vEg==", size=1, compression="none",
+                       stored_crc32c="q83vEg==")  # fmt: skip
+        journal.published(log_key("", log))
+    journal.released(log_key("", done))
+    assert journal.prune_released(datetime.now(UTC) - timedelta(days=1)) == []
+    assert journal.prune_released(datetime.now(UTC) + timedelta(seconds=1)) == [log_key("", done)]
+    assert [e.key for e in journal.entries()] == [log_key("", busy)]
+
+
 def test_problem_files_are_reported_once_per_version(journal: Journal) -> None:
     path = Path("/spool/ready/notes.txt")
     assert journal.problem_is_new(path, "orders-db", (1, 2, 3, 4, 5), "invalid", "not WAL")

@@ -74,6 +74,7 @@ async def test_complete_logs_are_archived_and_an_incomplete_one_waits(tmp_path: 
     assert info is not None
     assert (info.metadata["engine"], info.metadata["first"]) == ("oracle", "9102000")
     # Releasing an Oracle log leaves the file to RMAN's deletion policy.
+    await rig.until(lambda: getattr(streamer.entry(key), "state", None) is LogState.PUBLISHED)
     assert await streamer.release(key, events[key].crc32c) is LogState.RELEASED
     assert growing.exists()
     await rig.stop()

@@ -138,6 +138,7 @@ async def test_identical_repush_is_success_and_another_checksum_raises_an_alarm(
     before = await rig.store.put_stream(key_of(rig, names[1]), other)
     streamer = await rig.start()
     await rig.until(lambda: len(rig.sink.archived) == 2 and len(rig.sink.alarms) == 1)
+    await rig.until(lambda: streamer.backlogs()["orders-db"].conflicts == 1)
     await rig.stop()
 
     assert {e.object_key for e in rig.sink.archived} == {
@@ -155,7 +156,6 @@ async def test_identical_repush_is_success_and_another_checksum_raises_an_alarm(
     entry = streamer.entry(key_of(rig, names[1]))
     assert entry is not None
     assert entry.state is LogState.CONFLICT
-    await rig.until(lambda: streamer.backlogs()["orders-db"].conflicts == 1)
     points = rig.metric_points("tidemark.archive.alarms")
     assert [p.attributes["reason"] for p in points] == ["checksum_conflict"]
 
@@ -225,6 +225,17 @@ async def test_truncated_foreign_and_stray_files_are_reported_and_never_uploaded
     await rig.until(lambda: len(rig.sink.archived) == 2)
     await rig.stop()
     assert len(rig.sink.alarms) == 4, "reported once, not at every rescan"
+
+
+async def test_an_alarm_nobody_acknowledges_does_not_stall_archiving(tmp_path: Path) -> None:
+    rig = Rig(tmp_path)
+    rig.sink.alarms_flow.clear()  # NATS takes alarms but never acknowledges them
+    (rig.spool.ready_dir / "core.1234").write_bytes(b"not WAL")
+    add_segments(rig.spool, [1, 2])
+    await rig.start()
+    await rig.until(lambda: len(rig.sink.archived) == 2)
+    await rig.stop(timeout=0.2)
+    assert rig.sink.alarms == []
 
 
 async def test_a_log_that_vanishes_before_it_is_stored_is_reported_unreadable(
