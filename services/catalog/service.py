@@ -1,14 +1,56 @@
 """The catalog: indexes backups and logs from events and answers "to which moments can I go
 back, and what does it take?". A derived index: `tidemark catalog rebuild` recreates it from the
-bucket alone."""
+bucket alone.
+
+On start it opens the store (`catalog.url`; SQLite in the state directory by default), brings
+its schema up to date, and loads every row into a `CatalogIndex`; only then is its consumer
+(`ingest.py`) bound, so no event is applied to a half-loaded index.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import asyncio
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 
-from services.runtime import Service
+from services.bus import Publisher
+from services.catalog.index import CatalogIndex
+from services.catalog.ingest import Ingest
+from services.catalog.store import CatalogStore
+from services.runtime import ConsumerSpec, Service
+
+log = logging.getLogger("tidemark.catalog")
 
 
 @dataclass
 class CatalogService(Service):
     name: str = "catalog"
+    index: CatalogIndex = field(default_factory=CatalogIndex, init=False)
+    store: CatalogStore | None = field(default=None, init=False)
+    ingest: Ingest | None = field(default=None, init=False)
+
+    async def on_start(self) -> None:
+        catalog = self.settings.catalog
+        url = catalog.url_for(self.settings.state_dir)
+        self.store = await asyncio.to_thread(
+            CatalogStore.open, url, password_file=catalog.password_file
+        )
+        counts = await asyncio.to_thread(self.store.load_into, self.index)
+        log.info(
+            "catalog loaded from %s: %d databases, %d logs, %d backups",
+            self.store.url,
+            counts.databases,
+            counts.logs,
+            counts.backups,
+        )
+        self.ingest = Ingest(self.store, self.index, self.publisher)
+
+    def consumers(self, publisher: Publisher) -> Sequence[ConsumerSpec]:
+        if self.ingest is None:
+            return ()
+        return (self.ingest.consumer(),)
+
+    async def on_stop(self) -> None:
+        if self.store is not None:
+            self.store.close()
