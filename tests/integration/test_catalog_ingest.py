@@ -7,6 +7,7 @@ whole session.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -115,18 +116,27 @@ class Rig:
         )
 
 
-@pytest.fixture
-async def rig(nc: Client, nats_url: str, tmp_path: Path) -> AsyncIterator[Rig]:
+@asynccontextmanager
+async def open_rig(
+    nc: Client, nats_url: str, state_dir: Path, **catalog: Any
+) -> AsyncIterator[Rig]:
+    """A rig for a fresh database uid, listening to everything published about it."""
     uid = unique("db")
     outbox = Outbox()
     sub = await nc.subscribe(f"tm.evt.*.*.{uid}", cb=outbox.on)
     db = DatabaseRef(uid=uid, engine=Engine.POSTGRES, name="orders", system_id=7_312_001)
-    made = Rig(nc, uid, db, tmp_path / "state", nats_url, outbox)
+    made = Rig(nc, uid, db, state_dir, nats_url, outbox, catalog=catalog)
     try:
         yield made
     finally:
         await made.stop()
         await sub.unsubscribe()
+
+
+@pytest.fixture
+async def rig(nc: Client, nats_url: str, tmp_path: Path) -> AsyncIterator[Rig]:
+    async with open_rig(nc, nats_url, tmp_path / "state") as made:
+        yield made
 
 
 def logs(rig: Rig, *segnos: int, timeline: int = 1) -> list[LogArchived]:
