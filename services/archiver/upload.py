@@ -141,7 +141,7 @@ async def store_log(
     metadata = object_metadata(log, local, compression)
     stream = _Stream(log, check, local, zstd_level if compression == "zstd" else None)
     try:
-        info = await store.put_stream(key, stream.chunks(), metadata)
+        await store.put_stream(key, stream.chunks(), metadata)
     except ObjectConflict:
         # Someone stored this key between our head and our write: judge it like a re-push.
         raced = await store.head(key)
@@ -151,18 +151,16 @@ async def store_log(
         return Stored(raced, local, raced.metadata.get("compression", "none"), True)
     finally:
         stream.close()
-    await verify(store, key, info, stream.sent.digest(), local)
-    return Stored(info, local, compression, False)
+    held = await verify(store, key, stream.sent.digest(), local)
+    return Stored(held, local, compression, False)
 
 
-async def verify(
-    store: BlobStore, key: str, info: ObjectInfo, sent: Digest, local: Digest
-) -> ObjectInfo:
+async def verify(store: BlobStore, key: str, sent: Digest, local: Digest) -> ObjectInfo:
     """Ask the store what it now holds under `key` and compare with what was sent."""
     held = await store.head(key)
     if held is None:
         raise IntegrityError(f"{key}: not found right after it was stored", key=key)
-    if (held.crc32c, held.size) != (sent.crc32c, sent.size) or held.generation != info.generation:
+    if (held.crc32c, held.size) != (sent.crc32c, sent.size):
         if _logged_crc32c(held) != local.crc32c:
             raise ChecksumConflict(
                 key, existing_crc32c=_logged_crc32c(held), attempted_crc32c=local.crc32c

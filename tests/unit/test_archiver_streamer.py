@@ -24,6 +24,7 @@ from services.archiver.pgspool import PostgresSpoolSource
 from services.archiver.service import describe
 from services.archiver.sources import read_chunks
 from services.archiver.streamer import NotReleasable
+from services.archiver.upload import store_log
 from services.blobstore import MemoryStore, crc32c_of_bytes
 from tests.doubles.stores import FlakyStore
 from tests.doubles.wal_segments import (
@@ -164,6 +165,22 @@ async def test_identical_repush_is_success_and_another_checksum_raises_an_alarm(
     await asyncio.sleep(0.3)
     await rig.stop()
     assert len(rig.sink.alarms) == 1
+
+
+async def test_a_repush_is_judged_by_the_logs_checksum_whatever_the_compression(
+    tmp_path: Path,
+) -> None:
+    spool = make_spool(tmp_path)
+    add_segments(spool, [3])
+    source = PostgresSpoolSource(pg_database(spool.path))
+    (log,) = (await source.discover()).logs
+    store = MemoryStore()
+    key = "orders-db/tl-00000001/logs/1/" + log.name
+    first = await store_log(store, key, log, source.check_header, compression="none")
+    again = await store_log(store, key, log, source.check_header, compression="zstd")
+    assert (first.existed, again.existed) == (False, True)
+    assert again.info == first.info
+    assert again.compression == "none", "the event describes the object that is stored"
 
 
 async def test_store_errors_back_off_and_retry_without_blocking_other_logs(tmp_path: Path) -> None:
