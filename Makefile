@@ -4,13 +4,14 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: help venv test lint typecheck unit integration e2e demo up status schemas bench clean
+.PHONY: help venv test lint typecheck unit integration e2e demo up status schemas bench bench-archive clean
 
 help:
 	@echo "make demo   - start the embedded stack (NATS, four services) and show it healthy"
 	@echo "make test   - lint, type check and the whole test suite"
 	@echo "make schemas - regenerate schemas/json and schemas/asyncapi.json from the models"
 	@echo "make bench  - benchmarks (ratios against a baseline measured in the same run)"
+	@echo "make bench-archive - WAL archiving vs pgBackRest, barman-cloud and the limits (docs/benchmarks.md)"
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -53,6 +54,9 @@ schemas: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m bench
+
+bench-archive: $(STAMP)
+	$(BIN)/python -m bench archive
 
 clean:
 	rm -rf $(VENV) .state .pytest_cache .mypy_cache .ruff_cache
