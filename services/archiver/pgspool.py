@@ -100,6 +100,9 @@ class PostgresSpoolSource:
                 )
         for name in sorted(set(os.listdir(self.spool.ready_dir)) - named):
             # walpush writes only WAL names as regular files; anything else is someone else's.
+            # A WAL name missing from the first listing arrived since: the next round takes it.
+            if walfile.classify(name) is not None:
+                continue
             path = self.spool.ready_dir / name
             try:
                 st = os.lstat(path)

@@ -441,3 +441,17 @@ async def test_metrics_and_status_show_lag_bytes_and_backlog(tmp_path: Path) -> 
     assert line.startswith("orders-db: backlog 1 logs (1.0 MiB)")
     assert "awaiting catalog 2" in line
     await rig.stop()
+
+
+async def test_a_segment_arriving_during_discovery_is_not_called_a_stray(tmp_path: Path) -> None:
+    spool = make_spool(tmp_path)
+    early, late = add_segments(spool, [3, 4])
+    source = PostgresSpoolSource(pg_database(spool.path))
+    listing = spool.ready_files()
+    # walpush adds `late` after the spool was listed: the source sees it only in the raw
+    # directory read that looks for strays.
+    source.spool.ready_files = lambda: [f for f in listing if f.name != late]  # type: ignore[method-assign]
+    (spool.ready_dir / "notes.txt").write_text("not ours")
+    found = await source.discover()
+    assert [log.name for log in found.logs] == [early]
+    assert [p.name for p in found.problems] == ["notes.txt"]
