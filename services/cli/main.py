@@ -17,6 +17,7 @@ from typing import Annotated
 import typer
 
 from services.cli import querycmds
+from services.cli.catalogcmds import app as catalog_app
 from services.cli.stackcmds import (
     bring_up,
     console,
@@ -36,6 +37,7 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+app.add_typer(catalog_app, name="catalog")
 
 StateDir = Annotated[
     Path,
