@@ -16,6 +16,8 @@ Then the store is rebuilt from the bucket and its windows compared with the even
 from __future__ import annotations
 
 import os
+import re
+import shlex
 import subprocess
 import sys
 import time
@@ -395,5 +397,40 @@ async def test_a_real_postgresql_archive_rebuilds_to_the_same_windows(
         assert store.counts().logs == len(live.database(uid).objects) + len(
             live.database(uid).lineage_files
         )
+    finally:
+        store.close()
+
+
+# -- docs/catalog.md -------------------------------------------------------------------------------
+
+CATALOG_DOC = Path(__file__).parents[2] / "docs" / "catalog.md"
+
+
+async def test_the_rebuild_command_in_the_docs_runs_as_written(tmp_path: Path) -> None:
+    block = re.search(r"```sh\n(tidemark catalog rebuild [^\n]*)\n```", CATALOG_DOC.read_text())
+    assert block is not None, "docs/catalog.md lost its rebuild command"
+    argv = shlex.split(block.group(1).replace("/var/lib/tidemark", str(tmp_path)))
+    bucket = open_store(f"file://{tmp_path / 'store'}")
+    pg = DatabaseRef(uid="orders-db", engine=Engine.POSTGRES, name="orders", system_id=7)
+    await claim_prefix(bucket, "prod", pg)
+    for n in (1, 2, 3):
+        await write_log_object(bucket, pg, wal(n, prefix="prod"))
+    await write_manifest(
+        bucket, backup("b1", SEG + 0x28, SEG + 0x100, Timeline(id=1), prefix="prod")
+    )
+    await bucket.close()
+    done = subprocess.run(
+        [sys.executable, "-m", "services.cli.main", *argv[1:]],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+        env={**os.environ, "COLUMNS": "200"},
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "1 databases, 1 lineages, 3 logs, 1 backups indexed" in done.stdout
+    store = CatalogStore.open(sqlite_url(tmp_path / "catalog.db"))
+    try:
+        assert loaded(store).snapshot("orders-db") == [("tl-00000001", SEG + 0x100, 4 * SEG)]
     finally:
         store.close()
