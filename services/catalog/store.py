@@ -33,7 +33,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Table, create_engine, event, func, select
+from sqlalchemy import Table, bindparam, create_engine, event, func, select
 from sqlalchemy.engine import URL, Connection, Engine, make_url
 from sqlalchemy.exc import IntegrityError
 
@@ -148,33 +148,54 @@ def _sqlite_begin(conn: Connection) -> None:
 # -- writes on one connection (shared by the event path and the rebuild) -----------------------
 
 
+def _find_by_key(table: Table) -> Any:
+    """`SELECT … WHERE <primary key> = :k_<column>…`, built once (and compiled once)."""
+    return select(table).where(*(c == bindparam(f"k_{c.name}") for c in table.primary_key))
+
+
+_FIND = {table.name: _find_by_key(table) for table in metadata.sorted_tables}
+
+
 class Writer:
-    """Idempotent writes on one open transaction."""
+    """Idempotent writes on one open transaction.
+
+    Statements are built once and executed with parameters, and what this transaction has
+    already written about a database or lineage is remembered: a rebuild writes millions of
+    logs of a handful of lineages, and should not ask about each lineage millions of times.
+    """
 
     def __init__(self, conn: Connection) -> None:
         self.conn = conn
+        # SQLite's BEGIN IMMEDIATE already excludes every other writer; only PostgreSQL
+        # replicas can race to insert one key, and only there is the savepoint worth its cost.
+        self._racy = conn.dialect.name == "postgresql"
+        self._databases: dict[str, DatabaseRef] = {}
+        self._lineages: dict[tuple[str, str], dict[str, Any]] = {}
+
+    def _find(self, table: Table, row: dict[str, Any]) -> Any:
+        key = {f"k_{c.name}": row[c.name] for c in table.primary_key}
+        return self.conn.execute(_FIND[table.name], key).one_or_none()
 
     def record_database(self, database: DatabaseRef) -> bool:
         """Insert the database, or fill a system id that was unknown. True if inserted."""
-        found = self.conn.execute(
-            select(databases).where(databases.c.uid == database.uid)
-        ).one_or_none()
+        if self._databases.get(database.uid) == database:
+            return False
+        row = {
+            "uid": database.uid,
+            "engine": database.engine.value,
+            "name": database.name,
+            "system_id": database.system_id,
+        }
+        found = self._find(databases, row)
+        inserted = False
         if found is None:
-            return self._insert(
-                databases,
-                {
-                    "uid": database.uid,
-                    "engine": database.engine.value,
-                    "name": database.name,
-                    "system_id": database.system_id,
-                },
-            )
-        if found.engine != database.engine.value:
+            inserted = self._insert(databases, row)
+        elif found.engine != database.engine.value:
             raise StoreConflict(
                 f"database {database.uid} is {found.engine} in the catalog, "
                 f"not {database.engine.value}"
             )
-        if found.system_id is None and database.system_id is not None:
+        elif found.system_id is None and database.system_id is not None:
             self.conn.execute(
                 databases.update()
                 .where(databases.c.uid == database.uid)
@@ -185,7 +206,8 @@ class Writer:
                 f"database {database.uid} has system id {found.system_id} in the catalog, "
                 f"not {database.system_id}"
             )
-        return False
+        self._databases[database.uid] = database
+        return inserted
 
     def record_lineage(self, uid: str, lineage: Lineage) -> bool:
         """Insert the lineage, or learn its parent if that was unknown. True if anything changed.
@@ -194,31 +216,44 @@ class Writer:
         the branch point, and may arrive later (or earlier), so knowledge only ever grows.
         """
         row = lineage_row(uid, lineage)
-        key = (lineages.c.database_uid == uid) & (lineages.c.key == row["key"])
-        found = self.conn.execute(select(lineages).where(key)).one_or_none()
+        cache_key = (uid, row["key"])
+        cached = self._lineages.get(cache_key)
+        if cached is not None and (
+            row["parent"] is None
+            or (cached["parent"], cached["branch_at"]) == (row["parent"], row["branch_at"])
+        ):
+            return False
+        found = self._find(lineages, row)
+        changed = False
         if found is None:
-            return self._insert(lineages, row)
-        if found.parent is None and row["parent"] is not None:
+            changed = self._insert(lineages, row)
+            known = row
+        elif found.parent is None and row["parent"] is not None:
             self.conn.execute(
                 lineages.update()
-                .where(key)
+                .where((lineages.c.database_uid == uid) & (lineages.c.key == row["key"]))
                 .values(parent=row["parent"], branch_at=row["branch_at"], number=row["number"])
             )
-            return True
-        if row["parent"] is not None and (found.parent, found.branch_at) != (
-            row["parent"],
-            row["branch_at"],
-        ):
-            log.warning(
-                "%s %s: parent %s at %s is known; ignoring parent %s at %s",
-                uid,
-                row["key"],
-                found.parent,
-                found.branch_at,
+            changed, known = True, row
+        else:
+            known = dict(found._mapping)
+            if row["parent"] is not None and (found.parent, found.branch_at) != (
                 row["parent"],
                 row["branch_at"],
-            )
-        return False
+            ):
+                log.warning(
+                    "%s %s: parent %s at %s is known; ignoring parent %s at %s",
+                    uid,
+                    row["key"],
+                    found.parent,
+                    found.branch_at,
+                    row["parent"],
+                    row["branch_at"],
+                )
+                # Remember the parent we ignored, so it is reported once, not per log.
+                known = {**known, "parent": row["parent"], "branch_at": row["branch_at"]}
+        self._lineages[cache_key] = known
+        return changed
 
     def record_log(self, database: DatabaseRef, log: LogArchived) -> bool:
         """Store one log. True if it is new; False if this exact log was known.
@@ -229,7 +264,7 @@ class Writer:
         self.record_database(database)
         self.record_lineage(database.uid, log.lineage)
         row = log_row(database.uid, log)
-        found = self.conn.execute(select(logs).where(_log_key(database.uid, log))).one_or_none()
+        found = self._find(logs, row)
         if found is None:
             return self._insert(logs, row)
         known = (found.first, found.next, found.crc32c)
@@ -266,16 +301,13 @@ class Writer:
         Raises `StoreConflict` when the id is known with another lineage, positions or
         manifest: the first is kept.
         """
-        key = (backups.c.database_uid == database.uid) & (backups.c.backup_id == backup.backup_id)
-        tomb = (backup_tombstones.c.database_uid == database.uid) & (
-            backup_tombstones.c.backup_id == backup.backup_id
-        )
-        if self.conn.execute(select(backup_tombstones.c.backup_id).where(tomb)).first():
+        ids = {"database_uid": database.uid, "backup_id": backup.backup_id}
+        if self._find(backup_tombstones, ids) is not None:
             return Recorded.DELETED
         self.record_database(database)
         self.record_lineage(database.uid, backup.lineage)
         row = backup_row(database.uid, backup)
-        found = self.conn.execute(select(backups).where(key)).one_or_none()
+        found = self._find(backups, row)
         if found is None:
             return Recorded.NEW if self._insert(backups, row) else Recorded.KNOWN
         compared = ("lineage", "start", "consistent_at", "manifest_key")
@@ -290,31 +322,25 @@ class Writer:
         self, database_uid: str, backup_id: str, *, reason: str, deleted_at: datetime
     ) -> bool:
         """Forget a backup and remember that it is gone. True if it was indexed."""
-        tomb = (backup_tombstones.c.database_uid == database_uid) & (
-            backup_tombstones.c.backup_id == backup_id
-        )
-        if not self.conn.execute(select(backup_tombstones.c.backup_id).where(tomb)).first():
+        ids = {"database_uid": database_uid, "backup_id": backup_id}
+        if self._find(backup_tombstones, ids) is None:
             self._insert(
-                backup_tombstones,
-                {
-                    "database_uid": database_uid,
-                    "backup_id": backup_id,
-                    "deleted_at": deleted_at,
-                    "reason": reason[:2000],
-                },
+                backup_tombstones, {**ids, "deleted_at": deleted_at, "reason": reason[:2000]}
             )
         key = (backups.c.database_uid == database_uid) & (backups.c.backup_id == backup_id)
         return self.conn.execute(backups.delete().where(key)).rowcount > 0
 
     def _insert(self, table: Table, row: dict[str, Any]) -> bool:
         """Insert `row`; False if another writer (a second replica) inserted its key first."""
+        if not self._racy:
+            self.conn.execute(table.insert(), row)
+            return True
         try:
             # A savepoint, so losing that race does not spoil the caller's transaction.
             with self.conn.begin_nested():
-                self.conn.execute(table.insert().values(**row))
+                self.conn.execute(table.insert(), row)
         except IntegrityError:
-            key = [column == row[column.name] for column in table.primary_key.columns]
-            if self.conn.execute(select(*table.primary_key.columns).where(*key)).first():
+            if self._find(table, row) is not None:
                 return False
             raise  # not the race: a broken reference or constraint is a bug to surface
         return True
