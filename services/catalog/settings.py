@@ -5,6 +5,8 @@
     password_file = "/var/run/secrets/catalog-db/password"   # PostgreSQL only; never in the URL
     store_url = "gs://archive/tidemark"                       # default: the archiver's store_url
     prefix = "prod"                                           # default: the archiver's prefix
+    http_host = "0.0.0.0"                                     # default: 127.0.0.1
+    http_port = 8470                                          # timeline page + JSON API; 0: off
 
 SQLite (WAL mode) is the embedded default; PostgreSQL is for a replicated catalog. The URL never
 carries a password: settings hold references to secrets, not secrets.
@@ -41,6 +43,11 @@ class CatalogSettings(BaseModel):
         default=None,
         pattern=r"^$|^[A-Za-z0-9._=-]+(/[A-Za-z0-9._=-]+)*$",
         description="key prefix before <database-uid>/; default: archiver.prefix",
+    )
+
+    http_host: str = Field(default="127.0.0.1", description="where the timeline page listens")
+    http_port: int = Field(
+        default=8470, ge=0, le=65535, description="timeline page and JSON API; 0 turns it off"
     )
 
     @field_validator("url")

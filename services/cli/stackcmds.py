@@ -114,6 +114,8 @@ async def bring_up(stack: EmbeddedStack, timeout: float) -> float:
         await stack.wait_healthy(timeout)
     elapsed = time.monotonic() - started
     console.print(f"[green]✓[/] all services healthy in {elapsed:.1f}s")
+    if stack.timeline_url:
+        console.print(f"  timeline page: {stack.timeline_url}")
     return elapsed
 
 

@@ -143,6 +143,7 @@ class Service:
 
     async def run(self, stop: asyncio.Event) -> None:
         await self.start()
+        watcher = asyncio.create_task(_stop_when_orphaned(stop))
         try:
             while not stop.is_set():
                 with contextlib.suppress(TimeoutError):
@@ -153,7 +154,22 @@ class Service:
                     except Exception as exc:  # NATS restarting: say so, keep serving
                         log.warning("health report failed: %s", exc)
         finally:
+            watcher.cancel()
             await self.stop()
+
+
+async def _stop_when_orphaned(stop: asyncio.Event) -> None:
+    """Under `tidemark up`, drain and exit if the stack's supervisor dies: a service left running
+    by a killed supervisor would hold its ports and keep consuming with nobody watching it."""
+    supervisor = os.environ.get("TIDEMARK_SUPERVISOR_PID")
+    if not supervisor or not supervisor.isdigit():
+        return
+    while not stop.is_set():
+        if os.getppid() != int(supervisor):
+            log.warning("the stack's supervisor (pid %s) is gone; stopping", supervisor)
+            stop.set()
+            return
+        await asyncio.sleep(1.0)
 
 
 def _parse_args(name: str, argv: Sequence[str] | None) -> argparse.Namespace:

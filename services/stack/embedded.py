@@ -25,6 +25,7 @@ from services.stack.probe import read_health
 SERVICES = ("catalog", "archiver", "executor", "planner")
 STACK_FILE = "stack.json"
 DEFAULT_NATS_PORT = 4222
+DEFAULT_TIMELINE_PORT = 8470
 log = logging.getLogger("tidemark.stack")
 
 
@@ -57,6 +58,7 @@ class EmbeddedStack:
     nats: NatsServer | None = None
     procs: dict[str, ServiceProcess] = field(default_factory=dict)
     stopping: bool = False
+    timeline_port: int | None = None
 
     @property
     def logs_dir(self) -> Path:
@@ -72,8 +74,15 @@ class EmbeddedStack:
             store_dir=self.state_dir / "nats", port=port, log_file=self.logs_dir / "nats.log"
         )
         self.nats.start()
+        if self.timeline_port is None:
+            free = _port_free(DEFAULT_TIMELINE_PORT)
+            self.timeline_port = DEFAULT_TIMELINE_PORT if free else free_port()
         self._write_stack_file()
         return self.nats
+
+    @property
+    def timeline_url(self) -> str | None:
+        return f"http://127.0.0.1:{self.timeline_port}/" if self.timeline_port else None
 
     def service_env(self) -> dict[str, str]:
         assert self.nats is not None
@@ -84,6 +93,8 @@ class EmbeddedStack:
                 "TIDEMARK_NODE": self.node,
                 "TIDEMARK_STATE_DIR": str(self.state_dir.resolve()),
                 "PYTHONUNBUFFERED": "1",
+                "TIDEMARK_SUPERVISOR_PID": str(os.getpid()),
+                "TIDEMARK_CATALOG__HTTP_PORT": str(self.timeline_port or 0),
             }
         )
         env.update(self.extra_env)
@@ -183,7 +194,9 @@ class EmbeddedStack:
         info = {
             "nats_url": self.nats.url,
             "monitor_url": self.nats.monitor_url,
+            "timeline_url": self.timeline_url,
             "supervisor_pid": os.getpid(),
+            "nats_pid": self.nats.process.pid if self.nats.process else None,
             "services": {n: e.process.pid for n, e in self.procs.items() if e.process is not None},
         }
         path = self.state_dir / STACK_FILE

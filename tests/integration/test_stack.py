@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -94,6 +95,17 @@ async def test_up_runs_until_ctrl_c_and_status_shows_it(tmp_path: Path) -> None:
         assert "Dead letters: 0" in status.stdout
 
         stack = json.loads((tmp_path / "stack.json").read_text())
+        # The catalog serves its page and answers queries from the same index.
+        with urllib.request.urlopen(stack["timeline_url"] + "api/databases", timeout=10) as r:  # noqa: S310
+            assert json.loads(r.read()) == {"databases": []}
+        unknown = subprocess.run(
+            [*TIDEMARK, "windows", "nosuch", "--state-dir", str(tmp_path)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert unknown.returncode == 2, unknown.stdout + unknown.stderr
+        assert "no database 'nosuch'" in unknown.stdout
         pids = list(stack["services"].values())
         proc.send_signal(signal.SIGINT)
         out, _ = proc.communicate(timeout=60)
@@ -123,7 +135,11 @@ async def test_service_runs_alone_against_any_nats(
     service: str, nats_server: NatsServer, tmp_path: Path
 ) -> None:
     node = f"alone-{service}"
-    env = {**os.environ, "TIDEMARK_STATE_DIR": str(tmp_path)}
+    env = {
+        **os.environ,
+        "TIDEMARK_STATE_DIR": str(tmp_path),
+        "TIDEMARK_CATALOG__HTTP_PORT": str(free_port()),
+    }
     log = tmp_path / "service.log"
     with open(log, "wb") as out:
         proc = subprocess.Popen(
@@ -158,3 +174,36 @@ async def test_service_runs_alone_against_any_nats(
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+async def test_services_stop_when_the_supervisor_is_killed(tmp_path: Path) -> None:
+    proc = subprocess.Popen(
+        [*TIDEMARK, "up", "--state-dir", str(tmp_path), "--nats-port", str(free_port())],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    stack: dict[str, object] = {}
+    try:
+        deadline = time.monotonic() + 60
+        while len(stack.get("services", {}) or {}) < 4:  # type: ignore[arg-type]
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+            if (tmp_path / "stack.json").exists():
+                stack = json.loads((tmp_path / "stack.json").read_text())
+        url = str(stack["nats_url"])
+        while len(await read_health(url)) < 4:
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        proc.kill()  # SIGKILL: no chance to stop its children
+        proc.wait()
+        pids = list(stack["services"].values())  # type: ignore[union-attr]
+        deadline = time.monotonic() + 20
+        while any(_pid_alive(pid) for pid in pids):
+            assert time.monotonic() < deadline, "services outlived their supervisor"
+            time.sleep(0.2)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        nats_pid = stack.get("nats_pid")
+        if isinstance(nats_pid, int) and _pid_alive(nats_pid):
+            os.kill(nats_pid, signal.SIGKILL)
