@@ -184,6 +184,20 @@ class History:
         assert end is not None
         return end, limiting
 
+    def entry_point(self, lineage: str, branch: int) -> int:
+        """Where the parent's chain must reach to continue into `lineage`, branched at `branch`.
+
+        Oracle logs of a new incarnation begin exactly at the resetlogs SCN. A PostgreSQL
+        timeline's first segment begins at the segment boundary before the switch and holds a
+        copy of the parent's WAL up to it, so the parent only has to reach that boundary.
+        """
+        starts = []
+        for thread in self.threads(lineage).values():
+            reach = thread.cover.containing(branch)
+            if reach is not None:
+                starts.append(reach[0])
+        return min(branch, max(starts)) if starts else branch
+
     def path(self, ancestor: str, lineage: str) -> list[str] | None:
         """Lineage keys from `ancestor` down to `lineage`, or None if not a descendant."""
         chain = [lineage]
@@ -210,7 +224,7 @@ class History:
             if i == len(path) - 1:
                 return (lower, end, limiting) if end > lower else None
             branch = self.lineages[path[i + 1]].branch_at
-            if branch is None or lower >= branch or end < branch:
+            if branch is None or lower >= branch or end < self.entry_point(path[i + 1], branch):
                 return None
             point = lower = branch
         return None

@@ -131,7 +131,10 @@ class CatalogIndex:
         db = self._ensure(database)
         self._learn_lineage(db, log.lineage)
         key = log.lineage.key
-        if log.kind in ("history", "backup_history"):
+        if log.kind in ("history", "backup_history") or (log.file_name or "").endswith(".partial"):
+            # A `.partial` segment holds the old timeline's WAL only up to the switch, and the
+            # new timeline's first segment carries a copy of it: counting the partial as a whole
+            # segment would call the rest of it restorable. It stays in the store, not the chain.
             if log.object_key in db.lineage_files:
                 return False
             db.lineage_files.add(log.object_key)

@@ -67,7 +67,16 @@ def ref_restorable(
                 break
             branch = lineages[path[i + 1]].branch_at
             assert branch is not None
-            if lower >= branch or end < branch:
+            child = [log for log in logs if log.lineage == path[i + 1]]
+            starts = [
+                min(
+                    log.first for log in child if log.thread == t and log.first <= branch < log.next
+                )
+                for t in {log.thread for log in child}
+                if any(log.thread == t and log.first <= branch < log.next for log in child)
+            ]
+            entry = min(branch, max(starts)) if starts else branch
+            if lower >= branch or end < entry:
                 ok = False
                 break
             point = lower = branch
@@ -119,7 +128,13 @@ def histories(
     if draw(st.booleans()):
         branch = draw(st.integers(20, 140))
         lineages["B"] = LineageEntry("B", parent="A", branch_at=branch)
-        logs += make_logs(rng, "B", threads, branch, 220, drop)
+        # Oracle: the child's logs begin at the branch; PostgreSQL: at the segment boundary
+        # before it, holding a copy of the parent's WAL up to the switch.
+        entry = branch - rng.choice([0, 0, 3])
+        if entry < branch and rng.random() < 0.5:
+            # The parent's last (partial) segment is not in its chain: it ends at the boundary.
+            logs = [log for log in logs if log.next <= entry]
+        logs += make_logs(rng, "B", threads, entry, 220, drop)
     bases = []
     for i in range(draw(st.integers(0, 4))):
         lineage = rng.choice(sorted(lineages))

@@ -196,3 +196,25 @@ def test_oracle_rac_until_scn_and_sequence() -> None:
     by_seq = index.restore_plan("ledger", TargetSequence(thread=1, sequence=4))
     assert by_seq.recovery.rman_until == "SET UNTIL SEQUENCE 4 THREAD 1"
     assert index.check("ledger", TargetSequence(thread=1, sequence=4)).restorable
+
+
+def test_a_partial_segment_does_not_extend_the_old_timeline() -> None:
+    index = CatalogIndex()
+    for segno in range(2, 6):
+        index.apply_log(PG, wal(segno))
+    index.apply_backup(PG, base("b1", 2 * SEG, 2 * SEG + 10, 3, Timeline(id=1)))
+    partial = wal(6).model_copy(
+        update={
+            "file_name": wal(6).file_name + ".partial",
+            "object_key": wal(6).object_key + ".partial",
+        }
+    )
+    assert index.apply_log(PG, partial)
+    assert not index.apply_log(PG, partial)
+    branch = 6 * SEG + 0xA0
+    for segno in (6, 7):
+        index.apply_log(PG, wal(segno, tl=2, parent=1, branch=branch))
+    assert index.snapshot("orders") == [
+        ("tl-00000001", 2 * SEG + 10, 6 * SEG),  # not up to the switch inside segment 6
+        ("tl-00000002", branch, 8 * SEG),
+    ]
