@@ -13,12 +13,15 @@ that is Lb or one of its descendants, walk the lineage path Lb → … → L:
 - on L the window is (max(M_B, P_L), E_L].
 
 The windows of L are the union over bases. Each thread's coverage is an `IntervalSet`, updated
-per log, so a query costs a few binary searches per base instead of a scan of every log.
+per log, so a query costs a few binary searches per base instead of a scan of every log. The
+same goes for what the views need besides windows: each lineage's earliest and latest log time
+is a sorted list updated per log, and a time is placed on a thread by binary search.
 """
 
 from __future__ import annotations
 
-from bisect import bisect_right, insort
+from bisect import bisect_left, bisect_right, insort
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -119,6 +122,9 @@ class History:
         self.lineages: dict[str, LineageEntry] = {}
         self.bases: dict[str, BaseEntry] = {}
         self._threads: dict[str, dict[int, _Thread]] = {}
+        # Every first and next time of each lineage's logs, sorted: its span is the two ends.
+        # A min/max pair could not be kept when the oldest log is deleted without a rescan.
+        self._times: dict[str, list[datetime]] = {}
 
     # -- updates --------------------------------------------------------------------------------
 
@@ -149,6 +155,10 @@ class History:
         thread.by_next[log.next] = log
         insort(thread.firsts, log.first)
         thread.cover.add(log.first, log.next)
+        times = self._times.setdefault(log.lineage, [])
+        for at in (log.first_time, log.next_time):
+            if at is not None:
+                insort(times, at)
         return True
 
     def remove_log(self, lineage: str, thread_no: int, sequence: int) -> bool:
@@ -162,7 +172,36 @@ class History:
         if i >= 0 and thread.firsts[i] == log.first:
             del thread.firsts[i]
         thread.cover.remove(log.first, log.next)
+        times = self._times.get(lineage, [])
+        for at in (log.first_time, log.next_time):
+            if at is not None:
+                j = bisect_left(times, at)
+                if j < len(times) and times[j] == at:
+                    del times[j]
         return True
+
+    # -- what the views ask besides windows ------------------------------------------------------
+
+    def time_span(self, lineage: str) -> tuple[datetime | None, datetime | None]:
+        """The earliest and the latest time any log of `lineage` states."""
+        times = self._times.get(lineage)
+        return (times[0], times[-1]) if times else (None, None)
+
+    def reached_at(self, lineage: str, at: datetime) -> int | None:
+        """Where the chain has certainly passed time `at`: the end of the first log, in position
+        order, whose end time is `at` or later, on the first thread (in arrival order) that has
+        one.
+
+        A binary search, since a thread's redo is written in order and its end times grow with
+        its positions. Were they ever out of order, the search still returns a log that ends at
+        or after `at`, at worst a later one than a scan would: a plan that reads more, never one
+        that stops short.
+        """
+        for thread in self.threads(lineage).values():
+            i = bisect_left(thread.firsts, True, key=_ends_by(thread, at))
+            if i < len(thread.firsts):
+                return thread.by_first[thread.firsts[i]].next
+        return None
 
     # -- the rule ---------------------------------------------------------------------------------
 
@@ -240,10 +279,16 @@ class History:
             lower, end, limiting = found
             union.add(lower + 1, end + 1)  # (lower, end] as a half-open integer interval
             contributions.append((lower, end, base, limiting))
+        # Each contribution lies inside exactly one window of the union: find it by the window
+        # starts (a bisection) instead of testing every contribution against every window.
+        spans = union.intervals()
+        starts = [start_plus - 1 for start_plus, _ in spans]
+        grouped: list[list[tuple[int, int, BaseEntry, int | None]]] = [[] for _ in spans]
+        for contribution in contributions:
+            grouped[bisect_right(starts, contribution[0]) - 1].append(contribution)
         windows = []
-        for start_plus, end_plus in union:
+        for (start_plus, end_plus), inside in zip(spans, grouped, strict=True):
             start, end = start_plus - 1, end_plus - 1
-            inside = [c for c in contributions if start <= c[0] and c[1] <= end]
             opening = [c for c in inside if c[0] == start]
             closing = [c for c in inside if c[1] == end]
             windows.append(
@@ -382,6 +427,16 @@ class History:
                 point = stop
         needed.sort(key=lambda log: (path.index(log.lineage), log.first, log.thread))
         return needed
+
+
+def _ends_by(thread: _Thread, at: datetime) -> Callable[[int], bool]:
+    """Whether the log starting at a position of `thread` ends at or after `at`."""
+
+    def ended(first: int) -> bool:
+        end = thread.by_first[first].next_time
+        return end is not None and end >= at
+
+    return ended
 
 
 def _containing(thread: _Thread, point: int) -> LogEntry | None:

@@ -263,25 +263,23 @@ class CatalogIndex:
         now = now or utcnow()
         lineages = []
         windows: list[WindowView] = []
+        current: list[Window] = []
         for key in sorted(db.history.lineages):
             entry = db.history.lineages[key]
-            times = [
-                t
-                for thread in db.history.threads(key).values()
-                for log in thread.by_seq.values()
-                for t in (log.first_time, log.next_time)
-                if t is not None
-            ]
+            first_time, last_time = db.history.time_span(key)
             lineages.append(
                 LineageView(
                     key=key,
                     parent=entry.parent,
                     branch_at=db.position(entry.branch_at) if entry.branch_at is not None else None,
-                    first_time=min(times, default=None),
-                    last_time=max(times, default=None),
+                    first_time=first_time,
+                    last_time=last_time,
                 )
             )
-            windows.extend(self._window_view(db, w) for w in db.history.windows(key))
+            found = db.history.windows(key)
+            if key == db.current_lineage:
+                current = found
+            windows.extend(self._window_view(db, w) for w in found)
         return WindowsReply(
             database=db.ref,
             now=now,
@@ -290,14 +288,19 @@ class CatalogIndex:
             backups=[self._backup_view(db, b) for b in sorted(db.backups)],
             gaps=self.gaps(db),
             last_archived_at=db.last_archived_at,
-            rpo_lag_s=self._rpo_lag(db, now),
+            rpo_lag_s=self._rpo_lag(db, now, current),
         )
 
-    def _rpo_lag(self, db: DatabaseIndex, now: datetime) -> float | None:
-        """How much of the recent past is not restorable: now minus the newest restorable time."""
+    def _rpo_lag(
+        self, db: DatabaseIndex, now: datetime, windows: list[Window] | None = None
+    ) -> float | None:
+        """How much of the recent past is not restorable: now minus the newest restorable time.
+
+        `windows`: the current lineage's, when the caller has them already."""
         if db.current_lineage is None:
             return None
-        windows = db.history.windows(db.current_lineage)
+        if windows is None:
+            windows = db.history.windows(db.current_lineage)
         end = windows[-1].end_time if windows else None
         return max(0.0, (now - end).total_seconds()) if end is not None else None
 
@@ -560,10 +563,10 @@ class CatalogIndex:
             return db.history.bases[verdict.base or ""].consistent
         assert verdict.window is not None
         # A time: read the window up to the first log that ends after the target time.
-        for thread in db.history.threads(lineage).values():
-            for log in sorted(thread.by_seq.values(), key=lambda log: log.first):
-                if isinstance(target, TargetTime) and log.next_time and log.next_time >= target.at:
-                    return min(log.next, verdict.window.end.value)
+        if isinstance(target, TargetTime):
+            reached = db.history.reached_at(lineage, target.at)
+            if reached is not None:
+                return min(reached, verdict.window.end.value)
         return verdict.window.end.value
 
     def _recovery(self, db: DatabaseIndex, lineage: str, target: RestoreTarget) -> RecoverySettings:

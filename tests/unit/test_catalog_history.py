@@ -18,6 +18,7 @@ from services.catalog.history import (
     HistoryConflict,
     LineageEntry,
     LogEntry,
+    Window,
 )
 from services.catalog.intervals import IntervalSet
 
@@ -186,6 +187,36 @@ def test_incremental_windows_equal_the_reference(
             else:
                 assert verdict.code != "ok"
                 assert verdict.reason
+        assert_views_equal_the_scans(history, kept, lineage, windows)
+
+
+def assert_views_equal_the_scans(
+    history: History, kept: list[LogEntry], lineage: str, windows: list[Window]
+) -> None:
+    """What the views keep per log or find by bisection equals a scan of every log and base."""
+    times = [
+        t for log in kept if log.lineage == lineage for t in (log.first_time, log.next_time) if t
+    ]
+    assert history.time_span(lineage) == (min(times, default=None), max(times, default=None))
+    # A window's bases are those whose own window lies inside it.
+    own = {b: history.base_window(history.bases[b], lineage) for b in history.bases}
+    for window in windows:
+        inside = sorted(
+            b
+            for b, found in own.items()
+            if found and window.start <= found[0] < found[1] <= window.end
+        )
+        assert list(window.bases) == inside
+    # A time is placed on the first thread (in arrival order) that reached it, as a scan would.
+    for seconds in range(-5, 235, 7):
+        at = T0 + timedelta(seconds=seconds)
+        scanned = None
+        for thread in history.threads(lineage).values():
+            ended = [log for log in thread.by_seq.values() if log.next_time and log.next_time >= at]
+            if ended:
+                scanned = min(ended, key=lambda log: log.first).next
+                break
+        assert history.reached_at(lineage, at) == scanned, (lineage, at)
 
 
 def test_rac_gap_names_thread_and_sequence() -> None:
