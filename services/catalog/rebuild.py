@@ -309,13 +309,7 @@ class _Rebuild:
 
 
 def _write_logs(writer: Writer, batch: list[tuple[DatabaseRef, LogArchived]]) -> list[str]:
-    problems = []
-    for database, found in batch:
-        try:
-            writer.record_log(database, found)
-        except StoreConflict as exc:
-            problems.append(str(exc))
-    return problems
+    return [str(result) for result in writer.record_logs(batch) if isinstance(result, Exception)]
 
 
 async def rebuild(blobs: BlobStore, store: CatalogStore, prefix: str = "") -> RebuildReport:

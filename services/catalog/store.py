@@ -25,7 +25,7 @@ Methods are blocking; the service calls them in a worker thread.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -155,6 +155,32 @@ def _find_by_key(table: Table) -> Any:
 
 _FIND = {table.name: _find_by_key(table) for table in metadata.sorted_tables}
 
+# The logs of one thread among some sequences: what a batch needs to know before inserting.
+_KNOWN_LOGS = select(logs.c.sequence, logs.c.name, logs.c.first, logs.c.next, logs.c.crc32c).where(
+    (logs.c.database_uid == bindparam("uid"))
+    & (logs.c.lineage == bindparam("lineage"))
+    & (logs.c.thread == bindparam("thread"))
+    & (logs.c.kind == bindparam("kind"))
+    & logs.c.sequence.in_(bindparam("sequences", expanding=True))
+)
+
+LogResult = bool | StoreConflict
+"""What storing one log of a batch did: True new, False known, or why it was refused."""
+
+_LogKey = tuple[str, str, int, int, str, str]
+"""A log's natural key: database, lineage, thread, sequence, kind, file name."""
+
+
+def _log_key_of(row: dict[str, Any]) -> _LogKey:
+    return (
+        row["database_uid"],
+        row["lineage"],
+        row["thread"],
+        row["sequence"],
+        row["kind"],
+        row["name"],
+    )
+
 
 class Writer:
     """Idempotent writes on one open transaction.
@@ -269,13 +295,74 @@ class Writer:
             return self._insert(logs, row)
         known = (found.first, found.next, found.crc32c)
         if known != (row["first"], row["next"], row["crc32c"]):
-            raise StoreConflict(
-                f"{database.uid} {log.lineage.key} thread {log.thread} sequence {log.sequence} "
-                f"({log.kind} {name_of(log) or log.object_key}) is known as "
-                f"[{found.first}, {found.next}) crc32c {found.crc32c}, not "
-                f"[{row['first']}, {row['next']}) crc32c {row['crc32c']}; keeping the first"
-            )
+            raise _log_conflict(database, log, known, row)
         return False
+
+    def record_logs(self, facts: Sequence[tuple[DatabaseRef, LogArchived]]) -> list[LogResult]:
+        """Store many logs, in order, each exactly as `record_log` would; per log, True if new,
+        False if known, or the `StoreConflict` that kept it out (nothing of it is written, and
+        the others are stored all the same).
+
+        On SQLite the logs already known are read with one query per thread and the new ones
+        inserted with one statement: a log at a time costs two round trips through SQLAlchemy,
+        which is most of the catalog's ingest time. On PostgreSQL, where replicas can race to
+        insert one key, each log keeps its own savepoint.
+        """
+        if self._racy:
+            return [self._record_log_alone(database, log) for database, log in facts]
+        rows = [log_row(database.uid, log) for database, log in facts]
+        known = self._known_logs(rows)
+        results: list[LogResult] = []
+        new_rows: list[dict[str, Any]] = []
+        for (database, log), row in zip(facts, rows, strict=True):
+            key = _log_key_of(row)
+            found = known.get(key)
+            if found is not None and found != (row["first"], row["next"], row["crc32c"]):
+                results.append(_log_conflict(database, log, found, row))
+                continue
+            try:
+                # Before the insert: the log's row refers to both.
+                self.record_database(database)
+                self.record_lineage(database.uid, log.lineage)
+            except StoreConflict as exc:
+                results.append(exc)
+                continue
+            if found is None:
+                # A second copy later in the same batch is then known, as it would be in order.
+                known[key] = (row["first"], row["next"], row["crc32c"])
+                new_rows.append(row)
+            results.append(found is None)
+        if new_rows:
+            self.conn.execute(logs.insert(), new_rows)
+        return results
+
+    def _record_log_alone(self, database: DatabaseRef, log: LogArchived) -> LogResult:
+        try:
+            # Its own savepoint: a conflict must not keep what it wrote about its lineage.
+            with self.conn.begin_nested():
+                return self.record_log(database, log)
+        except StoreConflict as exc:
+            return exc
+
+    def _known_logs(self, rows: list[dict[str, Any]]) -> dict[_LogKey, tuple[Any, Any, Any]]:
+        """(first, next, crc32c) of every stored log sharing a natural key with one of `rows`."""
+        threads: dict[tuple[str, str, int, str], set[int]] = {}
+        for row in rows:
+            group = (row["database_uid"], row["lineage"], row["thread"], row["kind"])
+            threads.setdefault(group, set()).add(row["sequence"])
+        known: dict[_LogKey, tuple[Any, Any, Any]] = {}
+        for (uid, lineage, thread, kind), sequences in threads.items():
+            params = {
+                "uid": uid,
+                "lineage": lineage,
+                "thread": thread,
+                "kind": kind,
+                "sequences": sorted(sequences),
+            }
+            for found in self.conn.execute(_KNOWN_LOGS, params):
+                key = (uid, lineage, thread, found.sequence, kind, found.name)
+                known[key] = (found.first, found.next, found.crc32c)
+        return known
 
     def forget_log(self, database_uid: str, log: LogArchived) -> bool:
         """Remove exactly this log (same range and checksum), e.g. one the index refused."""
@@ -344,6 +431,18 @@ class Writer:
                 return False
             raise  # not the race: a broken reference or constraint is a bug to surface
         return True
+
+
+def _log_conflict(
+    database: DatabaseRef, log: LogArchived, known: tuple[Any, Any, Any], row: dict[str, Any]
+) -> StoreConflict:
+    first, next_, crc32c = known
+    return StoreConflict(
+        f"{database.uid} {log.lineage.key} thread {log.thread} sequence {log.sequence} "
+        f"({log.kind} {name_of(log) or log.object_key}) is known as "
+        f"[{first}, {next_}) crc32c {crc32c}, not "
+        f"[{row['first']}, {row['next']}) crc32c {row['crc32c']}; keeping the first"
+    )
 
 
 def _log_key(uid: str, log: LogArchived) -> Any:

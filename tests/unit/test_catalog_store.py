@@ -86,6 +86,36 @@ def test_store_a_different_log_under_a_known_name_is_refused_and_the_first_kept(
     assert index.database(PG.uid).objects[("tl-00000001", 1, 3)].crc32c == first.crc32c
 
 
+def test_store_a_batch_of_logs_is_stored_as_one_at_a_time_would(store: CatalogStore) -> None:
+    store.record_log(PG, wal(3))
+    conflicting = wal(3).model_copy(update={"crc32c": "BBBBBB=="})
+    oracle_as_pg = redo(1, 1, 10, 20, INC1)  # database PG is PostgreSQL: refused
+    history_file = history(2, 1, 6 * 16 * 1024 * 1024 + 0x80)
+    with store.writing() as writer:
+        results = writer.record_logs(
+            [
+                (PG, wal(1)),
+                (PG, wal(3)),  # known
+                (PG, conflicting),
+                (PG, wal(4)),
+                (PG, wal(4)),  # twice in one batch: the second is known
+                (PG, wal(6, timeline=2)),
+                (PG, history_file),  # the parent of timeline 2, learned in the same batch
+                (ORA.model_copy(update={"uid": PG.uid}), oracle_as_pg),
+            ]
+        )
+    assert results[:2] == [True, False]
+    assert isinstance(results[2], StoreConflict)
+    assert "keeping the first" in str(results[2])
+    assert results[3:7] == [True, False, True, True]
+    assert isinstance(results[7], StoreConflict)
+    assert store.counts() == StoreCounts(databases=1, lineages=2, logs=5, backups=0)
+    assert store.lineage(PG.uid, "tl-00000002") == history_file.lineage
+    assert store.lineage(PG.uid, "inc-1180000000") is None  # nothing of a refused log is kept
+    index = index_of(store)
+    assert index.database(PG.uid).objects[("tl-00000001", 1, 3)].crc32c == wal(3).crc32c
+
+
 def test_store_a_segment_and_its_partial_are_two_logs(store: CatalogStore) -> None:
     segment = wal(9)
     partial = segment.model_copy(
