@@ -4,9 +4,11 @@
 - `ensure_topology` — streams (TM_CMD work queue, TM_EVT, TM_DLQ, TM_ADV) and KV buckets;
 - `Publisher` — `Nats-Msg-Id` + `traceparent` on every message, retried safely;
 - `Consumer` — the pull loop whose ack policy is written in `services/bus/consumer.py`;
+- `BatchConsumer` — the same policy per message, for a handler that takes a batch at once;
 - errors: `HandlerError` → `RetryableError` | `TerminalError` (see `services/bus/errors.py`).
 """
 
+from services.bus.batch import BatchConsumer, BatchHandler
 from services.bus.connection import connect
 from services.bus.consumer import Consumer, Delivery, Handler, backoff_delay
 from services.bus.deadletter import dead_letter
@@ -28,6 +30,8 @@ __all__ = [
     "MSG_ID_HEADER",
     "NODES_BUCKET",
     "PLANS_BUCKET",
+    "BatchConsumer",
+    "BatchHandler",
     "BusError",
     "Consumer",
     "Delivery",

@@ -26,7 +26,7 @@ import json
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -108,6 +108,7 @@ class Consumer:
         self._stopping = asyncio.Event()
         self._inflight: set[asyncio.Task[None]] = set()
         self._tasks: list[asyncio.Task[None]] = []
+        self._pause = 0.1
 
     @property
     def source(self) -> str:
@@ -170,50 +171,76 @@ class Consumer:
                     await sub.unsubscribe()
 
     async def _fetch_loop(self) -> None:
-        pause = 0.1
         while not self._stopping.is_set():
             free = self.concurrency - len(self._inflight)
             if free <= 0:
                 await asyncio.wait(self._inflight, return_when=asyncio.FIRST_COMPLETED)
                 continue
-            try:
-                msgs = await self._sub.fetch(min(free, self.settings.fetch_batch), timeout=1.0)
-                pause = 0.1
-            except nats.errors.TimeoutError:
-                continue
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # disconnected, server restarting: wait and go on
-                log.warning("fetch on %s failed: %s", self.durable, exc)
-                await asyncio.sleep(pause)
-                pause = min(pause * 2, 5.0)
-                continue
-            for msg in msgs:
-                task = asyncio.create_task(self._process(msg))
-                self._inflight.add(task)
-                task.add_done_callback(self._inflight.discard)
+            for msg in await self._fetch(min(free, self.settings.fetch_batch)):
+                self._track(self._process(msg))
 
-    async def _heartbeat(self, msg: Msg) -> None:
+    async def _fetch(self, batch: int) -> list[Msg]:
+        """Up to `batch` messages; none after a quiet second or a failure (then a pause)."""
+        try:
+            msgs = await self._sub.fetch(batch, timeout=1.0)
+        except nats.errors.TimeoutError:
+            return []
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # disconnected, server restarting: wait and go on
+            log.warning("fetch on %s failed: %s", self.durable, exc)
+            await asyncio.sleep(self._pause)
+            self._pause = min(self._pause * 2, 5.0)
+            return []
+        self._pause = 0.1
+        return msgs
+
+    def _track(self, work: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        """Run `work` as a task that `stop()` lets finish."""
+        task = asyncio.create_task(work)
+        self._inflight.add(task)
+        task.add_done_callback(self._inflight.discard)
+        return task
+
+    async def _heartbeat(self, *msgs: Msg) -> None:
         while True:
             await asyncio.sleep(self.heartbeat_s)
-            with contextlib.suppress(Exception):
-                await msg.in_progress()
+            for msg in msgs:
+                with contextlib.suppress(Exception):
+                    await msg.in_progress()
 
-    async def _process(self, msg: Msg) -> None:
-        started = time.monotonic()
-        attempt = msg.metadata.num_delivered
+    async def _admit(self, msg: Msg, started: float) -> Envelope[Any] | None:
+        """The message, if it satisfies the contract and has a handler; else dead-lettered."""
         try:
             message = decode(msg.data, subject=msg.subject)
         except ContractError as exc:
             await self._give_up(msg, reason=exc.reason, error="validation")
             self._count("invalid", "term", started)
-            return
-        handler = self.handlers.get(type(message.data))
-        if handler is None:
+            return None
+        if type(message.data) not in self.handlers:
             reason = f"no handler for {message.type} on consumer {self.durable}"
             await self._give_up(msg, reason=reason, error="unroutable", message_type=message.type)
             self._count(message.type, "term", started)
+            return None
+        return message
+
+    def _delivery(self, message: Envelope[Any], msg: Msg) -> Delivery:
+        return Delivery(
+            message=message,
+            subject=msg.subject,
+            attempt=msg.metadata.num_delivered,
+            stream_sequence=msg.metadata.sequence.stream,
+            publisher=self.publisher,
+            _msg=msg,
+        )
+
+    async def _process(self, msg: Msg) -> None:
+        started = time.monotonic()
+        attempt = msg.metadata.num_delivered
+        message = await self._admit(msg, started)
+        if message is None:
             return
+        handler = self.handlers[type(message.data)]
         context = extract_context(msg.headers)
         with tracer().start_as_current_span(
             f"process {message.type}",
@@ -227,14 +254,7 @@ class Consumer:
                 "tidemark.attempt": attempt,
             },
         ) as span:
-            delivery = Delivery(
-                message=message,
-                subject=msg.subject,
-                attempt=attempt,
-                stream_sequence=msg.metadata.sequence.stream,
-                publisher=self.publisher,
-                _msg=msg,
-            )
+            delivery = self._delivery(message, msg)
             beat = asyncio.create_task(self._heartbeat(msg))
             try:
                 await handler(message, delivery)
@@ -254,13 +274,16 @@ class Consumer:
                 return
             finally:
                 beat.cancel()
-            try:
-                await msg.ack_sync(timeout=5.0)
-            except Exception as exc:
-                # The effect is durable; the server will redeliver and the handler's own
-                # idempotency turns the repeat into a no-op.
-                log.warning("ack of %s not confirmed (%s); expect a redelivery", message.id, exc)
+            await self._ack(msg, message)
             self._count(message.type, "ack", started)
+
+    async def _ack(self, msg: Msg, message: Envelope[Any]) -> None:
+        try:
+            await msg.ack_sync(timeout=5.0)
+        except Exception as exc:
+            # The effect is durable; the server will redeliver and the handler's own
+            # idempotency turns the repeat into a no-op.
+            log.warning("ack of %s not confirmed (%s); expect a redelivery", message.id, exc)
 
     async def _retry_or_give_up(
         self, msg: Msg, message_type: str, exc: Exception, attempt: int, started: float

@@ -1,11 +1,18 @@
 """The catalog's consumer: facts from TM_EVT into the store and the index, and what follows.
 
 One durable consumer (`catalog-ingest`) on `log.archived`, `log.deleted`, `backup.completed` and
-`backup.deleted` of every database, one event at a time, in stream order. For each event:
+`backup.deleted` of every database, in stream order, up to `catalog.ingest_batch` events at a
+time (a `BatchConsumer`). For each batch:
 
-    store (one transaction, committed)  →  index  →  publish what follows  →  ack
+    store (one transaction for the batch, committed)  →  index, event by event
+        →  publish what follows (every `log.indexed` at once, then `window.changed`)  →  ack each
 
-Ack policy (the bus's table in `services/bus/consumer.py` applies):
+One event at a time, a transaction and a wait for the stream per event cap the catalog at a few
+hundred logs a second; a batch pays each round trip once. The events of a batch are written and
+applied in stream order (consecutive `log.archived` share one statement), so the outcome is the
+one they would have had one by one.
+
+Ack policy, per event (the bus's table in `services/bus/batch.py` applies):
 
 | event, outcome                                   | action                                      |
 |--------------------------------------------------|---------------------------------------------|
@@ -17,30 +24,37 @@ Ack policy (the bus's table in `services/bus/consumer.py` applies):
 | backup.completed conflicting with a known one    | TerminalError: dead letter, first kept      |
 | backup.deleted, log.deleted                      | store (tombstone / delete), index, ack      |
 | envelope names no database                       | TerminalError                               |
-| store unreachable, publish not acknowledged      | raised: nak with backoff, redelivered       |
+| store unreachable, publish not acknowledged      | raised: the whole batch nak'd with backoff, |
+|                                                  |   redelivered                               |
+
+A refused event is refused alone: nothing of it is written (the store checks a log before
+inserting it, and a backup is written under its own savepoint), and the rest of its batch is
+stored, indexed and acknowledged.
 
 Redelivery is a no-op in the store and the index, but `log.indexed` is published again: a crash
 between the commit and the publish must not leave the archiver holding its spool copy forever,
 and its handler is idempotent. The republish carries the same message id (derived from the
 `log.archived` id), so inside JetStream's duplicate window it is not even stored twice.
 
-After each event, every lineage of the database whose restorable windows differ from the last
-ones published gets a `window.changed` with its whole list. "Last published" is remembered in
-memory (primed from the index at start-up), so a redelivery after a failed publish sends it
-then; a crash between commit and publish loses that one notice, and the next change of the
-lineage carries the full state again.
+After each batch, every lineage of a database it touched whose restorable windows differ from
+the last ones published gets a `window.changed` with its whole list (caused by that database's
+last event in the batch). "Last published" is remembered in memory (primed from the index at
+start-up), so a redelivery after a failed publish sends it then; a crash between commit and
+publish loses that one notice, and the next change of the lineage carries the full state again.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import uuid
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from schemas import DatabaseRef, Envelope, envelope, wildcard
+from schemas import DatabaseRef, Envelope, envelope, utcnow, wildcard
 from schemas.messages import (
     BackupCompleted,
     BackupDeleted,
@@ -53,7 +67,7 @@ from schemas.messages import (
 from services.bus import Delivery, Publisher, TerminalError
 from services.catalog.history import HistoryConflict
 from services.catalog.index import CatalogIndex, DatabaseIndex, UnknownDatabase
-from services.catalog.store import CatalogStore, Recorded, StoreConflict
+from services.catalog.store import CatalogStore, Recorded, StoreConflict, Writer
 from services.runtime import ConsumerSpec
 
 log = logging.getLogger("tidemark.catalog")
@@ -103,6 +117,22 @@ def _database(message: Envelope[Any]) -> DatabaseRef:
     return database
 
 
+@dataclass
+class _Event:
+    """One event of a batch, and what became of it so far."""
+
+    position: int
+    message: Envelope[Any]
+    database: DatabaseRef
+    stored: bool | Recorded | None = None
+    """What the store did: a log new (True) or known; a backup's `Recorded`."""
+    refused: Exception | None = None
+
+    @property
+    def data(self) -> Any:
+        return self.message.data
+
+
 class Ingest:
     """Handlers of the catalog's consumer over one store and one index.
 
@@ -110,10 +140,13 @@ class Ingest:
     queries served on the same loop never see it half-updated.
     """
 
-    def __init__(self, store: CatalogStore, index: CatalogIndex, publisher: Publisher) -> None:
+    def __init__(
+        self, store: CatalogStore, index: CatalogIndex, publisher: Publisher, *, batch: int = 1
+    ) -> None:
         self.store = store
         self.index = index
         self.publisher = publisher
+        self.batch = batch
         self._published: dict[str, Windows] = {
             ref.uid: lineage_windows(index.database(ref.uid)) for ref in index.databases()
         }
@@ -123,22 +156,126 @@ class Ingest:
 
     # -- handlers -------------------------------------------------------------------------------
 
-    async def on_log_archived(self, message: Envelope[Any], delivery: Delivery) -> None:
-        database = _database(message)
-        data: LogArchived = message.data
-        try:
-            new = await self._in_store(self.store.record_log, database, data)
-        except StoreConflict as exc:
-            raise TerminalError(str(exc)) from None
-        try:
-            self.index.apply_log(database, data)
-        except HistoryConflict as exc:
-            if new:
+    async def on_event(self, message: Envelope[Any], delivery: Delivery) -> None:
+        """One event on its own: a batch of one."""
+        [refused] = await self.handle([delivery])
+        if refused is not None:
+            raise refused
+
+    async def handle(self, deliveries: Sequence[Delivery]) -> list[Exception | None]:
+        """A batch of events, in stream order; per event, None (done) or why it was refused.
+
+        Raises when the store or the bus fails: nothing is acknowledged, all are redelivered.
+        """
+        refused: list[Exception | None] = [None] * len(deliveries)
+        events: list[_Event] = []
+        for i, delivery in enumerate(deliveries):
+            try:
+                events.append(_Event(i, delivery.message, _database(delivery.message)))
+            except TerminalError as exc:
+                refused[i] = exc
+        await self._in_store(self._write, events)
+        forget = [e for e in events if e.refused is None and self._apply(e)]
+        if forget:
+            await self._in_store(self._forget, forget)
+        done = [e for e in events if e.refused is None]
+        await self.publisher.publish_all(
+            [self._indexed(e) for e in done if isinstance(e.data, LogArchived)]
+        )
+        last_of = {e.database.uid: e for e in done}
+        for event in last_of.values():
+            await self.publish_window_changes(event.database, cause=event.message)
+        for event in events:
+            refused[event.position] = event.refused
+        return refused
+
+    # -- the store: one transaction per batch ----------------------------------------------------
+
+    def _write(self, events: list[_Event]) -> None:
+        with self.store.writing() as writer:
+            run: list[_Event] = []  # consecutive log.archived: one statement
+            for event in events:
+                if event.refused is not None:
+                    continue
+                if isinstance(event.data, LogArchived):
+                    run.append(event)
+                    continue
+                self._write_logs(writer, run)
+                run = []
+                self._write_one(writer, event)
+            self._write_logs(writer, run)
+
+    @staticmethod
+    def _write_logs(writer: Writer, run: list[_Event]) -> None:
+        if not run:
+            return
+        results = writer.record_logs([(e.database, e.data) for e in run])
+        for event, result in zip(run, results, strict=True):
+            if isinstance(result, StoreConflict):
+                event.refused = TerminalError(str(result))
+            else:
+                event.stored = result
+
+    @staticmethod
+    def _write_one(writer: Writer, event: _Event) -> None:
+        data, uid = event.data, event.database.uid
+        if isinstance(data, LogDeleted):
+            name = data.file_name or ""
+            writer.delete_log(uid, data.lineage.key, data.kind, data.thread, data.sequence, name)
+        elif isinstance(data, BackupCompleted):
+            try:
+                # Its own savepoint: a refused backup keeps nothing it wrote about its lineage.
+                with writer.savepoint():
+                    event.stored = writer.record_backup(event.database, data)
+            except StoreConflict as exc:
+                event.refused = TerminalError(str(exc))
+        elif isinstance(data, BackupDeleted):
+            writer.delete_backup(uid, data.backup_id, reason=data.reason, deleted_at=utcnow())
+
+    def _forget(self, events: list[_Event]) -> None:
+        with self.store.writing() as writer:
+            for event in events:
+                writer.forget_log(event.database.uid, event.data)
+
+    # -- the index, event by event -----------------------------------------------------------------
+
+    def _apply(self, event: _Event) -> bool:
+        """Apply a stored event to the index; True if the store must forget the log it took."""
+        data, database = event.data, event.database
+        if isinstance(data, LogArchived):
+            try:
+                self.index.apply_log(database, data)
+            except HistoryConflict as exc:
+                event.refused = TerminalError(str(exc))
                 # The store took it under a finer key than the index's; keep the first there too.
-                await self._in_store(self.store.forget_log, database.uid, data)
-            raise TerminalError(str(exc)) from None
-        if new:
-            log.debug("indexed %s", data.object_key)
+                return event.stored is True
+            if event.stored:
+                log.debug("indexed %s", data.object_key)
+        elif isinstance(data, LogDeleted):
+            if data.kind not in ("wal", "redo"):
+                return False
+            try:
+                db = self.index.database(database.uid)
+            except UnknownDatabase:
+                return False
+            held = db.objects.get((data.lineage.key, data.thread, data.sequence))
+            # The index holds one file per sequence: do not drop a segment for its .partial.
+            if held is not None and held.key == data.object_key:
+                self.index.remove_log(database.uid, data.lineage.key, data.thread, data.sequence)
+        elif isinstance(data, BackupCompleted):
+            if event.stored is Recorded.DELETED:
+                log.info(
+                    "%s backup %s was deleted before; not indexed", database.uid, data.backup_id
+                )
+            else:
+                self.index.apply_backup(database, data)
+        elif isinstance(data, BackupDeleted):
+            with contextlib.suppress(UnknownDatabase):
+                self.index.remove_backup(database.uid, data.backup_id)
+        return False
+
+    def _indexed(self, event: _Event) -> Envelope[Any]:
+        data: LogArchived = event.data
         indexed = LogIndexed(
             lineage=data.lineage,
             thread=data.thread,
@@ -146,63 +283,12 @@ class Ingest:
             object_key=data.object_key,
             crc32c=data.crc32c,
         )
-        await self.publisher.publish(
-            envelope(
-                indexed,
-                source=self.publisher.source,
-                causation=message,
-                message_id=derived_id(message.id, LogIndexed.TYPE),
-            )
+        return envelope(
+            indexed,
+            source=self.publisher.source,
+            causation=event.message,
+            message_id=derived_id(event.message.id, LogIndexed.TYPE),
         )
-        await self.publish_window_changes(database, cause=message)
-
-    async def on_log_deleted(self, message: Envelope[Any], delivery: Delivery) -> None:
-        database = _database(message)
-        data: LogDeleted = message.data
-        await self._in_store(
-            self.store.delete_log,
-            database.uid,
-            data.lineage.key,
-            data.kind,
-            data.thread,
-            data.sequence,
-            data.file_name or "",
-        )
-        if data.kind in ("wal", "redo"):
-            try:
-                db = self.index.database(database.uid)
-            except UnknownDatabase:
-                return
-            held = db.objects.get((data.lineage.key, data.thread, data.sequence))
-            # The index holds one file per sequence: do not drop a segment for its .partial.
-            if held is not None and held.key == data.object_key:
-                self.index.remove_log(database.uid, data.lineage.key, data.thread, data.sequence)
-        await self.publish_window_changes(database, cause=message)
-
-    async def on_backup_completed(self, message: Envelope[Any], delivery: Delivery) -> None:
-        database = _database(message)
-        data: BackupCompleted = message.data
-        try:
-            recorded = await self._in_store(self.store.record_backup, database, data)
-        except StoreConflict as exc:
-            raise TerminalError(str(exc)) from None
-        if recorded is Recorded.DELETED:
-            log.info("%s backup %s was deleted before; not indexed", database.uid, data.backup_id)
-            return
-        self.index.apply_backup(database, data)
-        await self.publish_window_changes(database, cause=message)
-
-    async def on_backup_deleted(self, message: Envelope[Any], delivery: Delivery) -> None:
-        database = _database(message)
-        data: BackupDeleted = message.data
-        await self._in_store(
-            self.store.delete_backup, database.uid, data.backup_id, reason=data.reason
-        )
-        try:
-            self.index.remove_backup(database.uid, data.backup_id)
-        except UnknownDatabase:
-            return
-        await self.publish_window_changes(database, cause=message)
 
     # -- window.changed -------------------------------------------------------------------------
 
@@ -246,12 +332,9 @@ class Ingest:
             stream="TM_EVT",
             durable=durable,
             filter_subjects=subjects,
-            handlers={
-                LogArchived: self.on_log_archived,
-                LogDeleted: self.on_log_deleted,
-                BackupCompleted: self.on_backup_completed,
-                BackupDeleted: self.on_backup_deleted,
-            },
+            handlers=dict.fromkeys(models, self.on_event),
             # One at a time: a database's facts are applied in the order they were published.
             concurrency=1,
+            batch=self.handle if self.batch > 1 else None,
+            batch_size=self.batch,
         )

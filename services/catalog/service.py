@@ -54,7 +54,7 @@ class CatalogService(Service):
             counts.logs,
             counts.backups,
         )
-        self.ingest = Ingest(self.store, self.index, self.publisher)
+        self.ingest = Ingest(self.store, self.index, self.publisher, batch=catalog.ingest_batch)
         assert self.nc is not None
         self.queries = await serve_queries(self.nc, self.index)
         if catalog.http_port:

@@ -7,6 +7,7 @@
     prefix = "prod"                                           # default: the archiver's prefix
     http_host = "0.0.0.0"                                     # default: 127.0.0.1
     http_port = 8470                                          # timeline page + JSON API; 0: off
+    ingest_batch = 256                                        # events per store transaction
 
 SQLite (WAL mode) is the embedded default; PostgreSQL is for a replicated catalog. The URL never
 carries a password: settings hold references to secrets, not secrets.
@@ -43,6 +44,14 @@ class CatalogSettings(BaseModel):
         default=None,
         pattern=r"^$|^[A-Za-z0-9._=-]+(/[A-Za-z0-9._=-]+)*$",
         description="key prefix before <database-uid>/; default: archiver.prefix",
+    )
+
+    ingest_batch: int = Field(
+        default=256,
+        ge=1,
+        le=1024,
+        description="events the catalog's consumer takes at once: one store transaction and one "
+        "wait for the stream per batch (1: one event at a time)",
     )
 
     http_host: str = Field(default="127.0.0.1", description="where the timeline page listens")

@@ -198,6 +198,12 @@ class Writer:
         self._databases: dict[str, DatabaseRef] = {}
         self._lineages: dict[tuple[str, str], dict[str, Any]] = {}
 
+    @contextmanager
+    def savepoint(self) -> Iterator[None]:
+        """A nested transaction: what the block wrote is undone if it raises."""
+        with self.conn.begin_nested():
+            yield
+
     def _find(self, table: Table, row: dict[str, Any]) -> Any:
         key = {f"k_{c.name}": row[c.name] for c in table.primary_key}
         return self.conn.execute(_FIND[table.name], key).one_or_none()

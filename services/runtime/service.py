@@ -28,6 +28,8 @@ from nats.js import JetStreamContext
 from schemas import Payload, ServiceHealth, ServiceState, node_token, utcnow
 from services.bus import (
     HEALTH_BUCKET,
+    BatchConsumer,
+    BatchHandler,
     Consumer,
     Handler,
     Publisher,
@@ -51,6 +53,10 @@ class ConsumerSpec:
     handlers: Mapping[type[Payload], Handler]
     concurrency: int = 1
     deliver_new_only: bool = False
+    batch: BatchHandler | None = None
+    """When set, messages are fetched up to `batch_size` at a time and handled together by it
+    (a `BatchConsumer`); `handlers` then only names the accepted types."""
+    batch_size: int = 1
 
 
 @dataclass
@@ -91,16 +97,20 @@ class Service:
         self.publisher = Publisher(self.js, source=self.source)
         await self.on_start()
         for spec in self.consumers(self.publisher):
-            consumer = Consumer(
-                self.js,
-                stream=spec.stream,
-                durable=spec.durable,
-                filter_subjects=spec.filter_subjects,
-                handlers=spec.handlers,
-                settings=self.settings.bus,
-                publisher=self.publisher,
-                concurrency=spec.concurrency,
-                deliver_new_only=spec.deliver_new_only,
+            common: dict[str, Any] = {
+                "stream": spec.stream,
+                "durable": spec.durable,
+                "filter_subjects": spec.filter_subjects,
+                "handlers": spec.handlers,
+                "settings": self.settings.bus,
+                "publisher": self.publisher,
+                "concurrency": spec.concurrency,
+                "deliver_new_only": spec.deliver_new_only,
+            }
+            consumer = (
+                Consumer(self.js, **common)
+                if spec.batch is None
+                else BatchConsumer(self.js, batch=spec.batch, batch_size=spec.batch_size, **common)
             )
             await consumer.start()
             self._consumers.append(consumer)

@@ -8,7 +8,7 @@ import json
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +21,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from schemas import Envelope, subject_for
 from schemas.messages import RunBackup
 from services.bus import (
+    BatchConsumer,
     Consumer,
     Delivery,
     Publisher,
@@ -335,4 +336,85 @@ async def test_stop_lets_the_running_handler_finish_and_ack(harness: Harness) ->
     await wait_for(lambda: len(harness.seen) == 1)
     await consumer.stop(timeout=5)
     assert finished.is_set()
+    assert await harness.pending() == 0
+
+
+async def test_a_batch_is_settled_message_by_message(harness: Harness) -> None:
+    batches: list[list[tuple[str, int]]] = []
+
+    async def handle(deliveries: Sequence[Delivery]) -> list[Exception | None]:
+        batches.append([(d.message.data.backup_id, d.attempt) for d in deliveries])
+        outcomes: list[Exception | None] = []
+        for delivery in deliveries:
+            backup_id = delivery.message.data.backup_id
+            if backup_id == "poison":
+                outcomes.append(TerminalError("backup id refused by policy"))
+            elif backup_id == "flaky" and delivery.attempt == 1:
+                outcomes.append(RetryableError("store busy", delay=0.1))
+            else:
+                outcomes.append(None)
+        return outcomes
+
+    async def alone(message: Envelope[Any], delivery: Delivery) -> None:
+        raise AssertionError("a batch consumer hands messages to its batch handler")
+
+    # Published first, so the first fetch takes them together.
+    await harness.js.publish(harness.subject, b"{not json")
+    sent = {}
+    for backup_id in ("a", "poison", "flaky", "b"):
+        sent[backup_id] = await harness.publish(run_backup(backup_id))
+    consumer = BatchConsumer(
+        harness.js,
+        batch=handle,
+        batch_size=16,
+        stream="TM_CMD",
+        durable=harness.durable,
+        filter_subjects=[f"tm.cmd.executor.{harness.node}.>"],
+        handlers={RunBackup: alone},
+        settings=FAST,
+        publisher=Publisher(harness.js, source="executor"),
+    )
+    await consumer.start()
+    harness.consumers.append(consumer)
+    await wait_for(lambda: len(batches) == 2)
+    # The malformed one never reaches the handler; the retried one comes back alone.
+    assert batches == [[("a", 1), ("poison", 1), ("flaky", 1), ("b", 1)], [("flaky", 2)]]
+    # Dead-lettered after the malformed one, which never reached the handler.
+    letter = await dead_letters(harness.js, harness.subject)
+    assert (letter.error, letter.message_id) == ("terminal", str(sent["poison"].id))
+    state = await harness.js.stream_info("TM_DLQ", subjects_filter=f"tm.dlq.{harness.subject}")
+    assert state.state.subjects == {f"tm.dlq.{harness.subject}": 2}
+    await asyncio.sleep(0.5)
+    assert len(batches) == 2
+    assert await harness.pending() == 0
+
+
+async def test_a_batch_whose_handler_raises_is_redelivered_whole(harness: Harness) -> None:
+    batches: list[list[int]] = []
+
+    async def handle(deliveries: Sequence[Delivery]) -> list[Exception | None]:
+        batches.append([d.attempt for d in deliveries])
+        if len(batches) == 1:
+            raise ConnectionError("store unreachable")
+        return [None] * len(deliveries)
+
+    for backup_id in ("a", "b", "c"):
+        await harness.publish(run_backup(backup_id))
+    consumer = BatchConsumer(
+        harness.js,
+        batch=handle,
+        batch_size=16,
+        stream="TM_CMD",
+        durable=harness.durable,
+        filter_subjects=[f"tm.cmd.executor.{harness.node}.>"],
+        handlers={RunBackup: handle},
+        settings=FAST,
+        publisher=Publisher(harness.js, source="executor"),
+    )
+    await consumer.start()
+    harness.consumers.append(consumer)
+    await wait_for(lambda: sum(len(b) for b in batches) >= 6)
+    assert batches[0] == [1, 1, 1]
+    assert sorted(a for b in batches[1:] for a in b) == [2, 2, 2]
+    await asyncio.sleep(0.5)
     assert await harness.pending() == 0

@@ -20,10 +20,11 @@ from schemas import DatabaseRef, Engine, Envelope, Timeline, decode, envelope
 from schemas.messages import (
     BackupDeleted,
     LogArchived,
+    LogDeleted,
     LogIndexed,
     WindowChanged,
 )
-from services.bus import Publisher
+from services.bus import Publisher, ensure_topology
 from services.catalog.ingest import derived_id
 from services.catalog.service import CatalogService
 from services.catalog.settings import CatalogSettings
@@ -226,6 +227,57 @@ async def test_a_different_log_under_a_known_name_is_dead_lettered_and_the_first
     assert len(rig.outbox.of(LogIndexed)) == 1  # the archiver keeps its copy of the forged one
     held = service.index.database(rig.uid).objects[("tl-00000001", 1, 7)]
     assert held.crc32c == log.crc32c
+
+
+def deleted(log: LogArchived) -> LogDeleted:
+    return LogDeleted(
+        lineage=log.lineage,
+        kind=log.kind,
+        thread=log.thread,
+        sequence=log.sequence,
+        object_key=log.object_key,
+        file_name=log.file_name,
+        reason="retention",
+    )
+
+
+async def test_one_batch_is_applied_in_stream_order_and_a_poison_event_refused_alone(
+    rig: Rig,
+) -> None:
+    w1, w2, w3, w4, w5 = logs(rig, 1, 2, 3, 4, 5)
+    b1 = backup("b1", SEG + 0x28, SEG + 0x100, Timeline(id=1), database=rig.db)
+    moved = b1.model_copy(update={"manifest_key": f"{rig.uid}/backups/elsewhere/manifest.json"})
+    forged = w1.model_copy(update={"crc32c": "AAAAAA=="})
+    # Published before the catalog starts, so its consumer takes them as one batch.
+    await ensure_topology(rig.nc.jetstream(), FAST)
+    for event in (w1, w2, forged, w3, deleted(w4), w4, deleted(w2), b1, moved, w5):
+        await rig.publish(event)
+    service = await rig.start()
+    await until(lambda: len(rig.outbox.of(LogIndexed)) == 5)
+    js = rig.nc.jetstream()
+    forged_letter = await dead_letters(js, f"tm.evt.log.archived.{rig.uid}")
+    assert "keeping the first" in forged_letter.reason
+    moved_letter = await dead_letters(js, f"tm.evt.backup.completed.{rig.uid}")
+    assert "keeping the first" in moved_letter.reason
+    # Deleted before it was archived: archived. Archived, then deleted: gone.
+    db = service.index.database(rig.uid)
+    assert sorted(seq for _, _, seq in db.objects) == [1, 3, 4, 5]
+    assert db.objects[("tl-00000001", 1, 1)].crc32c == w1.crc32c
+    assert [o.object_key for o in rig.outbox.of(LogIndexed)] == [
+        log.object_key for log in (w1, w2, w3, w4, w5)
+    ]
+    # One batch, one notice: the window as the whole batch left it (segment 2 is missing).
+    [notice] = rig.outbox.of(WindowChanged)
+    assert [(w.start.value, w.end.value) for w in notice.windows] == [(SEG + 0x100, 2 * SEG)]
+    info = await js.consumer_info("TM_EVT", rig.durable)
+    assert (info.num_pending, info.num_ack_pending) == (0, 0)
+    await rig.stop()
+    store = rig.store()
+    try:
+        assert store.counts().logs == 4
+        assert store.counts().backups == 1
+    finally:
+        store.close()
 
 
 async def test_a_restart_loads_the_same_index_from_the_store(rig: Rig) -> None:

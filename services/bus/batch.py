@@ -1,0 +1,126 @@
+"""Consuming in batches: one handler call for up to `batch_size` messages.
+
+For a handler whose cost is mostly per round trip — one committed transaction, one wait for a
+stream's acknowledgement — handling messages one at a time caps throughput at the round trip.
+A `BatchConsumer` fetches up to `batch_size` messages, hands them to its handler together, and
+settles each message by what the handler says of it. The ack policy is the bus's
+(`services/bus/consumer.py`), per message:
+
+| outcome for one message of the batch                | action                                  |
+|-----------------------------------------------------|-----------------------------------------|
+| fails the contract, or no handler for its type      | dead letter, term (before the batch)    |
+| the handler returned `None` for it (durable)        | ack, confirmations awaited together     |
+| the handler returned a `TerminalError` for it       | dead letter, term: that message alone   |
+| the handler returned any other exception for it     | nak(delay); dead letter on MaxDeliver   |
+| the handler raised                                  | every message of the batch as that      |
+|                                                     | exception: nak, redelivered             |
+
+Nothing is acknowledged before the handler has returned, so nothing is acknowledged before it
+is durable. Batches are handled one at a time, in stream order; `in_progress()` is sent for every
+message of a batch while it runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js.api import ConsumerConfig
+from opentelemetry import trace
+from opentelemetry.trace import Link, SpanKind, Status, StatusCode
+
+from services.bus.consumer import Consumer, Delivery
+from services.bus.errors import TerminalError
+from services.telemetry import extract_context, tracer
+
+BatchHandler = Callable[[Sequence[Delivery]], Awaitable[Sequence[Exception | None]]]
+"""Handles deliveries together; returns, per delivery in order, `None` (done and durable) or
+the exception that settles that one message."""
+
+
+class BatchConsumer(Consumer):
+    """A durable pull consumer whose handler takes a batch of messages at once.
+
+    `handlers` still names the message types it accepts (any other is dead-lettered as
+    unroutable); `batch` handles them all.
+    """
+
+    def __init__(
+        self, js: JetStreamContext, *, batch: BatchHandler, batch_size: int, **kwargs: Any
+    ) -> None:
+        super().__init__(js, **kwargs)
+        self.batch = batch
+        self.batch_size = batch_size
+
+    def config(self) -> ConsumerConfig:
+        config = super().config()
+        # The server delivers no more than this unacknowledged: below a batch, batches shrink.
+        config.max_ack_pending = max(config.max_ack_pending or 0, self.batch_size)
+        return config
+
+    async def _fetch_loop(self) -> None:
+        while not self._stopping.is_set():
+            msgs = await self._fetch(self.batch_size)
+            if msgs:
+                # Its own task, so `stop()` lets a batch in hand finish rather than cancel it.
+                await asyncio.wait({self._track(self._process_batch(msgs))})
+
+    async def _process_batch(self, msgs: list[Msg]) -> None:
+        started = time.monotonic()
+        deliveries = []
+        for msg in msgs:
+            message = await self._admit(msg, started)
+            if message is not None:
+                deliveries.append(self._delivery(message, msg))
+        if not deliveries:
+            return
+        links = []
+        for msg in msgs:
+            sent = trace.get_current_span(extract_context(msg.headers)).get_span_context()
+            if sent.is_valid:
+                links.append(Link(sent))
+        with tracer().start_as_current_span(
+            f"process batch {self.durable}",
+            kind=SpanKind.CONSUMER,
+            links=links,
+            attributes={
+                "messaging.system": "nats",
+                "messaging.batch.message_count": len(deliveries),
+                "messaging.consumer.group.name": self.durable,
+            },
+        ) as span:
+            beat = asyncio.create_task(self._heartbeat(*(d._msg for d in deliveries)))
+            try:
+                outcomes: Sequence[Exception | None] = await self.batch(deliveries)
+                if len(outcomes) != len(deliveries):
+                    raise RuntimeError(
+                        f"batch handler of {self.durable} settled {len(outcomes)} of "
+                        f"{len(deliveries)} messages"
+                    )
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                span.record_exception(exc)
+                span.set_status(Status(StatusCode.ERROR, str(exc)))
+                outcomes = [exc] * len(deliveries)
+            finally:
+                beat.cancel()
+            settled = zip(deliveries, outcomes, strict=True)
+            await asyncio.gather(*(self._settle(d, outcome, started) for d, outcome in settled))
+
+    async def _settle(self, delivery: Delivery, outcome: Exception | None, started: float) -> None:
+        msg, message = delivery._msg, delivery.message
+        if outcome is None:
+            await self._ack(msg, message)
+            self._count(message.type, "ack", started)
+        elif isinstance(outcome, TerminalError):
+            await self._give_up(
+                msg, reason=outcome.reason, error="terminal", message_type=message.type
+            )
+            self._count(message.type, "term", started)
+        else:
+            await self._retry_or_give_up(msg, message.type, outcome, delivery.attempt, started)
