@@ -8,6 +8,7 @@ name the payload model exactly; a consumer refuses (dead-letters) a version it d
 from __future__ import annotations
 
 import uuid
+from functools import cache
 from typing import Any, ClassVar, Generic, Literal, TypeVar, cast
 
 from pydantic import Field, model_validator
@@ -83,6 +84,13 @@ class Envelope(StrictModel, Generic[P]):
         return self
 
 
+@cache
+def envelope_of(payload: type[P]) -> type[Envelope[P]]:
+    """`Envelope[payload]`, held for the life of the process: pydantic keeps parametrized
+    models only weakly, and building one again costs far more than validating a message."""
+    return cast("type[Envelope[P]]", Envelope[payload])  # type: ignore[valid-type]
+
+
 def envelope(
     data: P,
     *,
@@ -97,7 +105,7 @@ def envelope(
     if correlation_id is None:
         correlation_id = causation.correlation_id if causation is not None else mid
     # Parametrise with the payload's own class so serialisation sees all of its fields.
-    model = cast("type[Envelope[P]]", Envelope[type(data)])  # type: ignore[misc]
+    model = envelope_of(type(data))
     return model(
         id=mid,
         type=data.TYPE,

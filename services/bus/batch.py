@@ -9,21 +9,26 @@ settles each message by what the handler says of it. The ack policy is the bus's
 | outcome for one message of the batch                | action                                  |
 |-----------------------------------------------------|-----------------------------------------|
 | fails the contract, or no handler for its type      | dead letter, term (before the batch)    |
-| the handler returned `None` for it (durable)        | ack, confirmations awaited together     |
+| the handler returned `None` for it (durable)        | ack; the server's confirmation of the   |
+|                                                     | batch's last ack is awaited             |
 | the handler returned a `TerminalError` for it       | dead letter, term: that message alone   |
 | the handler returned any other exception for it     | nak(delay); dead letter on MaxDeliver   |
 | the handler raised                                  | every message of the batch as that      |
 |                                                     | exception: nak, redelivered             |
 
 Nothing is acknowledged before the handler has returned, so nothing is acknowledged before it
-is durable. Batches are handled one at a time, in stream order; `in_progress()` is sent for every
-message of a batch while it runs.
+is durable. The acks of a batch go out together and one confirmation is awaited, the last
+one's: a connection's messages reach the server in order. Batches are handled one at a time,
+in stream order; `in_progress()` is sent for every message of a batch while it runs. Metrics
+count every message; the handler's duration is recorded once per batch and message type.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
@@ -36,6 +41,8 @@ from opentelemetry.trace import Link, SpanKind, Status, StatusCode
 from services.bus.consumer import Consumer, Delivery
 from services.bus.errors import TerminalError
 from services.telemetry import extract_context, tracer
+
+log = logging.getLogger("tidemark.bus")
 
 BatchHandler = Callable[[Sequence[Delivery]], Awaitable[Sequence[Exception | None]]]
 """Handles deliveries together; returns, per delivery in order, `None` (done and durable) or
@@ -109,15 +116,33 @@ class BatchConsumer(Consumer):
                 outcomes = [exc] * len(deliveries)
             finally:
                 beat.cancel()
-            settled = zip(deliveries, outcomes, strict=True)
-            await asyncio.gather(*(self._settle(d, outcome, started) for d, outcome in settled))
+            settled = list(zip(deliveries, outcomes, strict=True))
+            await self._ack_all([d for d, outcome in settled if outcome is None], started)
+            failed = [(d, outcome) for d, outcome in settled if outcome is not None]
+            await asyncio.gather(*(self._settle(d, outcome, started) for d, outcome in failed))
 
-    async def _settle(self, delivery: Delivery, outcome: Exception | None, started: float) -> None:
+    async def _ack_all(self, deliveries: list[Delivery], started: float) -> None:
+        """Ack every message, waiting once for the server to confirm: a connection's messages
+        reach the server in order, so the confirmation of the last covers the others."""
+        if not deliveries:
+            return
+        try:
+            for delivery in deliveries[:-1]:
+                await delivery._msg.ack()
+        except Exception as exc:
+            # Durable already; the server redelivers and the handler's idempotency absorbs it.
+            log.warning(
+                "acks of a batch on %s not sent (%s); expect redeliveries", self.durable, exc
+            )
+        last = deliveries[-1]
+        await self._ack(last._msg, last.message)
+        counts = Counter(d.message.type for d in deliveries)
+        for message_type, count in counts.items():
+            self._count(message_type, "ack", started, count)
+
+    async def _settle(self, delivery: Delivery, outcome: Exception, started: float) -> None:
         msg, message = delivery._msg, delivery.message
-        if outcome is None:
-            await self._ack(msg, message)
-            self._count(message.type, "ack", started)
-        elif isinstance(outcome, TerminalError):
+        if isinstance(outcome, TerminalError):
             await self._give_up(
                 msg, reason=outcome.reason, error="terminal", message_type=message.type
             )

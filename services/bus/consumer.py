@@ -325,9 +325,9 @@ class Consumer:
         with contextlib.suppress(Exception):
             await msg.term()
 
-    def _count(self, message_type: str, outcome: str, started: float) -> None:
+    def _count(self, message_type: str, outcome: str, started: float, messages: int = 1) -> None:
         attrs = {"service": self.source, "type": message_type, "outcome": outcome}
-        metrics().handled.add(1, attrs)
+        metrics().handled.add(messages, attrs)
         metrics().handler_duration.record(time.monotonic() - started, attrs)
 
     async def _reap_loop(self) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
@@ -21,6 +22,9 @@ log = logging.getLogger("tidemark.bus")
 
 MSG_ID_HEADER = "Nats-Msg-Id"
 TYPE_HEADER = "Tidemark-Type"
+
+# Not acknowledged (yet): the stream is restarting or electing a leader. Sent again, same id.
+_RETRIED = (nats.errors.TimeoutError, NoStreamResponseError, nats.errors.NoRespondersError)
 
 
 class Publisher:
@@ -53,17 +57,69 @@ class Publisher:
         metrics().published.add(1, {"service": self.source, "type": message.type})
         return ack
 
-    async def publish_all(self, messages: Sequence[Envelope[Any]]) -> list[PubAck]:
+    async def publish_all(
+        self, messages: Sequence[Envelope[Any]], *, node: str | None = None
+    ) -> list[PubAck]:
         """Publish several messages at once and wait until the stream has acknowledged every
-        one: one round trip for the lot instead of one each. Each is retried as `publish`
-        retries it; if any still fails, its error is raised once all have settled."""
-        results = await asyncio.gather(*(self.publish(m) for m in messages), return_exceptions=True)
-        acks = []
-        for result in results:
-            if isinstance(result, BaseException):
-                raise result
-            acks.append(result)
+        one: one round trip for the lot instead of one each.
+
+        Each carries its id as `Nats-Msg-Id`; one producer span covers the lot, and its
+        `traceparent` goes on every message. A message still unacknowledged is sent again under
+        the same id, as `publish` does, until `deadline_s`.
+        """
+        if not messages:
+            return []
+        with tracer().start_as_current_span(
+            f"publish {len(messages)} messages",
+            kind=SpanKind.PRODUCER,
+            attributes={"messaging.system": "nats", "messaging.batch.message_count": len(messages)},
+        ):
+            traced = inject_headers({})
+            outgoing = [
+                (
+                    subject_for(m, node=node),
+                    m.model_dump_json().encode(),
+                    {**traced, MSG_ID_HEADER: str(m.id), TYPE_HEADER: m.type},
+                )
+                for m in messages
+            ]
+            acks = await self._publish_all_with_retry(outgoing)
+        for message_type, count in Counter(m.type for m in messages).items():
+            metrics().published.add(count, {"service": self.source, "type": message_type})
         return acks
+
+    async def _publish_all_with_retry(
+        self, outgoing: list[tuple[str, bytes, dict[str, str]]]
+    ) -> list[PubAck]:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.deadline_s
+        acks: dict[int, PubAck] = {}
+        waiting = list(range(len(outgoing)))
+        delay = 0.1
+        while True:
+            sent = {}
+            for i in waiting:
+                subject, payload, headers = outgoing[i]
+                sent[i] = await self.js.publish_async(subject, payload, headers=headers)
+            _, late = await asyncio.wait(sent.values(), timeout=2.0)
+            for future in late:
+                future.cancel()
+            waiting = []
+            for i, future in sent.items():
+                error = None if future.cancelled() else future.exception()
+                if future.cancelled() or isinstance(error, _RETRIED):
+                    waiting.append(i)
+                elif error is not None:
+                    raise error
+                else:
+                    acks[i] = future.result()
+            if not waiting:
+                return [acks[i] for i in range(len(outgoing))]
+            if loop.time() + delay > deadline:
+                raise nats.errors.TimeoutError
+            log.warning("%d publishes not acknowledged yet; retrying", len(waiting))
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 2.0)
 
     async def emit(
         self,
@@ -87,7 +143,7 @@ class Publisher:
         while True:
             try:
                 return await self.js.publish(subject, payload, headers=headers, timeout=2.0)
-            except (nats.errors.TimeoutError, NoStreamResponseError, nats.errors.NoRespondersError):
+            except _RETRIED:
                 if loop.time() + delay > deadline:
                     raise
                 log.warning("publish to %s not acknowledged yet; retrying", subject)

@@ -61,6 +61,44 @@ class NotRestorable(ValueError):
         self.reply = reply
 
 
+@dataclass(frozen=True, slots=True)
+class StoredLog:
+    """What the index takes of one log: a `log.archived` (validated on arrival), or its row in
+    the store, read back at start-up without building the event again."""
+
+    lineage: str
+    kind: str
+    file_name: str | None
+    thread: int
+    sequence: int
+    first: int | None
+    next: int | None
+    first_time: datetime | None
+    next_time: datetime | None
+    archived_at: datetime
+    object_key: str
+    size_bytes: int
+    crc32c: str
+
+    @classmethod
+    def of(cls, log: LogArchived) -> StoredLog:
+        return cls(
+            lineage=log.lineage.key,
+            kind=log.kind,
+            file_name=log.file_name,
+            thread=log.thread,
+            sequence=log.sequence,
+            first=None if log.first is None else log.first.value,
+            next=None if log.next is None else log.next.value,
+            first_time=log.first_time,
+            next_time=log.next_time,
+            archived_at=log.archived_at,
+            object_key=log.object_key,
+            size_bytes=log.size_bytes,
+            crc32c=log.crc32c,
+        )
+
+
 @dataclass(frozen=True)
 class LogObject:
     key: str
@@ -128,9 +166,15 @@ class CatalogIndex:
 
     def apply_log(self, database: DatabaseRef, log: LogArchived) -> bool:
         """Index one stored log; False if it was already indexed (redelivery)."""
+        return self.apply_stored_log(database, log.lineage, StoredLog.of(log))
+
+    def apply_stored_log(
+        self, database: DatabaseRef, lineage: Incarnation | Timeline, log: StoredLog
+    ) -> bool:
+        """Index one log as the store keeps it (start-up reads rows, not events)."""
         db = self._ensure(database)
-        self._learn_lineage(db, log.lineage)
-        key = log.lineage.key
+        self._learn_lineage(db, lineage)
+        key = log.lineage
         if log.kind in ("history", "backup_history") or (log.file_name or "").endswith(".partial"):
             # A `.partial` segment holds the old timeline's WAL only up to the switch, and the
             # new timeline's first segment carries a copy of it: counting the partial as a whole
@@ -147,8 +191,8 @@ class CatalogIndex:
                 key,
                 log.thread,
                 log.sequence,
-                log.first.value,
-                log.next.value,
+                log.first,
+                log.next,
                 log.first_time,
                 # PostgreSQL segments carry no times yet: the archive time bounds the segment's
                 # commits from above.
@@ -523,6 +567,14 @@ class CatalogIndex:
             base_id = verdict.base
             until = self._until_position(db, key, target, verdict)
         logs = db.history.logs_for(base_id, key, until)
+        # A log's next position is the following log's first: one (immutable) model for both.
+        positions: dict[int, Scn | Lsn] = {}
+
+        def position(value: int) -> Scn | Lsn:
+            if value not in positions:
+                positions[value] = db.position(value)
+            return positions[value]
+
         objects = []
         for log in logs:
             obj = db.objects.get((log.lineage, log.thread, log.sequence))
@@ -534,8 +586,8 @@ class CatalogIndex:
                     lineage=log.lineage,
                     thread=log.thread,
                     sequence=log.sequence,
-                    first=db.position(log.first),
-                    next=db.position(log.next),
+                    first=position(log.first),
+                    next=position(log.next),
                     size_bytes=obj.size,
                     crc32c=obj.crc32c,
                 )

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Table, bindparam, create_engine, event, func, select
-from sqlalchemy.engine import URL, Connection, Engine, make_url
+from sqlalchemy.engine import URL, Connection, Dialect, Engine, make_url
 from sqlalchemy.exc import IntegrityError
 
 from schemas import DatabaseRef, Lineage, utcnow
@@ -54,9 +54,9 @@ from services.catalog.rows import (
     backup_row,
     lineage_model,
     lineage_row,
-    log_model,
     log_row,
     name_of,
+    stored_log,
 )
 from services.catalog.settings import check_catalog_url
 from services.catalog.tables import (
@@ -163,6 +163,20 @@ _KNOWN_LOGS = select(logs.c.sequence, logs.c.name, logs.c.first, logs.c.next, lo
     & (logs.c.kind == bindparam("kind"))
     & logs.c.sequence.in_(bindparam("sequences", expanding=True))
 )
+
+
+_BULK_LOG_INSERTS: dict[str, tuple[str, list[Any]]] = {}
+
+
+def _bulk_log_insert(dialect: Dialect) -> tuple[str, list[Any]]:
+    """SQLite's own INSERT of a `logs` row (positional), and each column's bind processor."""
+    assert dialect.name == "sqlite", "positional parameters: SQLite's paramstyle"
+    if dialect.name not in _BULK_LOG_INSERTS:
+        statement = str(logs.insert().compile(dialect=dialect))
+        processors = [c.type.bind_processor(dialect) for c in logs.columns]
+        _BULK_LOG_INSERTS[dialect.name] = (statement, processors)
+    return _BULK_LOG_INSERTS[dialect.name]
+
 
 LogResult = bool | StoreConflict
 """What storing one log of a batch did: True new, False known, or why it was refused."""
@@ -339,8 +353,24 @@ class Writer:
                 new_rows.append(row)
             results.append(found is None)
         if new_rows:
-            self.conn.execute(logs.insert(), new_rows)
+            self._insert_logs(new_rows)
         return results
+
+    def _insert_logs(self, rows: list[dict[str, Any]]) -> None:
+        """One `executemany` of the rows, bound by the columns' own processors: SQLAlchemy's
+        per-row parameter handling would cost more than SQLite's inserts."""
+        dialect = self.conn.dialect
+        statement, processors = _bulk_log_insert(dialect)
+        values = [
+            tuple(
+                value if process is None else process(value)
+                for process, value in zip(
+                    processors, (row[c.name] for c in logs.columns), strict=True
+                )
+            )
+            for row in rows
+        ]
+        self.conn.exec_driver_sql(statement, values)
 
     def _record_log_alone(self, database: DatabaseRef, log: LogArchived) -> LogResult:
         try:
@@ -587,7 +617,7 @@ class CatalogStore:
                 ref = refs[row.database_uid]
                 lineage = known[(row.database_uid, row.lineage)]
                 try:
-                    index.apply_log(ref, log_model(row, lineage, ref.engine))
+                    index.apply_stored_log(ref, lineage, stored_log(row))
                 except HistoryConflict as exc:
                     # Two stored files of one log (a segment and its .partial) that disagree:
                     # the index keeps the first; the store keeps both for a person to see.

@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from schemas import DatabaseRef, Engine, Incarnation, Lsn, Scn, Timeline
+from schemas.catalog import PlannedObject, RestorePlanReply
 from schemas.messages import (
     BackupCompleted,
     BackupSpec,
@@ -111,6 +112,18 @@ def test_postgres_restore_plan_lists_objects_and_recovery_settings(pg_index: Cat
     plan = pg_index.restore_plan("orders", TargetPosition(position=Lsn.parse("0/5000010")))
     assert plan.base.backup_id == "b1"
     assert [o.sequence for o in plan.objects] == [2, 3, 4, 5]
+    # Positions are shared between neighbouring objects; the plan reads back as it was.
+    assert RestorePlanReply.model_validate_json(plan.model_dump_json()) == plan
+    assert plan.objects[0] == PlannedObject(
+        key="orders/tl-00000001/logs/1/000000010000000000000002",
+        lineage="tl-00000001",
+        thread=1,
+        sequence=2,
+        first=Lsn(value=2 * SEG),
+        next=Lsn(value=3 * SEG),
+        size_bytes=SEG,
+        crc32c="AAAAAA==",
+    )
     assert plan.recovery.postgres == {
         "recovery_target_action": "promote",
         "recovery_target_timeline": "1",

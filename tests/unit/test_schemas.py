@@ -260,6 +260,18 @@ def test_decode_says_why_a_wrong_subject_is_refused() -> None:
     )
 
 
+def test_decode_reads_the_envelope_type_wherever_it_is_and_whatever_precedes_it() -> None:
+    message = request_backup()
+    document = json.loads(message.model_dump_json())
+    # The type last, after a "type" key inside another member: the quick guess is wrong there.
+    reordered = {k: v for k, v in document.items() if k != "type"}
+    tricky = json.dumps({"note": {"type": "log.indexed"}, **reordered, "type": document["type"]})
+    reason = reason_of(tricky.encode())
+    assert reason.startswith("backup.request is invalid: note: ")  # its own type, not the guess
+    assert decode(json.dumps({**reordered, "type": document["type"]}).encode()) == message
+    assert decode(message.model_dump_json().encode()) == message
+
+
 # --- restores and envelopes -------------------------------------------------------------------
 
 
