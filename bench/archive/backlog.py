@@ -2,14 +2,17 @@
 
 Each contender drains its own fresh copy of the backlog: a minimal PGDATA owned by the database
 user, holding what archivers look at (`PG_VERSION`, `global/pg_control`, the segments in
-`pg_wal/` and a `.ready` status file for each), staged and synced to disk before the clock starts.
+`pg_wal/` and its `archive_status/` directory), staged and synced to disk before the clock starts.
 
-`archive_backlog` then does what PostgreSQL's archiver process does: for each segment, oldest
-first, one at a time, run `archive_command` through `/bin/sh -c` as the database user with the
-data directory as working directory, `%p` replaced by `pg_wal/<name>` and `%f` by `<name>`; on
-exit 0 rename `.ready` to `.done`, otherwise stop (PostgreSQL would retry; a benchmark reports).
-Asynchronous archivers (pgBackRest `archive-async`) read the other `.ready` files and work ahead,
-exactly as they would under PostgreSQL.
+`archive_backlog` then does what PostgreSQL's archiver process does. With the clock running it
+marks every segment `.ready` (as PostgreSQL has them when its archiver wakes up; an archiver
+that is already running, like ours, thus cannot start on the backlog before the clock does),
+then for each segment, oldest first, one at a time, runs `archive_command` through `/bin/sh -c`
+as the database user with the data directory as working directory, `%p` replaced by
+`pg_wal/<name>` and `%f` by `<name>`; on exit 0 it renames `.ready` to `.done`, otherwise it
+stops (PostgreSQL would retry; a benchmark reports). Asynchronous archivers (pgBackRest
+`archive-async`, ours reading ahead) read the other `.ready` files and work ahead, exactly as
+they would under PostgreSQL.
 """
 
 from __future__ import annotations
@@ -49,7 +52,8 @@ class Backlog:
 
 
 def stage_backlog(corpus: Corpus, segments: SegmentSet, work: Path) -> Backlog:
-    """Copy `segments` into a fresh PGDATA under `work` (a new directory), marked ready."""
+    """Copy `segments` into a fresh PGDATA under `work` (a new directory), not yet marked ready
+    (`archive_backlog` marks them when the clock starts)."""
     user = database_os_user()
     pgdata = work / "pgdata"
     status = pgdata / "pg_wal" / "archive_status"
@@ -59,7 +63,6 @@ def stage_backlog(corpus: Corpus, segments: SegmentSet, work: Path) -> Backlog:
     shutil.copyfile(corpus.pg_control, pgdata / "global" / "pg_control")
     for path in segments.paths:
         shutil.copyfile(path, pgdata / "pg_wal" / path.name)
-        (status / f"{path.name}.ready").touch()
     for directory, _, files in os.walk(pgdata):
         chown_to(directory, user)
         os.chmod(directory, 0o700)
@@ -75,9 +78,14 @@ def stage_backlog(corpus: Corpus, segments: SegmentSet, work: Path) -> Backlog:
 def archive_backlog(
     backlog: Backlog, archive_command: str, env: Mapping[str, str] | None = None
 ) -> None:
-    """Run `archive_command` for every ready segment, in order, as PostgreSQL would."""
+    """Mark every segment ready, then run `archive_command` for each, in order, as PostgreSQL
+    would. Call it with the clock running."""
     sh_env = user_env(backlog.user, env)
     status = backlog.wal_dir / "archive_status"
+    for name in backlog.names:
+        marker = status / f"{name}.ready"
+        marker.touch(mode=0o600)
+        chown_to(marker, backlog.user)
     for name in backlog.names:
         command = archive_command.replace("%p", f"pg_wal/{name}").replace("%f", name)
         start = time.time()

@@ -2,6 +2,7 @@
 
     PostgreSQL ─archive_command─▶ walpush ─▶ <spool>/ready/ ─(notify.sock)─▶ Streamer
         ─▶ BlobStore (verified, create-only) ─▶ log.archived on NATS JetStream
+    Streamer ◀─ pg_wal/archive_status/*.ready (read-ahead; walpush then finds stored/<file>)
 
 The two entry points are the whole interface the rest of the benchmark uses:
 
@@ -12,17 +13,22 @@ The two entry points are the whole interface the rest of the benchmark uses:
   PostgreSQL producing segments at a steady rate through our `archive_command`.
 
 Both run the real pieces: `Spool.init` + `install_walpush` + `Spool.archive_command` for the push
-side; the archiver's `Streamer` over a `PostgresSpoolSource`, a `Journal` (SQLite), the store
-from `open_store(store_url)`, and a `Publisher` on a real nats-server with the Tidemark topology,
-with `ArchiverSettings` defaults except the compression under test. Only the catalog is absent
-(nothing releases spooled files, which a drain does not need). Durability is judged from
-outside, by listing the store, exactly as for the peers.
+side; the archiver's `Streamer`, in a process of its own as deployed (`streamer_proc.py`), over
+a `PostgresSpoolSource` reading ahead from the cluster's `pg_wal`
+(`ArchivedDatabase.pg_wal_dir`, as on a database node where the archiver may read the data
+directory), a `Journal` (SQLite), the store from `open_store(store_url)`, and a `Publisher` on
+a real nats-server with the Tidemark topology, with `ArchiverSettings` defaults except the
+compression under test. Only the catalog is absent (nothing releases spooled files, which a
+drain does not need). Durability is judged from outside, by listing the store, exactly as for
+the peers.
 """
 
 from __future__ import annotations
 
-import asyncio
-import threading
+import json
+import signal
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -36,17 +42,12 @@ from bench.archive.lag import LagResult, measure_lag
 from bench.archive.probes import Probe, bucket_probe, directory_probe
 from bench.archive.settings import BenchSettings, Compression
 from schemas import Engine
-from services.archiver.journal import Journal
-from services.archiver.pgspool import PostgresSpoolSource
 from services.archiver.settings import ArchivedDatabase, ArchiverSettings
 from services.archiver.spool import Spool, install_walpush
-from services.archiver.streamer import Streamer
-from services.blobstore import open_store
-from services.bus import Publisher, connect, ensure_topology
 from services.engines.postgres.oscmd import OsUser, system_python
-from services.settings.model import BusSettings, NatsSettings
 from services.stack.natsserver import NatsServer
 
+REPO_ROOT = Path(__file__).resolve().parents[2]
 DATABASE_UID = "bench-db"
 NODE = "bench"
 SOURCE = f"archiver@{NODE}"
@@ -61,8 +62,9 @@ class Pipeline:
     database: ArchivedDatabase
 
 
-def push_side(work: Path, user: OsUser, system_id: int) -> Pipeline:
-    """A spool owned by the database user, and walpush installed where it can run it."""
+def push_side(work: Path, user: OsUser, system_id: int, pg_wal: Path) -> Pipeline:
+    """A spool owned by the database user, walpush installed where it can run it, and the
+    archiver's view of the database, reading ahead from `pg_wal`."""
     spool = Spool(work / "spool")
     spool.init(DATABASE_UID, owner=user)
     tool = install_walpush(work / "tools", user=user)
@@ -72,6 +74,7 @@ def push_side(work: Path, user: OsUser, system_id: int) -> Pipeline:
         name="bench",
         system_id=system_id,
         spool_dir=spool.path,
+        pg_wal_dir=pg_wal,
     )
     return Pipeline(spool, spool.archive_command(system_python(user), tool), database)
 
@@ -84,69 +87,56 @@ def archiver_settings(store_url: str, compression: Compression) -> ArchiverSetti
 
 @contextmanager
 def streaming(pipeline: Pipeline, work: Path, settings: ArchiverSettings) -> Iterator[None]:
-    """The archiver's streamer, on its own event loop in a thread, for the block's duration.
+    """The archiver's streamer, in its own process (`streamer_proc.py`), for the block's duration.
 
     The block starts once the streamer has claimed the database's prefix and bound
     `notify.sock`, as a long-running archiver would have before PostgreSQL's next call.
     """
     nats = NatsServer(store_dir=work / "nats")
     nats.start()
-    loop = asyncio.new_event_loop()
-    stop = asyncio.Event()
-    failure: list[BaseException] = []
-
-    async def serve() -> None:
-        assert settings.store_url is not None
-        nc = await connect(NatsSettings(url=nats.url), name="tidemark-bench")
-        journal = Journal(work / "journal.sqlite")
-        store = open_store(settings.store_url)
-        try:
-            js = nc.jetstream()
-            await ensure_topology(js, BusSettings())
-            streamer = Streamer(
-                sources=[PostgresSpoolSource(pipeline.database)],
-                journal=journal,
-                store=store,
-                events=Publisher(js, source=SOURCE),
-                settings=settings,
-                node=NODE,
-                source_name=SOURCE,
-            )
-            task = asyncio.create_task(streamer.run(), name="bench streamer")
-            await stop.wait()
-            await streamer.stop()
-            await task
-        finally:
-            await store.close()
-            journal.close()
-            await nc.close()
-
-    def run() -> None:
-        try:
-            loop.run_until_complete(serve())
-        except BaseException as exc:
-            failure.append(exc)
-        finally:
-            loop.close()
-
-    thread = threading.Thread(target=run, name="bench-streamer", daemon=True)
-    thread.start()
+    config = {
+        "nats_url": nats.url,
+        "journal": str(work / "journal.sqlite"),
+        "database": pipeline.database.model_dump(mode="json"),
+        "settings": settings.model_dump(mode="json"),
+        "node": NODE,
+        "source": SOURCE,
+    }
+    log_path = work / "streamer.log"
     try:
-        wait_until(
-            lambda: pipeline.spool.notify_socket_path.exists() or not thread.is_alive(),
-            60,
-            "the streamer claiming its prefix",
-        )
-        if failure:
-            raise RuntimeError(f"the streamer failed: {failure[0]!r}") from failure[0]
-        yield
+        with log_path.open("wb") as log:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "bench.archive.streamer_proc", json.dumps(config)],
+                cwd=REPO_ROOT,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        try:
+            wait_until(
+                lambda: pipeline.spool.notify_socket_path.exists() or proc.poll() is not None,
+                60,
+                "the streamer claiming its prefix",
+            )
+            if proc.poll() is not None:
+                raise RuntimeError(f"the streamer failed: {_tail(log_path)}")
+            yield
+        finally:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+            try:
+                code = proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                code = proc.wait()
+        if code != 0:
+            raise RuntimeError(f"the streamer exited {code}: {_tail(log_path)}")
     finally:
-        if thread.is_alive():
-            loop.call_soon_threadsafe(stop.set)
-        thread.join(timeout=60)
         nats.stop()
-    if failure:
-        raise RuntimeError(f"the streamer failed: {failure[0]!r}") from failure[0]
+
+
+def _tail(path: Path) -> str:
+    return path.read_text(encoding="utf-8", errors="replace").strip()[-1500:]
 
 
 def store_probe(store_url: str, timeline: int) -> Probe:
@@ -167,7 +157,7 @@ def drain_backlog_ours(
 ) -> float:
     """Seconds from the first `archive_command` call until `store_url` durably holds all."""
     work = backlog.pgdata.parent
-    pipeline = push_side(work, backlog.user, system_id)
+    pipeline = push_side(work, backlog.user, system_id, backlog.wal_dir)
     probe = store_probe(store_url, int(backlog.names[0][:8], 16))
     wanted = set(backlog.names)
     # Listing the single-threaded emulator competes with the uploads: look less often there.
@@ -188,7 +178,7 @@ def lag_ours(
     work: Path,
 ) -> LagResult:
     """Lag from each `archive_command` call to the segment being durable in `store_url`."""
-    pipeline = push_side(work, cluster.user, system_id)
+    pipeline = push_side(work, cluster.user, system_id, cluster.data_dir / "pg_wal")
     with streaming(pipeline, work, archiver_settings(store_url, compression)):
         return measure_lag(
             cluster,

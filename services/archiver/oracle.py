@@ -28,7 +28,13 @@ from typing import Protocol
 from schemas import Incarnation, Scn
 from services.archiver.errors import ForeignArchive, LogInvalid, LogUnreadable
 from services.archiver.settings import ArchivedDatabase
-from services.archiver.sources import Discovery, LoggedFile, Problem, fingerprint_of
+from services.archiver.sources import (
+    Discovery,
+    Fingerprint,
+    LoggedFile,
+    Problem,
+    fingerprint_of,
+)
 
 ARCHIVED_LOGS_SQL = """\
 SELECT recid, name, thread#, sequence#, resetlogs_id, resetlogs_change#,
@@ -164,3 +170,20 @@ class OracleArchiveSource:
 
     async def release(self, log: LoggedFile) -> None:
         pass  # RMAN's deletion policy owns the archive destination (module docstring)
+
+    # Oracle archives on its own (ARCn) and waits for nobody: nothing is read ahead.
+
+    def ahead(self, log: LoggedFile) -> bool:
+        return False
+
+    def stored(self, log: LoggedFile, identity: Fingerprint, crc32c: str, key: str) -> None:
+        pass
+
+    def decline(self, log: LoggedFile, reason: str) -> bool:
+        return False
+
+    def offer_readahead(self, healthy: bool) -> None:
+        pass
+
+    def close(self) -> None:
+        pass

@@ -13,11 +13,25 @@ says where the lineage forks. Backup history files carry the backup's start and 
 have no header to check. Their `sequence` is the timeline id.
 
 A name that is no WAL file at all is reported (a `Problem`), never skipped silently.
+
+Read-ahead (`pg_wal_dir` set): PostgreSQL marks each completed file `pg_wal/archive_status/
+<file>.ready` before it calls archive_command, one file at a time. Discovery lists those too, and
+a file not (yet) in the spool is streamed straight from `pg_wal`, in parallel with the others,
+with the same checks. Once it is stored and journaled, `stored/<file>` in the spool records the
+identity of the file that was read (device, inode, size, mtime, ctime), and walpush, when
+PostgreSQL calls it for that file, acknowledges it without a copy if it opens that very file
+(see walpush.py). `readahead.lock` tells walpush whether to wait for that marker: it is held
+from the claim of the prefix on, let go after a store failure (walpush then copies at once, so
+a failing store never slows PostgreSQL) and taken again after the next stored log. A read-ahead
+file that cannot be stored as found (unreadable, changed, a conflicting checksum) is declined
+(`stored/<file>` says so): walpush copies it and the spool copy gets the usual checks and
+alarms. Markers go once PostgreSQL no longer waits for their file (its `.ready` is gone).
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import re
 import socket
@@ -28,15 +42,20 @@ from services.archiver.errors import ForeignArchive, LogInvalid, LogNotReady, Lo
 from services.archiver.settings import ArchivedDatabase
 from services.archiver.sources import (
     Discovery,
+    Fingerprint,
     LoggedFile,
     LogKind,
     Problem,
     fingerprint_of,
     mtime_utc,
 )
-from services.archiver.spool import Spool, SpoolError
+from services.archiver.spool import ReadAheadLock, Spool, SpoolError
 from services.engines.postgres import walfile
 from services.engines.postgres.walfile import WalFileKind, WalFileName
+
+_log = logging.getLogger("tidemark.archiver")
+
+_READY = ".ready"
 
 #: History and backup history files are a few hundred bytes; anything this big is not one.
 _MAX_TEXT_FILE = 1 << 20
@@ -59,6 +78,16 @@ class PostgresSpoolSource:
         self.spool = Spool(database.spool_dir)
         #: Learned from the first segment header read; it cannot change without initdb.
         self.segment_size: int | None = None
+        #: The cluster's pg_wal when reading ahead, else None.
+        self.pg_wal = database.pg_wal_dir.absolute() if database.pg_wal_dir else None
+        self._lock = ReadAheadLock(self.spool.readahead_lock_path) if self.pg_wal else None
+        self._lock_refused = False
+        self._status_error: str | None = None
+
+    @property
+    def status_dir(self) -> Path | None:
+        """`pg_wal/archive_status`, where PostgreSQL marks files `.ready` (read-ahead only)."""
+        return None if self.pg_wal is None else self.pg_wal / "archive_status"
 
     def open(self) -> None:
         if not self.spool.ready_dir.is_dir():
@@ -69,6 +98,14 @@ class PostgresSpoolSource:
                 f"spool {self.spool.path} belongs to database {owner}, not {self.database.uid}",
                 owner_system_id=None,
             )
+        if self.status_dir is not None:
+            if not os.access(self.status_dir, os.R_OK | os.X_OK):
+                raise SpoolError(
+                    f"pg_wal_dir: cannot list {self.status_dir}; it must be the cluster's pg_wal, "
+                    "readable by the archiver (initdb --allow-group-access and the database "
+                    "user's group), or unset to archive through the spool alone"
+                )
+            self.spool.ensure_stored_dir()
 
     def bind_notify(self) -> socket.socket | None:
         return self.spool.bind_notify_socket()
@@ -78,6 +115,9 @@ class PostgresSpoolSource:
 
     def _discover(self) -> Discovery:
         found = Discovery()
+        # PostgreSQL's list first: a file walpush copies between the two listings is then
+        # seen in ready/, never missed by both.
+        waiting = self._waiting_in_pg_wal()
         ready = self.spool.ready_files()
         named = {f.name for f in ready}
         for ready_file in ready:
@@ -110,7 +150,49 @@ class PostgresSpoolSource:
                 continue
             stray = LogInvalid(f"{path} is not a WAL file PostgreSQL archives; it is left alone")
             found.problems.append(Problem(name, path, stray, fingerprint_of(st)))
+        if self.pg_wal is not None:
+            found.logs.extend(self._ahead(sorted(waiting - named)))
+            self._sweep(waiting)
         return found
+
+    def _waiting_in_pg_wal(self) -> set[str]:
+        """Names PostgreSQL has marked `.ready` (so complete) and not yet archived."""
+        if self.status_dir is None:
+            return set()
+        try:
+            entries = os.listdir(self.status_dir)
+        except OSError as exc:
+            error = f"cannot list {self.status_dir}: {exc.strerror or exc}"
+            if error != self._status_error:
+                _log.warning("%s: %s; archiving through the spool alone", self.database.uid, error)
+            self._status_error = error
+            return set()
+        self._status_error = None
+        names = (e[: -len(_READY)] for e in entries if e.endswith(_READY))
+        return {n for n in names if walfile.classify(n) is not None}
+
+    def _ahead(self, names: list[str]) -> list[LoggedFile]:
+        assert self.pg_wal is not None
+        logs = []
+        for name in names:
+            path = self.pg_wal / name
+            try:
+                st = os.stat(path)
+                logs.append(self._logged(walfile.parse_name(name), path, st))
+            except (OSError, LogNotReady, LogInvalid, LogUnreadable):
+                # Gone (archived meanwhile) or not readable as found: left to walpush's copy,
+                # which gets the usual checks and alarms.
+                continue
+        return logs
+
+    def _sweep(self, waiting: set[str]) -> None:
+        """Drop markers of files PostgreSQL no longer waits for (it never asks for them again)."""
+        for name in self.spool.markers():
+            if name not in waiting:
+                try:
+                    self.spool.drop_marker(name)
+                except OSError as exc:
+                    log_warning(self, f"cannot drop the marker of {name}: {exc}")
 
     def _logged(
         self, wal: WalFileName, path: Path, st: os.stat_result, *, bare: bool = False
@@ -184,6 +266,61 @@ class PostgresSpoolSource:
 
     async def release(self, log: LoggedFile) -> None:
         await asyncio.to_thread(self.spool.release, log.name)
+
+    # -- read-ahead ----------------------------------------------------------------------------
+
+    def ahead(self, log: LoggedFile) -> bool:
+        return self.pg_wal is not None and log.path.parent == self.pg_wal
+
+    def stored(self, log: LoggedFile, identity: Fingerprint, crc32c: str, key: str) -> None:
+        if not self.ahead(log):
+            return  # walpush copied it: PostgreSQL has its answer already
+        try:
+            self.spool.mark_stored(log.name, identity, crc32c=crc32c, key=key)
+        except OSError as exc:
+            # walpush would wait for a marker that cannot come: stop offering until the next
+            # stored log, so it copies instead.
+            log_warning(self, f"cannot write the marker of {log.name}: {exc}")
+            self.offer_readahead(False)
+
+    def decline(self, log: LoggedFile, reason: str) -> bool:
+        if not self.ahead(log):
+            return False
+        assert self.status_dir is not None
+        if (self.status_dir / f"{log.name}{_READY}").exists():
+            try:
+                self.spool.decline(log.name, reason)
+            except OSError as exc:
+                log_warning(self, f"cannot write the marker of {log.name}: {exc}")
+                self.offer_readahead(False)
+            return True
+        # PostgreSQL no longer waits for it: walpush copied it (found next round), or
+        # something else told PostgreSQL it was archived, which must be reported.
+        return self.spool.ready_path(log.name).exists()
+
+    def offer_readahead(self, healthy: bool) -> None:
+        if self._lock is None:
+            return
+        if not healthy:
+            self._lock.release()
+        elif not self._lock.held:
+            if self._lock.acquire():
+                self._lock_refused = False
+            elif not self._lock_refused:
+                self._lock_refused = True
+                log_warning(
+                    self,
+                    f"{self._lock.path} is held by another process (a second archiver on this "
+                    "spool?); walpush will not wait for this one",
+                )
+
+    def close(self) -> None:
+        if self._lock is not None:
+            self._lock.release()
+
+
+def log_warning(source: PostgresSpoolSource, message: str) -> None:
+    _log.warning("%s: %s", source.database.uid, message)
 
 
 def _read_text(path: Path) -> str:

@@ -12,6 +12,7 @@
     name = "orders"
     system_id = 7312001234567890123          # SELECT system_identifier FROM pg_control_system()
     spool_dir = "/var/lib/tidemark/spool/orders-db"
+    pg_wal_dir = "/var/lib/postgresql/15/main/pg_wal"   # optional: read ahead of archive_command
 
 From the environment: `TIDEMARK_ARCHIVER__DATABASES='[{"uid": ...}]'` (JSON).
 
@@ -45,6 +46,10 @@ class ArchivedDatabase(_Section):
     name: DbName
     system_id: int = Field(ge=0, lt=1 << 64, description="PostgreSQL system identifier / DBID")
     spool_dir: Path | None = Field(default=None, description="PostgreSQL: the wal-push spool")
+    pg_wal_dir: Path | None = Field(
+        default=None,
+        description="PostgreSQL: the cluster's pg_wal, read ahead of archive_command (optional)",
+    )
     archive_dest_id: int = Field(
         default=1, ge=1, le=31, description="Oracle: the LOG_ARCHIVE_DEST_n streamed from"
     )
@@ -53,6 +58,8 @@ class ArchivedDatabase(_Section):
     def _spool_for_postgres(self) -> ArchivedDatabase:
         if self.engine is Engine.POSTGRES and self.spool_dir is None:
             raise ValueError(f"database {self.uid}: a PostgreSQL database needs spool_dir")
+        if self.engine is not Engine.POSTGRES and self.pg_wal_dir is not None:
+            raise ValueError(f"database {self.uid}: pg_wal_dir is for PostgreSQL databases")
         return self
 
     @property

@@ -8,7 +8,9 @@ destination). The streamer drives both the same way.
 
 Reading is shared (`read_chunks`): a file is read only if it is still the file that was
 discovered (same inode and size), and a change while it is read — a file still growing, or
-replaced — is `LogNotReady`, never an upload of bytes that belong to no log.
+replaced — is `LogNotReady`, never an upload of bytes that belong to no log. A complete read
+also reports the file's identity as it was while read (`fingerprint_of` its `fstat`, unchanged
+from before the first byte to after the last): what the bytes that were stored came from.
 """
 
 from __future__ import annotations
@@ -118,19 +120,53 @@ class LogSource(Protocol):
         """The catalog holds `log`: give up the local copy (idempotent)."""
         ...
 
+    # -- read-ahead: logs taken from the engine before it hands them over ----------------------
+
+    def ahead(self, log: LoggedFile) -> bool:
+        """True when `log` was found ahead of the writer's hand-over (PostgreSQL: in `pg_wal`,
+        before archive_command copied it), so the writer may be waiting to hear it is stored."""
+        ...
+
+    def stored(self, log: LoggedFile, identity: Fingerprint, crc32c: str, key: str) -> None:
+        """The store holds `log`, verified, and the journal says so (blocking): tell a waiting
+        writer that the file with `identity` needs no copy."""
+        ...
+
+    def decline(self, log: LoggedFile, reason: str) -> bool:
+        """`log`, read ahead, will not be stored from where it was found (blocking): tell the
+        writer to hand it over the usual way. True: left to that copy (no alarm; it gets the
+        usual checks). False: there is no such copy and there will be none — report it."""
+        ...
+
+    def offer_readahead(self, healthy: bool) -> None:
+        """Whether writers should wait for read-ahead now: on once the prefix is claimed and
+        after each stored log, off after a store failure, so that a failing store never makes
+        the engine wait (blocking, cheap)."""
+        ...
+
+    def close(self) -> None:
+        """Stop: withdraw read-ahead."""
+        ...
+
 
 def read_chunks(
-    log: LoggedFile, check_header: Callable[[LoggedFile, bytes], None], chunk_size: int = CHUNK
+    log: LoggedFile,
+    check_header: Callable[[LoggedFile, bytes], None],
+    chunk_size: int = CHUNK,
+    identity: list[Fingerprint] | None = None,
 ) -> Generator[bytes, None, None]:
     """The bytes of `log`, checked against what discovery saw (blocking: run it in a thread).
 
     Raises `LogUnreadable` (OS error), `LogInvalid` (header, or shorter than a complete log
-    at EOF with an unchanged file) or `LogNotReady` (the file changed while being read).
+    at EOF with an unchanged file) or `LogNotReady` (the file changed while being read). Once
+    the last chunk is read and checked, the file's identity while read is appended to
+    `identity`, if given.
     """
     try:
         handle = open(log.path, "rb")  # noqa: SIM115 - closed in finally, across yields
     except FileNotFoundError:
-        # Nothing but the archiver removes a completed log, and only once it is indexed.
+        # Nothing but the archiver removes a completed spooled log, and only once it is indexed
+        # (a read-ahead log, in pg_wal, is PostgreSQL's: see the streamer's `decline`).
         raise LogUnreadable(f"{log.path} is gone: removed before it was stored") from None
     except OSError as exc:
         raise LogUnreadable(f"cannot open {log.path}: {exc.strerror or exc}") from None
@@ -162,6 +198,8 @@ def read_chunks(
             raise LogNotReady(f"{log.path} changed while being read")
         if total != log.size:
             raise LogInvalid(f"{log.path}: read {total} bytes, expected {log.size}")
+        if identity is not None:
+            identity.append(fingerprint_of(after))
     finally:
         handle.close()
 

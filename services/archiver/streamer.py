@@ -11,6 +11,13 @@ exponential backoff (`retry_base_s` doubling to `retry_max_s`), and the slot goe
 log. `log.indexed` (handlers.py) calls `release`, which gives up the local copy only when the
 journal holds the log as stored with the same crc32c.
 
+Read-ahead (a source that finds logs before their writer hands them over: PostgreSQL's pg_wal,
+see pgspool.py): once such a log is journaled `stored`, the source is told (`stored`: it writes
+the marker walpush acknowledges PostgreSQL by). A read-ahead log that cannot be stored as found
+is declined rather than rejected: the writer copies it into the spool the usual way and that
+copy gets the checks and alarms. A store failure withdraws the offer to read ahead (so the
+writer copies at once instead of waiting); the next stored log renews it.
+
 Alarms (`archive.alarm`) are raised once per problem, when a log enters `conflict` or
 `unreadable`, when a stray file appears, or when a database's prefix is refused; the journal
 remembers, so a restart does not repeat them.
@@ -21,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import uuid
 from collections import deque
 from collections.abc import Sequence
@@ -30,7 +38,13 @@ from typing import Any, Protocol
 
 from schemas import Envelope, utcnow
 from schemas.messages import AlarmReason
-from services.archiver.errors import ChecksumConflict, ForeignArchive, LogNotReady, LogRejected
+from services.archiver.errors import (
+    ChecksumConflict,
+    ForeignArchive,
+    LogNotReady,
+    LogRejected,
+    LogUnreadable,
+)
 from services.archiver.events import archive_alarm, log_archived, log_message_id
 from services.archiver.journal import Entry, Journal, LogState
 from services.archiver.keys import log_key
@@ -39,7 +53,8 @@ from services.archiver.notify import NotifyListener
 from services.archiver.owner import claim_prefix
 from services.archiver.settings import ArchiverSettings
 from services.archiver.sources import Discovery, LoggedFile, LogSource, Problem
-from services.archiver.upload import store_log
+from services.archiver.upload import Stored, store_log
+from services.archiver.walpush import WAITING
 from services.blobstore import BlobStore
 
 log = logging.getLogger("tidemark.archiver")
@@ -72,6 +87,8 @@ class _Target:
     retry_claim_at: float = 0.0
     alarmed: str | None = None
     listener: NotifyListener | None = None
+    #: File names the last discovery found, so a notification naming only these needs no scan.
+    known_names: frozenset[str] = frozenset()
 
     @property
     def uid(self) -> str:
@@ -176,6 +193,7 @@ class Streamer:
         finally:
             self.metrics.unwatch(self.backlogs)
             for target in self._targets.values():
+                target.source.close()
                 if target.listener is not None:
                     target.listener.close()
 
@@ -195,6 +213,14 @@ class Streamer:
         """Look at the sources now (a notify datagram, or a test)."""
         self._scan_now = True
         self._wake.set()
+
+    def _notified(self, target: _Target, names: list[str]) -> None:
+        """Datagrams from the writer: look now, unless they only say walpush is waiting for
+        files the last discovery found already (`?<file>`: the streamer has them in hand)."""
+        waiting = {n[len(WAITING) :] for n in names if n.startswith(WAITING)}
+        others = [n for n in names if not n.startswith(WAITING)]
+        if others or not waiting <= target.known_names:
+            self.poke()
 
     # -- claiming prefixes ---------------------------------------------------------------------
 
@@ -219,6 +245,7 @@ class Streamer:
         target.claimed = True
         target.backlog.blocked = None
         target.alarmed = None
+        await asyncio.to_thread(target.source.offer_readahead, True)
         if target.listener is None:
             try:
                 sock = target.source.bind_notify()
@@ -226,7 +253,9 @@ class Streamer:
                 log.warning("%s: no notify socket (%s); relying on rescans", target.uid, exc)
             else:
                 if sock is not None:
-                    target.listener = NotifyListener(sock, self.poke)
+                    target.listener = NotifyListener(
+                        sock, lambda names: self._notified(target, names)
+                    )
         log.info("archiving %s (%s)", database.uid, database.engine.value)
 
     async def _block(self, target: _Target, exc: ForeignArchive, now: float) -> None:
@@ -254,6 +283,7 @@ class Streamer:
         except Exception as exc:
             log.warning("%s: discovery failed: %s", target.uid, exc)
             return
+        target.known_names = frozenset(logged.name for logged in found.logs)
         fresh = []
         for logged in found.logs:
             key = log_key(self.settings.prefix, logged)
@@ -351,25 +381,47 @@ class Streamer:
 
     async def _advance(self, target: _Target, entry: Entry) -> None:
         key = entry.key
+        storing = entry.state is LogState.DISCOVERED
         try:
             if entry.state is LogState.DISCOVERED:
                 entry = await self._store(target, entry)
+            storing = False
             if entry.state is LogState.STORED:
                 entry = await self._publish(entry)
-        except LogNotReady as exc:
-            log.info("%s: %s; trying again shortly", key, exc.reason)
-            await self._retry_later(target, key, exc.reason, count=False)
-        except LogRejected as exc:
-            await self._reject(target, key, entry.log, exc, entry.message_id)
-        except ChecksumConflict as exc:
-            await self._conflict(target, entry, exc)
+        except (LogNotReady, LogRejected, ChecksumConflict) as exc:
+            await self._settle_failure(target, entry, exc)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # store or bus trouble: back off, other logs carry on
+            if storing:  # walpush must not wait on a store that fails: it copies instead
+                await asyncio.to_thread(target.source.offer_readahead, False)
             await self._retry_later(target, key, f"{type(exc).__name__}: {exc}", count=True)
         finally:
             self._inflight.pop(key, None)
             self._wake.set()
+
+    async def _settle_failure(
+        self, target: _Target, entry: Entry, exc: LogNotReady | LogRejected | ChecksumConflict
+    ) -> None:
+        key = entry.key
+        source = target.source
+        if source.ahead(entry.log):
+            if await asyncio.to_thread(source.decline, entry.log, exc.reason):
+                # The writer copies it into the spool; that copy is found, reopens this log
+                # and gets the usual checks and alarms. Until then the log waits here.
+                log.info("%s: not read ahead (%s); left to the spool", key, exc.reason)
+                self._next_try[key] = math.inf
+                return
+            if isinstance(exc, LogNotReady):
+                # Nobody waits for it any more and it was never spooled: report it.
+                exc = LogUnreadable(f"{exc.reason}, and it never reached the spool")
+        if isinstance(exc, LogNotReady):
+            log.info("%s: %s; trying again shortly", key, exc.reason)
+            await self._retry_later(target, key, exc.reason, count=False)
+        elif isinstance(exc, LogRejected):
+            await self._reject(target, key, entry.log, exc, entry.message_id)
+        else:
+            await self._conflict(target, entry, exc)
 
     async def _store(self, target: _Target, entry: Entry) -> Entry:
         stored = await store_log(
@@ -389,6 +441,8 @@ class Streamer:
             stored_crc32c=stored.info.crc32c,
         )
         self._remember(entry)
+        # Only now, with the object verified and the journal durable, may a writer hear of it.
+        await asyncio.to_thread(_tell_source, target.source, entry, stored)
         labels = {"database": target.uid}
         self.metrics.logs.add(1, {**labels, "outcome": "existed" if stored.existed else "stored"})
         if not stored.existed:
@@ -543,3 +597,11 @@ class Streamer:
             kept.logs, kept.bytes, kept.oldest_wait_s = fresh.logs, fresh.bytes, fresh.oldest_wait_s
             kept.unpublished, kept.unreleased = fresh.unpublished, fresh.unreleased
             kept.conflicts, kept.unreadable = fresh.conflicts, fresh.unreadable
+
+
+def _tell_source(source: LogSource, entry: Entry, stored: Stored) -> None:
+    """After a log is stored and journaled (blocking): mark it for a waiting writer, and renew
+    the offer to read ahead, since the store evidently works."""
+    if source.ahead(entry.log):
+        source.stored(entry.log, stored.identity, stored.log_digest.crc32c, entry.key)
+    source.offer_readahead(True)

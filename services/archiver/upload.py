@@ -4,13 +4,17 @@ Two passes over the file, on purpose. The first hashes and validates it, so the 
 metadata can carry the log's own size and crc32c, which must be known before the upload starts
 (GCS sends metadata first). The second streams it to the store and hashes it again; if the
 bytes differ from the first pass, the stream fails before its end, so the store never
-finalises an object holding bytes of no log. Reading a 16 MiB segment twice costs a page-cache
-copy; storing a torn log under a create-only key would cost the archive.
+finalises an object holding bytes of no log. Reading a 16 MiB segment twice costs two
+page-cache copies through one reused 1 MiB buffer; reading it once means holding it whole, and
+faulting in 16 MiB of fresh memory per segment costs more (measured: a quarter of a million
+page faults and half again the system time per GiB). Storing a torn log under a create-only key
+would cost the archive.
 
 Idempotency is judged by the log's own checksum, not the stored bytes': an object stored
 uncompressed before a restart with `compression = "zstd"` is still the same log. So:
 
-    key absent                            → upload, then verify (head: size, crc32c, metadata)
+    key absent                            → upload, then verify the store's answer (size,
+                                            crc32c of what it holds, the log's crc32c)
     key present, same log crc32c          → success (an identical re-push), nothing written
     key present, different log crc32c     → ChecksumConflict (alarm), nothing written
 """
@@ -19,14 +23,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable, Generator
+from collections.abc import Callable, Generator
 from dataclasses import dataclass
 
 import zstandard
 
 from services.archiver.errors import ChecksumConflict, LogNotReady
 from services.archiver.keys import object_metadata
-from services.archiver.sources import LoggedFile, read_chunks
+from services.archiver.sources import Fingerprint, LoggedFile, read_chunks
 from services.blobstore import (
     BlobStore,
     Crc32c,
@@ -49,14 +53,17 @@ class Stored:
     compression: str
     #: True when the object was already there (an identical re-push): nothing was written.
     existed: bool
+    #: The file's identity while the bytes judged above were read from it (`fingerprint_of`).
+    identity: Fingerprint
 
 
-def digest_log(log: LoggedFile, check: HeaderCheck) -> Digest:
+def digest_log(log: LoggedFile, check: HeaderCheck) -> tuple[Digest, Fingerprint]:
     """Pass one: hash and validate the whole file (blocking)."""
     hasher = Crc32c()
-    for chunk in read_chunks(log, check):
+    identity: list[Fingerprint] = []
+    for chunk in read_chunks(log, check, identity=identity):
         hasher.update(chunk)
-    return hasher.digest()
+    return hasher.digest(), identity[0]
 
 
 def _logged_crc32c(info: ObjectInfo) -> str:
@@ -73,12 +80,15 @@ def _settle(key: str, existing: ObjectInfo, local: Digest) -> None:
 
 
 class _Stream:
-    """Pass two: the bytes to upload, failing before the end if the file is not pass one's."""
+    """Pass two: the bytes to upload, failing before the end if the file is not pass one's.
+
+    A blocking file-like (`read`), so a store may copy it in a worker thread in one go."""
 
     def __init__(
         self, log: LoggedFile, check: HeaderCheck, expected: Digest, zstd_level: int | None
     ) -> None:
-        self._chunks: Generator[bytes, None, None] = read_chunks(log, check)
+        self.identity: list[Fingerprint] = []
+        self._chunks: Generator[bytes, None, None] = read_chunks(log, check, identity=self.identity)
         self._log = log
         self._expected = expected
         self._hasher = Crc32c()
@@ -89,7 +99,8 @@ class _Stream:
             if zstd_level is not None
             else None
         )
-        self.sent = Crc32c()
+        #: Uncompressed, what is sent is the log itself: `_hasher` already hashes it.
+        self._sent = Crc32c() if self._compressor is not None else None
 
     def _next(self) -> bytes | None:
         """The next piece to send (blocking), or None at the end."""
@@ -110,10 +121,19 @@ class _Stream:
             if out:
                 return out
 
-    async def chunks(self) -> AsyncIterator[bytes]:
-        while (piece := await asyncio.to_thread(self._next)) is not None:
-            self.sent.update(piece)
-            yield piece
+    def read(self, size: int = -1, /) -> bytes:
+        """The next piece (blocking; `size` is a hint: pieces are the file's chunks, compressed
+        or not), or b"" at the end."""
+        piece = self._next()
+        if piece is None:
+            return b""
+        if self._sent is not None:
+            self._sent.update(piece)
+        return piece
+
+    def sent(self) -> Digest:
+        """The digest of every byte handed out so far."""
+        return (self._sent or self._hasher).digest()
 
     def close(self) -> None:
         # Close the file now, not when the generator is collected, even if the store gave up
@@ -133,33 +153,40 @@ async def store_log(
     zstd_level: int = 3,
 ) -> Stored:
     """Put `log` under `key` create-only and verify it; see the module docstring."""
-    local = await asyncio.to_thread(digest_log, log, check)
+    local, identity = await asyncio.to_thread(digest_log, log, check)
     existing = await store.head(key)
     if existing is not None:
         _settle(key, existing, local)
-        return Stored(existing, local, existing.metadata.get("compression", "none"), True)
+        return Stored(existing, local, _compression_of(existing), True, identity)
     metadata = object_metadata(log, local, compression)
     stream = _Stream(log, check, local, zstd_level if compression == "zstd" else None)
     try:
-        await store.put_stream(key, stream.chunks(), metadata)
+        returned = await store.put_stream(key, stream, metadata)
     except ObjectConflict:
         # Someone stored this key between our head and our write: judge it like a re-push.
         raced = await store.head(key)
         if raced is None:
             raise
         _settle(key, raced, local)
-        return Stored(raced, local, raced.metadata.get("compression", "none"), True)
+        return Stored(raced, local, _compression_of(raced), True, identity)
     finally:
         stream.close()
-    held = await verify(store, key, stream.sent.digest(), local)
-    return Stored(held, local, compression, False)
+    held = verify(key, returned, stream.sent(), local)
+    # The bytes sent came from the file as pass two found it (hashing to pass one's digest).
+    return Stored(held, local, compression, False, stream.identity[0])
 
 
-async def verify(store: BlobStore, key: str, sent: Digest, local: Digest) -> ObjectInfo:
-    """Ask the store what it now holds under `key` and compare with what was sent."""
-    held = await store.head(key)
-    if held is None:
-        raise IntegrityError(f"{key}: not found right after it was stored", key=key)
+def _compression_of(info: ObjectInfo) -> str:
+    return info.metadata.get("compression", "none")
+
+
+def verify(key: str, held: ObjectInfo, sent: Digest, local: Digest) -> ObjectInfo:
+    """Compare what the store says it now holds under `key` with what was sent.
+
+    `held` is the store's own answer to the write: the object it finalised, described by the
+    store (GCS: its response, or a read of the object; the filesystem: the size and crc32c of
+    the bytes it wrote, fsynced, and recorded in the object's sidecar), never our intent.
+    """
     if (held.crc32c, held.size) != (sent.crc32c, sent.size):
         if _logged_crc32c(held) != local.crc32c:
             raise ChecksumConflict(

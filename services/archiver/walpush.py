@@ -10,9 +10,20 @@ never replaces an existing file), fsyncs ``ready/``, then tells the archiver thr
 ``<spool>/notify.sock``, best effort. Once this exits 0 PostgreSQL may recycle its segment: the
 spool holds the durable copy, whether or not the archiver is running.
 
+Read-ahead (the archiver watches ``pg_wal/archive_status`` and streams ``.ready`` files to the
+store itself) spares the copy: ``<spool>/stored/<file>`` is the archiver's word that the store
+holds, verified, exactly the file it read from ``pg_wal`` — identified by device, inode, size,
+mtime and ctime, which PostgreSQL never changes once a file is ``.ready`` and which any write,
+rename, link or chmod would. A marker naming the very file ``%p`` opens means the store holds it
+durably: exit 0 without copying. While the archiver holds ``<spool>/readahead.lock`` (it does
+while it reads ahead and its store answers) walpush waits up to ``readahead_wait_s`` for that
+marker; without the lock, on a marker that names another file (or declines it), or after the
+wait, it copies as above.
+
 Exit status (PostgreSQL keeps its file and retries after any non-zero status):
 
-    0  archived, or ``ready/`` already holds a byte-identical copy (a re-archive after a crash)
+    0  archived: the store holds this very file (read ahead), or it is in ``ready/`` now, or
+       ``ready/`` already holds a byte-identical copy (a re-archive after a crash)
     1  not archived: an I/O error, the spool is full or not initialised, or a DIFFERENT file of
        the same name is already in ``ready/`` (never overwritten: someone must look)
     2  usage: bad arguments, or a name PostgreSQL does not archive
@@ -23,7 +34,7 @@ archiver's side is ``services/archiver/spool.py``.
 
 from __future__ import annotations
 
-import os
+import posix as os  # ``os`` itself imports abc, stat, posixpath...: a tenth of our start-up
 import sys
 
 EXIT_OK = 0
@@ -31,10 +42,22 @@ EXIT_NOT_ARCHIVED = 1
 EXIT_USAGE = 2
 
 SPOOL_FORMAT = 1
+MARKER_FORMAT = 1
 DEFAULT_MAX_BYTES = 8 << 30
 DEFAULT_MIN_FREE_BYTES = 256 << 20
+DEFAULT_READAHEAD_WAIT_S = 10.0
 FILE_MODE = 0o640  # the archiver reads through the spool's group
 CHUNK = 1 << 20
+STORED_DIR = "stored"
+READAHEAD_LOCK = "readahead.lock"
+#: The identity a marker records and walpush compares, as ``os.stat_result`` attributes.
+IDENTITY = ("st_dev", "st_ino", "st_size", "st_mtime_ns", "st_ctime_ns")
+#: Prefix of the datagram walpush sends while it waits for a file read ahead ("?<file>"), as
+#: opposed to "<file>", sent once a file is in ready/.
+WAITING = "?"
+#: Polling the marker while the archiver stores the file: first and longest pause, seconds.
+POLL_FIRST_S = 0.001
+POLL_MAX_S = 0.01
 
 USAGE = "usage: walpush --spool DIR PATH   (in archive_command: --spool DIR %p)"
 _HEX = frozenset("0123456789ABCDEF")
@@ -46,6 +69,17 @@ class Refused(Exception):
     def __init__(self, message: str, code: int = EXIT_NOT_ARCHIVED) -> None:
         super().__init__(message)
         self.code = code
+
+
+def _join(*parts: str) -> str:
+    return "/".join(parts)
+
+
+def _isdir(path: str) -> bool:
+    try:
+        return os.stat(path).st_mode & 0o170000 == 0o040000  # S_ISDIR
+    except OSError:
+        return False
 
 
 def _is_hex(text: str, length: int) -> bool:
@@ -97,16 +131,16 @@ def _load_json(text: str) -> object:
     return value
 
 
-def read_limits(spool: str) -> tuple[int, int]:
-    """``(max_bytes, min_free_bytes)`` from ``spool.json``, or the defaults without one."""
-    if not os.path.isdir(os.path.join(spool, "ready")):
+def read_config(spool: str) -> tuple[int, int, float]:
+    """``(max_bytes, min_free_bytes, readahead_wait_s)`` from ``spool.json`` (or the defaults)."""
+    if not _isdir(_join(spool, "ready")):
         raise Refused(f"{spool} is not an initialised spool (it has no ready/ directory)")
-    path = os.path.join(spool, "spool.json")
+    path = _join(spool, "spool.json")
     try:
         with open(path, "rb") as handle:
             config = _load_json(handle.read().decode("utf-8"))
     except FileNotFoundError:
-        return DEFAULT_MAX_BYTES, DEFAULT_MIN_FREE_BYTES
+        return DEFAULT_MAX_BYTES, DEFAULT_MIN_FREE_BYTES, DEFAULT_READAHEAD_WAIT_S
     except ValueError as exc:  # also UnicodeDecodeError
         raise Refused(f"{path} is not valid JSON: {exc}") from None
     if not isinstance(config, dict) or config.get("format") != SPOOL_FORMAT:
@@ -116,7 +150,10 @@ def read_limits(spool: str) -> tuple[int, int]:
     for key, value in (("max_bytes", max_bytes), ("min_free_bytes", min_free_bytes)):
         if type(value) is not int or value < 0:
             raise Refused(f"{path}: {key} must be a non-negative integer, not {value!r}")
-    return max_bytes, min_free_bytes
+    wait = config.get("readahead_wait_s", DEFAULT_READAHEAD_WAIT_S)
+    if type(wait) not in (int, float) or not 0 <= wait <= 3600:
+        raise Refused(f"{path}: readahead_wait_s must be seconds (0-3600), not {wait!r}")
+    return max_bytes, min_free_bytes, float(wait)
 
 
 def _ready_bytes(ready: str) -> int:
@@ -133,7 +170,7 @@ def _ready_bytes(ready: str) -> int:
 
 def check_space(spool: str, name: str, size: int, max_bytes: int, min_free_bytes: int) -> None:
     """Refuse when ``size`` more bytes would break ``max_bytes`` or ``min_free_bytes``."""
-    used = _ready_bytes(os.path.join(spool, "ready"))
+    used = _ready_bytes(_join(spool, "ready"))
     retry = "PostgreSQL keeps the segment in pg_wal and retries; is the archiver running?"
     if used + size > max_bytes:
         raise Refused(
@@ -208,35 +245,127 @@ def remove_stale_copies(tmp_dir: str) -> None:
             os.kill(int(parts[1]), 0)
         except ProcessLookupError:
             try:  # noqa: SIM105 - importing contextlib would cost start-up time
-                os.unlink(os.path.join(tmp_dir, entry))
+                os.unlink(_join(tmp_dir, entry))
             except FileNotFoundError:
                 pass
         except PermissionError:  # alive, as another user
             pass
 
 
-def push(spool: str, source: str, name: str) -> bool:
-    """Put ``source`` into ``spool/ready/name`` durably. False if it was already there."""
-    ready = os.path.join(spool, "ready")
-    tmp_dir = os.path.join(spool, ".tmp")
-    target = os.path.join(ready, name)
+def stored_ahead(spool: str, name: str, st: os.stat_result) -> bool | None:
+    """Whether ``stored/<name>`` says the store holds exactly the file ``st`` describes.
+
+    None: no marker (yet). True: the marker names this very file (same device, inode, size,
+    mtime and ctime), which the archiver read, stored and verified. False: a marker for another
+    file of that name, a declined one, or one that cannot be read: do not wait for it.
+    """
+    try:
+        fd = os.open(_join(spool, STORED_DIR, name), os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    except OSError:
+        return False
+    try:
+        raw = os.read(fd, 65536)
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+    try:
+        marker = _load_json(raw.decode("utf-8"))
+    except ValueError:  # torn by a power cut (markers are not fsynced), or not ours
+        return False
+    return (
+        isinstance(marker, dict)
+        and marker.get("format") == MARKER_FORMAT
+        and marker.get("name") == name
+        and marker.get("stored") is True
+        and all(type(marker.get(field)) is int for field in IDENTITY)
+        and all(marker[field] == getattr(st, field) for field in IDENTITY)
+    )
+
+
+def _readahead_held(fd: int) -> bool:
+    """True while someone (the archiver) holds the read-ahead lock exclusively."""
+    import fcntl  # a small C module; only the waiting path needs it
+
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
+    fcntl.flock(fd, fcntl.LOCK_UN)
+    return False
+
+
+def wait_stored(spool: str, name: str, st: os.stat_result, wait_s: float) -> bool:
+    """While the archiver reads ahead, wait up to ``wait_s`` for it to store this very file.
+
+    Returns True only when ``stored/<name>`` names this file; False at once when nobody holds
+    ``readahead.lock`` (no archiver, or one whose store is failing), when a marker names another
+    file or declines this one, when the lock is let go meanwhile, or when time runs out.
+    """
+    if wait_s <= 0:
+        return False
+    try:
+        lock = os.open(_join(spool, READAHEAD_LOCK), os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        if not _readahead_held(lock):
+            return False
+        import time
+
+        notify(spool, WAITING + name)  # the archiver may not have listed it yet: look now
+        deadline = time.monotonic() + wait_s
+        pause = POLL_FIRST_S
+        while True:
+            found = stored_ahead(spool, name, st)
+            if found is not None:
+                return found
+            if time.monotonic() >= deadline or not _readahead_held(lock):
+                return stored_ahead(spool, name, st) is True  # one last look
+            time.sleep(pause)
+            pause = min(pause * 2, POLL_MAX_S)
+    finally:
+        os.close(lock)
+
+
+#: What :func:`push` did with the file.
+STORED = "stored"  # the store already holds this very file (read ahead): nothing copied
+PRESENT = "present"  # ``ready/`` already held an identical copy
+COPIED = "copied"  # copied into ``ready/`` now
+
+
+def push(spool: str, source: str, name: str) -> str:
+    """Make ``source`` durable in the store or in ``spool/ready/name``; :data:`STORED`,
+    :data:`PRESENT` or :data:`COPIED` says how."""
+    ready = _join(spool, "ready")
+    tmp_dir = _join(spool, ".tmp")
+    target = _join(ready, name)
     conflict = (
         f"REFUSING to overwrite {target}: the spool already holds a DIFFERENT {name}. Two "
         "databases may share this spool, or a timeline was reused; an operator must compare them"
     )
-    max_bytes, min_free_bytes = read_limits(spool)
+    max_bytes, min_free_bytes, wait_s = read_config(spool)
     src = os.open(source, os.O_RDONLY | os.O_CLOEXEC)
     try:
-        size = os.fstat(src).st_size
+        st = os.fstat(src)
+        if stored_ahead(spool, name, st):
+            return STORED
+        size = st.st_size
         same = matches_ready(src, size, target)
         if same is not None:
             if not same:
                 raise Refused(conflict)
             _fsync_dir(ready)  # the earlier run may have died before making its link durable
-            return False
+            return PRESENT
+        if wait_stored(spool, name, st, wait_s):
+            return STORED
         remove_stale_copies(tmp_dir)
         check_space(spool, name, size, max_bytes, min_free_bytes)
-        tmp = os.path.join(tmp_dir, f"{name}.{os.getpid()}.{os.urandom(4).hex()}")
+        tmp = _join(tmp_dir, f"{name}.{os.getpid()}.{os.urandom(4).hex()}")
         dst = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE)
         try:
             try:
@@ -258,7 +387,7 @@ def push(spool: str, source: str, name: str) -> bool:
         finally:
             os.unlink(tmp)
         _fsync_dir(ready)
-        return True
+        return COPIED
     finally:
         os.close(src)
 
@@ -271,7 +400,7 @@ def notify(spool: str, name: str) -> None:
         sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_DGRAM)
         try:
             sock.setblocking(False)
-            sock.sendto(name.encode("utf-8"), os.path.join(spool, "notify.sock"))
+            sock.sendto(name.encode("utf-8"), _join(spool, "notify.sock"))
         finally:
             sock.close()
     except (ImportError, OSError):
@@ -306,17 +435,18 @@ def main(argv: list[str] | None = None) -> int:
     name = "?"
     try:
         spool, source = parse_args(args)
-        name = os.path.basename(source)
+        name = source.rpartition("/")[2]
         if not is_wal_file_name(name):
             raise Refused(f"{source!r}: not a WAL file name; refusing to archive it", EXIT_USAGE)
-        push(spool, source, name)
+        done = push(spool, source, name)
     except Refused as exc:
         sys.stderr.write(f"walpush: {exc}\n")
         return exc.code
     except OSError as exc:
         sys.stderr.write(f"walpush: {name} not archived ({exc}); PostgreSQL will retry\n")
         return EXIT_NOT_ARCHIVED
-    notify(spool, name)
+    if done != STORED:  # a stored file is the archiver's own doing: nothing to tell it
+        notify(spool, name)
     return EXIT_OK
 
 

@@ -2,18 +2,22 @@
 
 Layout: the object for key `a/b/c` is the file `<root>/a/b/c`; beside it live names no key can take
 (keys never have a segment starting with `.`): `.c.meta.json` (its metadata sidecar), `.tmp-*`
-(writes in progress) and `.lock` (one per directory).
+(writes in progress) and `.lock-NN` (lock files, at most `LOCK_STRIPES` per directory).
 
 A write, in the order that keeps every visible object complete and described:
-1. stream the bytes into `.tmp-<random>` in the object's directory, hashing as they pass; fsync;
-2. under the directory's `flock`: if the key exists, settle (same crc32c → success, else
-   `ObjectConflict`); otherwise write the sidecar (temp + rename) and fsync the directory, so the
+1. stream the bytes into `.tmp-<random>` in the object's directory, hashing as they pass; fsync
+   (a blocking file-like source is copied, hashed and synced in one worker-thread step, not one
+   step per chunk); write the sidecar into another temp name and fsync it too;
+2. under the key's `flock`: if the key exists, settle (same crc32c → success, else
+   `ObjectConflict`); otherwise rename the sidecar into place and fsync the directory, so the
    metadata is durable before the object can be seen; then `os.link(tmp, final)` — atomic, and it
    refuses to replace anything — and fsync the directory again;
-3. unlink the temp name.
-A crash leaves at worst a `.tmp-*` file or an orphan sidecar, never an object without metadata.
+3. unlink the temp names.
+A crash leaves at worst `.tmp-*` files or an orphan sidecar, never an object without metadata.
 The lock is an `flock`, so it also excludes other processes sharing the root (archiver and
-executor in `tidemark up`); it covers only the short publish step, not the data copy.
+executor in `tidemark up`); it covers only the short publish step of one key (keys share one of
+`LOCK_STRIPES` lock files per directory, chosen by name), so writes of different keys publish
+side by side and their directory fsyncs share the filesystem's journal commits.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import os
 import secrets
 import stat
 import time
+import zlib
 from collections.abc import AsyncIterator, Iterator, Mapping
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
@@ -33,7 +38,7 @@ from itertools import islice
 from pathlib import Path
 from typing import IO, Any
 
-from services.blobstore._checksum import Crc32c, Digest
+from services.blobstore._checksum import FILE_CHUNK, Crc32c, Digest
 from services.blobstore._common import (
     StoreBase,
     drain,
@@ -44,11 +49,13 @@ from services.blobstore._common import (
 )
 from services.blobstore._keys import validate_key, validate_prefix
 from services.blobstore.errors import IntegrityError, ObjectNotFound, TerminalBlobError
-from services.blobstore.model import ObjectInfo, ObjectReader, Source
+from services.blobstore.model import ObjectInfo, ObjectReader, Readable, Source
 
 _FILE_MODE = 0o640
 _DIR_MODE = 0o750
 _SIDECAR_FORMAT = 1
+#: Lock files per directory: publishing one key locks one of them, chosen by the key's name.
+LOCK_STRIPES = 16
 
 
 class FilesystemStore(StoreBase):
@@ -81,6 +88,11 @@ class FilesystemStore(StoreBase):
         existing = await self.head(key)
         if existing is not None:
             return settle(key, existing, await drain(chunks))
+        if isinstance(source, Readable):
+            # Reading it blocks anyway: copy it in one worker-thread step, not one per chunk.
+            return await asyncio.to_thread(
+                self._put_readable, key, path, source, dict(metadata or {})
+            )
         await asyncio.to_thread(self._ensure_dir, path.parent, key)
         tmp = path.with_name(f".tmp-{secrets.token_hex(8)}")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, _FILE_MODE)
@@ -93,6 +105,24 @@ class FilesystemStore(StoreBase):
             return await asyncio.to_thread(
                 self._publish, key, path, tmp, hasher.digest(), dict(metadata or {})
             )
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+
+    def _put_readable(
+        self, key: str, path: Path, source: Readable, metadata: dict[str, str]
+    ) -> ObjectInfo:
+        """`put_stream` from a blocking file-like, start to publish (blocking)."""
+        self._ensure_dir(path.parent, key)
+        tmp = path.with_name(f".tmp-{secrets.token_hex(8)}")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, _FILE_MODE)
+        try:
+            hasher = Crc32c()
+            with os.fdopen(fd, "wb") as out:
+                while chunk := source.read(FILE_CHUNK):
+                    _write_hashed(out, hasher, bytes(chunk))
+                flush_and_sync(out)
+            return self._publish(key, path, tmp, hasher.digest(), metadata)
         finally:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
@@ -120,38 +150,46 @@ class FilesystemStore(StoreBase):
     def _publish(
         self, key: str, path: Path, tmp: Path, local: Digest, metadata: dict[str, str]
     ) -> ObjectInfo:
-        with _locked(path.parent):
-            existing = self._read_info(key, path)
-            if existing is not None:
-                return settle(key, existing, local)
-            if path.is_dir():
-                raise TerminalBlobError(
-                    f"{key}: is a prefix of other objects, so it cannot also be an object on the "
-                    "filesystem driver",
-                    key=key,
-                )
-            info = ObjectInfo(
-                key=key,
-                size=local.size,
-                crc32c=local.crc32c,
-                metadata=metadata,
-                generation=time.time_ns(),
-                updated=datetime.now(UTC),
-            )
-            self._write_sidecar(path, info)
-            # The sidecar must be durable before the object is: a visible object always has
-            # its metadata, even after a power cut between these two steps.
-            fsync_dir(path.parent)
-            try:
-                os.link(tmp, path)
-            except FileExistsError:
-                # Only reachable if something wrote here without the lock; still never replace.
-                return settle(key, self._read_info(key, path), local)
-            fsync_dir(path.parent)
-            return info
+        info = ObjectInfo(
+            key=key,
+            size=local.size,
+            crc32c=local.crc32c,
+            metadata=metadata,
+            generation=time.time_ns(),
+            updated=datetime.now(UTC),
+        )
+        # Written and synced before the lock: only renames and directory fsyncs happen under it.
+        sidecar_tmp = self._write_sidecar_tmp(path, info)
+        try:
+            with _locked(path):
+                existing = self._read_info(key, path)
+                if existing is not None:
+                    return settle(key, existing, local)
+                if path.is_dir():
+                    raise TerminalBlobError(
+                        f"{key}: is a prefix of other objects, so it cannot also be an object on "
+                        "the filesystem driver",
+                        key=key,
+                    )
+                # Replacing is right here: under the lock, with no live object, any existing
+                # sidecar is an orphan from a crashed write.
+                os.replace(sidecar_tmp, self._sidecar(path))
+                # The sidecar must be durable before the object is: a visible object always has
+                # its metadata, even after a power cut between these two steps.
+                fsync_dir(path.parent)
+                try:
+                    os.link(tmp, path)
+                except FileExistsError:
+                    # Only reachable if something wrote here without the lock; never replace.
+                    return settle(key, self._read_info(key, path), local)
+                fsync_dir(path.parent)
+                return info
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(sidecar_tmp)
 
-    def _write_sidecar(self, path: Path, info: ObjectInfo) -> None:
-        sidecar = self._sidecar(path)
+    def _write_sidecar_tmp(self, path: Path, info: ObjectInfo) -> Path:
+        """The sidecar of `info`, written and synced under a temporary name; returns that name."""
         tmp = path.with_name(f".tmp-{secrets.token_hex(8)}.meta")
         body = json.dumps(
             {
@@ -169,12 +207,11 @@ class FilesystemStore(StoreBase):
             with os.fdopen(fd, "wb") as out:
                 out.write(body)
                 flush_and_sync(out)
-            # Replacing is right here: under the lock, with no live object, any existing sidecar
-            # is an orphan from a crashed write.
-            os.replace(tmp, sidecar)
-        finally:
+        except BaseException:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
+            raise
+        return tmp
 
     # -- reads --------------------------------------------------------------------------------
 
@@ -272,7 +309,7 @@ class FilesystemStore(StoreBase):
     def _delete(self, key: str, path: Path, generation: int | None) -> bool:
         if not path.parent.is_dir():
             return False
-        with _locked(path.parent):
+        with _locked(path):
             info = self._read_info(key, path)
             if info is None or (generation is not None and info.generation != generation):
                 return False
@@ -285,8 +322,11 @@ class FilesystemStore(StoreBase):
 
 
 @contextlib.contextmanager
-def _locked(directory: Path) -> Iterator[None]:
-    fd = os.open(directory / ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, _FILE_MODE)
+def _locked(path: Path) -> Iterator[None]:
+    """Exclusive hold on the key whose object is `path` (one lock stripe of its directory)."""
+    stripe = zlib.crc32(path.name.encode()) % LOCK_STRIPES
+    lock = path.parent / f".lock-{stripe:02d}"
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, _FILE_MODE)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield

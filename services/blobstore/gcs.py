@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import logging
 import os
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
@@ -35,7 +36,7 @@ from google.cloud import storage
 from google.cloud.storage import exceptions as storage_exceptions
 from google.cloud.storage.fileio import BlobReader, BlobWriter
 
-from services.blobstore._checksum import Crc32c, Digest, digest_file
+from services.blobstore._checksum import FILE_CHUNK, Crc32c, Digest, digest_file
 from services.blobstore._common import StoreBase, drain, iter_source, settle
 from services.blobstore._gcs_errors import (
     RetrySettings,
@@ -45,7 +46,7 @@ from services.blobstore._gcs_errors import (
 )
 from services.blobstore._keys import validate_key, validate_prefix
 from services.blobstore.errors import IntegrityError, ObjectNotFound
-from services.blobstore.model import ObjectInfo, ObjectReader, Source
+from services.blobstore.model import ObjectInfo, ObjectReader, Readable, Source
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +54,14 @@ T = TypeVar("T")
 
 #: GCS requires resumable chunks to be multiples of this.
 CHUNK_MULTIPLE = 256 * 1024
-DEFAULT_CHUNK_SIZE = 16 * 1024 * 1024
+#: Just above 16 MiB, not 16 MiB: an object of a power-of-two size — a WAL segment — then fits one
+#: chunk, and the request carrying it is the final one. With 16 MiB chunks the client sends a
+#: 16 MiB object as a full chunk (it cannot know the stream ends there) and then an empty request
+#: to finalise it: three requests instead of two.
+DEFAULT_CHUNK_SIZE = 16 * 1024 * 1024 + CHUNK_MULTIPLE
+#: The google client sends objects up to this size in one multipart request, larger ones in a
+#: resumable session.
+_MULTIPART_MAX = 8 * 1024 * 1024
 _CONTENT_TYPE = "application/octet-stream"
 
 
@@ -136,21 +144,39 @@ class GcsStore(StoreBase):
     async def put_file(
         self, key: str, path: str | os.PathLike[str], metadata: Mapping[str, str] | None = None
     ) -> ObjectInfo:
-        name = self._name(key)
+        self._name(key)  # validates the key before the file is read
         local = await asyncio.to_thread(digest_file, path)
         existing = await self.head(key)
         if existing is not None:
             return settle(key, existing, local)
-        blob = self._bucket.blob(name, chunk_size=self.chunk_size)
+        return await self._create_known(
+            key,
+            metadata,
+            local,
+            lambda blob, **kw: blob.upload_from_filename(os.fspath(path), **kw),
+        )
+
+    async def _create_known(
+        self,
+        key: str,
+        metadata: Mapping[str, str] | None,
+        local: Digest,
+        upload: Callable[..., None],
+    ) -> ObjectInfo:
+        """Create `key` from bytes whose digest is known before the upload starts (a file, or a
+        stream that ended within one chunk): `upload(blob, **options)` sends them, the final
+        request carries their crc32c, and the object resource GCS answers with is checked."""
+        blob = self._bucket.blob(self._name(key), chunk_size=self.chunk_size)
         blob.metadata = dict(metadata or {})
         try:
             await asyncio.to_thread(
-                blob.upload_from_filename,
-                os.fspath(path),
+                upload,
+                blob,
                 content_type=_CONTENT_TYPE,
                 if_generation_match=0,
-                checksum="crc32c",
-                # Sent with the final resumable chunk so GCS refuses to finalise other bytes.
+                # Declared with the upload, so GCS refuses to finalise other bytes; and the
+                # resource it answers with is compared with `local` below. (The client's own
+                # `checksum=` would only hash every byte a third time to check the same.)
                 crc32c_checksum_value=local.crc32c,
                 retry=self._retry,
                 timeout=self._timeout,
@@ -186,17 +212,35 @@ class GcsStore(StoreBase):
             timeout=self._timeout,
         )
         hasher = Crc32c()
-        pending = bytearray()
+        batches = _batches(source, chunks, self.chunk_size, hasher)
+        pending: list[bytes] = []
+        held = 0
+        streamed = False
         try:
-            async for chunk in chunks:
-                hasher.update(chunk)
-                pending += chunk
-                if len(pending) >= self.chunk_size:
-                    # Coalesce small chunks: one thread hop and one request per upload chunk.
-                    data = bytes(pending)
-                    pending.clear()
-                    await asyncio.to_thread(writer.write, data)
-            await asyncio.to_thread(writer.finish, bytes(pending))
+            async for batch in batches:
+                pending += batch
+                held += sum(len(part) for part in batch)
+                if held >= self.chunk_size:
+                    # Coalesce small chunks: one thread hop and one request per upload chunk
+                    # (the writer buffers them; no copy of our own).
+                    parts, pending, held = pending, [], 0
+                    await asyncio.to_thread(writer.write_parts, parts)
+                    streamed = True
+            if not streamed and held > _MULTIPART_MAX:
+                # The whole object came within one chunk: send it with its size and crc32c
+                # known, in one final request after the session's start, from one buffer
+                # (the writer would copy it piecewise into its own, then out again).
+                writer.abandoned = True  # never started: nothing to abandon but the object
+                parts = pending
+                return await self._create_known(
+                    key,
+                    metadata,
+                    hasher.digest(),
+                    lambda blob, **kw: blob.upload_from_file(
+                        io.BytesIO(b"".join(parts)), size=held, **kw
+                    ),
+                )
+            await asyncio.to_thread(writer.finish, pending)
         except Exception as exc:
             # Not BlobWriter.terminate(): it DELETEs the initiation URL, not the session URI,
             # so it cancels nothing. GCS discards an unfinished session by itself after a week.
@@ -204,8 +248,8 @@ class GcsStore(StoreBase):
             if is_precondition_failure(exc):
                 # The key appeared while we streamed. Hash what is left of the stream (the
                 # failing chunk was already hashed), then judge by crc32c like any re-push.
-                async for chunk in chunks:
-                    hasher.update(chunk)
+                async for _ in batches:
+                    pass
                 return settle(key, await self.head(key), hasher.digest())
             if isinstance(exc, storage_exceptions.DataCorruption):
                 await self._delete_corrupt(key, _generation_in(exc))
@@ -329,15 +373,47 @@ class _CreateOnlyWriter(BlobWriter):  # type: ignore[misc]  # google-cloud-stora
 
     abandoned = False
 
-    def finish(self, tail: bytes) -> None:
-        if tail:
-            self.write(tail)
+    def write_parts(self, parts: list[bytes]) -> None:
+        for part in parts:
+            self.write(part)
+
+    def finish(self, tail: list[bytes]) -> None:
+        self.write_parts(tail)
         self.close()
 
     def close(self) -> None:
         if self.abandoned:
             return
         super().close()
+
+
+async def _batches(
+    source: Source, chunks: AsyncIterator[bytes], size: int, hasher: Crc32c
+) -> AsyncIterator[list[bytes]]:
+    """The stream as lists of hashed pieces: a blocking file-like is read (and hashed) in a
+    worker thread `size` bytes at a time, one thread hop per upload chunk, not one per piece."""
+    if isinstance(source, Readable):
+        while batch := await asyncio.to_thread(_read_batch, source, size, hasher):
+            yield batch
+        return
+    async for chunk in chunks:
+        hasher.update(chunk)
+        yield [chunk]
+
+
+def _read_batch(source: Readable, size: int, hasher: Crc32c) -> list[bytes]:
+    """Pieces of `source` totalling at least `size` bytes (fewer only at its end), hashed."""
+    parts: list[bytes] = []
+    held = 0
+    while held < size:
+        piece = source.read(FILE_CHUNK)
+        if not piece:
+            break
+        piece = bytes(piece)
+        hasher.update(piece)
+        parts.append(piece)
+        held += len(piece)
+    return parts
 
 
 def _generation_in(exc: storage_exceptions.DataCorruption) -> int | None:

@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import zlib
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,7 @@ from services.blobstore import (
     TerminalBlobError,
     crc32c_of_bytes,
 )
+from services.blobstore.filesystem import LOCK_STRIPES
 
 pytestmark = pytest.mark.integration
 
@@ -33,7 +35,8 @@ async def test_layout_object_beside_its_sidecar(tmp_path: Path) -> None:
     info = await store.put_stream("db/logs/1/0001", b"wal", {"first_lsn": "0/1"})
     directory = tmp_path / "db" / "logs" / "1"
     assert (directory / "0001").read_bytes() == b"wal"
-    assert listing(directory) == [".0001.meta.json", ".lock", "0001"]  # no temp files left
+    stripe = f".lock-{zlib.crc32(b'0001') % LOCK_STRIPES:02d}"
+    assert listing(directory) == [".0001.meta.json", stripe, "0001"]  # no temp files left
     sidecar = json.loads((directory / ".0001.meta.json").read_text())
     assert sidecar["crc32c"] == info.crc32c == crc32c_of_bytes(b"wal")
     assert sidecar["metadata"] == {"first_lsn": "0/1"}

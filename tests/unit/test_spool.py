@@ -23,6 +23,7 @@ from services.archiver import walpush
 from services.archiver.spool import (
     DEFAULT_MAX_BYTES,
     DEFAULT_MIN_FREE_BYTES,
+    DEFAULT_READAHEAD_WAIT_S,
     DIR_MODE,
     WALPUSH_SOURCE,
     Spool,
@@ -172,7 +173,11 @@ def test_filesystem_free_space_floor(
 
 def test_missing_spool_json_means_the_defaults(spool: Spool, tmp_path: Path) -> None:
     spool.config_path.unlink()
-    assert walpush.read_limits(str(spool.path)) == (DEFAULT_MAX_BYTES, DEFAULT_MIN_FREE_BYTES)
+    assert walpush.read_config(str(spool.path)) == (
+        DEFAULT_MAX_BYTES,
+        DEFAULT_MIN_FREE_BYTES,
+        DEFAULT_READAHEAD_WAIT_S,
+    )
     assert spool.config() == SpoolConfig(None)
     assert push(spool, wal_file(tmp_path / "pg_wal")) == walpush.EXIT_OK
 
@@ -187,6 +192,8 @@ def test_missing_spool_json_means_the_defaults(spool: Spool, tmp_path: Path) -> 
         ('{"format": 1, "max_bytes": -1}', "max_bytes must be a non-negative integer"),
         ('{"format": 1, "max_bytes": 1e9}', "max_bytes must be a non-negative integer"),
         ('{"format": 1, "min_free_bytes": true}', "min_free_bytes must be"),
+        ('{"format": 1, "readahead_wait_s": -1}', "readahead_wait_s must be"),
+        ('{"format": 1, "readahead_wait_s": "5"}', "readahead_wait_s must be"),
     ],
 )
 def test_bad_spool_json_refuses(
@@ -311,9 +318,9 @@ def test_notify_without_a_listener_is_harmless(spool: Spool, tmp_path: Path) -> 
 
 def test_init_lays_out_the_contract(tmp_path: Path) -> None:
     spool = Spool(tmp_path / "a" / "spool")
-    config = spool.init("orders-db", max_bytes=123, min_free_bytes=45)
-    assert config == SpoolConfig("orders-db", 123, 45)
-    for directory in (spool.path, spool.tmp_dir, spool.ready_dir):
+    config = spool.init("orders-db", max_bytes=123, min_free_bytes=45, readahead_wait_s=2.5)
+    assert config == SpoolConfig("orders-db", 123, 45, 2.5)
+    for directory in (spool.path, spool.tmp_dir, spool.ready_dir, spool.stored_dir):
         st_ = directory.stat()
         assert stat.S_IMODE(st_.st_mode) == DIR_MODE
         assert st_.st_gid == os.getegid()
@@ -322,11 +329,12 @@ def test_init_lays_out_the_contract(tmp_path: Path) -> None:
         "database_uid": "orders-db",
         "max_bytes": 123,
         "min_free_bytes": 45,
+        "readahead_wait_s": 2.5,
     }
     assert stat.S_IMODE(spool.config_path.stat().st_mode) == 0o644
     assert spool.config() == config
     assert spool.notify_socket_path == spool.path / "notify.sock"
-    assert sorted(p.name for p in spool.path.iterdir()) == [".tmp", "ready", "spool.json"]
+    assert sorted(p.name for p in spool.path.iterdir()) == [".tmp", "ready", "spool.json", "stored"]
 
 
 def test_reinit_changes_limits_keeps_files_refuses_another_database(
