@@ -1,6 +1,6 @@
 """The archiver as it runs: `python -m services.archiver` against the session's nats-server, with
-the filesystem store and the GCS emulator, fed by a real PostgreSQL through walpush, and killed
-with SIGKILL in the middle of a backlog."""
+the filesystem store and the GCS emulator, fed by a real PostgreSQL through walpush (also reading
+ahead from its pg_wal), and killed with SIGKILL in the middle of a backlog."""
 
 from __future__ import annotations
 
@@ -27,6 +27,7 @@ from nats.js.api import DeliverPolicy
 
 from schemas import DatabaseRef, Engine, Envelope, Timeline, decode, envelope
 from schemas.messages import AlarmReason, ArchiveAlarm, LogArchived, LogIndexed
+from services.archiver import walpush
 from services.archiver.spool import Spool, install_walpush
 from services.blobstore import BlobStore, ObjectInfo, crc32c_of_bytes, open_store
 from services.bus import Publisher, ensure_topology
@@ -424,3 +425,131 @@ async def test_a_conflicting_checksum_is_refused_with_an_alarm(
     assert (spool.ready_dir / clash).exists(), "the local copy is kept"
     (archived,) = logs_of(await events(js, f"tm.evt.log.archived.{uid}"))
     assert archived.file_name == fine
+
+
+# -- read-ahead from pg_wal, and SIGKILL in the middle of it -------------------------------------
+
+
+def readahead_held(spool: Spool) -> bool:
+    """Whether the archiver holds `readahead.lock` (as walpush tests it)."""
+    try:
+        fd = os.open(spool.readahead_lock_path, os.O_RDONLY)
+    except FileNotFoundError:
+        return False
+    try:
+        return walpush._readahead_held(fd)
+    finally:
+        os.close(fd)
+
+
+def archiver_stats(cluster: PgCluster) -> tuple[int, str, int]:
+    """pg_stat_archiver: (archived_count, last_archived_wal, failed_count)."""
+    row = cluster.psql(
+        "SELECT archived_count, coalesce(last_archived_wal, ''), failed_count FROM pg_stat_archiver"
+    )
+    archived, last, failed = row.split("|")
+    return int(archived), last, int(failed)
+
+
+async def wait_archived_by_postgres(
+    cluster: PgCluster, last: str, archiver: ArchiverProcess | None = None
+) -> tuple[int, str, int]:
+    deadline = time.monotonic() + WAIT
+    while True:
+        stats = archiver_stats(cluster)
+        if stats[1] >= last:
+            return stats
+        if archiver is not None:
+            archiver.check_alive()
+        assert time.monotonic() < deadline, f"{last} not archived: {stats}\n{cluster.log_tail()}"
+        await asyncio.sleep(0.1)
+
+
+async def test_read_ahead_acknowledges_postgresql_without_copies_and_survives_sigkill(
+    pg_cluster: PgCluster,
+    store_url: str,
+    store: BlobStore,
+    state_dir: Path,
+    js: JetStreamContext,
+    nats_url: str,
+    archivers: list[ArchiverProcess],
+) -> None:
+    uid = unique("ahead")
+    spool = Spool(pg_cluster.base / "spool")
+    spool.init(uid, owner=pg_cluster.db_user)
+    tool = install_walpush(pg_cluster.base / "tools", user=pg_cluster.db_user)
+    system_id = int(pg_cluster.psql("SELECT system_identifier FROM pg_control_system()"))
+    entry = database(uid, spool.path, system_id)
+    entry["pg_wal_dir"] = str(pg_cluster.data_dir / "pg_wal")
+    archiver = ArchiverProcess(
+        nats_url,
+        state_dir,
+        store_url,
+        [entry],
+        settings={"TIDEMARK_ARCHIVER__PARALLELISM": "2", "TIDEMARK_ARCHIVER__RESCAN_S": "1.0"},
+    )
+    archivers.append(archiver)
+    archiver.start()
+    deadline = time.monotonic() + WAIT
+    while not readahead_held(spool):
+        archiver.check_alive()
+        assert time.monotonic() < deadline, archiver.log_path.read_text()[-3000:]
+        await asyncio.sleep(0.05)
+    # Only now is PostgreSQL given the command: every call finds an archiver reading ahead.
+    command = spool.archive_command(system_python(pg_cluster.db_user), tool)
+    assert pg_cluster.configure(archive_command=command) == []
+
+    # 1. Steady production: each segment is stored from pg_wal, and walpush acknowledges it
+    #    from the marker, without a copy into the spool.
+    names = switch_segments(pg_cluster, 3)
+    await wait_archived_by_postgres(pg_cluster, names[-1], archiver)
+    subject = f"tm.evt.log.archived.{uid}"
+    await wait_events(
+        js, subject, lambda f: {e.file_name for e in logs_of(f)} >= set(names), archiver
+    )
+    assert list(spool.ready_dir.iterdir()) == [], "acknowledged without a single copy"
+    assert archiver_stats(pg_cluster)[2] == 0, "no failed archive_command"
+
+    # 2. A backlog PostgreSQL hands over one file at a time while the archiver works ahead on
+    #    the rest; SIGKILL it in the middle. walpush, finding the lock gone, copies into the
+    #    spool; a new archiver finishes from the spool and pg_wal. Nothing lost, nothing twice.
+    prefix = f"{uid}/tl-00000001/logs/1/"
+    before = len(await objects(store, prefix))
+    backlog = switch_segments(pg_cluster, 12)
+    deadline = time.monotonic() + WAIT
+    while len(await objects(store, prefix)) < before + 2:
+        archiver.check_alive()
+        assert time.monotonic() < deadline, archiver.log_path.read_text()[-3000:]
+        await asyncio.sleep(0.01)
+    archiver.kill9()
+    at_kill = len(await objects(store, prefix))
+    assert at_kill < before + len(backlog), "killed in the middle of the read-ahead"
+    await wait_archived_by_postgres(pg_cluster, backlog[-1])  # the spool took over at once
+    archiver.start()
+    await wait_events(
+        js,
+        subject,
+        lambda f: {e.file_name for e in logs_of(f)} >= set(names) | set(backlog),
+        archiver,
+    )
+    await asyncio.sleep(1.0)  # room for a duplicate, which must not come
+    found = logs_of(await events(js, subject))
+    assert archiver.stop() == 0
+
+    per_key = Counter(e.object_key for e in found)
+    assert set(per_key.values()) == {1}, "each log announced exactly once"
+    stored = await objects(store, prefix)
+    assert set(stored) == set(per_key), "each log stored exactly once, all of them announced"
+    for event in found:
+        assert event.file_name is not None
+        info = stored[event.object_key]
+        assert info.crc32c == event.crc32c
+        assert info.metadata["system_id"] == str(system_id)
+        data = await store.get_bytes(event.object_key)
+        assert crc32c_of_bytes(data) == event.crc32c
+        # The spool copy, where walpush made one, is the same bytes as the stored object.
+        copy = spool.ready_dir / event.file_name
+        if copy.exists():
+            assert copy.read_bytes() == data
+    assert await events(js, f"tm.evt.archive.alarm.{uid}") == []
+    assert archiver_stats(pg_cluster)[2] == 0, "PostgreSQL never saw archive_command fail"

@@ -10,9 +10,13 @@ import ast
 import json
 import os
 import re
+import socket
 import stat
 import sys
 import textwrap
+import threading
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -26,6 +30,7 @@ from services.archiver.spool import (
     DEFAULT_READAHEAD_WAIT_S,
     DIR_MODE,
     WALPUSH_SOURCE,
+    ReadAheadLock,
     Spool,
     SpoolConfig,
     SpoolError,
@@ -311,6 +316,167 @@ def test_stale_copies_of_dead_writers_are_removed(spool: Spool, tmp_path: Path) 
 def test_notify_without_a_listener_is_harmless(spool: Spool, tmp_path: Path) -> None:
     spool.notify_socket_path.write_bytes(b"")  # not even a socket
     assert push(spool, wal_file(tmp_path / "pg_wal")) == walpush.EXIT_OK
+
+
+# -- walpush and read-ahead: the archiver stored the file first ------------------------------------
+
+
+def identity(path: Path) -> tuple[int, int, int, int, int]:
+    st = path.stat()
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+def datagrams(sock: socket.socket) -> list[bytes]:
+    got = []
+    while True:
+        try:
+            got.append(sock.recv(4096))
+        except BlockingIOError:
+            return got
+
+
+@pytest.fixture
+def listener(spool: Spool) -> Iterator[socket.socket]:
+    sock = spool.bind_notify_socket()
+    sock.setblocking(False)
+    yield sock
+    sock.close()
+
+
+def test_a_file_the_store_holds_is_acknowledged_without_a_copy(
+    spool: Spool, tmp_path: Path, listener: socket.socket
+) -> None:
+    source = wal_file(tmp_path / "pg_wal", data=os.urandom(300_000))
+    spool.mark_stored(SEGMENT, identity(source), crc32c="AAAAAA==", key="db/tl/logs/1/x")
+    assert push(spool, source) == walpush.EXIT_OK
+    assert spool.ready_files() == [], "nothing copied"
+    assert datagrams(listener) == [], "the archiver stored it: nothing to tell"
+
+
+@pytest.mark.parametrize("change", ["rewritten", "replaced", "chmod", "torn", "declined"])
+def test_a_marker_for_any_other_file_is_not_trusted(
+    spool: Spool, tmp_path: Path, change: str
+) -> None:
+    source = wal_file(tmp_path / "pg_wal", data=b"A" * 1000)
+    spool.mark_stored(SEGMENT, identity(source), crc32c="AAAAAA==", key="k")
+    if change == "rewritten":  # same inode and size, other bytes
+        time.sleep(0.01)
+        with open(source, "r+b") as handle:
+            handle.write(b"B")
+    elif change == "replaced":  # another inode under the name
+        source.unlink()
+        wal_file(tmp_path / "pg_wal", data=b"A" * 1000)
+    elif change == "chmod":
+        time.sleep(0.01)
+        source.chmod(0o600)
+    elif change == "torn":  # a power cut: markers are not fsynced
+        (spool.stored_dir / SEGMENT).write_bytes(b'{"format": 1, "na')
+    else:
+        spool.decline(SEGMENT, "conflicting checksum")
+    assert push(spool, source) == walpush.EXIT_OK
+    assert (spool.ready_dir / SEGMENT).read_bytes() == source.read_bytes(), "copied as usual"
+
+
+def test_while_the_archiver_reads_ahead_walpush_waits_for_its_marker(
+    spool: Spool, tmp_path: Path, listener: socket.socket
+) -> None:
+    source = wal_file(tmp_path / "pg_wal", data=os.urandom(100_000))
+    lock = ReadAheadLock(spool.readahead_lock_path)
+    assert lock.acquire()
+    store = threading.Timer(
+        0.2, lambda: spool.mark_stored(SEGMENT, identity(source), crc32c="x", key="k")
+    )
+    start = time.monotonic()
+    store.start()
+    try:
+        assert push(spool, source) == walpush.EXIT_OK
+    finally:
+        store.join()
+        lock.release()
+    assert 0.2 <= time.monotonic() - start < 5
+    assert spool.ready_files() == [], "acknowledged by the marker, not by a copy"
+    assert datagrams(listener) == [f"?{SEGMENT}".encode()], "told the archiver it waits"
+
+
+def test_without_the_lock_walpush_copies_at_once(spool: Spool, tmp_path: Path) -> None:
+    spool.init("orders-db", max_bytes=1 << 20, min_free_bytes=0, readahead_wait_s=30)
+    source = wal_file(tmp_path / "pg_wal")
+    start = time.monotonic()
+    assert push(spool, source) == walpush.EXIT_OK
+    assert time.monotonic() - start < 5, "no archiver reading ahead: no wait"
+    assert [f.name for f in spool.ready_files()] == [SEGMENT]
+
+
+@pytest.mark.parametrize("ending", ["timeout", "lock_released", "declined"])
+def test_a_wait_that_ends_without_the_store_is_a_copy(
+    spool: Spool, tmp_path: Path, ending: str
+) -> None:
+    spool.init("orders-db", max_bytes=1 << 20, min_free_bytes=0, readahead_wait_s=0.3)
+    source = wal_file(tmp_path / "pg_wal")
+    lock = ReadAheadLock(spool.readahead_lock_path)
+    assert lock.acquire()
+    actions = {
+        "timeout": lambda: None,
+        "lock_released": lock.release,  # the archiver died, or its store failed
+        "declined": lambda: spool.decline(SEGMENT, "unreadable in pg_wal"),
+    }
+    event = threading.Timer(0.05, actions[ending])
+    event.start()
+    try:
+        assert push(spool, source) == walpush.EXIT_OK
+    finally:
+        event.join()
+        lock.release()
+    assert [f.name for f in spool.ready_files()] == [SEGMENT]
+
+
+def test_markers_are_written_replaced_listed_and_dropped(spool: Spool, tmp_path: Path) -> None:
+    source = wal_file(tmp_path / "pg_wal")
+    spool.mark_stored(SEGMENT, identity(source), crc32c="AAAAAA==", key="db/k")
+    assert spool.marker(SEGMENT) == {
+        "format": walpush.MARKER_FORMAT,
+        "name": SEGMENT,
+        "stored": True,
+        **dict(zip(walpush.IDENTITY, identity(source), strict=True)),
+        "crc32c": "AAAAAA==",
+        "key": "db/k",
+    }
+    assert stat.S_IMODE((spool.stored_dir / SEGMENT).stat().st_mode) == 0o644
+    spool.decline(SEGMENT, "why not")
+    assert spool.marker(SEGMENT) == {
+        "format": 1,
+        "name": SEGMENT,
+        "stored": False,
+        "reason": "why not",
+    }
+    (spool.stored_dir / ".000000010000000000000009.tmp").write_text("{}")  # a write in flight
+    assert spool.markers() == [SEGMENT]
+    assert spool.drop_marker(SEGMENT)
+    assert not spool.drop_marker(SEGMENT)
+    assert spool.marker(SEGMENT) is None
+    with pytest.raises(WalNameError):
+        spool.mark_stored("../../etc/passwd", identity(source), crc32c="x", key="k")
+
+
+def test_the_readahead_lock_is_held_by_one_archiver_at_a_time(spool: Spool) -> None:
+    first = ReadAheadLock(spool.readahead_lock_path)
+    second = ReadAheadLock(spool.readahead_lock_path)
+    assert first.acquire()
+    assert first.held
+    assert first.acquire(), "idempotent"
+    assert not second.acquire(), "a second archiver on the spool does not read ahead"
+    first.release()
+    assert not first.held
+    assert second.acquire()
+    second.release()
+    assert stat.S_IMODE(spool.readahead_lock_path.stat().st_mode) == 0o644
+
+
+def test_a_spool_made_before_read_ahead_gets_its_stored_directory(spool: Spool) -> None:
+    spool.stored_dir.rmdir()
+    spool.ensure_stored_dir()
+    assert stat.S_IMODE(spool.stored_dir.stat().st_mode) == DIR_MODE
+    spool.ensure_stored_dir()
 
 
 # -- Spool: the archiver's side -----------------------------------------------------------------
