@@ -2,13 +2,15 @@
 
 Two passes over the file, on purpose. The first hashes and validates it, so the object's
 metadata can carry the log's own size and crc32c, which must be known before the upload starts
-(GCS sends metadata first). The second streams it to the store and hashes it again; if the
-bytes differ from the first pass, the stream fails before its end, so the store never
-finalises an object holding bytes of no log. Reading a 16 MiB segment twice costs two
-page-cache copies through one reused 1 MiB buffer; reading it once means holding it whole, and
-faulting in 16 MiB of fresh memory per segment costs more (measured: a quarter of a million
-page faults and half again the system time per GiB). Storing a torn log under a create-only key
-would cost the archive.
+(GCS sends metadata first). The second streams it to the store, and the bytes must be pass
+one's: uncompressed, the store is told pass one's digest (`put_stream(expect=)`) and refuses
+other bytes before the object can be seen (GCS checks the crc32c declared with the upload);
+compressed, the stream hashes the log again and fails before its end if it differs. Either way
+the store never finalises an object holding bytes of no log. Reading a 16 MiB segment twice
+costs two page-cache copies through one reused 1 MiB buffer; reading it once means holding it
+whole, and faulting in 16 MiB of fresh memory per segment costs more (measured: a quarter of a
+million page faults and half again the system time per GiB). Storing a torn log under a
+create-only key would cost the archive.
 
 Idempotency is judged by the log's own checksum, not the stored bytes': an object stored
 uncompressed before a restart with `compression = "zstd"` is still the same log. So:
@@ -85,13 +87,22 @@ class _Stream:
     A blocking file-like (`read`), so a store may copy it in a worker thread in one go."""
 
     def __init__(
-        self, log: LoggedFile, check: HeaderCheck, expected: Digest, zstd_level: int | None
+        self,
+        log: LoggedFile,
+        check: HeaderCheck,
+        expected: Digest,
+        zstd_level: int | None,
+        *,
+        store_checks: bool = False,
     ) -> None:
+        """`store_checks`: the store is told `expected` and refuses other bytes before the
+        object can be seen, so the bytes need not be hashed here as well (uncompressed only:
+        compressed, what is sent is not what was hashed)."""
         self.identity: list[Fingerprint] = []
         self._chunks: Generator[bytes, None, None] = read_chunks(log, check, identity=self.identity)
         self._log = log
         self._expected = expected
-        self._hasher = Crc32c()
+        self._hasher: Crc32c | None = None if store_checks else Crc32c()
         self._compressor = (
             zstandard.ZstdCompressor(level=zstd_level, write_checksum=True).compressobj(
                 size=log.size
@@ -107,14 +118,15 @@ class _Stream:
         while True:
             chunk = next(self._chunks, None)
             if chunk is None:
-                if self._hasher.digest() != self._expected:
+                if self._hasher is not None and self._hasher.digest() != self._expected:
                     raise LogNotReady(f"{self._log.path} changed between hashing and uploading")
                 if self._compressor is None:
                     return None
                 tail: bytes = self._compressor.flush()
                 self._compressor = None
                 return tail or None
-            self._hasher.update(chunk)
+            if self._hasher is not None:
+                self._hasher.update(chunk)
             if self._compressor is None:
                 return chunk
             out: bytes = self._compressor.compress(chunk)
@@ -132,8 +144,10 @@ class _Stream:
         return piece
 
     def sent(self) -> Digest:
-        """The digest of every byte handed out so far."""
-        return (self._sent or self._hasher).digest()
+        """The digest of what was handed out (once all of it was)."""
+        if self._sent is not None:
+            return self._sent.digest()
+        return self._expected if self._hasher is None else self._hasher.digest()
 
     def close(self) -> None:
         # Close the file now, not when the generator is collected, even if the store gave up
@@ -159,9 +173,13 @@ async def store_log(
         _settle(key, existing, local)
         return Stored(existing, local, _compression_of(existing), True, identity)
     metadata = object_metadata(log, local, compression)
-    stream = _Stream(log, check, local, zstd_level if compression == "zstd" else None)
+    level = zstd_level if compression == "zstd" else None
+    # Uncompressed, the object is the log: the store is told pass one's digest and refuses
+    # other bytes, which spares hashing pass two here as well as in the store.
+    expect = local if level is None else None
+    stream = _Stream(log, check, local, level, store_checks=expect is not None)
     try:
-        returned = await store.put_stream(key, stream, metadata)
+        returned = await store.put_stream(key, stream, metadata, expect=expect)
     except ObjectConflict:
         # Someone stored this key between our head and our write: judge it like a re-push.
         raced = await store.head(key)

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import IO, Protocol
 
 from services.blobstore._checksum import FILE_CHUNK, Crc32c, Digest
-from services.blobstore.errors import ObjectConflict, RetryableBlobError
+from services.blobstore.errors import IntegrityError, ObjectConflict, RetryableBlobError
 from services.blobstore.model import ObjectInfo, ObjectReader, Readable, Source
 
 #: Default size of the chunks a reader yields (drivers may prefer larger ones).
@@ -50,6 +50,16 @@ async def drain(chunks: AsyncIterator[bytes]) -> Digest:
     async for chunk in chunks:
         hasher.update(chunk)
     return hasher.digest()
+
+
+def check_expected(key: str, got: Digest, expect: Digest | None) -> None:
+    """Refuse bytes that are not the ones the caller announced (before anything is visible)."""
+    if expect is not None and got != expect:
+        raise IntegrityError(
+            f"{key}: the stream hashed to crc32c={got.crc32c} size={got.size}, not the "
+            f"crc32c={expect.crc32c} size={expect.size} announced; nothing was stored",
+            key=key,
+        )
 
 
 def settle(key: str, existing: ObjectInfo | None, local: Digest) -> ObjectInfo:
@@ -118,7 +128,12 @@ class StoreBase:
     read_chunk_size = READ_CHUNK
 
     async def put_stream(
-        self, key: str, source: Source, metadata: Mapping[str, str] | None = None
+        self,
+        key: str,
+        source: Source,
+        metadata: Mapping[str, str] | None = None,
+        *,
+        expect: Digest | None = None,
     ) -> ObjectInfo:
         raise NotImplementedError
 

@@ -41,6 +41,7 @@ from typing import IO, Any
 from services.blobstore._checksum import FILE_CHUNK, Crc32c, Digest
 from services.blobstore._common import (
     StoreBase,
+    check_expected,
     drain,
     flush_and_sync,
     fsync_dir,
@@ -81,17 +82,22 @@ class FilesystemStore(StoreBase):
     # -- writes -------------------------------------------------------------------------------
 
     async def put_stream(
-        self, key: str, source: Source, metadata: Mapping[str, str] | None = None
+        self,
+        key: str,
+        source: Source,
+        metadata: Mapping[str, str] | None = None,
+        *,
+        expect: Digest | None = None,
     ) -> ObjectInfo:
         path = self._path(key)
         chunks = iter_source(source)
         existing = await self.head(key)
         if existing is not None:
-            return settle(key, existing, await drain(chunks))
+            return settle(key, existing, expect or await drain(chunks))
         if isinstance(source, Readable):
             # Reading it blocks anyway: copy it in one worker-thread step, not one per chunk.
             return await asyncio.to_thread(
-                self._put_readable, key, path, source, dict(metadata or {})
+                self._put_readable, key, path, source, dict(metadata or {}), expect
             )
         await asyncio.to_thread(self._ensure_dir, path.parent, key)
         tmp = path.with_name(f".tmp-{secrets.token_hex(8)}")
@@ -102,6 +108,7 @@ class FilesystemStore(StoreBase):
                 async for chunk in chunks:
                     await asyncio.to_thread(_write_hashed, out, hasher, chunk)
                 await asyncio.to_thread(flush_and_sync, out)
+            check_expected(key, hasher.digest(), expect)
             return await asyncio.to_thread(
                 self._publish, key, path, tmp, hasher.digest(), dict(metadata or {})
             )
@@ -110,7 +117,12 @@ class FilesystemStore(StoreBase):
                 os.unlink(tmp)
 
     def _put_readable(
-        self, key: str, path: Path, source: Readable, metadata: dict[str, str]
+        self,
+        key: str,
+        path: Path,
+        source: Readable,
+        metadata: dict[str, str],
+        expect: Digest | None,
     ) -> ObjectInfo:
         """`put_stream` from a blocking file-like, start to publish (blocking)."""
         self._ensure_dir(path.parent, key)
@@ -122,6 +134,7 @@ class FilesystemStore(StoreBase):
                 while chunk := source.read(FILE_CHUNK):
                     _write_hashed(out, hasher, bytes(chunk))
                 flush_and_sync(out)
+            check_expected(key, hasher.digest(), expect)
             return self._publish(key, path, tmp, hasher.digest(), metadata)
         finally:
             with contextlib.suppress(FileNotFoundError):

@@ -37,7 +37,7 @@ from google.cloud.storage import exceptions as storage_exceptions
 from google.cloud.storage.fileio import BlobReader, BlobWriter
 
 from services.blobstore._checksum import FILE_CHUNK, Crc32c, Digest, digest_file
-from services.blobstore._common import StoreBase, drain, iter_source, settle
+from services.blobstore._common import StoreBase, check_expected, drain, iter_source, settle
 from services.blobstore._gcs_errors import (
     RetrySettings,
     classify,
@@ -193,13 +193,18 @@ class GcsStore(StoreBase):
         return await self._verified(self._info(blob), local)
 
     async def put_stream(
-        self, key: str, source: Source, metadata: Mapping[str, str] | None = None
+        self,
+        key: str,
+        source: Source,
+        metadata: Mapping[str, str] | None = None,
+        *,
+        expect: Digest | None = None,
     ) -> ObjectInfo:
         name = self._name(key)
         chunks = iter_source(source)
         existing = await self.head(key)
         if existing is not None:
-            return settle(key, existing, await drain(chunks))
+            return settle(key, existing, expect or await drain(chunks))
         blob = self._bucket.blob(name)
         blob.metadata = dict(metadata or {})
         writer = _CreateOnlyWriter(
@@ -211,7 +216,10 @@ class GcsStore(StoreBase):
             checksum="crc32c",
             timeout=self._timeout,
         )
-        hasher = Crc32c()
+        # An object announced whole (`expect`) and sent in one request needs no hashing here:
+        # GCS itself checks the crc32c declared with it.
+        whole = expect is not None and _MULTIPART_MAX < expect.size <= self.chunk_size
+        hasher = None if whole else Crc32c()
         batches = _batches(source, chunks, self.chunk_size, hasher)
         pending: list[bytes] = []
         held = 0
@@ -221,6 +229,8 @@ class GcsStore(StoreBase):
                 pending += batch
                 held += sum(len(part) for part in batch)
                 if held >= self.chunk_size:
+                    if hasher is None:  # announced whole, yet longer than one chunk
+                        raise _not_announced(key, held, expect)
                     # Coalesce small chunks: one thread hop and one request per upload chunk
                     # (the writer buffers them; no copy of our own).
                     parts, pending, held = pending, [], 0
@@ -231,15 +241,28 @@ class GcsStore(StoreBase):
                 # known, in one final request after the session's start, from one buffer
                 # (the writer would copy it piecewise into its own, then out again).
                 writer.abandoned = True  # never started: nothing to abandon but the object
+                if hasher is None:
+                    assert expect is not None
+                    if held != expect.size:
+                        raise _not_announced(key, held, expect)
+                    local = expect  # GCS checks the crc32c: it is declared with the upload
+                else:
+                    local = hasher.digest()
+                    check_expected(key, local, expect)
                 parts = pending
                 return await self._create_known(
                     key,
                     metadata,
-                    hasher.digest(),
+                    local,
                     lambda blob, **kw: blob.upload_from_file(
                         io.BytesIO(b"".join(parts)), size=held, **kw
                     ),
                 )
+            if hasher is None:  # announced whole, yet too short to be sent in one request
+                raise _not_announced(key, held, expect)
+            # Every byte is hashed before it is handed to the writer: other bytes than the
+            # announced ones are refused before the final request.
+            check_expected(key, hasher.digest(), expect)
             await asyncio.to_thread(writer.finish, pending)
         except Exception as exc:
             # Not BlobWriter.terminate(): it DELETEs the initiation URL, not the session URI,
@@ -250,7 +273,9 @@ class GcsStore(StoreBase):
                 # failing chunk was already hashed), then judge by crc32c like any re-push.
                 async for _ in batches:
                     pass
-                return settle(key, await self.head(key), hasher.digest())
+                digest = hasher.digest() if hasher is not None else expect
+                assert digest is not None
+                return settle(key, await self.head(key), digest)
             if isinstance(exc, storage_exceptions.DataCorruption):
                 await self._delete_corrupt(key, _generation_in(exc))
                 raise IntegrityError(f"{key}: upload corrupted in flight: {exc}", key=key) from exc
@@ -387,22 +412,32 @@ class _CreateOnlyWriter(BlobWriter):  # type: ignore[misc]  # google-cloud-stora
         super().close()
 
 
+def _not_announced(key: str, size: int, expect: Digest | None) -> IntegrityError:
+    assert expect is not None
+    return IntegrityError(
+        f"{key}: the stream is {size}+ bytes, not the {expect.size} announced; nothing was stored",
+        key=key,
+    )
+
+
 async def _batches(
-    source: Source, chunks: AsyncIterator[bytes], size: int, hasher: Crc32c
+    source: Source, chunks: AsyncIterator[bytes], size: int, hasher: Crc32c | None
 ) -> AsyncIterator[list[bytes]]:
-    """The stream as lists of hashed pieces: a blocking file-like is read (and hashed) in a
-    worker thread `size` bytes at a time, one thread hop per upload chunk, not one per piece."""
+    """The stream as lists of pieces (hashed into `hasher`, if any): a blocking file-like is
+    read in a worker thread `size` bytes at a time, one thread hop per upload chunk, not one
+    per piece."""
     if isinstance(source, Readable):
         while batch := await asyncio.to_thread(_read_batch, source, size, hasher):
             yield batch
         return
     async for chunk in chunks:
-        hasher.update(chunk)
+        if hasher is not None:
+            hasher.update(chunk)
         yield [chunk]
 
 
-def _read_batch(source: Readable, size: int, hasher: Crc32c) -> list[bytes]:
-    """Pieces of `source` totalling at least `size` bytes (fewer only at its end), hashed."""
+def _read_batch(source: Readable, size: int, hasher: Crc32c | None) -> list[bytes]:
+    """Pieces of `source` totalling at least `size` bytes (fewer only at its end)."""
     parts: list[bytes] = []
     held = 0
     while held < size:
@@ -410,7 +445,8 @@ def _read_batch(source: Readable, size: int, hasher: Crc32c) -> list[bytes]:
         if not piece:
             break
         piece = bytes(piece)
-        hasher.update(piece)
+        if hasher is not None:
+            hasher.update(piece)
         parts.append(piece)
         held += len(piece)
     return parts

@@ -17,8 +17,8 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from services.blobstore._checksum import Crc32c
-from services.blobstore._common import StoreBase, drain, iter_source, settle
+from services.blobstore._checksum import Crc32c, Digest
+from services.blobstore._common import StoreBase, check_expected, drain, iter_source, settle
 from services.blobstore._keys import validate_key, validate_prefix
 from services.blobstore.errors import ObjectNotFound
 from services.blobstore.model import ObjectInfo, ObjectReader, Source
@@ -68,18 +68,24 @@ class MemoryStore(StoreBase):
     # -- BlobStore ----------------------------------------------------------------------------
 
     async def put_stream(
-        self, key: str, source: Source, metadata: Mapping[str, str] | None = None
+        self,
+        key: str,
+        source: Source,
+        metadata: Mapping[str, str] | None = None,
+        *,
+        expect: Digest | None = None,
     ) -> ObjectInfo:
         validate_key(key)
         chunks = iter_source(source)
         existing = await self.head(key)
         if existing is not None:
-            return settle(key, existing, await drain(chunks))
+            return settle(key, existing, expect or await drain(chunks))
         hasher = Crc32c()
         parts: list[bytes] = []
         async for chunk in chunks:
             hasher.update(chunk)
             parts.append(chunk)
+        check_expected(key, hasher.digest(), expect)
         try:
             # Another writer may have created the key while the stream was being read.
             return self._create(key, b"".join(parts), metadata or {}, if_generation_match=0)

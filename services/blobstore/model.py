@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol, runtime_checkable
 
-from services.blobstore._checksum import Crc32c
+from services.blobstore._checksum import Crc32c, Digest
 from services.blobstore.errors import IntegrityError
 
 
@@ -125,9 +125,19 @@ class BlobStore(Protocol):
         ...
 
     async def put_stream(
-        self, key: str, source: Source, metadata: Mapping[str, str] | None = None
+        self,
+        key: str,
+        source: Source,
+        metadata: Mapping[str, str] | None = None,
+        *,
+        expect: Digest | None = None,
     ) -> ObjectInfo:
-        """Create `key` from a stream of unknown length without staging it whole (create-only)."""
+        """Create `key` from a stream of unknown length without staging it whole (create-only).
+
+        `expect`: the crc32c and size the bytes must have (a caller that hashed its source
+        beforehand). Other bytes are refused before the object can be seen — `IntegrityError`,
+        nothing created — so the caller need not hash the stream a second time to be sure.
+        """
         ...
 
     async def get_to_file(self, key: str, path: str | os.PathLike[str]) -> ObjectInfo:

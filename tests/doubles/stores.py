@@ -11,7 +11,14 @@ from collections import Counter
 from collections.abc import AsyncIterator, Mapping
 from contextlib import AbstractAsyncContextManager
 
-from services.blobstore import BlobStore, ObjectInfo, ObjectReader, RetryableBlobError, Source
+from services.blobstore import (
+    BlobStore,
+    Digest,
+    ObjectInfo,
+    ObjectReader,
+    RetryableBlobError,
+    Source,
+)
 
 
 class FlakyStore:
@@ -39,10 +46,15 @@ class FlakyStore:
         return await self.inner.put_file(key, path, metadata)
 
     async def put_stream(
-        self, key: str, source: Source, metadata: Mapping[str, str] | None = None
+        self,
+        key: str,
+        source: Source,
+        metadata: Mapping[str, str] | None = None,
+        *,
+        expect: Digest | None = None,
     ) -> ObjectInfo:
         self._maybe_fail(key)
-        return await self.inner.put_stream(key, source, metadata)
+        return await self.inner.put_stream(key, source, metadata, expect=expect)
 
     async def get_to_file(self, key: str, path: str | os.PathLike[str]) -> ObjectInfo:
         return await self.inner.get_to_file(key, path)

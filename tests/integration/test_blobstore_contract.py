@@ -15,6 +15,7 @@ import asyncio
 import gc
 import io
 import os
+import zlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -22,6 +23,7 @@ import pytest
 
 from services.blobstore import (
     BlobStore,
+    Digest,
     FilesystemStore,
     GcsStore,
     IntegrityError,
@@ -33,6 +35,7 @@ from services.blobstore import (
     crc32c_of_bytes,
     open_store,
 )
+from services.blobstore.filesystem import LOCK_STRIPES
 from tests.fixtures.gcs import TEST_CHUNK_SIZE
 
 pytestmark = pytest.mark.integration
@@ -231,6 +234,46 @@ async def test_failing_source_leaves_nothing(store: BlobStore) -> None:
     assert await keys(store) == []
     if isinstance(store, FilesystemStore):
         assert os.listdir(store.root / "partial") == []  # the temp file is gone
+
+
+@pytest.mark.parametrize("form", ["bytes", "file-like", "async"])
+async def test_an_announced_digest_is_enforced_before_anything_is_visible(
+    store: BlobStore, form: str
+) -> None:
+    data = os.urandom(3 * TEST_CHUNK_SIZE + 17)  # past the first upload chunk on GCS
+    right = Digest(crc32c=crc32c_of_bytes(data), size=len(data))
+
+    def source() -> Source:
+        if form == "bytes":
+            return data
+        if form == "file-like":
+            return io.BytesIO(data)
+
+        async def pieces() -> AsyncIterator[bytes]:
+            for start in range(0, len(data), 500_000):
+                yield data[start : start + 500_000]
+
+        return pieces()
+
+    for wrong in (
+        Digest(crc32c=crc32c_of_bytes(data[:-1] + b"?"), size=len(data)),  # a byte changed
+        Digest(crc32c=right.crc32c, size=len(data) + 1),  # the file grew
+    ):
+        with pytest.raises(IntegrityError):
+            await store.put_stream("logs/seg", source(), expect=wrong)
+        gc.collect()  # nor may an abandoned upload be finalised later
+        assert await store.head("logs/seg") is None
+    info = await store.put_stream("logs/seg", source(), expect=right)
+    assert (info.crc32c, info.size) == (right.crc32c, right.size)
+    assert await store.get_bytes("logs/seg") == data
+    # An existing key is judged by the announced digest (the source is not read again).
+    assert await store.put_stream("logs/seg", source(), expect=right) == info
+    with pytest.raises(ObjectConflict):
+        await store.put_stream("logs/seg", source(), expect=Digest(crc32c="AAAAAA==", size=3))
+    if isinstance(store, FilesystemStore):
+        assert sorted(os.listdir(store.root / "logs")) == sorted(
+            [".seg.meta.json", f".lock-{zlib.crc32(b'seg') % LOCK_STRIPES:02d}", "seg"]
+        ), "no temporary file left"
 
 
 BAD_KEYS = [

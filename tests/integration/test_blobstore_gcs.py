@@ -3,6 +3,7 @@ when GCS stores or rejects other bytes, on the scripted transport (it needs a lo
 
 from __future__ import annotations
 
+import io
 import os
 from pathlib import Path
 from typing import Any
@@ -11,7 +12,7 @@ import pytest
 import requests
 from requests.adapters import HTTPAdapter
 
-from services.blobstore import GcsStore, IntegrityError, RetrySettings, crc32c_of_bytes
+from services.blobstore import Digest, GcsStore, IntegrityError, RetrySettings, crc32c_of_bytes
 from tests.fixtures.gcs import TEST_CHUNK_SIZE, GcsEmulator, error, resource, scripted_store
 
 pytestmark = pytest.mark.integration
@@ -55,6 +56,34 @@ async def test_large_objects_upload_in_resumable_chunks(
             chunk_puts = [c for c in adapter.calls if c[0] == "PUT" and c[1].startswith("/upload")]
             assert len(chunk_puts) == 10, (key, adapter.calls)
             assert info.crc32c == crc32c_of_bytes(data)
+    finally:
+        await store.close()
+
+
+@pytest.mark.parametrize("announced", [True, False])
+async def test_a_segment_in_memory_or_streamed_goes_in_one_final_request(
+    gcs_emulator: GcsEmulator, gcs_bucket: str, announced: bool
+) -> None:
+    """A 16 MiB object with the default chunk size: the session, then one request carrying the
+    whole object (not a full chunk followed by an empty one to finalise it)."""
+    adapter = CountingAdapter()
+    session = requests.Session()
+    session.mount("http://", adapter)
+    store = GcsStore(gcs_bucket, endpoint=gcs_emulator.endpoint, http=session)
+    data = os.urandom(16 << 20)
+    digest = Digest(crc32c=crc32c_of_bytes(data), size=len(data))
+    try:
+        info = await store.put_stream(
+            "segment", io.BytesIO(data), {"k": "v"}, expect=digest if announced else None
+        )
+        assert (info.crc32c, info.size, info.metadata) == (digest.crc32c, digest.size, {"k": "v"})
+        uploads = [c for c in adapter.calls if c[1].startswith("/upload")]
+        assert [method for method, _ in uploads] == ["POST", "PUT"], adapter.calls
+        # Announced, other bytes are refused by GCS itself: it checks the declared crc32c.
+        other = data[:-1] + bytes([data[-1] ^ 1])
+        with pytest.raises(IntegrityError):
+            await store.put_stream("other", io.BytesIO(other), expect=digest)
+        assert await store.head("other") is None
     finally:
         await store.close()
 

@@ -22,6 +22,7 @@ from services.archiver.journal import LogState
 from services.archiver.pgspool import PostgresSpoolSource
 from services.blobstore import (
     BlobStore,
+    Digest,
     MemoryStore,
     ObjectInfo,
     ObjectReader,
@@ -240,12 +241,17 @@ class GatedStore:
         self.waiting = False
 
     async def put_stream(
-        self, key: str, source: Source, metadata: Mapping[str, str] | None = None
+        self,
+        key: str,
+        source: Source,
+        metadata: Mapping[str, str] | None = None,
+        *,
+        expect: Digest | None = None,
     ) -> ObjectInfo:
         if "/logs/" in key:
             self.waiting = True
             await self.open.wait()
-        return await self.inner.put_stream(key, source, metadata)
+        return await self.inner.put_stream(key, source, metadata, expect=expect)
 
     async def put_file(
         self, key: str, path: str | os.PathLike[str], metadata: Mapping[str, str] | None = None
