@@ -106,6 +106,10 @@ class Verdict:
     nearest_after: int | None = None
 
 
+_Contribution = tuple[int, int, BaseEntry, int | None]
+"""What one base gives a lineage: targets in (lower, E], and the thread whose chain ends at E."""
+
+
 @dataclass
 class _Thread:
     cover: IntervalSet = field(default_factory=IntervalSet)
@@ -125,17 +129,24 @@ class History:
         # Every first and next time of each lineage's logs, sorted: its span is the two ends.
         # A min/max pair could not be kept when the oldest log is deleted without a rescan.
         self._times: dict[str, list[datetime]] = {}
+        # Each lineage's windows and what every base contributes to them, as of the last
+        # change: asked for by every query and after every ingested batch, and with hundreds of
+        # bases worth remembering. Any change forgets them all.
+        self._answers: dict[str, tuple[list[_Contribution], list[Window]]] = {}
 
     # -- updates --------------------------------------------------------------------------------
 
     def add_lineage(self, entry: LineageEntry) -> None:
+        self._answers.clear()
         self.lineages[entry.key] = entry
 
     def add_base(self, base: BaseEntry) -> None:
+        self._answers.clear()
         self.lineages.setdefault(base.lineage, LineageEntry(base.lineage))
         self.bases[base.backup_id] = base
 
     def remove_base(self, backup_id: str) -> bool:
+        self._answers.clear()
         return self.bases.pop(backup_id, None) is not None
 
     def add_log(self, log: LogEntry) -> bool:
@@ -150,6 +161,7 @@ class History:
                     f"[{known.first}, {known.next}), not [{log.first}, {log.next})"
                 )
             return False
+        self._answers.clear()
         thread.by_seq[log.sequence] = log
         thread.by_first[log.first] = log
         thread.by_next[log.next] = log
@@ -166,6 +178,7 @@ class History:
         log = thread.by_seq.pop(sequence, None) if thread else None
         if thread is None or log is None:
             return False
+        self._answers.clear()
         thread.by_first.pop(log.first, None)
         thread.by_next.pop(log.next, None)
         i = bisect_right(thread.firsts, log.first) - 1
@@ -268,22 +281,34 @@ class History:
             point = lower = branch
         return None
 
+    def contributions(self, lineage: str) -> list[_Contribution]:
+        """(lower, E, base, limiting thread) of every base that reaches `lineage`."""
+        return self._answer(lineage)[0]
+
     def windows(self, lineage: str) -> list[Window]:
         """The restorable windows of a lineage, oldest first."""
+        return list(self._answer(lineage)[1])
+
+    def _answer(self, lineage: str) -> tuple[list[_Contribution], list[Window]]:
+        if lineage not in self._answers:
+            contributions: list[_Contribution] = []
+            for base in self.bases.values():
+                found = self.base_window(base, lineage)
+                if found is not None:
+                    lower, end, limiting = found
+                    contributions.append((lower, end, base, limiting))
+            self._answers[lineage] = (contributions, self._union(lineage, contributions))
+        return self._answers[lineage]
+
+    def _union(self, lineage: str, contributions: list[_Contribution]) -> list[Window]:
         union = IntervalSet()
-        contributions: list[tuple[int, int, BaseEntry, int | None]] = []
-        for base in self.bases.values():
-            found = self.base_window(base, lineage)
-            if found is None:
-                continue
-            lower, end, limiting = found
+        for lower, end, _, _ in contributions:
             union.add(lower + 1, end + 1)  # (lower, end] as a half-open integer interval
-            contributions.append((lower, end, base, limiting))
         # Each contribution lies inside exactly one window of the union: find it by the window
         # starts (a bisection) instead of testing every contribution against every window.
         spans = union.intervals()
         starts = [start_plus - 1 for start_plus, _ in spans]
-        grouped: list[list[tuple[int, int, BaseEntry, int | None]]] = [[] for _ in spans]
+        grouped: list[list[_Contribution]] = [[] for _ in spans]
         for contribution in contributions:
             grouped[bisect_right(starts, contribution[0]) - 1].append(contribution)
         windows = []
@@ -304,7 +329,7 @@ class History:
         return windows
 
     def _start_time(
-        self, lineage: str, start: int, opening: list[tuple[int, int, BaseEntry, int | None]]
+        self, lineage: str, start: int, opening: list[_Contribution]
     ) -> datetime | None:
         own = [
             c[2].completed_at
@@ -320,9 +345,7 @@ class History:
                 return log.first_time
         return None
 
-    def _end_time(
-        self, lineage: str, end: int, closing: list[tuple[int, int, BaseEntry, int | None]]
-    ) -> datetime | None:
+    def _end_time(self, lineage: str, end: int, closing: list[_Contribution]) -> datetime | None:
         for _, _, _, limiting in closing:
             if limiting is None:
                 continue
@@ -395,11 +418,7 @@ class History:
     def best_base(self, lineage: str, target: int) -> str | None:
         """The base needing the least redo: the latest consistent point still before target."""
         best: BaseEntry | None = None
-        for base in self.bases.values():
-            found = self.base_window(base, lineage)
-            if found is None:
-                continue
-            lower, end, _ = found
+        for lower, end, base, _ in self.contributions(lineage):
             if lower < target <= end and (best is None or base.consistent > best.consistent):
                 best = base
         return best.backup_id if best else None

@@ -113,6 +113,7 @@ class DatabaseIndex:
     history: History = field(default_factory=History)
     objects: dict[tuple[str, int, int], LogObject] = field(default_factory=dict)
     backups: dict[str, BackupCompleted] = field(default_factory=dict)
+    backup_views: dict[str, BackupView] = field(default_factory=dict)
     lineage_files: set[str] = field(default_factory=set)
     last_archived_at: datetime | None = None
     current_lineage: str | None = None
@@ -235,6 +236,7 @@ class CatalogIndex:
     def remove_backup(self, database_uid: str, backup_id: str) -> bool:
         db = self.database(database_uid)
         db.backups.pop(backup_id, None)
+        db.backup_views.pop(backup_id, None)
         return db.history.remove_base(backup_id)
 
     # -- views ----------------------------------------------------------------------------------
@@ -258,6 +260,13 @@ class CatalogIndex:
         )
 
     def _backup_view(self, db: DatabaseIndex, backup_id: str) -> BackupView:
+        # Every window reply lists every backup: each view is built once, not per request.
+        view = db.backup_views.get(backup_id)
+        if view is None:
+            view = db.backup_views[backup_id] = self._new_backup_view(db, backup_id)
+        return view
+
+    def _new_backup_view(self, db: DatabaseIndex, backup_id: str) -> BackupView:
         b = db.backups[backup_id]
         return BackupView(
             backup_id=b.backup_id,

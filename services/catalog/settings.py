@@ -7,7 +7,7 @@
     prefix = "prod"                                           # default: the archiver's prefix
     http_host = "0.0.0.0"                                     # default: 127.0.0.1
     http_port = 8470                                          # timeline page + JSON API; 0: off
-    ingest_batch = 256                                        # events per store transaction
+    ingest_batch = 1024                                       # events per store transaction
 
 SQLite (WAL mode) is the embedded default; PostgreSQL is for a replicated catalog. The URL never
 carries a password: settings hold references to secrets, not secrets.
@@ -47,7 +47,7 @@ class CatalogSettings(BaseModel):
     )
 
     ingest_batch: int = Field(
-        default=256,
+        default=1024,
         ge=1,
         le=1024,
         description="events the catalog's consumer takes at once: one store transaction and one "

@@ -162,12 +162,23 @@ def test_incremental_windows_equal_the_reference(
         history.add_lineage(entry)
     arrivals = logs + rng.sample(logs, k=min(len(logs), 5))  # duplicates
     rng.shuffle(arrivals)  # out-of-order arrival
+
+    def ask_now_and_then() -> None:
+        # Answers are remembered until the next change: asking between changes must not
+        # leave a stale one behind.
+        if rng.random() < 0.2:
+            for lineage in lineages:
+                history.windows(lineage)
+
     for log in arrivals:
         history.add_log(log)
+        ask_now_and_then()
     for base in bases:
         history.add_base(base)
+        ask_now_and_then()
     for log in removed:
         assert history.remove_log(log.lineage, log.thread, log.sequence)
+        ask_now_and_then()
     kept = [log for log in logs if log not in removed]
 
     for lineage in lineages:
