@@ -99,13 +99,13 @@ class PostgresSpoolSource:
                 owner_system_id=None,
             )
         if self.status_dir is not None:
-            if not os.access(self.status_dir, os.R_OK | os.X_OK):
-                raise SpoolError(
-                    f"pg_wal_dir: cannot list {self.status_dir}; it must be the cluster's pg_wal, "
-                    "readable by the archiver (initdb --allow-group-access and the database "
-                    "user's group), or unset to archive through the spool alone"
-                )
-            self.spool.ensure_stored_dir()
+            # Read-ahead is an addition: a pg_wal we cannot use only means the spool alone.
+            self._waiting_in_pg_wal()
+            try:
+                self.spool.ensure_stored_dir()
+            except OSError as exc:
+                self._status_error = f"cannot create {self.spool.stored_dir}: {exc}"
+                log_warning(self, f"{self._status_error}; archiving through the spool alone")
 
     def bind_notify(self) -> socket.socket | None:
         return self.spool.bind_notify_socket()
@@ -162,10 +162,15 @@ class PostgresSpoolSource:
         try:
             entries = os.listdir(self.status_dir)
         except OSError as exc:
-            error = f"cannot list {self.status_dir}: {exc.strerror or exc}"
+            error = (
+                f"pg_wal_dir: cannot list {self.status_dir} ({exc.strerror or exc}); it must be "
+                "the cluster's pg_wal, readable by the archiver (initdb --allow-group-access and "
+                "the database user's group)"
+            )
             if error != self._status_error:
                 _log.warning("%s: %s; archiving through the spool alone", self.database.uid, error)
             self._status_error = error
+            self.offer_readahead(False)  # walpush must not wait for what cannot come
             return set()
         self._status_error = None
         names = (e[: -len(_READY)] for e in entries if e.endswith(_READY))
@@ -301,7 +306,7 @@ class PostgresSpoolSource:
     def offer_readahead(self, healthy: bool) -> None:
         if self._lock is None:
             return
-        if not healthy:
+        if not healthy or self._status_error is not None:  # a pg_wal we cannot read: no offer
             self._lock.release()
         elif not self._lock.held:
             if self._lock.acquire():

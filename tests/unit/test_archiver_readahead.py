@@ -280,3 +280,16 @@ class GatedStore:
 
     async def close(self) -> None:
         await self.inner.close()
+
+
+async def test_a_pg_wal_it_cannot_read_leaves_archiving_to_the_spool(tmp_path: Path) -> None:
+    rig = AheadRig(tmp_path)
+    rig.database = rig.database.model_copy(update={"pg_wal_dir": tmp_path / "not-pg_wal"})
+    rig.sources = [PostgresSpoolSource(rig.database)]
+    name = segment_name(1, 10)
+    write_ready(rig.spool.ready_dir, name, segment_bytes(1, 10))
+    await rig.start()
+    await rig.until(lambda: len(rig.sink.archived) == 1)
+    assert not rig.lock_held(), "walpush must not wait for markers that cannot come"
+    await rig.stop()
+    assert [e.file_name for e in rig.sink.archived] == [name]
