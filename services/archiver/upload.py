@@ -1,16 +1,20 @@
 """Store one log: hash it, upload it (optionally zstd-compressed), verify what the store holds.
 
-Two passes over the file, on purpose. The first hashes and validates it, so the object's
-metadata can carry the log's own size and crc32c, which must be known before the upload starts
-(GCS sends metadata first). The second streams it to the store, and the bytes must be pass
-one's: uncompressed, the store is told pass one's digest (`put_stream(expect=)`) and refuses
-other bytes before the object can be seen (GCS checks the crc32c declared with the upload);
-compressed, the stream hashes the log again and fails before its end if it differs. Either way
-the store never finalises an object holding bytes of no log. Reading a 16 MiB segment twice
-costs two page-cache copies through one reused 1 MiB buffer; reading it once means holding it
-whole, and faulting in 16 MiB of fresh memory per segment costs more (measured: a quarter of a
-million page faults and half again the system time per GiB). Storing a torn log under a
-create-only key would cost the archive.
+The object's metadata carries the log's own size and crc32c. A store that writes metadata after
+the bytes (`late_metadata`: the filesystem) gets the file in one pass: it is hashed here as it is
+handed over and by the store as it is written, and the metadata is made from our digest once the
+last byte is in, before the object can be seen; the two digests must then agree (`verify`).
+
+GCS sends metadata first, so there the file is read twice, on purpose. The first pass hashes and
+validates it. The second streams it to the store, and the bytes must be pass one's: uncompressed,
+the store is told pass one's digest (`put_stream(expect=)`) and refuses other bytes before the
+object can be seen (GCS checks the crc32c declared with the upload); compressed, the stream
+hashes the log again and fails before its end if it differs. Either way the store never
+finalises an object holding bytes of no log. (Reading twice costs two page-cache copies through
+one reused 1 MiB buffer; holding a segment whole instead means faulting in 16 MiB of fresh
+memory per segment, which costs more: measured, a quarter of a million page faults and half
+again the system time per GiB.) Storing a torn log under a create-only key would cost the
+archive.
 
 Idempotency is judged by the log's own checksum, not the stored bytes': an object stored
 uncompressed before a restart with `compression = "zstd"` is still the same log. So:
@@ -25,12 +29,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
 
 import zstandard
 
-from services.archiver.errors import ChecksumConflict, LogNotReady
+from services.archiver.errors import ChecksumConflict, LogNotReady, LogUnreadable
 from services.archiver.keys import object_metadata
 from services.archiver.sources import Fingerprint, LoggedFile, read_chunks
 from services.blobstore import (
@@ -40,6 +45,7 @@ from services.blobstore import (
     IntegrityError,
     ObjectConflict,
     ObjectInfo,
+    RetryableBlobError,
 )
 
 HeaderCheck = Callable[[LoggedFile, bytes], None]
@@ -82,7 +88,8 @@ def _settle(key: str, existing: ObjectInfo, local: Digest) -> None:
 
 
 class _Stream:
-    """Pass two: the bytes to upload, failing before the end if the file is not pass one's.
+    """The bytes to upload (compressed or not), read and checked as they go: pass two, failing
+    before the end if the file is not pass one's (`expected`), or the only pass.
 
     A blocking file-like (`read`), so a store may copy it in a worker thread in one go."""
 
@@ -90,14 +97,15 @@ class _Stream:
         self,
         log: LoggedFile,
         check: HeaderCheck,
-        expected: Digest,
+        expected: Digest | None,
         zstd_level: int | None,
         *,
         store_checks: bool = False,
     ) -> None:
-        """`store_checks`: the store is told `expected` and refuses other bytes before the
-        object can be seen, so the bytes need not be hashed here as well (uncompressed only:
-        compressed, what is sent is not what was hashed)."""
+        """`expected`: pass one's digest (None: this is the only pass; `log_digest` is the log's
+        once the stream is read to its end). `store_checks`: the store is told `expected` and
+        refuses other bytes before the object can be seen, so the bytes need not be hashed here
+        as well (uncompressed only: compressed, what is sent is not what was hashed)."""
         self.identity: list[Fingerprint] = []
         self._chunks: Generator[bytes, None, None] = read_chunks(log, check, identity=self.identity)
         self._log = log
@@ -118,7 +126,11 @@ class _Stream:
         while True:
             chunk = next(self._chunks, None)
             if chunk is None:
-                if self._hasher is not None and self._hasher.digest() != self._expected:
+                if (
+                    self._hasher is not None
+                    and self._expected is not None
+                    and self._hasher.digest() != self._expected
+                ):
                     raise LogNotReady(f"{self._log.path} changed between hashing and uploading")
                 if self._compressor is None:
                     return None
@@ -147,7 +159,14 @@ class _Stream:
         """The digest of what was handed out (once all of it was)."""
         if self._sent is not None:
             return self._sent.digest()
-        return self._expected if self._hasher is None else self._hasher.digest()
+        return self.log_digest()
+
+    def log_digest(self) -> Digest:
+        """The log's digest: pass one's, or this pass's (once it is read to its end)."""
+        if self._hasher is None:
+            assert self._expected is not None
+            return self._expected
+        return self._hasher.digest()
 
     def close(self) -> None:
         # Close the file now, not when the generator is collected, even if the store gave up
@@ -167,6 +186,8 @@ async def store_log(
     zstd_level: int = 3,
 ) -> Stored:
     """Put `log` under `key` create-only and verify it; see the module docstring."""
+    if store.late_metadata:
+        return await _store_in_one_pass(store, key, log, check, compression, zstd_level)
     local, identity = await asyncio.to_thread(digest_log, log, check)
     existing = await store.head(key)
     if existing is not None:
@@ -181,17 +202,64 @@ async def store_log(
     try:
         returned = await store.put_stream(key, stream, metadata, expect=expect)
     except ObjectConflict:
-        # Someone stored this key between our head and our write: judge it like a re-push.
-        raced = await store.head(key)
-        if raced is None:
-            raise
-        _settle(key, raced, local)
-        return Stored(raced, local, _compression_of(raced), True, identity)
+        return await _raced(store, key, local, identity)
     finally:
         stream.close()
     held = verify(key, returned, stream.sent(), local)
     # The bytes sent came from the file as pass two found it (hashing to pass one's digest).
     return Stored(held, local, compression, False, stream.identity[0])
+
+
+async def _store_in_one_pass(
+    store: BlobStore,
+    key: str,
+    log: LoggedFile,
+    check: HeaderCheck,
+    compression: str,
+    zstd_level: int,
+) -> Stored:
+    """For a store that writes metadata after the bytes (`late_metadata`): the file is read
+    once, hashed here as it is handed over (and by the store as it is written); the metadata is
+    made from this digest once the last byte is in, before the object can be seen."""
+    await asyncio.to_thread(_still_there, log)  # a vanished file is news, store or no store
+    existing = await store.head(key)
+    if existing is not None:
+        local, identity = await asyncio.to_thread(digest_log, log, check)
+        _settle(key, existing, local)
+        return Stored(existing, local, _compression_of(existing), True, identity)
+    stream = _Stream(log, check, None, zstd_level if compression == "zstd" else None)
+
+    def describe(_stored: Digest) -> dict[str, str]:
+        return object_metadata(log, stream.log_digest(), compression)
+
+    try:
+        returned = await store.put_stream(key, stream, describe)
+    except ObjectConflict:
+        local, identity = await asyncio.to_thread(digest_log, log, check)
+        return await _raced(store, key, local, identity)
+    finally:
+        stream.close()
+    local = stream.log_digest()
+    held = verify(key, returned, stream.sent(), local)
+    return Stored(held, local, compression, False, stream.identity[0])
+
+
+def _still_there(log: LoggedFile) -> None:
+    try:
+        os.stat(log.path)
+    except FileNotFoundError:
+        raise LogUnreadable(f"{log.path} is gone: removed before it was stored") from None
+    except OSError as exc:
+        raise LogUnreadable(f"cannot stat {log.path}: {exc.strerror or exc}") from None
+
+
+async def _raced(store: BlobStore, key: str, local: Digest, identity: Fingerprint) -> Stored:
+    """Someone stored `key` between our head and our write: judge it like a re-push."""
+    raced = await store.head(key)
+    if raced is None:
+        raise RetryableBlobError(f"{key}: refused as taken, yet absent now; retry", key=key)
+    _settle(key, raced, local)
+    return Stored(raced, local, _compression_of(raced), True, identity)
 
 
 def _compression_of(info: ObjectInfo) -> str:

@@ -28,7 +28,14 @@ from services.blobstore.factory import open_store
 from services.blobstore.filesystem import FilesystemStore
 from services.blobstore.gcs import GcsStore
 from services.blobstore.memory import MemoryStore
-from services.blobstore.model import BlobStore, ObjectInfo, ObjectReader, Readable, Source
+from services.blobstore.model import (
+    BlobStore,
+    Metadata,
+    ObjectInfo,
+    ObjectReader,
+    Readable,
+    Source,
+)
 
 __all__ = [
     "BlobStore",
@@ -40,6 +47,7 @@ __all__ = [
     "IntegrityError",
     "InvalidKey",
     "MemoryStore",
+    "Metadata",
     "ObjectConflict",
     "ObjectInfo",
     "ObjectNotFound",

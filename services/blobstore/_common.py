@@ -13,7 +13,7 @@ from typing import IO, Protocol
 
 from services.blobstore._checksum import FILE_CHUNK, Crc32c, Digest
 from services.blobstore.errors import IntegrityError, ObjectConflict, RetryableBlobError
-from services.blobstore.model import ObjectInfo, ObjectReader, Readable, Source
+from services.blobstore.model import Metadata, ObjectInfo, ObjectReader, Readable, Source
 
 #: Default size of the chunks a reader yields (drivers may prefer larger ones).
 READ_CHUNK = 1024 * 1024
@@ -122,16 +122,24 @@ def fsync_dir(path: str | os.PathLike[str]) -> None:
         os.close(fd)
 
 
+def resolve_metadata(metadata: Metadata | None, digest: Digest) -> dict[str, str]:
+    """The metadata to store: `metadata` itself, or what it gives for `digest` (late)."""
+    if callable(metadata):
+        return dict(metadata(digest))
+    return dict(metadata or {})
+
+
 class StoreBase:
     """The operations every driver derives from `put_stream` and `open_read` the same way."""
 
     read_chunk_size = READ_CHUNK
+    late_metadata = False
 
     async def put_stream(
         self,
         key: str,
         source: Source,
-        metadata: Mapping[str, str] | None = None,
+        metadata: Metadata | None = None,
         *,
         expect: Digest | None = None,
     ) -> ObjectInfo:

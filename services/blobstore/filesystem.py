@@ -31,7 +31,7 @@ import secrets
 import stat
 import time
 import zlib
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from itertools import islice
@@ -46,11 +46,12 @@ from services.blobstore._common import (
     flush_and_sync,
     fsync_dir,
     iter_source,
+    resolve_metadata,
     settle,
 )
 from services.blobstore._keys import validate_key, validate_prefix
 from services.blobstore.errors import IntegrityError, ObjectNotFound, TerminalBlobError
-from services.blobstore.model import ObjectInfo, ObjectReader, Readable, Source
+from services.blobstore.model import Metadata, ObjectInfo, ObjectReader, Readable, Source
 
 _FILE_MODE = 0o640
 _DIR_MODE = 0o750
@@ -61,6 +62,9 @@ LOCK_STRIPES = 16
 
 class FilesystemStore(StoreBase):
     """Objects as files under `root` (created if missing)."""
+
+    #: The sidecar is written after the bytes: metadata may be a function of their digest.
+    late_metadata = True
 
     def __init__(self, root: str | os.PathLike[str]) -> None:
         self.root = Path(root).absolute()
@@ -85,7 +89,7 @@ class FilesystemStore(StoreBase):
         self,
         key: str,
         source: Source,
-        metadata: Mapping[str, str] | None = None,
+        metadata: Metadata | None = None,
         *,
         expect: Digest | None = None,
     ) -> ObjectInfo:
@@ -96,9 +100,7 @@ class FilesystemStore(StoreBase):
             return settle(key, existing, expect or await drain(chunks))
         if isinstance(source, Readable):
             # Reading it blocks anyway: copy it in one worker-thread step, not one per chunk.
-            return await asyncio.to_thread(
-                self._put_readable, key, path, source, dict(metadata or {}), expect
-            )
+            return await asyncio.to_thread(self._put_readable, key, path, source, metadata, expect)
         await asyncio.to_thread(self._ensure_dir, path.parent, key)
         tmp = path.with_name(f".tmp-{secrets.token_hex(8)}")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, _FILE_MODE)
@@ -109,9 +111,7 @@ class FilesystemStore(StoreBase):
                     await asyncio.to_thread(_write_hashed, out, hasher, chunk)
                 await asyncio.to_thread(flush_and_sync, out)
             check_expected(key, hasher.digest(), expect)
-            return await asyncio.to_thread(
-                self._publish, key, path, tmp, hasher.digest(), dict(metadata or {})
-            )
+            return await asyncio.to_thread(self._publish, key, path, tmp, hasher.digest(), metadata)
         finally:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
@@ -121,7 +121,7 @@ class FilesystemStore(StoreBase):
         key: str,
         path: Path,
         source: Readable,
-        metadata: dict[str, str],
+        metadata: Metadata | None,
         expect: Digest | None,
     ) -> ObjectInfo:
         """`put_stream` from a blocking file-like, start to publish (blocking)."""
@@ -161,13 +161,13 @@ class FilesystemStore(StoreBase):
             fsync_dir(new_dir.parent)
 
     def _publish(
-        self, key: str, path: Path, tmp: Path, local: Digest, metadata: dict[str, str]
+        self, key: str, path: Path, tmp: Path, local: Digest, metadata: Metadata | None
     ) -> ObjectInfo:
         info = ObjectInfo(
             key=key,
             size=local.size,
             crc32c=local.crc32c,
-            metadata=metadata,
+            metadata=resolve_metadata(metadata, local),
             generation=time.time_ns(),
             updated=datetime.now(UTC),
         )

@@ -46,7 +46,7 @@ from services.blobstore._gcs_errors import (
 )
 from services.blobstore._keys import validate_key, validate_prefix
 from services.blobstore.errors import IntegrityError, ObjectNotFound
-from services.blobstore.model import ObjectInfo, ObjectReader, Readable, Source
+from services.blobstore.model import Metadata, ObjectInfo, ObjectReader, Readable, Source
 
 log = logging.getLogger(__name__)
 
@@ -196,10 +196,12 @@ class GcsStore(StoreBase):
         self,
         key: str,
         source: Source,
-        metadata: Mapping[str, str] | None = None,
+        metadata: Metadata | None = None,
         *,
         expect: Digest | None = None,
     ) -> ObjectInfo:
+        if callable(metadata):
+            raise TypeError("GCS sends metadata before the bytes: it cannot be late")
         name = self._name(key)
         chunks = iter_source(source)
         existing = await self.head(key)

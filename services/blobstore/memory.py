@@ -18,10 +18,17 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from services.blobstore._checksum import Crc32c, Digest
-from services.blobstore._common import StoreBase, check_expected, drain, iter_source, settle
+from services.blobstore._common import (
+    StoreBase,
+    check_expected,
+    drain,
+    iter_source,
+    resolve_metadata,
+    settle,
+)
 from services.blobstore._keys import validate_key, validate_prefix
 from services.blobstore.errors import ObjectNotFound
-from services.blobstore.model import ObjectInfo, ObjectReader, Source
+from services.blobstore.model import Metadata, ObjectInfo, ObjectReader, Source
 
 
 class _PreconditionFailed(Exception):
@@ -36,6 +43,8 @@ class _Stored:
 
 class MemoryStore(StoreBase):
     """Objects in a dict; safe for concurrent coroutines on one event loop."""
+
+    late_metadata = True
 
     def __init__(self) -> None:
         self._objects: dict[str, _Stored] = {}
@@ -71,7 +80,7 @@ class MemoryStore(StoreBase):
         self,
         key: str,
         source: Source,
-        metadata: Mapping[str, str] | None = None,
+        metadata: Metadata | None = None,
         *,
         expect: Digest | None = None,
     ) -> ObjectInfo:
@@ -86,9 +95,10 @@ class MemoryStore(StoreBase):
             hasher.update(chunk)
             parts.append(chunk)
         check_expected(key, hasher.digest(), expect)
+        described = resolve_metadata(metadata, hasher.digest())
         try:
             # Another writer may have created the key while the stream was being read.
-            return self._create(key, b"".join(parts), metadata or {}, if_generation_match=0)
+            return self._create(key, b"".join(parts), described, if_generation_match=0)
         except _PreconditionFailed:
             return settle(key, await self.head(key), hasher.digest())
 

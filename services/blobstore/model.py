@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import AsyncIterable, AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Mapping
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -40,6 +40,10 @@ class Readable(Protocol):
 
     def read(self, size: int = -1, /) -> bytes: ...
 
+
+#: An object's metadata, or — for a store whose `late_metadata` is True — a function giving it
+#: from the digest of the bytes, called once they are all in, before the object is published.
+Metadata = Mapping[str, str] | Callable[[Digest], Mapping[str, str]]
 
 #: What `put_stream` accepts. File-likes are read in a worker thread; sync iterables are consumed on
 #: the event loop, so they must not block (prefer an async iterator for pipes and sockets).
@@ -124,11 +128,15 @@ class BlobStore(Protocol):
         """Create `key` from a local file (create-only, see the module docstring)."""
         ...
 
+    #: Whether `put_stream` takes its metadata as a function of the digest (the store writes
+    #: metadata after the bytes), so a caller need not read its source twice to describe it.
+    late_metadata: bool
+
     async def put_stream(
         self,
         key: str,
         source: Source,
-        metadata: Mapping[str, str] | None = None,
+        metadata: Metadata | None = None,
         *,
         expect: Digest | None = None,
     ) -> ObjectInfo:
@@ -137,6 +145,7 @@ class BlobStore(Protocol):
         `expect`: the crc32c and size the bytes must have (a caller that hashed its source
         beforehand). Other bytes are refused before the object can be seen — `IntegrityError`,
         nothing created — so the caller need not hash the stream a second time to be sure.
+        `metadata` may be a function of the bytes' digest only where `late_metadata` is True.
         """
         ...
 

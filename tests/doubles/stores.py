@@ -14,6 +14,7 @@ from contextlib import AbstractAsyncContextManager
 from services.blobstore import (
     BlobStore,
     Digest,
+    Metadata,
     ObjectInfo,
     ObjectReader,
     RetryableBlobError,
@@ -28,6 +29,10 @@ class FlakyStore:
         self.failures: Counter[str] = Counter()
         self.writes: Counter[str] = Counter()
         self.failed: Counter[str] = Counter()
+
+    @property
+    def late_metadata(self) -> bool:
+        return self.inner.late_metadata
 
     def fail(self, key: str, times: int) -> None:
         self.failures[key] += times
@@ -49,7 +54,7 @@ class FlakyStore:
         self,
         key: str,
         source: Source,
-        metadata: Mapping[str, str] | None = None,
+        metadata: Metadata | None = None,
         *,
         expect: Digest | None = None,
     ) -> ObjectInfo:

@@ -276,6 +276,30 @@ async def test_an_announced_digest_is_enforced_before_anything_is_visible(
         ), "no temporary file left"
 
 
+async def test_late_metadata_is_made_from_the_digest_before_the_object_is_seen(
+    store: BlobStore,
+) -> None:
+    data = os.urandom(2 * TEST_CHUNK_SIZE + 5)
+    digests: list[Digest] = []
+
+    def describe(digest: Digest) -> dict[str, str]:
+        digests.append(digest)
+        return {"crc32c": digest.crc32c, "size": str(digest.size)}
+
+    if not store.late_metadata:  # GCS sends metadata before the bytes
+        with pytest.raises(TypeError):
+            await store.put_stream("logs/late", data, describe)
+        assert await store.head("logs/late") is None
+        return
+    info = await store.put_stream("logs/late", io.BytesIO(data), describe)
+    assert digests == [Digest(crc32c=crc32c_of_bytes(data), size=len(data))]
+    expected = {"crc32c": crc32c_of_bytes(data), "size": str(len(data))}
+    assert info.metadata == expected
+    head = await store.head("logs/late")
+    assert head is not None
+    assert head.metadata == expected
+
+
 BAD_KEYS = [
     "",
     "../escape",

@@ -24,6 +24,7 @@ from services.blobstore import (
     BlobStore,
     Digest,
     MemoryStore,
+    Metadata,
     ObjectInfo,
     ObjectReader,
     Source,
@@ -240,11 +241,15 @@ class GatedStore:
         self.open = asyncio.Event()
         self.waiting = False
 
+    @property
+    def late_metadata(self) -> bool:
+        return self.inner.late_metadata
+
     async def put_stream(
         self,
         key: str,
         source: Source,
-        metadata: Mapping[str, str] | None = None,
+        metadata: Metadata | None = None,
         *,
         expect: Digest | None = None,
     ) -> ObjectInfo:
