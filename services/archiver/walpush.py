@@ -56,8 +56,8 @@ IDENTITY = ("st_dev", "st_ino", "st_size", "st_mtime_ns", "st_ctime_ns")
 #: opposed to "<file>", sent once a file is in ready/.
 WAITING = "?"
 #: Polling the marker while the archiver stores the file: first and longest pause, seconds.
-POLL_FIRST_S = 0.001
-POLL_MAX_S = 0.01
+POLL_FIRST_S = 0.0005
+POLL_MAX_S = 0.002
 
 USAGE = "usage: walpush --spool DIR PATH   (in archive_command: --spool DIR %p)"
 _HEX = frozenset("0123456789ABCDEF")
