@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: help venv test lint typecheck unit integration e2e demo up status schemas bench bench-archive clean
+.PHONY: help venv test lint typecheck unit integration e2e demo up status schemas bench bench-archive bench-catalog clean
 
 help:
 	@echo "make demo   - start the embedded stack (NATS, four services) and show it healthy"
@@ -12,6 +12,7 @@ help:
 	@echo "make schemas - regenerate schemas/json and schemas/asyncapi.json from the models"
 	@echo "make bench  - benchmarks (ratios against a baseline measured in the same run)"
 	@echo "make bench-archive - WAL archiving vs pgBackRest, barman-cloud and the limits (docs/benchmarks.md)"
+	@echo "make bench-catalog - catalog ingest, queries and rebuild over 1M logs (docs/benchmarks.md)"
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -57,6 +58,9 @@ bench: $(STAMP)
 
 bench-archive: $(STAMP)
 	$(BIN)/python -m bench archive
+
+bench-catalog: $(STAMP)
+	$(BIN)/python -m bench catalog
 
 clean:
 	rm -rf $(VENV) .state .pytest_cache .mypy_cache .ruff_cache

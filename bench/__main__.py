@@ -11,6 +11,7 @@ from collections.abc import Callable
 #: benchmark's dependencies never stop another from running.
 BENCHMARKS: dict[str, str] = {
     "archive": "bench.archive.run",
+    "catalog": "bench.catalog.run",
     "walpush-startup": "bench.walpush_startup",
 }
 

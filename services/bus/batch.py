@@ -14,7 +14,8 @@ settles each message by what the handler says of it. The ack policy is the bus's
 | the handler returned a `TerminalError` for it       | dead letter, term: that message alone   |
 | the handler returned any other exception for it     | nak(delay); dead letter on MaxDeliver   |
 | the handler raised                                  | every message of the batch as that      |
-|                                                     | exception: nak, redelivered             |
+|                                                     | exception: nak, one delay for all, so   |
+|                                                     | the batch is redelivered in order       |
 
 Nothing is acknowledged before the handler has returned, so nothing is acknowledged before it
 is durable. The acks of a batch go out together and one confirmation is awaited, the last
@@ -38,8 +39,8 @@ from nats.js.api import ConsumerConfig
 from opentelemetry import trace
 from opentelemetry.trace import Link, SpanKind, Status, StatusCode
 
-from services.bus.consumer import Consumer, Delivery
-from services.bus.errors import TerminalError
+from services.bus.consumer import Consumer, Delivery, backoff_delay
+from services.bus.errors import RetryableError, TerminalError
 from services.telemetry import extract_context, tracer
 
 log = logging.getLogger("tidemark.bus")
@@ -113,13 +114,34 @@ class BatchConsumer(Consumer):
             except Exception as exc:
                 span.record_exception(exc)
                 span.set_status(Status(StatusCode.ERROR, str(exc)))
-                outcomes = [exc] * len(deliveries)
+                outcomes = [self._whole_batch(exc, deliveries)] * len(deliveries)
             finally:
                 beat.cancel()
             settled = list(zip(deliveries, outcomes, strict=True))
             await self._ack_all([d for d, outcome in settled if outcome is None], started)
             failed = [(d, outcome) for d, outcome in settled if outcome is not None]
             await asyncio.gather(*(self._settle(d, outcome, started) for d, outcome in failed))
+
+    def _whole_batch(self, exc: Exception, deliveries: list[Delivery]) -> Exception:
+        """What a failure of the whole batch means for each message: the same retry, with one
+        delay for all, so the batch comes back together and in order (a jitter per message
+        would shuffle it: a deletion could return before the fact it deletes)."""
+        if isinstance(exc, TerminalError) or (
+            isinstance(exc, RetryableError) and exc.delay is not None
+        ):
+            return exc
+        attempt = max(d.attempt for d in deliveries)
+        delay = backoff_delay(attempt, self.settings.backoff_base_s, self.settings.backoff_max_s)
+        reason = getattr(exc, "reason", None) or f"{type(exc).__name__}: {exc}"
+        log.warning(
+            "a batch of %d on %s failed on delivery %d, retrying in %.1fs: %s",
+            len(deliveries),
+            self.durable,
+            attempt,
+            delay,
+            reason,
+        )
+        return _BatchRetry(reason, delay=delay)
 
     async def _ack_all(self, deliveries: list[Delivery], started: float) -> None:
         """Ack every message, waiting once for the server to confirm: a connection's messages
@@ -148,4 +170,15 @@ class BatchConsumer(Consumer):
             )
             self._count(message.type, "term", started)
         else:
-            await self._retry_or_give_up(msg, message.type, outcome, delivery.attempt, started)
+            await self._retry_or_give_up(
+                msg,
+                message.type,
+                outcome,
+                delivery.attempt,
+                started,
+                quiet=isinstance(outcome, _BatchRetry),
+            )
+
+
+class _BatchRetry(RetryableError):
+    """The retry of every message of a failed batch (said once for the batch, not per message)."""

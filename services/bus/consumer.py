@@ -286,7 +286,14 @@ class Consumer:
             log.warning("ack of %s not confirmed (%s); expect a redelivery", message.id, exc)
 
     async def _retry_or_give_up(
-        self, msg: Msg, message_type: str, exc: Exception, attempt: int, started: float
+        self,
+        msg: Msg,
+        message_type: str,
+        exc: Exception,
+        attempt: int,
+        started: float,
+        *,
+        quiet: bool = False,
     ) -> None:
         reason = getattr(exc, "reason", None) or f"{type(exc).__name__}: {exc}"
         if attempt >= self.settings.max_deliver:
@@ -303,9 +310,14 @@ class Consumer:
             delay = backoff_delay(
                 attempt, self.settings.backoff_base_s, self.settings.backoff_max_s
             )
-        log.warning(
-            "%s failed on delivery %d, retrying in %.1fs: %s", message_type, attempt, delay, reason
-        )
+        if not quiet:
+            log.warning(
+                "%s failed on delivery %d, retrying in %.1fs: %s",
+                message_type,
+                attempt,
+                delay,
+                reason,
+            )
         with contextlib.suppress(Exception):
             await msg.nak(delay=delay)
         self._count(message_type, "nak", started)
