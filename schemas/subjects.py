@@ -26,6 +26,9 @@ from schemas.messages import (
     BackupDeleted,
     BackupFailed,
     BackupRequested,
+    BackupVerified,
+    CancelJob,
+    CancelRequest,
     JobAccepted,
     JobFailed,
     JobProgress,
@@ -33,7 +36,10 @@ from schemas.messages import (
     LogArchived,
     LogDeleted,
     LogIndexed,
+    PolicyChanged,
+    RequestAccepted,
     RequestBackup,
+    RequestRejected,
     RequestRestore,
     RestoreCompleted,
     RestoreFailed,
@@ -41,6 +47,8 @@ from schemas.messages import (
     RestoreRequested,
     RunBackup,
     RunRestore,
+    RunVerify,
+    SetPolicy,
     WindowChanged,
 )
 from schemas.records import DLQ_SUBJECT_PREFIX
@@ -66,12 +74,22 @@ STREAMS: tuple[StreamSpec, ...] = (
     StreamSpec("TM_DLQ", (f"{DLQ_SUBJECT_PREFIX}.>",), "limits", "Messages given up on, with why."),
 )
 
-COMMANDS: tuple[type[Payload], ...] = (RequestBackup, RunBackup, RequestRestore, RunRestore)
+COMMANDS: tuple[type[Payload], ...] = (
+    RequestBackup,
+    RunBackup,
+    RunVerify,
+    RequestRestore,
+    RunRestore,
+    SetPolicy,
+    CancelRequest,
+    CancelJob,
+)
 EVENTS: tuple[type[Payload], ...] = (
     BackupRequested,
     BackupCompleted,
     BackupFailed,
     BackupDeleted,
+    BackupVerified,
     LogArchived,
     LogIndexed,
     LogDeleted,
@@ -85,6 +103,9 @@ EVENTS: tuple[type[Payload], ...] = (
     JobSucceeded,
     JobFailed,
     ArchiveAlarm,
+    PolicyChanged,
+    RequestAccepted,
+    RequestRejected,
 )
 MESSAGE_TYPES: dict[str, type[Payload]] = {m.TYPE: m for m in (*COMMANDS, *EVENTS)}
 

@@ -8,8 +8,10 @@ from schemas.messages.backups import (
     BackupKind,
     BackupRequested,
     BackupSpec,
+    BackupVerified,
     RequestBackup,
     RunBackup,
+    RunVerify,
 )
 from schemas.messages.common import (
     AbsPath,
@@ -21,6 +23,7 @@ from schemas.messages.common import (
 )
 from schemas.messages.jobs import (
     BackupResult,
+    CancelJob,
     JobAccepted,
     JobFailed,
     JobProgress,
@@ -30,6 +33,17 @@ from schemas.messages.jobs import (
     VerifyResult,
 )
 from schemas.messages.logs import LogArchived, LogDeleted, LogIndexed
+from schemas.messages.policies import (
+    BackupPolicy,
+    CancelRequest,
+    CronExpr,
+    PolicyChanged,
+    PolicyReply,
+    PolicyRequest,
+    RequestAccepted,
+    RequestRejected,
+    SetPolicy,
+)
 from schemas.messages.restores import (
     CloneSpec,
     RequestRestore,
@@ -59,11 +73,16 @@ __all__ = [
     "BackupFailed",
     "BackupId",
     "BackupKind",
+    "BackupPolicy",
     "BackupRequested",
     "BackupResult",
     "BackupSpec",
+    "BackupVerified",
+    "CancelJob",
+    "CancelRequest",
     "CloneSpec",
     "Compression",
+    "CronExpr",
     "ErrorCode",
     "Failure",
     "JobAccepted",
@@ -76,7 +95,12 @@ __all__ = [
     "LogDeleted",
     "LogIndexed",
     "Operation",
+    "PolicyChanged",
+    "PolicyReply",
+    "PolicyRequest",
+    "RequestAccepted",
     "RequestBackup",
+    "RequestRejected",
     "RequestRestore",
     "RestoreCompleted",
     "RestoreFailed",
@@ -88,6 +112,8 @@ __all__ = [
     "RestoreTarget",
     "RunBackup",
     "RunRestore",
+    "RunVerify",
+    "SetPolicy",
     "TargetImmediate",
     "TargetName",
     "TargetPosition",

@@ -132,3 +132,31 @@ class BackupDeleted(Event):
     backup_id: BackupId
     manifest_key: ObjectKey | None = None
     reason: Reason
+
+
+class RunVerify(Command):
+    """The planner asks an executor to prove a backup restorable: restore it into a scratch
+    place and check it (PostgreSQL: `pg_verifybackup`, start, a consistency query; Oracle:
+    `RESTORE ... VALIDATE`)."""
+
+    TYPE: ClassVar[str] = "backup.verify"
+    SUBJECT: ClassVar[str] = "tm.cmd.executor.{node}.verify"
+    SUMMARY: ClassVar[str] = "Verify a backup by restoring it somewhere scratch and checking it."
+
+    job_id: uuid.UUID
+    backup_id: BackupId
+    manifest_key: ObjectKey
+
+
+class BackupVerified(Event):
+    """The outcome of a verification, good or bad: the timeline page shows the latest."""
+
+    TYPE: ClassVar[str] = "backup.verified"
+    SUBJECT: ClassVar[str] = "tm.evt.backup.verified.{database}"
+    SUMMARY: ClassVar[str] = "A backup was restored to scratch and checked; ok says how it went."
+
+    backup_id: BackupId
+    job_id: uuid.UUID
+    ok: bool
+    checks: list[Reason] = Field(default_factory=list, description="each check and its outcome")
+    verified_at: UtcDateTime

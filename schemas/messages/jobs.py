@@ -8,8 +8,8 @@ from typing import Annotated, ClassVar, Literal
 from pydantic import Field, StringConstraints
 
 from schemas._base import NodeName, ObjectKey, StrictModel, UtcDateTime
-from schemas.envelope import Event
-from schemas.messages.common import BackupId, Failure, Operation, Percent, ProgressUnit
+from schemas.envelope import Command, Event
+from schemas.messages.common import BackupId, Failure, Operation, Percent, ProgressUnit, Reason
 from schemas.positions import Lineage, Position
 
 Phase = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z_]{0,39}$")]
@@ -89,3 +89,15 @@ class JobFailed(Event):
     interrupted: bool = Field(
         default=False, description="the executor restarted mid-job; nothing is assumed done"
     )
+
+
+class CancelJob(Command):
+    """Stop a running or queued job. A job that already finished is left as it is; the answer
+    is the job's own `job.failed` (cancelled) event, or nothing if it had already ended."""
+
+    TYPE: ClassVar[str] = "job.cancel"
+    SUBJECT: ClassVar[str] = "tm.cmd.executor.{node}.cancel"
+    SUMMARY: ClassVar[str] = "Cancel a job on the node that runs it."
+
+    job_id: uuid.UUID
+    reason: Reason = "cancelled on request"

@@ -3,6 +3,7 @@ moment; in place or into a new instance (a clone)."""
 
 from __future__ import annotations
 
+import re
 import uuid
 from enum import StrEnum
 from typing import Annotated, ClassVar, Literal
@@ -74,6 +75,9 @@ class CloneSpec(StrictModel):
     node: NodeName | None = None
 
 
+_SETTING_NAME = re.compile(r"[a-z][a-z_]{0,62}")
+
+
 class RestorePlan(StrictModel):
     """What the catalog says the restore needs, in order."""
 
@@ -81,6 +85,18 @@ class RestorePlan(StrictModel):
     base_manifest_key: ObjectKey
     log_keys: list[ObjectKey] = Field(default_factory=list)
     lineage: Lineage
+    recovery: dict[str, Annotated[str, StringConstraints(max_length=200)]] = Field(
+        default_factory=dict,
+        description="the catalog's recovery settings in the engine's words, e.g. PostgreSQL "
+        "recovery_target_lsn / recovery_target_timeline, or Oracle rman_until",
+    )
+
+    @model_validator(mode="after")
+    def _setting_names(self) -> RestorePlan:
+        for name in self.recovery:
+            if not _SETTING_NAME.fullmatch(name):
+                raise ValueError(f"recovery setting name {name!r} is not a lower_snake name")
+        return self
 
 
 def _check_mode(mode: RestoreMode, clone: CloneSpec | None) -> None:

@@ -17,6 +17,7 @@ from pydantic_settings import (
 
 from services.archiver.settings import ArchiverSettings
 from services.catalog.settings import CatalogSettings
+from services.executor.settings import ExecutorSettings
 
 
 class _Section(BaseModel):
@@ -82,6 +83,7 @@ class Settings(BaseSettings):
     telemetry: TelemetrySettings = Field(default_factory=TelemetrySettings)
     archiver: ArchiverSettings = Field(default_factory=ArchiverSettings)
     catalog: CatalogSettings = Field(default_factory=CatalogSettings)
+    executor: ExecutorSettings = Field(default_factory=ExecutorSettings)
     health_interval_s: float = Field(default=5.0, gt=0)
 
     @classmethod

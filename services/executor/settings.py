@@ -1,0 +1,112 @@
+"""The `executor` settings section: the databases this node hosts and how to reach them.
+
+    [executor]
+    concurrency = 2                 # jobs at once on this node (one per database, always)
+    job_timeout_s = 21600
+
+    [[executor.databases]]
+    uid = "orders-db"
+    engine = "postgres"
+    name = "orders"
+    system_id = 7312001234567890123
+
+    [executor.databases.postgres]
+    data_dir = "/var/lib/postgresql/15/main"
+    port = 5432
+    os_user = "postgres"            # runs pg_ctl, pg_basebackup, restore_command
+    socket_dir = "/var/run/postgresql"
+    bin_dir = "/usr/lib/postgresql/15/bin"   # default: found by pg_bindir()
+
+From the environment: `TIDEMARK_EXECUTOR__DATABASES='[{"uid": ...}]'` (JSON).
+No secret is a value here: PostgreSQL is reached as its OS user over the local socket (peer
+authentication), and a password, where one is needed, is a file reference.
+
+This module imports nothing from `services/` (the settings model imports it).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from schemas import DatabaseRef, DatabaseUid, DbName, Engine
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class PostgresInstance(_Section):
+    """Where a PostgreSQL cluster lives on this node."""
+
+    data_dir: Path
+    port: int = Field(default=5432, ge=1, le=65535)
+    socket_dir: Path = Field(default=Path("/var/run/postgresql"))
+    os_user: str = Field(default="postgres", pattern=r"^[a-z_][a-z0-9_-]{0,31}$")
+    bin_dir: Path | None = Field(default=None, description="default: found by pg_bindir()")
+    dbname: str = Field(default="postgres", description="database connected to for checks")
+    password_file: Path | None = Field(
+        default=None, description="a file holding the password, if peer auth is not used"
+    )
+
+
+class HostedDatabase(_Section):
+    """One database this node runs operations for."""
+
+    uid: DatabaseUid
+    engine: Engine
+    name: DbName
+    system_id: int | None = Field(default=None, ge=0, lt=1 << 64)
+    postgres: PostgresInstance | None = None
+
+    @model_validator(mode="after")
+    def _engine_section(self) -> HostedDatabase:
+        if self.engine is Engine.POSTGRES and self.postgres is None:
+            raise ValueError(f"database {self.uid}: a PostgreSQL database needs [postgres]")
+        if self.engine is not Engine.POSTGRES and self.postgres is not None:
+            raise ValueError(f"database {self.uid}: [postgres] is for PostgreSQL databases")
+        return self
+
+    @property
+    def ref(self) -> DatabaseRef:
+        return DatabaseRef(
+            uid=self.uid, engine=self.engine, name=self.name, system_id=self.system_id
+        )
+
+
+class ExecutorSettings(_Section):
+    """How the executor runs jobs. Defaults suit the embedded stack."""
+
+    concurrency: int = Field(default=2, ge=1, le=64, description="jobs at once on this node")
+    job_timeout_s: float = Field(default=6 * 3600.0, gt=0, description="a job's longest run")
+    heartbeat_s: float = Field(default=5.0, gt=0, description="node heartbeat in tm_nodes")
+    journal_path: Path | None = Field(
+        default=None, description="default <state_dir>/executor/jobs.sqlite"
+    )
+    scratch_dir: Path | None = Field(
+        default=None, description="verification restores; default <state_dir>/executor/scratch"
+    )
+    backup_part_mib: int = Field(
+        default=64, ge=5, le=5120, description="a base backup is stored in parts of this size"
+    )
+    prefetch: int = Field(
+        default=4, ge=0, le=64, description="WAL segments fetched ahead during recovery"
+    )
+    databases: list[HostedDatabase] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _unique_databases(self) -> ExecutorSettings:
+        uids = [d.uid for d in self.databases]
+        if len(uids) != len(set(uids)):
+            raise ValueError("executor.databases lists a database uid twice")
+        return self
+
+    def journal_for(self, state_dir: Path) -> Path:
+        return self.journal_path or state_dir / "executor" / "jobs.sqlite"
+
+    def scratch_for(self, state_dir: Path) -> Path:
+        return self.scratch_dir or state_dir / "executor" / "scratch"
+
+    def database(self, uid: str) -> HostedDatabase | None:
+        return next((d for d in self.databases if d.uid == uid), None)
