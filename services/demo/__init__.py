@@ -1,0 +1,1 @@
+"""`make demo`: the guided point-in-time-restore tour on the embedded default."""
