@@ -1,17 +1,127 @@
-"""The planner: turns intents (backup policy, restore request, migration plan) into commands
-and drives each as a durable state machine in the `tm_plans` bucket.
+"""The planner: turns intents (backup policies, backup and restore requests) into commands and
+drives each as a durable state machine in the `tm_plans` bucket.
 
-Its intake consumer (`tm.cmd.planner.>`) and workflows arrive with the planner issue; until then
-it runs, ensures the topology and reports healthy.
+    intake.py        tm.cmd.planner.any.>   policy.set, backup.request, restore.request, cancel
+    events.py        TM_EVT                  job.*, backup.*, restore.completed, backup.verified
+    queries.py       tm.qry.planner.policy   the policy of a database
+    scheduler.py     every tick_s            cron slots, exactly once per (db, kind, minute)
+    retention.py     every interval          recovery windows enforced in the blob store
+    restores.py      the restore saga; phases.py its phases; locks.py one job per database
+
+On start, after the topology exists and before the consumers bind, every non-final restore is
+advanced from its recorded phase (see `restores.py`), then the scheduler and retention loops
+start. Any number of replicas may run: every decision is a KV create or compare-and-set.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import asyncio
+import contextlib
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 
-from services.runtime import Service
+from nats.micro.service import Service as MicroService
+
+from services.blobstore import BlobStore, open_store
+from services.bus import Publisher
+from services.catalog.client import CatalogClient
+from services.planner.backups import Backups
+from services.planner.clock import Clock, SystemClock
+from services.planner.context import PlannerContext
+from services.planner.events import EVENT_SUBJECTS, EVENTS_DURABLE, Events
+from services.planner.intake import INTAKE_DURABLE, INTAKE_SUBJECT, Intake
+from services.planner.policies import Policies
+from services.planner.queries import serve_queries
+from services.planner.restores import Restores
+from services.planner.retention import Retention
+from services.planner.scheduler import Scheduler
+from services.planner.store import Nodes, PlanStore
+from services.planner.verification import Verification
+from services.runtime import ConsumerSpec, Service
+
+log = logging.getLogger("tidemark.planner")
 
 
 @dataclass
 class PlannerService(Service):
     name: str = "planner"
+    clock: Clock = field(default_factory=SystemClock)
+    run_retention: bool = True
+    """Tests turn the retention loop off to drive `retention.apply_all()` themselves."""
+    ctx: PlannerContext | None = field(default=None, init=False)
+    intake: Intake | None = field(default=None, init=False)
+    events: Events | None = field(default=None, init=False)
+    scheduler: Scheduler | None = field(default=None, init=False)
+    retention: Retention | None = field(default=None, init=False)
+    restores: Restores | None = field(default=None, init=False)
+    queries: MicroService | None = field(default=None, init=False)
+    store: BlobStore | None = field(default=None, init=False)
+    _stop_loops: asyncio.Event = field(default_factory=asyncio.Event, init=False)
+    _loops: list[asyncio.Task[None]] = field(default_factory=list, init=False)
+
+    async def on_start(self) -> None:
+        assert self.nc is not None
+        settings = self.settings.planner
+        self.ctx = PlannerContext(
+            publisher=self.publisher,
+            plans=await PlanStore.open(self.js),
+            nodes=await Nodes.open(self.js),
+            catalog=CatalogClient(self.nc),
+            clock=self.clock,
+            settings=settings,
+        )
+        policies = Policies(self.ctx)
+        backups = Backups(self.ctx)
+        self.restores = Restores(self.ctx)
+        verification = Verification(self.ctx)
+        self.intake = Intake(self.ctx, policies, backups, self.restores)
+        self.events = Events(self.ctx, backups, self.restores, verification)
+        self.scheduler = Scheduler(self.ctx, policies, verification.run)
+        url = settings.store_url or self.settings.archiver.store_url_for(self.settings.state_dir)
+        self.store = open_store(url)
+        self.retention = Retention(self.ctx, policies, self.store)
+        await self.restores.resume()
+        self.queries = await serve_queries(self.nc, policies)
+        self._stop_loops = asyncio.Event()
+        self._loops = [asyncio.create_task(self.scheduler.run(self._stop_loops), name="scheduler")]
+        if self.run_retention:
+            self._loops.append(
+                asyncio.create_task(self.retention.run(self._stop_loops), name="retention")
+            )
+
+    def consumers(self, publisher: Publisher) -> Sequence[ConsumerSpec]:
+        if self.intake is None or self.events is None:
+            return ()
+        return (
+            ConsumerSpec(
+                stream="TM_CMD",
+                durable=INTAKE_DURABLE,
+                filter_subjects=[INTAKE_SUBJECT],
+                handlers=self.intake.handlers(),
+                concurrency=4,
+            ),
+            ConsumerSpec(
+                stream="TM_EVT",
+                durable=EVENTS_DURABLE,
+                filter_subjects=EVENT_SUBJECTS,
+                handlers=self.events.handlers(),
+                # Created at the newest event: a first planner must not replay 30 days of
+                # job events. After that the server keeps the position across restarts.
+                deliver_new_only=True,
+            ),
+        )
+
+    async def on_stop(self) -> None:
+        self._stop_loops.set()
+        for task in self._loops:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._loops = []
+        if self.queries is not None:
+            with contextlib.suppress(Exception):
+                await self.queries.stop()
+        if self.store is not None:
+            with contextlib.suppress(Exception):
+                await self.store.close()

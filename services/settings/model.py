@@ -18,6 +18,7 @@ from pydantic_settings import (
 from services.archiver.settings import ArchiverSettings
 from services.catalog.settings import CatalogSettings
 from services.executor.settings import ExecutorSettings
+from services.planner.settings import PlannerSettings
 
 
 class _Section(BaseModel):
@@ -84,6 +85,7 @@ class Settings(BaseSettings):
     archiver: ArchiverSettings = Field(default_factory=ArchiverSettings)
     catalog: CatalogSettings = Field(default_factory=CatalogSettings)
     executor: ExecutorSettings = Field(default_factory=ExecutorSettings)
+    planner: PlannerSettings = Field(default_factory=PlannerSettings)
     health_interval_s: float = Field(default=5.0, gt=0)
 
     @classmethod

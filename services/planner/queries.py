@@ -1,0 +1,54 @@
+"""The planner's query over NATS request/reply (the NATS services framework), like the
+catalog's:
+
+    tm.qry.planner.policy   PolicyRequest → PolicyReply
+
+A malformed request gets `Nats-Service-Error-Code: 400` and a body saying what was wrong.
+Replicas share the queue group, so any planner may answer; all read the same KV.
+"""
+
+from __future__ import annotations
+
+from nats.aio.client import Client
+from nats.micro import add_service
+from nats.micro.request import Request
+from nats.micro.service import Service, ServiceConfig
+from pydantic import ValidationError
+
+from schemas.messages import PolicyRequest
+from services.planner.policies import Policies
+
+QUERY_PREFIX = "tm.qry.planner"
+QUERY_QUEUE = "planner"
+
+
+async def serve_queries(nc: Client, policies: Policies, *, version: str = "0.1.0") -> Service:
+    service = await add_service(
+        nc,
+        ServiceConfig(
+            name="tidemark-planner",
+            version=version,
+            description="Backup policies",
+            queue_group=QUERY_QUEUE,
+        ),
+    )
+
+    async def policy(request: Request) -> None:
+        try:
+            asked = PolicyRequest.model_validate_json(request.data or b"{}")
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"{'.'.join(str(p) for p in e['loc']) or 'request'}: {e['msg']}"
+                for e in exc.errors()[:5]
+            )
+            await request.respond_error("400", f"bad PolicyRequest: {problems}")
+            return
+        try:
+            reply = await policies.reply(asked.database)
+        except Exception as exc:  # KV unavailable: say so rather than time the caller out
+            await request.respond_error("503", f"policy of {asked.database} unavailable: {exc}")
+            return
+        await request.respond(reply.model_dump_json().encode())
+
+    await service.add_endpoint(name="policy", subject=f"{QUERY_PREFIX}.policy", handler=policy)
+    return service

@@ -1,0 +1,520 @@
+"""The restore saga: checking → planning → dispatched → running → completed | failed.
+
+State lives in `restore.<restore_id>` (see `phases.py`), written with compare-and-set. Every
+step reads the record, does its work, and writes the next phase conditional on the revision it
+read; a step that loses the race re-reads and continues from whatever the winner wrote. Every
+message a step publishes has an id derived from the restore id, so doing a step twice publishes
+nothing twice.
+
+**Resuming after a restart.** Two things carry a restore across a planner restart:
+
+- the `restore.request` command is acked only once the saga is dispatched (or refused), so a
+  planner that dies in `checking` or `planning` gets the command again and `advance` picks up
+  from the recorded phase; on start, `resume` also advances every non-final record, which
+  covers a command that was dead-lettered or whose record was left half-sent;
+- after dispatch the saga waits for events (`job.*`, `restore.completed`). Those are read by
+  the planner's durable consumer on TM_EVT, whose position the server keeps: events published
+  while no planner ran are delivered to the next one. Nothing is re-derived from the executor,
+  so there is no second source of truth to reconcile.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import uuid
+from typing import Any
+
+from schemas import DatabaseRef, Envelope, Incarnation, Lineage, Position, Scn, Timeline
+from schemas.catalog import CheckReply, RestorePlanReply
+from schemas.messages import (
+    CancelJob,
+    CancelRequest,
+    JobAccepted,
+    JobFailed,
+    JobProgress,
+    JobSucceeded,
+    RequestAccepted,
+    RequestRestore,
+    RestoreCompleted,
+    RestoreFailed,
+    RestoreMode,
+    RestorePlan,
+    RestoreProgress,
+    RestoreRequested,
+    RestoreResult,
+    RunRestore,
+)
+from schemas.messages.common import Failure
+from services.bus import RetryableError
+from services.catalog.client import CatalogError
+from services.planner.context import PlannerContext, require_database
+from services.planner.errors import FINISHED, NOT_RESTORABLE, UNKNOWN_DB, Refusal, Refused
+from services.planner.keys import restore_key, step_id
+from services.planner.locks import release_lock, take_lock
+from services.planner.phases import (
+    IllegalTransition,
+    RestorePhase,
+    RestoreRecord,
+    transition,
+)
+from services.planner.records import Lock
+from services.planner.store import Conflict, Versioned
+
+log = logging.getLogger("tidemark.planner")
+
+
+def restore_id_for(command_id: uuid.UUID) -> uuid.UUID:
+    return step_id(command_id, "restore")
+
+
+def job_id_for(restore_id: uuid.UUID) -> uuid.UUID:
+    return step_id(restore_id, "job")
+
+
+def lineage_from_key(key: str, branch_at: Position | None = None) -> Lineage:
+    """The contract's `Lineage` for a catalog lineage key (`tl-0000000A`, `inc-N`). An Oracle
+    incarnation's resetlogs SCN is where it branched (the catalog's `LineageView.branch_at`)."""
+    if key.startswith("tl-"):
+        return Timeline(id=int(key.removeprefix("tl-"), 16))
+    if key.startswith("inc-"):
+        scn = branch_at.value if isinstance(branch_at, Scn) else 0
+        return Incarnation(resetlogs_id=int(key.removeprefix("inc-")), resetlogs_scn=Scn(value=scn))
+    raise Refused(Refusal(f"the catalog's lineage {key!r} is not tl-X or inc-N", NOT_RESTORABLE))
+
+
+def plan_from(reply: RestorePlanReply, branch_at: Position | None = None) -> RestorePlan:
+    """The catalog's RestorePlanReply as the executor's RestorePlan: the base's manifest, every
+    log object in order, and the recovery settings in the engine's own words (PostgreSQL
+    `recovery_target_*`; Oracle `rman_until` and `reset_to_incarnation`)."""
+    recovery = reply.recovery
+    settings: dict[str, str] = dict(recovery.postgres)
+    if recovery.rman_until:
+        settings["rman_until"] = recovery.rman_until
+    if recovery.reset_to_incarnation:
+        settings["reset_to_incarnation"] = recovery.reset_to_incarnation
+    if reply.base.manifest_key is None:
+        raise Refused(
+            Refusal(
+                f"backup {reply.base.backup_id} has no manifest key in the catalog; "
+                "it cannot be a restore base",
+                NOT_RESTORABLE,
+            )
+        )
+    return RestorePlan(
+        base_backup_id=reply.base.backup_id,
+        base_manifest_key=reply.base.manifest_key,
+        log_keys=[o.key for o in reply.objects],
+        lineage=lineage_from_key(reply.lineage, branch_at),
+        recovery=settings,
+    )
+
+
+class Restores:
+    def __init__(self, ctx: PlannerContext) -> None:
+        self.ctx = ctx
+
+    # -- intake --------------------------------------------------------------------------
+
+    async def request(self, command: Envelope[RequestRestore]) -> None:
+        """Start (or, on redelivery, continue) the saga of a `restore.request`."""
+        database = require_database(command)
+        restore_id = restore_id_for(command.id)
+        now = self.ctx.clock.now()
+        record = RestoreRecord(
+            restore_id=restore_id,
+            command_id=command.id,
+            correlation_id=command.correlation_id,
+            database=database,
+            request=command.data,
+            phase=RestorePhase.CHECKING,
+            created_at=now,
+            updated_at=now,
+        )
+        # Exists already on a redelivery or a resumed saga: continue from the recorded phase.
+        with contextlib.suppress(Conflict):
+            await self.ctx.plans.create(restore_key(restore_id), record)
+        await self.advance(restore_id)
+
+    async def load(self, restore_id: uuid.UUID) -> Versioned[RestoreRecord] | None:
+        return await self.ctx.plans.get(restore_key(restore_id), RestoreRecord)
+
+    async def advance(self, restore_id: uuid.UUID) -> RestoreRecord | None:
+        """Run the saga's next steps until it waits for an event or ends."""
+        while True:
+            current = await self.load(restore_id)
+            if current is None:
+                return None
+            record, revision = current.value, current.revision
+            try:
+                if record.final:
+                    await self._announce_end(record)
+                    return record
+                if record.phase is RestorePhase.CHECKING:
+                    await self._check(record, revision)
+                elif record.phase is RestorePhase.PLANNING:
+                    await self._plan(record, revision)
+                elif record.phase is RestorePhase.DISPATCHED and not record.sent:
+                    await self._dispatch(record, revision)
+                else:
+                    return record  # waiting for the executor's events
+            except Conflict:
+                continue  # someone else moved it: re-read
+            except Refused as refused:
+                await self._fail(record, revision, refused.refusal, refused=True)
+
+    async def _check(self, record: RestoreRecord, revision: int) -> None:
+        uid = record.database.uid
+        await self.ctx.require_known(uid)
+        try:
+            reply = await self.ctx.catalog.check(
+                uid, record.request.target, _lineage_key(record.request)
+            )
+        except CatalogError as exc:
+            if exc.status == 404:
+                raise Refused(
+                    Refusal(f"the catalog knows nothing of {uid!r}: {exc.error}", UNKNOWN_DB)
+                ) from None
+            raise RetryableError(f"catalog check of {uid} failed: {exc.error}") from exc
+        if not reply.restorable:
+            raise Refused(_not_restorable(reply))
+        await self._write(record, revision, RestorePhase.PLANNING)
+
+    async def _plan(self, record: RestoreRecord, revision: int) -> None:
+        uid = record.database.uid
+        request = record.request
+        try:
+            reply = await self.ctx.catalog.restore_plan(uid, request.target, _lineage_key(request))
+        except CatalogError as exc:
+            if exc.status == 409 and exc.body is not None and exc.body.check is not None:
+                raise Refused(_not_restorable(exc.body.check)) from None
+            if exc.status in (400, 404, 409):
+                raise Refused(Refusal(exc.error, NOT_RESTORABLE)) from None
+            raise RetryableError(f"catalog restore plan of {uid} failed: {exc.error}") from exc
+        branch_at = None
+        if reply.lineage.startswith("inc-"):
+            windows = await self.ctx.catalog.windows(uid)
+            view = next((v for v in windows.lineages if v.key == reply.lineage), None)
+            branch_at = view.branch_at if view else None
+        plan = plan_from(reply, branch_at)
+        clone_node = request.clone.node if request.clone else None
+        node = await self.ctx.route(uid, clone_node)
+        job_id = job_id_for(record.restore_id)
+        await take_lock(
+            self.ctx.plans,
+            uid,
+            Lock(
+                kind="restore",
+                job_id=job_id,
+                node=node,
+                restore_id=record.restore_id,
+                command_id=record.command_id,
+                taken_at=self.ctx.clock.now(),
+            ),
+        )
+        try:
+            await self._write(
+                record, revision, RestorePhase.DISPATCHED, node=node, job_id=job_id, plan=plan
+            )
+        except Conflict:
+            # Someone else moved the saga on; if it failed, the lock we took is ours to free.
+            latest = await self.load(record.restore_id)
+            if latest is None or latest.value.phase is RestorePhase.FAILED:
+                await release_lock(self.ctx.plans, uid, job_id)
+            raise
+
+    async def _dispatch(self, record: RestoreRecord, revision: int) -> None:
+        """Publish restore.run, restore.requested and request.accepted, then mark them sent.
+        A crash between the two re-publishes under the same ids: JetStream keeps one copy, and
+        the executor dedupes by job id beyond the duplicate window."""
+        assert record.plan is not None
+        assert record.job_id is not None
+        assert record.node
+        request = record.request
+        db = record.database
+        cause = record.command_id
+        await self.ctx.send(
+            RunRestore(
+                job_id=record.job_id,
+                restore_id=record.restore_id,
+                target=request.target,
+                mode=request.mode,
+                clone=request.clone,
+                plan=record.plan,
+            ),
+            db,
+            message_id=step_id(record.restore_id, "run"),
+            correlation_id=record.correlation_id,
+            causation_id=cause,
+            node=record.node,
+        )
+        await self.ctx.send(
+            RestoreRequested(
+                restore_id=record.restore_id,
+                target=request.target,
+                mode=request.mode,
+                clone=request.clone,
+                reason=request.reason,
+            ),
+            db,
+            message_id=step_id(record.restore_id, "requested"),
+            correlation_id=record.correlation_id,
+            causation_id=cause,
+        )
+        await self._accept(record)
+        updated = record.model_copy(update={"sent": True, "updated_at": self.ctx.clock.now()})
+        await self.ctx.plans.update(restore_key(record.restore_id), updated, last=revision)
+        log.info("restore %s of %s dispatched to %s", record.restore_id, db.uid, record.node)
+
+    async def _accept(self, record: RestoreRecord) -> None:
+        plan = record.plan
+        where = "into a clone" if record.request.mode is RestoreMode.CLONE else "in place"
+        message = (
+            f"restore {record.restore_id} {where} on {record.node} (job {record.job_id}) from "
+            f"backup {plan.base_backup_id if plan else '?'} with "
+            f"{len(plan.log_keys) if plan else 0} logs"
+        )
+        await self.ctx.send(
+            RequestAccepted(
+                command_id=record.command_id,
+                command_type=RequestRestore.TYPE,
+                ref_id=str(record.restore_id),
+                message=message[:500],
+            ),
+            record.database,
+            message_id=step_id(record.command_id, "answer"),
+            correlation_id=record.correlation_id,
+            causation_id=record.command_id,
+        )
+
+    async def _fail(
+        self,
+        record: RestoreRecord,
+        revision: int,
+        refusal: Refusal,
+        *,
+        refused: bool,
+        check: CheckReply | None = None,
+    ) -> None:
+        failure = Failure(reason=refusal.reason[:2000], code=refusal.code)
+        try:
+            failed = await self._write(
+                record, revision, RestorePhase.FAILED, failure=failure, refused=refused
+            )
+        except IllegalTransition:
+            return  # already final
+        if record.job_id is not None:
+            await release_lock(self.ctx.plans, record.database.uid, record.job_id)
+        await self._announce_end(failed, refusal=refusal)
+
+    async def _announce_end(self, record: RestoreRecord, refusal: Refusal | None = None) -> None:
+        """Publish what a final record owes the world (again, under the same ids)."""
+        if record.phase is not RestorePhase.FAILED or record.failure is None:
+            return
+        db = record.database
+        if record.refused:
+            await self.ctx.reject(
+                record.command_id,
+                RequestRestore.TYPE,
+                db,
+                refusal or Refusal(record.failure.reason, record.failure.code or NOT_RESTORABLE),
+                correlation_id=record.correlation_id,
+            )
+        await self.ctx.send(
+            RestoreFailed(restore_id=record.restore_id, failure=record.failure),
+            db,
+            message_id=step_id(record.restore_id, "failed"),
+            correlation_id=record.correlation_id,
+            causation_id=record.command_id,
+        )
+
+    async def _write(
+        self, record: RestoreRecord, revision: int, to: RestorePhase, **changes: Any
+    ) -> RestoreRecord:
+        moved = transition(record, to, self.ctx.clock.now(), **changes)
+        await self.ctx.plans.update(restore_key(record.restore_id), moved, last=revision)
+        log.info("restore %s: %s → %s", record.restore_id, record.phase.value, to.value)
+        return moved
+
+    # -- events --------------------------------------------------------------------------
+
+    async def on_job(self, event: Envelope[Any], lock: Lock) -> None:
+        """A job event of the restore holding `lock`."""
+        assert lock.restore_id is not None
+        data = event.data
+        for _ in range(20):
+            current = await self.load(lock.restore_id)
+            if current is None:
+                log.warning(
+                    "job %s names restore %s, which has no record", lock.job_id, lock.restore_id
+                )
+                return
+            record, revision = current.value, current.revision
+            try:
+                if isinstance(data, JobAccepted | JobProgress):
+                    await self._progress(record, revision, event)
+                elif isinstance(data, JobSucceeded):
+                    await self._succeeded(record, revision, data)
+                elif isinstance(data, JobFailed):
+                    await self._job_failed(record, revision, data)
+                return
+            except Conflict:
+                continue
+        raise RetryableError(f"restore {lock.restore_id} kept changing under us")
+
+    async def _progress(self, record: RestoreRecord, revision: int, event: Envelope[Any]) -> None:
+        data = event.data
+        if record.final:
+            return
+        percent = getattr(data, "percent", None)
+        if record.phase is RestorePhase.DISPATCHED:
+            await self._write(record, revision, RestorePhase.RUNNING, percent=percent)
+        elif percent is not None:
+            updated = record.model_copy(
+                update={"percent": percent, "updated_at": self.ctx.clock.now()}
+            )
+            await self.ctx.plans.update(restore_key(record.restore_id), updated, last=revision)
+        phase = data.phase if isinstance(data, JobProgress) else "running"
+        message = data.message if isinstance(data, JobProgress) else f"accepted on {data.node}"
+        await self.ctx.send(
+            RestoreProgress(
+                restore_id=record.restore_id, phase=phase, percent=percent, message=message
+            ),
+            record.database,
+            message_id=step_id(event.id, "restore.progress"),
+            correlation_id=record.correlation_id,
+            causation_id=event.id,
+        )
+
+    async def _succeeded(self, record: RestoreRecord, revision: int, data: JobSucceeded) -> None:
+        if not record.final:
+            reached = data.result.reached if isinstance(data.result, RestoreResult) else None
+            await self._write(
+                record, revision, RestorePhase.COMPLETED, reached=reached, percent=100.0
+            )
+        elif record.phase is RestorePhase.FAILED:
+            log.error("restore %s: job.succeeded after it was recorded failed", record.restore_id)
+        assert record.job_id is not None
+        await release_lock(self.ctx.plans, record.database.uid, record.job_id)
+
+    async def _job_failed(self, record: RestoreRecord, revision: int, data: JobFailed) -> None:
+        if record.final:
+            if record.phase is RestorePhase.COMPLETED:
+                log.error("restore %s: job.failed after it completed", record.restore_id)
+        else:
+            refusal = Refusal(data.failure.reason, data.failure.code or "TM-PLAN-JOB-FAILED")
+            failure = data.failure
+            failed = await self._write(
+                record, revision, RestorePhase.FAILED, failure=failure, refused=False
+            )
+            await self._announce_end(failed, refusal=refusal)
+        assert record.job_id is not None
+        await release_lock(self.ctx.plans, record.database.uid, record.job_id)
+
+    async def on_completed(self, event: Envelope[RestoreCompleted]) -> None:
+        """The executor's `restore.completed`: record it, and finish the saga if the job's
+        own `job.succeeded` has not done so yet."""
+        data = event.data
+        for _ in range(20):
+            current = await self.load(data.restore_id)
+            if current is None:
+                return  # not one of ours (a restore run outside the planner)
+            record, revision = current.value, current.revision
+            try:
+                if record.phase is RestorePhase.FAILED:
+                    log.error("restore %s: restore.completed after failure", data.restore_id)
+                    return
+                if record.final:
+                    if record.completed is None:
+                        updated = record.model_copy(update={"completed": data})
+                        await self.ctx.plans.update(
+                            restore_key(record.restore_id), updated, last=revision
+                        )
+                else:
+                    await self._write(
+                        record,
+                        revision,
+                        RestorePhase.COMPLETED,
+                        completed=data,
+                        reached=data.reached,
+                        percent=100.0,
+                    )
+                if record.job_id is not None:
+                    await release_lock(self.ctx.plans, record.database.uid, record.job_id)
+                return
+            except Conflict:
+                continue
+        raise RetryableError(f"restore {data.restore_id} kept changing under us")
+
+    # -- cancel and resume ---------------------------------------------------------------
+
+    async def cancel(self, command: Envelope[CancelRequest], database: DatabaseRef) -> bool:
+        """Cancel the restore `target_id` if it is one. False if it is not a restore."""
+        current = await self.load(command.data.target_id)
+        if current is None:
+            return False
+        record, revision = current.value, current.revision
+        if record.final:
+            raise Refused(
+                Refusal(
+                    f"restore {record.restore_id} already {record.phase.value}; nothing to cancel",
+                    FINISHED,
+                )
+            )
+        if record.phase in (RestorePhase.CHECKING, RestorePhase.PLANNING):
+            # Nothing was dispatched: the saga ends here, and the requester is told so.
+            await self._fail(
+                record,
+                revision,
+                Refusal(f"cancelled before dispatch: {command.data.reason}", "TM-PLAN-CANCELLED"),
+                refused=True,
+            )
+        else:
+            assert record.node
+            assert record.job_id
+            await self.ctx.send(
+                CancelJob(job_id=record.job_id, reason=command.data.reason),
+                record.database,
+                message_id=step_id(command.id, "cancel"),
+                correlation_id=record.correlation_id,
+                causation_id=command.id,
+                node=record.node,
+            )
+        await self.ctx.accept(
+            command, str(record.restore_id), f"cancelling restore {record.restore_id}"
+        )
+        return True
+
+    async def resume(self) -> int:
+        """Advance every non-final restore (after a restart). Returns how many were found."""
+        found = 0
+        for key in await self.ctx.plans.keys("restore."):
+            try:
+                restore_id = uuid.UUID(key.removeprefix("restore."))
+            except ValueError:
+                continue
+            current = await self.load(restore_id)
+            if current is None or current.value.final:
+                continue
+            found += 1
+            try:
+                await self.advance(restore_id)
+            except Exception as exc:  # one stuck saga must not keep the others from resuming
+                log.warning(
+                    "resuming restore %s failed (will retry on redelivery): %s", restore_id, exc
+                )
+        if found:
+            log.info("resumed %d restores", found)
+        return found
+
+
+def _lineage_key(request: RequestRestore) -> str | None:
+    return request.lineage.key if request.lineage is not None else None
+
+
+def _not_restorable(reply: CheckReply) -> Refusal:
+    return Refusal(
+        f"{reply.database} cannot be restored to that target ({reply.code}): {reply.reason}",
+        NOT_RESTORABLE,
+        check=reply,
+    )
