@@ -31,7 +31,7 @@ from schemas.positions import (
     format_lsn,
     parse_lsn,
 )
-from schemas.records import DeadLetter, ServiceHealth, ServiceState
+from schemas.records import DeadLetter, NodeHeartbeat, ServiceHealth, ServiceState
 from schemas.subjects import (
     COMMANDS,
     EVENTS,
@@ -62,6 +62,7 @@ __all__ = [
     "Incarnation",
     "Lineage",
     "Lsn",
+    "NodeHeartbeat",
     "NodeName",
     "ObjectKey",
     "OracleIdentifier",

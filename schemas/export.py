@@ -21,7 +21,7 @@ from pydantic import BaseModel
 
 from schemas._base import json_schema_extra_const
 from schemas.envelope import Envelope, Payload
-from schemas.records import DLQ_SUBJECT_PREFIX, DeadLetter, ServiceHealth
+from schemas.records import DLQ_SUBJECT_PREFIX, DeadLetter, NodeHeartbeat, ServiceHealth
 from schemas.subjects import MESSAGE_TYPES, STREAMS
 
 ROOT = Path(__file__).parent
@@ -34,7 +34,11 @@ ID_BASE = "https://tidemark.dev/schemas/"
 # The version of the AsyncAPI document as a whole; each message also versions itself.
 CONTRACT_VERSION = "0.1.0"
 
-RECORDS: dict[str, type[BaseModel]] = {"dead_letter": DeadLetter, "service_health": ServiceHealth}
+RECORDS: dict[str, type[BaseModel]] = {
+    "dead_letter": DeadLetter,
+    "node_heartbeat": NodeHeartbeat,
+    "service_health": ServiceHealth,
+}
 
 PARAMETERS = {
     "node": "The node's name as one subject token (dots become `_`), or `any` when whichever "

@@ -1,4 +1,5 @@
-"""Records that are not bus messages but are still contract: dead letters and service health."""
+"""Records that are not bus messages but are still contract: dead letters, service health and
+node heartbeats."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ from typing import Annotated
 
 from pydantic import Field, StringConstraints
 
-from schemas._base import ServiceSource, StrictModel, UtcDateTime
+from schemas._base import NodeName, ServiceSource, StrictModel, UtcDateTime
+from schemas.database import DatabaseRef
 
 DLQ_SUBJECT_PREFIX = "tm.dlq"
 
@@ -55,3 +57,23 @@ class ServiceHealth(StrictModel):
     updated_at: UtcDateTime
     consumers: list[str] = Field(default_factory=list)
     detail: str = ""
+
+
+class NodeHeartbeat(StrictModel):
+    """An executor's heartbeat, kept in the `tm_nodes` KV bucket under the node's subject token
+    (`node_token(node)`), rewritten every `executor.heartbeat_s`.
+
+    The planner routes a database's commands to the node whose heartbeat lists it. The bucket's
+    TTL drops the key of a node that stops beating, so a dead node is not chosen for long.
+    """
+
+    node: NodeName
+    databases: list[DatabaseRef] = Field(
+        default_factory=list, description="the databases this node runs operations for"
+    )
+    capacity: int = Field(ge=1, description="jobs this node runs at once (executor.concurrency)")
+    running: int = Field(ge=0, description="jobs running now")
+    waiting: int = Field(
+        default=0, ge=0, description="jobs taken and journaled, waiting for their database or slot"
+    )
+    updated_at: UtcDateTime

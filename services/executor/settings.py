@@ -3,6 +3,7 @@
     [executor]
     concurrency = 2                 # jobs at once on this node (one per database, always)
     job_timeout_s = 21600
+    queue_limit = 16                # commands held at once, running or waiting their turn
 
     [[executor.databases]]
     uid = "orders-db"
@@ -92,6 +93,21 @@ class ExecutorSettings(_Section):
     )
     prefetch: int = Field(
         default=4, ge=0, le=64, description="WAL segments fetched ahead during recovery"
+    )
+    queue_limit: int = Field(
+        default=16,
+        ge=1,
+        le=1024,
+        description="commands taken at once (running and waiting for their database or a slot)",
+    )
+    progress_interval_s: float = Field(
+        default=0.5, gt=0, description="job.progress at most this often per job (phases always)"
+    )
+    cancel_grace_s: float = Field(
+        default=30.0, gt=0, description="how long a cancelled engine may take to clean up"
+    )
+    journal_keep_days: float = Field(
+        default=30.0, gt=0, description="how long finished jobs stay in the journal"
     )
     databases: list[HostedDatabase] = Field(default_factory=list)
 

@@ -506,7 +506,7 @@ def test_check_names_missing_changed_and_extra_files(tmp_path: Path) -> None:
 
 
 def test_every_message_type_and_record_is_exported() -> None:
-    expected = {*MESSAGE_TYPES, "dead_letter", "service_health"}
+    expected = {*MESSAGE_TYPES, "dead_letter", "node_heartbeat", "service_health"}
     assert set(json_schemas()) == expected
     assert {p.stem for p in (ROOT / JSON_DIR).glob("*.json")} == expected
     assert set(EXAMPLES) == set(MESSAGE_TYPES), "add an example for every message type"
