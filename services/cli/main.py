@@ -16,7 +16,7 @@ from typing import Annotated
 
 import typer
 
-from services.cli import querycmds
+from services.cli import plannercmds, querycmds
 from services.cli.catalogcmds import app as catalog_app
 from services.cli.stackcmds import (
     bring_up,
@@ -143,6 +143,7 @@ def demo(
 
 
 querycmds.register(app)
+plannercmds.register(app)
 
 
 def main() -> None:

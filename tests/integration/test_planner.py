@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
+import sys
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -465,3 +467,40 @@ async def test_a_backup_during_a_restore_is_refused(rig: Rig, catalog: CatalogCl
     assert str(restore.ref_id) in answer.reason
     await asyncio.sleep(0.3)
     assert not host.of(RunBackup)
+
+
+async def test_cli_policy_backup_and_restore(rig: Rig, catalog: CatalogClient) -> None:
+    await rig.executor(unique("node"), rig.db)
+    await rig.planner()
+
+    async def tidemark(*args: str) -> subprocess.CompletedProcess[str]:
+        # In a thread: the planner answering the CLI runs on this test's event loop.
+        return await asyncio.to_thread(
+            subprocess.run,
+            [sys.executable, "-m", "services.cli.main", *args, "--nats-url", rig.nats_url],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    bad = await tidemark("policy", "set", rig.uid, "--full-cron", "0 25 * * *")
+    assert bad.returncode == 2, bad.stdout + bad.stderr
+    assert "outside 0-23" in bad.stdout + bad.stderr
+    good = await tidemark(
+        "policy", "set", rig.uid, "--full-cron", "30 2 * * *", "--window-days", "3"
+    )
+    assert good.returncode == 0, good.stdout + good.stderr
+    assert "accepted" in good.stdout
+    shown = await tidemark("policy", "show", rig.uid)
+    assert shown.returncode == 0, shown.stdout + shown.stderr
+    assert "30 2 * * *" in shown.stdout
+    outside = await tidemark("restore", rig.uid, "--lsn", "0/9800000")
+    assert outside.returncode == 1, outside.stdout + outside.stderr
+    assert "rejected" in outside.stdout
+    assert "nearest before: 0/9000000" in outside.stdout
+    inside = await tidemark("restore", rig.uid, "--lsn", "0/4000000")
+    assert inside.returncode == 0, inside.stdout + inside.stderr
+    assert "restored to 0/4000000" in inside.stdout
+    queued = await tidemark("backup", rig.uid, "--no-wait")
+    assert queued.returncode == 0, queued.stdout + queued.stderr
+    assert "accepted" in queued.stdout
