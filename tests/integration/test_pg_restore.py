@@ -482,3 +482,54 @@ async def test_verify_reports_a_corrupt_part(source: Source, tmp_path: Path) -> 
     assert any(c.startswith("download: FAILED") for c in result.checks), result.checks
     with contextlib.suppress(FileNotFoundError):
         assert not any(scratch.iterdir())
+
+
+# -- in place (last: these change the source) -----------------------------------------------------
+
+
+async def restore_in_place(source: Source, target: RestoreTarget) -> RestoreResult:
+    command = RunRestore(
+        job_id=uuid.uuid4(),
+        restore_id=uuid.uuid4(),
+        target=target,
+        mode=RestoreMode.IN_PLACE,
+        plan=RestorePlan(
+            base_backup_id=source.backup_id,
+            base_manifest_key=source.manifest_key,
+            lineage=Timeline(id=1),
+        ),
+    )
+    return await restore(
+        source.db,
+        command,
+        store=source.store,
+        prefix=PREFIX,
+        ctx=Recorder(),
+        settings=ExecutorSettings(),
+    )
+
+
+def leftovers(source: Source) -> list[str]:
+    data = source.cluster.data_dir
+    return sorted(p.name for p in data.parent.iterdir() if p.name.startswith(f"{data.name}."))
+
+
+async def test_a_failed_restore_in_place_puts_the_database_back(source: Source) -> None:
+    beyond = Lsn(value=source.ledger[-1].lsn + (1 << 30))
+    with pytest.raises(EngineError, match="recovery ended before configured recovery target"):
+        await restore_in_place(source, TargetPosition(position=beyond))
+    check_source_untouched(source)
+    assert leftovers(source) == []
+
+
+async def test_restore_in_place_to_an_lsn(source: Source) -> None:
+    entry = source.ledger[1]
+    result = await restore_in_place(source, TargetPosition(position=Lsn(value=entry.lsn)))
+    cluster = source.cluster
+    assert cluster.running
+    assert cluster.psql(CHECKSUM_SQL) == entry.checksum
+    assert isinstance(result.lineage, Timeline)
+    assert cluster.psql("SELECT timeline_id FROM pg_control_checkpoint()") == str(result.lineage.id)
+    assert result.lineage.id >= 2
+    assert cluster.psql("SHOW restore_command") == ""
+    assert leftovers(source) == [], "the old data directory is deleted after success"
