@@ -145,6 +145,14 @@ class JobRunner:
             if not active.done.done():
                 active.done.set_result(None)
 
+    async def wait_idle(self, timeout: float) -> None:
+        """Wait (bounded) until no job is in hand. The consumer cancels handlers past its drain
+        timeout without waiting for them; their jobs are still being journaled and reported
+        interrupted, so the journal must not be closed under them."""
+        pending = [a.done for a in self._active.values()]
+        if pending:
+            await asyncio.wait(pending, timeout=timeout)
+
     def cancel(self, job_id: uuid.UUID, reason: str) -> bool:
         """Cancel a job in hand (running or waiting); False if there is none."""
         active = self._active.get(job_id)

@@ -82,8 +82,10 @@ class ExecutorService(Service):
         )
 
     async def on_stop(self) -> None:
-        # Consumers are stopped first (Service.stop): jobs in hand have finished or been
-        # reported interrupted by now.
+        # Consumers are stopped first (Service.stop); handlers they cancelled may still be
+        # reporting their jobs interrupted, so wait for those before closing the journal.
+        if self.runner is not None:
+            await self.runner.wait_idle(self.settings.executor.cancel_grace_s + 5.0)
         if self._beat is not None:
             await self._beat.stop()
         if self._store is not None:

@@ -401,3 +401,16 @@ async def test_accepted_names_this_node(rig: Rig) -> None:
     accepted = rig.sink.of(command.data.job_id, "job.accepted")[0]
     assert accepted.data.node == NODE
     assert accepted.data.command_id == command.id
+
+
+async def test_wait_idle_lets_a_cancelled_handler_finish_reporting(rig: Rig) -> None:
+    rig.engine.gate = asyncio.Event()
+    command = run_backup()
+    handler = asyncio.create_task(rig.run(command))
+    await wait_until(lambda: rig.engine.calls)
+    handler.cancel()  # as Consumer.stop does past its drain timeout, without awaiting
+    await rig.runner.wait_idle(5.0)
+    assert rig.runner.running == 0
+    assert failure_of(rig, command.data.job_id).interrupted is True
+    with pytest.raises(asyncio.CancelledError):
+        await handler
