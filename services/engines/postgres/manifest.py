@@ -14,7 +14,7 @@ as a backup) and the engine's details under `"postgres"`.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Final, Literal
 
 from pydantic import Field
 
@@ -22,7 +22,7 @@ from schemas import StrictModel
 from schemas.messages import BackupCompleted
 from services.archiver.keys import database_prefix
 
-MANIFEST_FORMAT = "tidemark.pg-base/1"
+MANIFEST_FORMAT: Final = "tidemark.pg-base/1"
 
 
 class Part(StrictModel):

@@ -31,6 +31,7 @@ import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 __all__ = [
     "DEFAULT_DB_OS_USER",
@@ -44,6 +45,7 @@ __all__ = [
     "install_user_tool",
     "pg_bindir",
     "run_as",
+    "switch_user_kwargs",
     "system_python",
     "user_env",
 ]
@@ -171,7 +173,6 @@ def run_as(
     here and not only in production). ``env`` defaults to :func:`user_env`; ``cwd`` should be a
     directory the user can enter (a root-only cwd makes some tools warn or fail).
     """
-    switching = os.geteuid() == 0 and not user.is_current
     return subprocess.run(
         [os.fspath(a) for a in argv],
         cwd=cwd,
@@ -181,10 +182,20 @@ def run_as(
         text=True,
         timeout=timeout,
         check=False,
-        user=user.uid if switching else None,
-        group=user.gid if switching else None,
-        extra_groups=list(user.groups) if switching else None,
+        **switch_user_kwargs(user),
     )
+
+
+def switch_user_kwargs(user: OsUser) -> dict[str, Any]:
+    """The ``user``/``group``/``extra_groups`` arguments that make a ``subprocess.Popen`` (or
+    ``asyncio.create_subprocess_exec``) child run as ``user``, exactly as :func:`run_as` does.
+
+    Empty unless this process is root and ``user`` is someone else; otherwise the child gets that
+    user's uid, gid and exactly its supplementary groups (root's are dropped).
+    """
+    if os.geteuid() != 0 or user.is_current:
+        return {}
+    return {"user": user.uid, "group": user.gid, "extra_groups": list(user.groups)}
 
 
 def chown_to(path: str | os.PathLike[str], user: OsUser) -> None:
