@@ -155,7 +155,7 @@ def demo(
     if verdict is None or not clean:
         raise typer.Exit(1)
     console.print(f"tour took {time.monotonic() - started:.0f}s")
-    console.print(verdict)
+    console.print(verdict, soft_wrap=True, highlight=False)
 
 
 def demo_base_dir() -> str | None:

@@ -250,7 +250,7 @@ class Tour:
             raise TourFailed(f"the restore failed: {done.data.failure.reason}")
         self.console.print(
             f"[green]✓[/] restored into {self.clone_dir} (port {port}): reached "
-            f"{done.data.reached} on {done.data.lineage}"
+            f"{done.data.reached} on {done.data.lineage.key}"
         )
         return done
 
@@ -318,8 +318,8 @@ class Tour:
     def show_window(self, view: Any) -> None:
         for window in view.windows:
             self.console.print(
-                f"  restorable window on {window.lineage}: {window.start_time} → "
-                f"{window.end_time} ({window.start} → {window.end})"
+                f"  restorable window on {window.lineage}: {_when(window.start_time)} → "
+                f"{_when(window.end_time)} ({window.start} → {window.end})"
             )
         if view.rpo_lag_s is not None:
             self.console.print(f"  RPO lag: {view.rpo_lag_s:.1f}s since the newest archived log")
@@ -343,3 +343,7 @@ class Tour:
             transient=True,
         ) as progress:
             yield progress, progress.add_task(description, total=total)
+
+
+def _when(moment: datetime | None) -> str:
+    return moment.isoformat(timespec="milliseconds") if moment is not None else "?"
