@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: help venv test lint typecheck unit integration e2e demo up status schemas bench bench-archive bench-catalog clean
+.PHONY: help venv test lint typecheck unit integration e2e demo up status schemas bench bench-archive bench-catalog bench-restore clean
 
 help:
 	@echo "make demo   - start the embedded stack (NATS, four services) and show it healthy"
@@ -13,6 +13,7 @@ help:
 	@echo "make bench  - benchmarks (ratios against a baseline measured in the same run)"
 	@echo "make bench-archive - WAL archiving vs pgBackRest, barman-cloud and the limits (docs/benchmarks.md)"
 	@echo "make bench-catalog - catalog ingest, queries and rebuild over 1M logs (docs/benchmarks.md)"
+	@echo "make bench-restore - restore to the latest point vs pgbackrest restore (docs/benchmarks.md)"
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -61,6 +62,9 @@ bench-archive: $(STAMP)
 
 bench-catalog: $(STAMP)
 	$(BIN)/python -m bench catalog
+
+bench-restore: $(STAMP)
+	$(BIN)/python -m bench restore
 
 clean:
 	rm -rf $(VENV) .state .pytest_cache .mypy_cache .ruff_cache

@@ -20,7 +20,12 @@ from bench.archive.lag import LagResult, measure_lag
 from bench.archive.outcome import PeerUnavailable
 from bench.archive.peers.barman_cloud import BarmanCloud, ensure_barman_cloud
 from bench.archive.peers.limits import copy_limit, emulator_limit, payloads
-from bench.archive.peers.pgbackrest import PgBackRest, ensure_pgbackrest, supports_zstd
+from bench.archive.peers.pgbackrest import (
+    PgBackRest,
+    compress_options,
+    ensure_pgbackrest,
+    supports_zstd,
+)
 from bench.archive.segments import Corpus
 from bench.archive.settings import BenchSettings, Compression
 
@@ -111,7 +116,9 @@ def filesystem_contenders(tools: Tools, corpus: Corpus) -> list[Contender]:
 
     def pgbackrest(run: Run) -> float:
         binary, theirs = tools.pgbackrest
-        peer = PgBackRest(binary, run.work, run.backlog.pgdata, run.backlog.user, theirs)
+        peer = PgBackRest(
+            binary, run.work, run.backlog.pgdata, run.backlog.user, compress_options(theirs)
+        )
         return peer.drain(run.backlog)
 
     return [
@@ -155,7 +162,7 @@ def lag_contenders(tools: Tools, corpus: Corpus) -> list[LagContender]:
 
     def pgbackrest_lag(work: Path) -> LagResult:
         binary, theirs = tools.pgbackrest
-        peer = PgBackRest(binary, work, cluster.data_dir, cluster.user, theirs)
+        peer = PgBackRest(binary, work, cluster.data_dir, cluster.user, compress_options(theirs))
         return measure_lag(cluster, peer.archive_command, peer.probe, settings, work)
 
     return [

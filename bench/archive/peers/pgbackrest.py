@@ -1,15 +1,18 @@
-"""pgBackRest `archive-push`, in its best configuration on this machine, into a posix repository.
+"""pgBackRest, in its best configuration on this machine, with a posix repository; shared by the
+archive benchmark (`archive-push`) and the restore benchmark (`backup`, `restore`, `archive-get`).
 
 Installed from the distribution when missing (`apt-get install -y pgbackrest`, 2.45 on Debian
 bookworm). Everything it touches is in the run's scratch directory: a bench-only config file
 (always passed with `--config`, with an empty `--config-include-path`, so the package's
 system-wide `/etc/pgbackrest*` is never read), the repository, spool, lock and log paths.
 
-Configuration: `archive-async=y`, `process-max=2` (one per core), `compress-type` matching ours
-(`zst` at our level, or `none`), no `archive-push-queue-max` (it would drop WAL, never what a
-benchmark of durability wants). PostgreSQL calls `archive-push %p` once per segment; the first
-call starts the asynchronous process, which pushes every `.ready` segment ahead with two workers
-while each later call only waits for its segment to be acknowledged.
+Configuration common to both: `archive-async=y` (pushes and gets ahead of PostgreSQL's calls),
+`process-max=2` (one per core), no `archive-push-queue-max` (it would drop WAL, never what a
+benchmark of durability wants); each benchmark adds its compression (`compress_options`: the
+archive benchmark's matches ours; the restore benchmark's is `lz4`). PostgreSQL calls
+`archive-push %p` once per segment; the first call starts the asynchronous process, which pushes
+every `.ready` segment ahead with two workers while each later call only waits for its segment
+to be acknowledged.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import os
 import shutil
 import subprocess
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 from bench.archive.backlog import Backlog, archive_backlog, fresh_dir, run_checked, wait_until
@@ -51,6 +55,13 @@ def ensure_pgbackrest() -> tuple[Path, str]:
     return Path(found), version
 
 
+def compress_options(compression: Compression) -> dict[str, str]:
+    """pgBackRest's words for the archive benchmark's compression (`zst` at our level)."""
+    if compression.kind == "none":
+        return {"compress-type": "none"}
+    return {"compress-type": "zst", "compress-level": str(compression.level)}
+
+
 def supports_zstd(binary: Path) -> bool:
     """Whether this build links libzstd (`compress-type=zst` exists only if it does)."""
     try:
@@ -61,12 +72,23 @@ def supports_zstd(binary: Path) -> bool:
 
 
 class PgBackRest:
-    """One repository, stanza and config for one drain; `drain` is the timed part."""
+    """One repository, stanza and config; `drain` is the archive benchmark's timed part."""
 
     def __init__(
-        self, binary: Path, work: Path, pgdata: Path, user: OsUser, compression: Compression
+        self,
+        binary: Path,
+        work: Path,
+        pgdata: Path,
+        user: OsUser,
+        settings: Mapping[str, str],
+        *,
+        stanza_settings: Mapping[str, str] | None = None,
     ) -> None:
-        """Write the config and create the stanza (offline: from `pgdata/global/pg_control`)."""
+        """Write the config and create the stanza (offline: from `pgdata/global/pg_control`).
+
+        `settings` go to `[global]` on top of the common ones (`compress_options(...)` at least);
+        `stanza_settings` to the stanza, after `pg1-path` (e.g. `pg1-socket-path`, `pg1-port`
+        for a backup of a running cluster)."""
         self.binary = binary
         self.pgdata = pgdata
         self.user = user
@@ -77,30 +99,28 @@ class PgBackRest:
         self.include = fresh_dir(work, "conf.d")
         self.include.chmod(0o755)  # the database user lists it (and finds nothing)
         self.config = work / "pgbackrest.conf"
-        compress = (
-            "compress-type=none\n"
-            if compression.kind == "none"
-            else f"compress-type=zst\ncompress-level={compression.level}\n"
-        )
+        common = {
+            "repo1-type": "posix",
+            "repo1-path": str(self.repo),
+            "spool-path": str(self.spool),
+            "lock-path": str(self.lock),
+            "log-path": str(self.logs),
+            "log-level-console": "warn",
+            "log-level-file": "warn",
+            "archive-async": "y",
+            "process-max": str(PROCESS_MAX),
+            "archive-timeout": "120",
+        }
+        stanza = {"pg1-path": str(pgdata), **(stanza_settings or {})}
         self.config.write_text(
             "[global]\n"
-            "repo1-type=posix\n"
-            f"repo1-path={self.repo}\n"
-            f"spool-path={self.spool}\n"
-            f"lock-path={self.lock}\n"
-            f"log-path={self.logs}\n"
-            "log-level-console=warn\n"
-            "log-level-file=warn\n"
-            "archive-async=y\n"
-            f"process-max={PROCESS_MAX}\n"
-            "archive-timeout=120\n"
-            f"{compress}"
-            f"\n[{STANZA}]\n"
-            f"pg1-path={pgdata}\n",
+            + "".join(f"{name}={value}\n" for name, value in {**common, **settings}.items())
+            + f"\n[{STANZA}]\n"
+            + "".join(f"{name}={value}\n" for name, value in stanza.items()),
             encoding="utf-8",
         )
         self.config.chmod(0o644)
-        self._run("stanza-create", "--no-online")
+        self.run("stanza-create", "--no-online")
 
     @property
     def options(self) -> str:
@@ -110,9 +130,10 @@ class PgBackRest:
     def archive_command(self) -> str:
         return f"{self.binary} {self.options} archive-push %p"
 
-    def _run(self, *args: str) -> None:
+    def run(self, *args: str, timeout: float = 300) -> None:
+        """`pgbackrest <options> <args>` as the database user; `RuntimeError` on failure."""
         argv = [str(self.binary), *self.options.split(), *args]
-        done = run_as(self.user, argv, cwd=self.pgdata, env=user_env(self.user), timeout=300)
+        done = run_as(self.user, argv, cwd=self.pgdata, env=user_env(self.user), timeout=timeout)
         if done.returncode != 0:
             raise RuntimeError(
                 f"pgbackrest {' '.join(args)} failed (exit {done.returncode}): "
