@@ -65,6 +65,7 @@ from schemas.messages import (
     WindowSummary,
 )
 from services.bus import Delivery, Publisher, TerminalError
+from services.catalog.heap import FreezeSchedule
 from services.catalog.history import HistoryConflict
 from services.catalog.index import CatalogIndex, DatabaseIndex, UnknownDatabase
 from services.catalog.store import CatalogStore, Recorded, StoreConflict, Writer
@@ -147,6 +148,7 @@ class Ingest:
         self.index = index
         self.publisher = publisher
         self.batch = batch
+        self._heap = FreezeSchedule()
         self._published: dict[str, Windows] = {
             ref.uid: lineage_windows(index.database(ref.uid)) for ref in index.databases()
         }
@@ -179,6 +181,7 @@ class Ingest:
         if forget:
             await self._in_store(self._forget, forget)
         done = [e for e in events if e.refused is None]
+        self._heap.indexed(len(done))
         await self.publisher.publish_all(
             [self._indexed(e) for e in done if isinstance(e.data, LogArchived)]
         )

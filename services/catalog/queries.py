@@ -56,8 +56,12 @@ def _parse(model: type[BaseModel], data: bytes) -> Any:
         raise _Refused(400, f"bad {model.__name__}: {problems}") from None
 
 
-def handlers(index: CatalogIndex) -> dict[str, Callable[[bytes], Awaitable[BaseModel]]]:
-    """Each query as bytes → reply model; raises `_Refused` for a clear refusal."""
+Reply = BaseModel | bytes
+"""A reply model, or its JSON already serialized (a restore plan is serialized in one pass)."""
+
+
+def handlers(index: CatalogIndex) -> dict[str, Callable[[bytes], Awaitable[Reply]]]:
+    """Each query as bytes → reply; raises `_Refused` for a clear refusal."""
 
     async def databases(data: bytes) -> BaseModel:
         _parse(DatabasesRequest, data)
@@ -77,10 +81,10 @@ def handlers(index: CatalogIndex) -> dict[str, Callable[[bytes], Awaitable[BaseM
             raise _Refused(404, reply.reason)
         return reply
 
-    async def restore_plan(data: bytes) -> BaseModel:
+    async def restore_plan(data: bytes) -> Reply:
         request: CheckRequest = _parse(CheckRequest, data)
         try:
-            return index.restore_plan(request.database, request.target, request.lineage)
+            return index.restore_plan_json(request.database, request.target, request.lineage)
         except UnknownDatabase as exc:
             raise _Refused(404, str(exc)) from None
         except NotRestorable as exc:
@@ -124,7 +128,7 @@ async def serve_queries(nc: Client, index: CatalogIndex, *, version: str = "0.1.
 
 
 def _endpoint(
-    handler: Callable[[bytes], Awaitable[BaseModel]],
+    handler: Callable[[bytes], Awaitable[Reply]],
 ) -> Callable[[Request], Awaitable[None]]:
     async def respond(request: Request) -> None:
         try:
@@ -134,6 +138,8 @@ def _endpoint(
                 str(refused.status), refused.error, data=refused.body.model_dump_json().encode()
             )
             return
-        await request.respond(reply.model_dump_json().encode())
+        await request.respond(
+            reply if isinstance(reply, bytes) else reply.model_dump_json().encode()
+        )
 
     return respond

@@ -21,6 +21,7 @@ from nats.micro.service import Service as MicroService
 
 from schemas import ServiceHealth
 from services.bus import Publisher
+from services.catalog.heap import freeze
 from services.catalog.index import CatalogIndex
 from services.catalog.ingest import Ingest
 from services.catalog.queries import serve_queries
@@ -47,6 +48,8 @@ class CatalogService(Service):
             CatalogStore.open, url, password_file=catalog.password_file
         )
         counts = await asyncio.to_thread(self.store.load_into, self.index)
+        # Out of the collector's reach: a full collection would pause queries (`heap.py`).
+        freeze()
         log.info(
             "catalog loaded from %s: %d databases, %d logs, %d backups",
             self.store.url,

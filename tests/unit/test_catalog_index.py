@@ -136,6 +136,19 @@ def test_postgres_restore_plan_lists_objects_and_recovery_settings(pg_index: Cat
     assert named.recovery.postgres["recovery_target_name"] == "before_upgrade"
 
 
+def test_restore_plan_json_is_the_plan_model_serialized(pg_index: CatalogIndex) -> None:
+    # The query path serializes plain values; it must say exactly what the model would.
+    for target in (
+        TargetPosition(position=Lsn.parse("0/5000010")),
+        TargetTime(at=T0 + timedelta(minutes=4, seconds=30)),
+        TargetName(name="before_upgrade"),
+    ):
+        plan = pg_index.restore_plan("orders", target)
+        assert pg_index.restore_plan_json("orders", target) == plan.model_dump_json().encode()
+    with pytest.raises(NotRestorable, match="sequence 9"):
+        pg_index.restore_plan_json("orders", TargetPosition(position=Lsn.parse("0/9800000")))
+
+
 def test_retention_keeps_the_base_of_the_oldest_wanted_window(pg_index: CatalogIndex) -> None:
     preview = pg_index.retention_preview("orders", 0, now=T0 + timedelta(minutes=11))
     assert preview.oldest_kept_base == "b2"
@@ -206,6 +219,9 @@ def test_oracle_rac_until_scn_and_sequence() -> None:
     plan = index.restore_plan("ledger", TargetPosition(position=Scn(value=400)))
     assert plan.recovery.rman_until == "SET UNTIL SCN 400"
     assert plan.recovery.reset_to_incarnation is None
+    assert index.restore_plan_json("ledger", TargetPosition(position=Scn(value=400))) == (
+        plan.model_dump_json().encode()
+    )
     by_seq = index.restore_plan("ledger", TargetSequence(thread=1, sequence=4))
     assert by_seq.recovery.rman_until == "SET UNTIL SEQUENCE 4 THREAD 1"
     assert index.check("ledger", TargetSequence(thread=1, sequence=4)).restorable
