@@ -27,13 +27,17 @@ count every message; the handler's duration is recorded once per batch and messa
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import logging
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
+from nats.aio.client import Client
 from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext
 from nats.js.api import ConsumerConfig
 from opentelemetry import trace
@@ -44,6 +48,9 @@ from services.bus.errors import RetryableError, TerminalError
 from services.telemetry import extract_context, tracer
 
 log = logging.getLogger("tidemark.bus")
+
+#: The header a JetStream status message (no messages, request expired, heartbeat) carries.
+STATUS_HEADER = "Status"
 
 BatchHandler = Callable[[Sequence[Delivery]], Awaitable[Sequence[Exception | None]]]
 """Handles deliveries together; returns, per delivery in order, `None` (done and durable) or
@@ -63,12 +70,35 @@ class BatchConsumer(Consumer):
         super().__init__(js, **kwargs)
         self.batch = batch
         self.batch_size = batch_size
+        self._puller: _Puller | None = None
 
     def config(self) -> ConsumerConfig:
         config = super().config()
         # The server delivers no more than this unacknowledged: below a batch, batches shrink.
         config.max_ack_pending = max(config.max_ack_pending or 0, self.batch_size)
         return config
+
+    async def _fetch(self, batch: int) -> list[Msg]:
+        """Up to `batch` messages through this consumer's own `_Puller`; none after a quiet
+        second or a failure (then a pause)."""
+        try:
+            if self._puller is None:
+                self._puller = await _Puller.open(self.js, self.stream, self.durable)
+            msgs = await self._puller.fetch(batch, timeout=1.0)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # disconnected, server restarting: wait and go on
+            log.warning("fetch on %s failed: %s", self.durable, exc)
+            await asyncio.sleep(self._pause)
+            self._pause = min(self._pause * 2, 5.0)
+            return []
+        self._pause = 0.1
+        return msgs
+
+    async def stop(self, timeout: float | None = None) -> None:
+        await super().stop(timeout)
+        if self._puller is not None:
+            await self._puller.close()
 
     async def _fetch_loop(self) -> None:
         while not self._stopping.is_set():
@@ -182,3 +212,82 @@ class BatchConsumer(Consumer):
 
 class _BatchRetry(RetryableError):
     """The retry of every message of a failed batch (said once for the batch, not per message)."""
+
+
+class _Puller:
+    """Pull requests of one consumer, answered into one subscription with a callback.
+
+    nats.py's `fetch` takes each message of a batch off its queue with a task and a timer of
+    its own: for a batch of a thousand small events, that costs more than decoding them. Here
+    messages are appended to a list as the connection reads them, and a batch is taken whole.
+
+    Each request has its own reply subject (`<inbox>.<n>`), so the status that ends one (404
+    no messages, 408 expired, 409) is told from a late one ending an older request. Messages
+    are kept whichever request they answer, in the order they arrive (the stream's): one that
+    answers an older, lingering request is the start of the next batch, never dropped.
+    """
+
+    def __init__(self, nc: Client, next_subject: str) -> None:
+        self._nc = nc
+        self._next_subject = next_subject
+        self._inbox = nc.new_inbox()
+        self._sub: Subscription | None = None
+        self._msgs: list[Msg] = []
+        self._request = 0
+        self._wanted = 0
+        self._answered = asyncio.Event()
+        """Set when the current request is settled: enough messages, or its status came."""
+
+    @classmethod
+    async def open(cls, js: JetStreamContext, stream: str, durable: str) -> _Puller:
+        # The JetStream context's connection and API prefix: nats.py keeps them private, and
+        # its own pull subscription builds the same subject from them.
+        puller = cls(js._nc, f"{js._prefix}.CONSUMER.MSG.NEXT.{stream}.{durable}")
+        puller._sub = await puller._nc.subscribe(f"{puller._inbox}.*", cb=puller._received)
+        return puller
+
+    async def close(self) -> None:
+        if self._sub is not None:
+            with contextlib.suppress(Exception):
+                await self._sub.unsubscribe()
+            self._sub = None
+
+    async def _received(self, msg: Msg) -> None:
+        status = msg.headers.get(STATUS_HEADER) if msg.headers else None
+        if status is None:
+            self._msgs.append(msg)
+            if len(self._msgs) >= self._wanted:
+                self._answered.set()
+        elif status != "100" and msg.subject == f"{self._inbox}.{self._request}":
+            # 404 / 408 / 409 end the current request; 100 is an idle heartbeat.
+            self._answered.set()
+
+    async def _ask(self, request: dict[str, Any], wanted: int) -> None:
+        self._request += 1
+        self._wanted = wanted
+        self._answered.clear()
+        await self._nc.publish(
+            self._next_subject,
+            json.dumps(request).encode(),
+            reply=f"{self._inbox}.{self._request}",
+        )
+
+    async def _wait(self, timeout: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._answered.wait(), timeout)
+
+    async def fetch(self, batch: int, timeout: float) -> list[Msg]:
+        """Up to `batch` messages: those available now, else the first to arrive within
+        `timeout` (and whatever came with them); [] if none did."""
+        if len(self._msgs) < batch:
+            # What is there now, up to the batch; a 404 says there is no more.
+            await self._ask({"batch": batch - len(self._msgs), "no_wait": True}, batch)
+            await self._wait(timeout)
+        if not self._msgs:
+            # Nothing yet: a request that lingers until a message comes or it expires.
+            expires = int(timeout * 1e9)
+            await self._ask({"batch": batch, "expires": expires}, 1)
+            await self._wait(timeout + 0.5)
+            await asyncio.sleep(0)  # what was read with the first lands with it
+        taken, self._msgs = self._msgs[:batch], self._msgs[batch:]
+        return taken
