@@ -176,6 +176,8 @@ class Ingest:
                 events.append(_Event(i, delivery.message, _database(delivery.message)))
             except TerminalError as exc:
                 refused[i] = exc
+        # Nothing else runs on the loop meanwhile: work done here while the store's thread
+        # writes would hold the GIL that thread takes back after every row SQLite steps over.
         await self._in_store(self._write, events)
         forget = [e for e in events if e.refused is None and self._apply(e)]
         if forget:

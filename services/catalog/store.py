@@ -165,16 +165,17 @@ _KNOWN_LOGS = select(logs.c.sequence, logs.c.name, logs.c.first, logs.c.next, lo
 )
 
 
-_BULK_LOG_INSERTS: dict[str, tuple[str, list[Any]]] = {}
+_BULK_LOG_INSERTS: dict[str, tuple[str, list[tuple[str, Any]]]] = {}
 
 
-def _bulk_log_insert(dialect: Dialect) -> tuple[str, list[Any]]:
-    """SQLite's own INSERT of a `logs` row (positional), and each column's bind processor."""
+def _bulk_log_insert(dialect: Dialect) -> tuple[str, list[tuple[str, Any]]]:
+    """SQLite's own INSERT of a `logs` row (positional), and each column's name and bind
+    processor (None where the value goes as it is)."""
     assert dialect.name == "sqlite", "positional parameters: SQLite's paramstyle"
     if dialect.name not in _BULK_LOG_INSERTS:
         statement = str(logs.insert().compile(dialect=dialect))
-        processors = [c.type.bind_processor(dialect) for c in logs.columns]
-        _BULK_LOG_INSERTS[dialect.name] = (statement, processors)
+        columns = [(c.name, c.type.bind_processor(dialect)) for c in logs.columns]
+        _BULK_LOG_INSERTS[dialect.name] = (statement, columns)
     return _BULK_LOG_INSERTS[dialect.name]
 
 
@@ -359,14 +360,10 @@ class Writer:
     def _insert_logs(self, rows: list[dict[str, Any]]) -> None:
         """One `executemany` of the rows, bound by the columns' own processors: SQLAlchemy's
         per-row parameter handling would cost more than SQLite's inserts."""
-        dialect = self.conn.dialect
-        statement, processors = _bulk_log_insert(dialect)
+        statement, columns = _bulk_log_insert(self.conn.dialect)
         values = [
             tuple(
-                value if process is None else process(value)
-                for process, value in zip(
-                    processors, (row[c.name] for c in logs.columns), strict=True
-                )
+                [row[name] if process is None else process(row[name]) for name, process in columns]
             )
             for row in rows
         ]
