@@ -122,8 +122,10 @@ def demo(
         int | None, typer.Option(help="seed for the random restore moment (default: random)")
     ] = None,
 ) -> None:
-    """The guided tour: protect a real PostgreSQL cluster, back it up, write, and restore a clone
-    to a random moment inside the window, checked against the writer's ledger."""
+    """The guided tour: a real PostgreSQL cluster, restored into a clone at a random moment.
+
+    Protects a new cluster, backs it up, writes with a ledger, restores a clone to a random
+    moment inside the window and checks it against the ledger, row for row."""
     import random
     import shutil
 
