@@ -13,6 +13,7 @@ normalised to UTC before they are written and read back as aware UTC datetimes.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
@@ -52,6 +53,13 @@ class U64(TypeDecorator[int]):
             return int(value)
         return int(value) + _BIAS
 
+    @staticmethod
+    def raw_reader(dialect: Dialect) -> Callable[[Any], int | None]:
+        """`process_result_value` for the driver's own values, in one step (bulk reads)."""
+        if dialect.name == "postgresql":
+            return lambda value: None if value is None else int(value)
+        return lambda value: None if value is None else value + _BIAS
+
 
 class UtcDateTime(TypeDecorator[datetime]):
     """An aware UTC datetime on the way in and out, whatever the backend keeps."""
@@ -75,3 +83,13 @@ class UtcDateTime(TypeDecorator[datetime]):
         if value.tzinfo is None:
             return value.replace(tzinfo=UTC)
         return value.astimezone(UTC)
+
+    @staticmethod
+    def raw_reader(dialect: Dialect) -> Callable[[Any], datetime | None]:
+        """The driver's own value as `process_result_value` returns it, in one step (bulk
+        reads): psycopg gives an aware datetime; SQLite the naive UTC text SQLAlchemy wrote,
+        which `fromisoformat` reads as UTC with the offset appended (a quarter of the cost of
+        SQLAlchemy's parse and a `replace`)."""
+        if dialect.name == "postgresql":
+            return lambda value: None if value is None else value.astimezone(UTC)
+        return lambda value: None if value is None else datetime.fromisoformat(value + "+00:00")

@@ -8,10 +8,10 @@ per event, so every query is answered from memory in a few binary searches per b
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 from pydantic_core import to_json
 
@@ -44,6 +44,7 @@ from services.catalog.history import (
     BaseEntry,
     Gap,
     History,
+    HistoryConflict,
     LineageEntry,
     LogEntry,
     Verdict,
@@ -63,10 +64,10 @@ class NotRestorable(ValueError):
         self.reply = reply
 
 
-@dataclass(frozen=True, slots=True)
-class StoredLog:
+class StoredLog(NamedTuple):
     """What the index takes of one log: a `log.archived` (validated on arrival), or its row in
-    the store, read back at start-up without building the event again."""
+    the store, read back at start-up without building the event again (in this field order:
+    `CatalogStore.load_into` builds it from the row's values)."""
 
     lineage: str
     kind: str
@@ -101,8 +102,7 @@ class StoredLog:
         )
 
 
-@dataclass(frozen=True)
-class LogObject:
+class LogObject(NamedTuple):
     key: str
     size: int
     crc32c: str
@@ -185,6 +185,27 @@ class CatalogIndex:
         """Index one log as the store keeps it (start-up reads rows, not events)."""
         db = self._ensure(database)
         self._learn_lineage(db, lineage)
+        return self._add_log(db, log)
+
+    def load_logs(
+        self, database: DatabaseRef, lineage: Incarnation | Timeline, logs: Iterable[StoredLog]
+    ) -> tuple[int, list[HistoryConflict]]:
+        """`apply_stored_log` for many logs of one lineage (the start-up load), the database and
+        the lineage learnt once: how many logs there were, and the conflicts (each of which left
+        its log out)."""
+        db = self._ensure(database)
+        self._learn_lineage(db, lineage)
+        taken = 0
+        conflicts = []
+        for log in logs:
+            taken += 1
+            try:
+                self._add_log(db, log)
+            except HistoryConflict as exc:
+                conflicts.append(exc)
+        return taken, conflicts
+
+    def _add_log(self, db: DatabaseIndex, log: StoredLog) -> bool:
         key = log.lineage
         if log.kind in ("history", "backup_history") or (log.file_name or "").endswith(".partial"):
             # A `.partial` segment holds the old timeline's WAL only up to the switch, and the

@@ -13,7 +13,6 @@ from sqlalchemy.engine import Row
 from schemas import Engine as DbEngine
 from schemas import Incarnation, Lineage, Lsn, Position, Scn, Timeline
 from schemas.messages import BackupCompleted, BackupKind, BackupSpec, Compression, LogArchived
-from services.catalog.index import StoredLog
 
 #: The node a log row names when it was rebuilt from the bucket (objects do not say who wrote
 #: them); any valid node name would do, this one says what happened.
@@ -110,27 +109,6 @@ def log_model(row: Row[Any], lineage: Lineage, engine: DbEngine) -> LogArchived:
         node=row.node or UNKNOWN_NODE,
         archived_at=row.archived_at,
         stored_at=row.stored_at,
-    )
-
-
-def stored_log(row: Row[Any]) -> StoredLog:
-    """The index's view of a stored log, straight from its row (`log_model` without the event:
-    a start-up reads millions of rows, and validating each as a message would double its time).
-    """
-    return StoredLog(
-        lineage=row.lineage,
-        kind=row.kind,
-        file_name=row.name or None,
-        thread=row.thread,
-        sequence=row.sequence,
-        first=row.first,
-        next=row.next,
-        first_time=row.first_time,
-        next_time=row.next_time,
-        archived_at=row.archived_at,
-        object_key=row.object_key,
-        size_bytes=row.size_bytes,
-        crc32c=row.crc32c,
     )
 
 

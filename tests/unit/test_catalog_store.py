@@ -86,6 +86,33 @@ def test_store_a_different_log_under_a_known_name_is_refused_and_the_first_kept(
     assert index.database(PG.uid).objects[("tl-00000001", 1, 3)].crc32c == first.crc32c
 
 
+def test_store_loads_into_the_index_its_events_would_make(store: CatalogStore) -> None:
+    # The start-up load reads the driver's own values (biased or NUMERIC positions, times as
+    # text or timestamptz): it must come back to exactly what the events say.
+    events = [
+        (PG, wal(3)),
+        (PG, wal(4)),
+        (ORA, redo(1, 1, TOP - 10, TOP - 5, INC1)),
+        (ORA, redo(1, 2, TOP - 5, TOP, INC1)),
+        (ORA, redo(2, 1, 1, 1 << 63, INC1)),
+    ]
+    expected = CatalogIndex()
+    for database, log in events:
+        store.record_log(database, log)
+        expected.apply_log(database, log)
+    loaded = index_of(store)
+    for database in (PG, ORA):
+        want, got = expected.database(database.uid), loaded.database(database.uid)
+        assert got.objects == want.objects
+        assert got.last_archived_at == want.last_archived_at
+        assert got.current_lineage == want.current_lineage
+        for key in want.history.lineages:
+            assert got.history.threads(key).keys() == want.history.threads(key).keys()
+            for number, thread in want.history.threads(key).items():
+                assert got.history.threads(key)[number].by_seq == thread.by_seq
+        assert all(o.archived_at.tzinfo is UTC for o in got.objects.values())
+
+
 def test_store_a_batch_of_logs_is_stored_as_one_at_a_time_would(store: CatalogStore) -> None:
     store.record_log(PG, wal(3))
     conflicting = wal(3).model_copy(update={"crc32c": "BBBBBB=="})
