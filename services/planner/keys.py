@@ -88,4 +88,6 @@ def step_id(cause: uuid.UUID, step: str) -> uuid.UUID:
 def backup_id_for(command_id: uuid.UUID, at: datetime) -> str:
     """`<UTC yyyymmddThhmmss>-<8 hex>`: sorts by time, readable in a bucket listing, and the
     same for every delivery of one command (it is a pure function of the command)."""
-    return f"{at:%Y%m%dT%H%M%S}-{command_id.hex[:8]}"
+    # The last 8 hex digits: a UUIDv7 begins with its timestamp, so its first ones repeat for
+    # every command of the same minute; its last ones are random.
+    return f"{at:%Y%m%dT%H%M%S}-{command_id.hex[-8:]}"

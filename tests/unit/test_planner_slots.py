@@ -42,7 +42,7 @@ def test_step_ids_keep_the_cause_time_and_differ_per_step() -> None:
 
 def test_backup_id_is_time_then_command() -> None:
     command = slot_command_id("orders", "full", ONE)
-    assert backup_id_for(command, ONE) == f"20260302T010000-{command.hex[:8]}"
+    assert backup_id_for(command, ONE) == f"20260302T010000-{command.hex[-8:]}"
 
 
 def policy(since: datetime, **fields: object) -> PolicyRecord:
