@@ -1,0 +1,1 @@
+"""Oracle engine: python-oracledb sessions for V$ views, RMAN and Data Pump as subprocesses."""
