@@ -244,6 +244,8 @@ class Media(_Model):
     recovered_to: int | None = None
     consistent: bool = False
     incarnation: int
+    wall: datetime | None = None
+    """The latest time the database had seen before the restore began."""
 
 
 class Injection(_Model):

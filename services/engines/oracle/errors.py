@@ -1,0 +1,234 @@
+"""Oracle error codes, classified once: what a failed RMAN, Data Pump or dgmgrl run means.
+
+Every Oracle tool reports failure as a stack of coded lines. The outer lines are wrappers that
+only say which command failed (RMAN-03002 "failure of recover command", RMAN-03009 per channel,
+UDE-00008 "operation generated ORACLE error"); the inner lines say why. So a stack is classified
+by its inner codes, never by its wrapper: RMAN-03009 over ORA-19511 is a media manager hiccup
+worth retrying, RMAN-03009 over ORA-01017 is a bad credential that no retry will fix.
+
+A stack's verdict is the worst of its deciding codes, in this order:
+
+    FATAL      retrying the same command cannot succeed (bad configuration, wrong incarnation,
+               a real gap in the logs, a target the base cannot reach): re-plan or fix first
+    RETRYABLE  transient (instance or network down, media manager, space being freed)
+    WARNING    the command did what it was asked; the code is worth a log line
+    (CONTEXT)  lines that annotate another (ORA-01110 names the file): they never decide
+    (WRAPPER)  lines that only wrap another; alone, they decide FATAL
+
+A code not in the table is FATAL: an error we have not understood is not one to loop on.
+Source: `reference/oracle.md` §7, plus the Data Pump notes of §3.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from schemas.messages import Failure
+
+__all__ = [
+    "CODE_RE",
+    "Classification",
+    "Rule",
+    "Verdict",
+    "classify",
+    "codes_in",
+    "rule_for",
+]
+
+
+class Verdict(enum.Enum):
+    """What a code means for the command that raised it (module docstring)."""
+
+    FATAL = "fatal"
+    RETRYABLE = "retryable"
+    WARNING = "warning"
+    CONTEXT = "context"
+    WRAPPER = "wrapper"
+
+
+@dataclass(frozen=True)
+class Rule:
+    verdict: Verdict
+    meaning: str
+    action: str
+
+
+def _r(verdict: Verdict, meaning: str, action: str = "") -> Rule:
+    return Rule(verdict, meaning, action)
+
+
+F, R, W, C, X = Verdict.FATAL, Verdict.RETRYABLE, Verdict.WARNING, Verdict.CONTEXT, Verdict.WRAPPER
+
+_TABLE: dict[str, Rule] = {
+    # -- RMAN stack headers and wrappers
+    "RMAN-00569": _r(X, "error message stack follows"),
+    "RMAN-00571": _r(X, "error message stack separator"),
+    "RMAN-03002": _r(X, "failure of a command"),
+    "RMAN-03009": _r(X, "failure of a command on one channel"),
+    "RMAN-03015": _r(X, "error in a stored script"),
+    "RMAN-06010": _r(C, "error while looking up a datafile"),
+    # -- RMAN syntax and configuration
+    "RMAN-00558": _r(F, "error while parsing the command"),
+    "RMAN-01009": _r(F, "syntax error"),
+    "RMAN-01008": _r(F, "bad identifier"),
+    "RMAN-05088": _r(F, "no destination for converted files", "set FORMAT or DB_CREATE_FILE_DEST"),
+    "RMAN-05137": _r(F, "no destination for converted files", "set FORMAT or DB_CREATE_FILE_DEST"),
+    "RMAN-06591": _r(F, "ALLOW INCONSISTENT needs a cross-platform backup"),
+    # -- RMAN restore and recovery
+    "RMAN-06054": _r(
+        F,
+        "media recovery is asking for an archived log it does not know",
+        "the restore plan lacks a log (a real gap, or not staged): re-plan",
+    ),
+    "RMAN-06023": _r(F, "no backup or copy of a datafile to restore", "re-plan with another base"),
+    "RMAN-06025": _r(F, "no backup of an archived log to restore", "re-plan"),
+    "RMAN-06026": _r(F, "some targets not found, restore aborted", "re-plan"),
+    "RMAN-06059": _r(R, "an expected archived log is missing", "crosscheck, then retry"),
+    "RMAN-06004": _r(C, "recovery catalog lookup error"),
+    # -- RMAN warnings
+    "RMAN-08137": _r(W, "archived log kept: a standby still needs it"),
+    "RMAN-08120": _r(W, "archived log not deleted: not yet applied or backed up"),
+    "RMAN-06755": _r(W, "incremental start SCN too recent, file skipped"),
+    # -- ORA: media, files, space
+    "ORA-19511": _r(R, "media manager error", "retry with backoff"),
+    "ORA-19505": _r(R, "failed to identify a file", "fetch the piece again"),
+    "ORA-27037": _r(C, "unable to obtain file status"),
+    "ORA-27041": _r(C, "unable to open file"),
+    "ORA-00230": _r(R, "snapshot control file enqueue unavailable", "retry"),
+    "ORA-00245": _r(F, "control file backup failed: snapshot location not shared"),
+    "ORA-19809": _r(R, "recovery area limit exceeded", "free space, retry"),
+    "ORA-19804": _r(R, "cannot reclaim space in the recovery area", "free space, retry"),
+    "ORA-00257": _r(R, "archiver stuck", "emergency cleanup of the archive destination"),
+    # -- ORA: recovery reached the wrong place
+    "ORA-01547": _r(F, "RECOVER succeeded but OPEN RESETLOGS would fail", "see the next error"),
+    "ORA-01194": _r(
+        F, "a file needs more recovery to be consistent", "recover further, or use an older base"
+    ),
+    "ORA-01152": _r(F, "a file was not restored from a backup old enough", "use an older base"),
+    "ORA-01110": _r(C, "names the datafile of the error above"),
+    "ORA-01190": _r(F, "a file is from before the last RESETLOGS", "wrong incarnation"),
+    "ORA-01209": _r(F, "a file is from before the last RESETLOGS", "wrong incarnation"),
+    "ORA-19638": _r(F, "incremental backup does not follow the file's SCN", "re-plan the SCN"),
+    "ORA-19625": _r(F, "error identifying a file", "re-plan"),
+    # -- ORA: cross-platform encryption / compression
+    "ORA-19990": _r(F, "encrypted backup cannot cross platforms"),
+    "ORA-19991": _r(F, "encrypted backup cannot cross platforms"),
+    "ORA-19992": _r(F, "encrypted backup cannot cross platforms"),
+    "ORA-19994": _r(F, "compressed backup cannot cross endianness"),
+    "ORA-19699": _r(F, "compressed backup not allowed here"),
+    # -- ORA: instance down, network
+    "ORA-01034": _r(R, "Oracle not available"),
+    "ORA-27101": _r(R, "shared memory realm does not exist"),
+    "ORA-12514": _r(R, "listener does not know the service"),
+    "ORA-12541": _r(R, "no listener"),
+    "ORA-03113": _r(R, "end-of-file on communication channel"),
+    "ORA-03135": _r(R, "connection lost contact"),
+    "ORA-17629": _r(R, "cannot connect to the remote database server"),
+    # -- ORA: authentication
+    "ORA-01017": _r(F, "invalid username/password; logon denied", "fix the wallet or OS auth"),
+    "ORA-01031": _r(F, "insufficient privileges"),
+    "ORA-28009": _r(F, "connection as SYS should be as SYSDBA or SYSOPER"),
+    "ORA-16191": _r(F, "primary log shipping client not logged on standby (password file)"),
+    # -- ORA: Data Pump
+    "ORA-39171": _r(R, "job is experiencing a resumable wait", "add space; the job resumes"),
+    "ORA-01652": _r(R, "unable to extend temp segment", "add space"),
+    "ORA-01653": _r(R, "unable to extend table", "add space"),
+    "ORA-01688": _r(R, "unable to extend table partition", "add space"),
+    "ORA-39169": _r(F, "local version cannot work with the remote version"),
+    "ORA-39358": _r(F, "export dump file version not compatible"),
+    "ORA-39256": _r(F, "source database must be read/write for this mode"),
+    "ORA-31684": _r(W, "object already exists"),
+    "ORA-31685": _r(W, "object type failed due to insufficient privileges (benign in FTEX)"),
+    "ORA-39082": _r(W, "object created with compilation warnings", "run utlrp"),
+    "ORA-39151": _r(W, "table exists"),
+    "ORA-39083": _r(F, "object type failed to create", "investigate"),
+    "ORA-31693": _r(F, "table data object failed to load", "investigate"),
+    "UDE-00008": _r(X, "operation generated ORACLE error"),
+    "UDI-00008": _r(X, "operation generated ORACLE error"),
+    "UDE-31626": _r(X, "job does not exist"),
+    # -- ORA: Data Guard switchover
+    "ORA-16470": _r(F, "redo apply is not running on the switchover target", "start apply"),
+    "ORA-16467": _r(R, "switchover target is not synchronized", "wait"),
+    "ORA-16475": _r(W, "switchover verify succeeded with warnings", "read the alert log"),
+    "ORA-16471": _r(F, "switchover failed midway", "ALTER DATABASE SWITCHOVER ... FORCE"),
+    # -- python-oracledb Thin driver
+    "DPY-6005": _r(R, "cannot connect to the database"),
+    "DPY-4011": _r(R, "the database or network closed the connection"),
+}
+
+CODE_RE = re.compile(r"\b(RMAN|ORA|UDE|UDI|KUP|DPY)-(\d{4,5})\b")
+"""An Oracle error code in a line of tool output."""
+
+_ORDER = {Verdict.FATAL: 0, Verdict.RETRYABLE: 1, Verdict.WARNING: 2}
+
+
+def rule_for(code: str) -> Rule:
+    """The rule for one code; unknown codes are FATAL (module docstring), UDE/UDI ones wrappers
+    (the Data Pump clients wrap an ORA cause)."""
+    rule = _TABLE.get(code)
+    if rule is not None:
+        return rule
+    if code.startswith(("UDE-", "UDI-")):
+        return _r(X, "Data Pump client error")
+    return _r(F, "not a code Tidemark knows")
+
+
+def codes_in(lines: Iterable[str]) -> list[tuple[str, str]]:
+    """Every (code, line) in tool output, in order; one line may carry several codes."""
+    found: list[tuple[str, str]] = []
+    for line in lines:
+        for match in CODE_RE.finditer(line):
+            found.append((f"{match.group(1)}-{match.group(2).zfill(5)}", line.strip()))
+    return found
+
+
+@dataclass(frozen=True)
+class Classification:
+    """The verdict of one error stack, the code that decided it and its line."""
+
+    verdict: Verdict
+    code: str | None
+    line: str
+    codes: tuple[str, ...]
+
+    @property
+    def retryable(self) -> bool:
+        return self.verdict is Verdict.RETRYABLE
+
+    @property
+    def fatal(self) -> bool:
+        return self.verdict is Verdict.FATAL
+
+    def failure(self, what: str) -> Failure:
+        """The `Failure` the executor reports: `what` failed, because of the deciding line."""
+        rule = rule_for(self.code) if self.code else None
+        because = self.line or "no Oracle error code in its output"
+        action = f" ({rule.action})" if rule and rule.action else ""
+        return Failure(
+            reason=f"{what}: {because}{action}"[:2000],
+            code=self.code,
+            retryable=self.retryable,
+        )
+
+
+def classify(lines: Iterable[str]) -> Classification:
+    """Classify an error stack from tool output lines (module docstring for the order)."""
+    found = codes_in(lines)
+    codes = tuple(code for code, _ in found)
+    best: tuple[Verdict, str, str] | None = None
+    for code, line in found:
+        verdict = rule_for(code).verdict
+        if verdict in (Verdict.CONTEXT, Verdict.WRAPPER):
+            continue
+        if best is None or _ORDER[verdict] < _ORDER[best[0]]:
+            best = (verdict, code, line)
+    if best is not None:
+        return Classification(best[0], best[1], best[2], codes)
+    if found:
+        # Only wrappers and annotations: the cause was not printed, so nothing says a retry helps.
+        code, line = found[0]
+        return Classification(Verdict.FATAL, code, line, codes)
+    return Classification(Verdict.FATAL, None, "", codes)
