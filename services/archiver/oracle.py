@@ -8,8 +8,25 @@ BLOCKS * BLOCK_SIZE, or one block more, since the file also carries a header blo
 releases leave out of BLOCKS. A shorter file is still being written and is left for the next
 look; a longer one is not the log the control file describes.
 
-The engine's session (python-oracledb) is behind `ArchivedLogReader`; until the Oracle engine
-lands, tests drive this with a double (`tests/doubles/oracle_archived_log.py`).
+**Reading the control file.** Each look reads only rows past the highest RECID seen (RECIDs
+only grow), so a destination holding thousands of logs costs one short query per look. Every
+`full_read_s` the view is read whole instead: that drops rows RMAN has deleted since, and
+starts over from the truth if the control file was recreated or restored (RECIDs went back).
+Rows are held until the catalog has the log (`release`), so an incomplete or unreadable file is
+looked at again on every look without asking the database again.
+
+**Gaps.** Sequences are contiguous per thread and incarnation, and V$LOG_HISTORY has a row for
+every log switch. So a log is missing from the destination when its sequence lies between two
+sequences the destination has, or when V$LOG_HISTORY has its switch (after this source started
+watching: its FIRST_CHANGE# is at or past the SCN of the first look) and the destination still
+lacks it. ARCn processes may finish logs out of order, so a missing log is reported only once it
+has been missing for `gap_grace_s`: as a `Problem` naming thread and sequence (and the SCN range,
+from V$LOG_HISTORY), journaled against the log's own key and raised as an alarm. If the log
+turns up later (restored, re-archived), it is archived as usual. Logs before the first sequence
+seen per thread at start are not this source's to judge: they predate its watch.
+
+The session (`services.engines.oracle.session`, or the simulated one in tests) is behind
+`ArchivedLogReader`, the part of `OracleSession` this source uses.
 
 Releasing an Oracle log changes nothing on disk: the archive destination belongs to RMAN's
 deletion policy, which may delete a log once it is backed up; the journal records the release.
@@ -20,12 +37,13 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
-from dataclasses import dataclass
-from datetime import datetime
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from schemas import Incarnation, Scn
+from schemas import Incarnation, Scn, utcnow
 from services.archiver.errors import ForeignArchive, LogInvalid, LogUnreadable
 from services.archiver.settings import ArchivedDatabase
 from services.archiver.sources import (
@@ -35,55 +53,96 @@ from services.archiver.sources import (
     Problem,
     fingerprint_of,
 )
+from services.engines.oracle.session import (
+    ARCHIVED_LOGS_SQL,
+    ArchivedLogRow,
+    DatabaseInfo,
+    LogHistoryRow,
+)
 
-ARCHIVED_LOGS_SQL = """\
-SELECT recid, name, thread#, sequence#, resetlogs_id, resetlogs_change#,
-       first_change#, next_change#, first_time, next_time, blocks, block_size, completion_time
-  FROM v$archived_log
- WHERE dest_id = :dest_id AND archived = 'YES' AND status = 'A' AND standby_dest = 'NO'
-   AND name IS NOT NULL
- ORDER BY thread#, sequence#"""
-"""What an `ArchivedLogReader` runs (times converted to aware UTC by the reader)."""
+__all__ = [
+    "ARCHIVED_LOGS_SQL",
+    "ArchivedLogReader",
+    "ArchivedLogRow",
+    "LogMissing",
+    "OracleArchiveSource",
+]
+
+_NO_FILE: Fingerprint = (0, 0, 0, 0, 0)
 
 
-@dataclass(frozen=True, slots=True)
-class ArchivedLogRow:
-    """One row of V$ARCHIVED_LOG (see `ARCHIVED_LOGS_SQL`)."""
-
-    recid: int
-    name: str
-    thread: int
-    sequence: int
-    resetlogs_id: int
-    resetlogs_change: int
-    first_change: int
-    next_change: int
-    first_time: datetime
-    next_time: datetime
-    blocks: int
-    block_size: int
-    completion_time: datetime
+class LogMissing(LogUnreadable):
+    """A log the database switched out is not at the destination (a gap in the archive)."""
 
 
 class ArchivedLogReader(Protocol):
-    """The part of an Oracle session the archiver needs."""
+    """The part of an Oracle session (`OracleSession`) the archiver needs."""
 
-    async def database_id(self) -> int:
-        """`SELECT dbid FROM v$database`."""
-        ...
+    async def database(self) -> DatabaseInfo: ...
 
-    async def archived_logs(self, dest_id: int) -> list[ArchivedLogRow]:
-        """The rows `ARCHIVED_LOGS_SQL` returns for `dest_id`."""
-        ...
+    async def archived_logs(self, dest_id: int, after_recid: int = 0) -> list[ArchivedLogRow]: ...
+
+    async def log_history(
+        self, thread: int, from_sequence: int, *, resetlogs_change: int | None = None
+    ) -> list[LogHistoryRow]: ...
+
+    async def close(self) -> None: ...
+
+
+@dataclass
+class _Watch:
+    """Gap bookkeeping for one thread of one incarnation (module docstring)."""
+
+    thread: int
+    resetlogs_change: int
+    resetlogs_id: int
+    dest_dir: Path
+    #: Every sequence up to here is at the destination, or was reported missing.
+    checked: int
+    #: Created after the first look: its history is read from sequence 1 once.
+    late: bool
+    top: int = 0
+    seen: set[int] = field(default_factory=set)
+    reported: set[int] = field(default_factory=set)
+    #: When (monotonic) each missing sequence was first noticed.
+    noticed: dict[int, float] = field(default_factory=dict)
+    history: dict[int, LogHistoryRow] = field(default_factory=dict)
+
+    def see(self, sequence: int) -> None:
+        self.seen.add(sequence)
+        self.top = max(self.top, sequence)
+
+    def advance(self) -> None:
+        while self.checked + 1 in self.seen or self.checked + 1 in self.reported:
+            self.checked += 1
+        for kept in (self.seen, self.reported):
+            kept.difference_update({s for s in kept if s <= self.checked})
+        for gone in [s for s in (*self.noticed, *self.history) if s <= self.checked]:
+            self.noticed.pop(gone, None)
+            self.history.pop(gone, None)
 
 
 class OracleArchiveSource:
     """Completed archived redo logs of one Oracle database, at one archive destination."""
 
-    def __init__(self, database: ArchivedDatabase, reader: ArchivedLogReader) -> None:
+    def __init__(
+        self,
+        database: ArchivedDatabase,
+        reader: ArchivedLogReader,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.database = database
         self.reader = reader
+        self._clock = clock
         self._dbid_checked = False
+        #: The database's SCN at the first look: logs that begin at or after it are ours to get.
+        self._start_scn: int | None = None
+        self._last_recid = 0
+        self._next_full = -float("inf")
+        self._held: dict[int, ArchivedLogRow] = {}
+        self._released: set[int] = set()
+        self._watches: dict[tuple[int, int], _Watch] = {}
 
     def bind_notify(self) -> socket.socket | None:
         return None  # Oracle tells nobody; V$ARCHIVED_LOG is polled
@@ -93,27 +152,131 @@ class OracleArchiveSource:
 
     async def discover(self) -> Discovery:
         if not self._dbid_checked:
-            dbid = await self.reader.database_id()
-            if dbid != self.database.system_id:
+            info = await self.reader.database()
+            if info.dbid != self.database.system_id:
                 # The session reaches another database than the one configured: archiving its
                 # logs under this uid would mix two databases' redo.
                 raise ForeignArchive(
                     f"{self.database.uid} is configured with DBID {self.database.system_id}, "
-                    f"but its session reaches DBID {dbid}",
+                    f"but its session reaches DBID {info.dbid}",
                     owner_system_id=self.database.system_id,
                 )
             self._dbid_checked = True
-        rows = await self.reader.archived_logs(self.database.archive_dest_id)
-        return await asyncio.to_thread(self._examine, rows)
+            self._start_scn = info.current_scn
+        now = self._clock()
+        full = now >= self._next_full
+        first = self._next_full == -float("inf")
+        await self._read(full=full, first=first)
+        gaps = await self._gaps(now, history=full)
+        found = await asyncio.to_thread(self._examine, list(self._held.values()))
+        found.problems.extend(gaps)
+        return found
+
+    async def _read(self, *, full: bool, first: bool) -> None:
+        dest = self.database.archive_dest_id
+        if full:
+            rows = await self.reader.archived_logs(dest, 0)
+            self._next_full = self._clock() + self.database.full_read_s
+            present = {row.recid for row in rows}
+            self._released &= present
+            self._held = {r.recid: r for r in rows if r.recid not in self._released}
+            # The whole view: also right when RECIDs went back (a recreated control file).
+            self._last_recid = max(present, default=0)
+        else:
+            rows = await self.reader.archived_logs(dest, self._last_recid)
+            for row in rows:
+                if row.recid not in self._released:
+                    self._held[row.recid] = row
+                self._last_recid = max(self._last_recid, row.recid)
+        fresh: dict[tuple[int, int], list[ArchivedLogRow]] = {}
+        for row in rows:
+            if row.available:
+                fresh.setdefault((row.resetlogs_change, row.thread), []).append(row)
+        for key, of_thread in fresh.items():
+            watch = self._watches.get(key)
+            if watch is None:
+                lowest = min(r.sequence for r in of_thread)
+                sample = of_thread[0]
+                watch = self._watches[key] = _Watch(
+                    thread=sample.thread,
+                    resetlogs_change=sample.resetlogs_change,
+                    resetlogs_id=sample.resetlogs_id,
+                    dest_dir=Path(sample.name).parent,
+                    checked=lowest - 1,
+                    late=not first,
+                )
+            for r in of_thread:
+                watch.see(r.sequence)
+
+    async def _gaps(self, now: float, *, history: bool) -> list[Problem]:
+        problems: list[Problem] = []
+        for watch in self._watches.values():
+            if history:
+                start = 1 if watch.late else watch.checked + 1
+                watch.late = False
+                rows = await self.reader.log_history(
+                    watch.thread, start, resetlogs_change=watch.resetlogs_change
+                )
+                watch.history.update({h.sequence: h for h in rows})
+            missing = {s for s in range(watch.checked + 1, watch.top) if s not in watch.seen}
+            missing |= {
+                s
+                for s, h in watch.history.items()
+                if s not in watch.seen
+                and self._start_scn is not None
+                and h.first_change >= self._start_scn
+            }
+            for sequence in sorted(missing - watch.reported):
+                since = watch.noticed.setdefault(sequence, now)
+                if now - since >= self.database.gap_grace_s:
+                    watch.reported.add(sequence)
+                    problems.append(self._gap(watch, sequence))
+            watch.advance()
+        return problems
+
+    def _gap(self, watch: _Watch, sequence: int) -> Problem:
+        h = watch.history.get(sequence)
+        where = f"LOG_ARCHIVE_DEST_{self.database.archive_dest_id} ({watch.dest_dir})"
+        if h is not None:
+            what = (
+                f"gap: thread {watch.thread} sequence {sequence} (SCN {h.first_change} to "
+                f"{h.next_change}) was switched out according to V$LOG_HISTORY, but is not "
+                f"available at {where}"
+            )
+        else:
+            what = (
+                f"gap: thread {watch.thread} sequence {sequence} is not available at {where}, "
+                "though later sequences are"
+            )
+        log = LoggedFile(
+            database=self.database.ref,
+            lineage=Incarnation(
+                resetlogs_id=watch.resetlogs_id, resetlogs_scn=Scn(value=watch.resetlogs_change)
+            ),
+            kind="redo",
+            thread=watch.thread,
+            sequence=sequence,
+            name=f"thread_{watch.thread}_sequence_{sequence}",
+            path=watch.dest_dir,
+            size=0,
+            archived_at=h.first_time if h is not None else utcnow(),
+            first=Scn(value=h.first_change) if h is not None else None,
+            next=Scn(value=h.next_change) if h is not None else None,
+            first_time=h.first_time if h is not None else None,
+            fingerprint=_NO_FILE,
+        )
+        return Problem(log.name, watch.dest_dir, LogMissing(what), None, log)
 
     def _examine(self, rows: list[ArchivedLogRow]) -> Discovery:
         found = Discovery()
         for row in rows:
+            if not row.available:
+                continue
             path = Path(row.name)
             try:
                 st = os.stat(path)
             except OSError as exc:
-                log = self._logged(row, path, (0, 0, 0, 0, 0), size=row.blocks * row.block_size)
+                log = self._logged(row, path, _NO_FILE, size=row.blocks * row.block_size)
                 error = LogUnreadable(
                     f"V$ARCHIVED_LOG lists {path} (thread {row.thread} sequence "
                     f"{row.sequence}) as available, but it cannot be read: {exc.strerror or exc}"
@@ -136,12 +299,7 @@ class OracleArchiveSource:
         return found
 
     def _logged(
-        self,
-        row: ArchivedLogRow,
-        path: Path,
-        fingerprint: tuple[int, int, int, int, int],
-        *,
-        size: int,
+        self, row: ArchivedLogRow, path: Path, fingerprint: Fingerprint, *, size: int
     ) -> LoggedFile:
         return LoggedFile(
             database=self.database.ref,
@@ -169,7 +327,21 @@ class OracleArchiveSource:
             raise LogInvalid(f"{log.path} is empty, expected {log.size} bytes")
 
     async def release(self, log: LoggedFile) -> None:
-        pass  # RMAN's deletion policy owns the archive destination (module docstring)
+        # RMAN's deletion policy owns the archive destination (module docstring): only this
+        # source's memory of the row goes.
+        lineage = log.lineage
+        for recid, row in list(self._held.items()):
+            if (
+                (row.thread, row.sequence) == (log.thread, log.sequence)
+                and isinstance(lineage, Incarnation)
+                and row.resetlogs_id == lineage.resetlogs_id
+            ):
+                del self._held[recid]
+                self._released.add(recid)
+
+    async def aclose(self) -> None:
+        """Close the session (the service calls this once the streamer has stopped)."""
+        await self.reader.close()
 
     # Oracle archives on its own (ARCn) and waits for nobody: nothing is read ahead.
 

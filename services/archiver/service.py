@@ -18,12 +18,14 @@ from schemas import Engine, ServiceHealth
 from services.archiver.handlers import log_indexed_consumer
 from services.archiver.journal import Journal
 from services.archiver.metrics import Backlog
+from services.archiver.oracle import OracleArchiveSource
 from services.archiver.pgspool import PostgresSpoolSource
 from services.archiver.settings import ArchivedDatabase
 from services.archiver.sources import LogSource
 from services.archiver.streamer import Streamer
 from services.blobstore import BlobStore, open_store
 from services.bus import Publisher
+from services.engines.oracle.session import OracleDbSession
 from services.runtime import ConsumerSpec, Service
 
 log = logging.getLogger("tidemark.archiver")
@@ -32,8 +34,9 @@ log = logging.getLogger("tidemark.archiver")
 def build_source(database: ArchivedDatabase) -> LogSource:
     if database.engine is Engine.POSTGRES:
         return PostgresSpoolSource(database)
-    # The Oracle engine (sessions to V$ARCHIVED_LOG) is not in this release; OracleArchiveSource
-    # is ready for it (oracle.py) and tested with a double.
+    if database.engine is Engine.ORACLE and database.oracle is not None:
+        # The session connects on the first discovery, and again after a lost connection.
+        return OracleArchiveSource(database, OracleDbSession(database.oracle))
     raise ValueError(f"{database.uid}: archiving {database.engine.value} needs its engine")
 
 
@@ -44,10 +47,11 @@ class ArchiverService(Service):
     _journal: Journal | None = field(default=None, init=False)
     _store: BlobStore | None = field(default=None, init=False)
     _task: asyncio.Task[None] | None = field(default=None, init=False)
+    _sources: list[LogSource] = field(default_factory=list, init=False)
 
     async def on_start(self) -> None:
         archiver = self.settings.archiver
-        sources = [build_source(d) for d in archiver.databases]
+        sources = self._sources = [build_source(d) for d in archiver.databases]
         self._journal = Journal(archiver.journal_for(self.settings.state_dir))
         self._store = open_store(archiver.store_url_for(self.settings.state_dir))
         self.streamer = Streamer(
@@ -75,6 +79,12 @@ class ArchiverService(Service):
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+        for source in self._sources:
+            if isinstance(source, OracleArchiveSource):
+                try:
+                    await source.aclose()
+                except Exception as exc:  # stopping anyway; the server ends the session
+                    log.warning("%s: closing the Oracle session: %s", source.database.uid, exc)
         if self._store is not None:
             await self._store.close()
         if self._journal is not None:

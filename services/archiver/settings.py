@@ -14,23 +14,96 @@
     spool_dir = "/var/lib/tidemark/spool/orders-db"
     pg_wal_dir = "/var/lib/postgresql/15/main/pg_wal"   # optional: read ahead of archive_command
 
+    [[archiver.databases]]
+    uid = "erp-prod"
+    engine = "oracle"
+    name = "ERPPROD"
+    system_id = 1234567890                   # SELECT dbid FROM v$database
+    archive_dest_id = 1                      # LOG_ARCHIVE_DEST_1, read from this node
+
+    [archiver.databases.oracle]
+    dsn = "erp-db:1521/ERPPROD"              # easy connect, or a tnsnames/wallet alias
+    user = "C##TIDEMARK"                     # needs SELECT on the V$ views (SELECT_CATALOG_ROLE)
+    password_file = "/var/run/secrets/tidemark/erp-prod"   # or wallet_dir + thick_mode
+    time_zone = "UTC"                        # the server's zone: V$ DATE values carry none
+
 From the environment: `TIDEMARK_ARCHIVER__DATABASES='[{"uid": ...}]'` (JSON).
 
+No secret is a value here: a password is a file reference, or lives in a wallet.
 This module imports nothing from `services/` (the settings model imports it).
 """
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from schemas import DatabaseRef, DatabaseUid, DbName, Engine
 
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+
+# `user/password@host`: a DSN that carries a password would put it in settings, logs and errors.
+_DSN_WITH_PASSWORD = re.compile(r"^[^@/\s]+/[^@]*@")
+
+
+class OracleConnection(_Section):
+    """How to reach an Oracle database (the shape `services.engines.oracle.session` connects
+    with). Credentials: `user` + `password_file`, or `wallet_dir` (an external password store:
+    the directory with the wallet's sqlnet.ora and tnsnames.ora; thick mode, since thin mode has
+    no external authentication; `dsn` is then the wallet's alias)."""
+
+    dsn: str = Field(min_length=1, max_length=1024, description="easy connect string or alias")
+    user: str | None = Field(default=None, min_length=1, max_length=128)
+    password_file: Path | None = Field(default=None, description="a file holding the password")
+    wallet_dir: Path | None = Field(
+        default=None, description="external password store (wallet + sqlnet.ora); thick mode"
+    )
+    thick_mode: bool = Field(
+        default=False, description="Oracle Client libraries: 11.2 databases, wallets"
+    )
+    client_lib_dir: Path | None = Field(
+        default=None, description="thick mode: where the Oracle Client libraries are"
+    )
+    time_zone: str = Field(
+        default="UTC", description="the database server's time zone (IANA), checked on connect"
+    )
+    arraysize: int = Field(default=500, ge=1, le=100_000, description="rows per fetch")
+
+    @field_validator("dsn")
+    @classmethod
+    def _no_password_in_dsn(cls, value: str) -> str:
+        if _DSN_WITH_PASSWORD.match(value):
+            # Not echoed back: the value is the secret.
+            raise ValueError("the DSN carries a password (user/password@...): use password_file")
+        return value
+
+    @field_validator("time_zone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"time_zone {value!r} is not an IANA time zone") from None
+        return value
+
+    @model_validator(mode="after")
+    def _one_way_to_log_in(self) -> OracleConnection:
+        if (self.password_file is None) == (self.wallet_dir is None):
+            raise ValueError("give password_file (with user) or wallet_dir, not both or neither")
+        if self.password_file is not None and self.user is None:
+            raise ValueError("password_file needs user")
+        if self.wallet_dir is not None and not self.thick_mode:
+            raise ValueError("wallet_dir (external authentication) needs thick_mode = true")
+        if self.client_lib_dir is not None and not self.thick_mode:
+            raise ValueError("client_lib_dir is for thick_mode")
+        return self
 
 
 class ArchivedDatabase(_Section):
@@ -53,6 +126,19 @@ class ArchivedDatabase(_Section):
     archive_dest_id: int = Field(
         default=1, ge=1, le=31, description="Oracle: the LOG_ARCHIVE_DEST_n streamed from"
     )
+    oracle: OracleConnection | None = Field(default=None, description="Oracle: the session")
+    gap_grace_s: float = Field(
+        default=300.0,
+        ge=0,
+        description="Oracle: how long a switched log may be missing from the destination "
+        "before it is reported as a gap (ARCn may finish logs out of order)",
+    )
+    full_read_s: float = Field(
+        default=60.0,
+        gt=0,
+        description="Oracle: how often V$ARCHIVED_LOG is read whole, not just past the last "
+        "RECID, and the destination checked against V$LOG_HISTORY",
+    )
 
     @model_validator(mode="after")
     def _spool_for_postgres(self) -> ArchivedDatabase:
@@ -60,6 +146,10 @@ class ArchivedDatabase(_Section):
             raise ValueError(f"database {self.uid}: a PostgreSQL database needs spool_dir")
         if self.engine is not Engine.POSTGRES and self.pg_wal_dir is not None:
             raise ValueError(f"database {self.uid}: pg_wal_dir is for PostgreSQL databases")
+        if self.engine is Engine.ORACLE and self.oracle is None:
+            raise ValueError(f"database {self.uid}: an Oracle database needs its oracle section")
+        if self.engine is not Engine.ORACLE and self.oracle is not None:
+            raise ValueError(f"database {self.uid}: the oracle section is for Oracle databases")
         return self
 
     @property
@@ -101,6 +191,11 @@ class ArchiverSettings(_Section):
         uids = [d.uid for d in self.databases]
         if len(uids) != len(set(uids)):
             raise ValueError("archiver.databases lists a database uid twice")
+        modes = {d.oracle.thick_mode for d in self.databases if d.oracle is not None}
+        if len(modes) > 1:
+            # python-oracledb runs one mode per process: the first thick session would fail
+            # every thin one, or the reverse.
+            raise ValueError("archiver.databases mixes thick_mode and thin Oracle sessions")
         return self
 
     def store_url_for(self, state_dir: Path) -> str:

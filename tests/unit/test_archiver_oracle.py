@@ -20,11 +20,19 @@ pytestmark = pytest.mark.unit
 DBID = 1_234_567_890
 
 
-def oracle(dest: Path, dbid: int = DBID) -> tuple[OracleArchiveSource, ArchivedLogViewDouble]:
+def oracle(
+    dest: Path, dbid: int = DBID, **knobs: float
+) -> tuple[OracleArchiveSource, ArchivedLogViewDouble]:
     dest.mkdir(exist_ok=True)
     view = ArchivedLogViewDouble(dest=dest, dbid=dbid)
     database = ArchivedDatabase(
-        uid="erp-prod", engine="oracle", name="ERPPROD", system_id=DBID, archive_dest_id=1
+        uid="erp-prod",
+        engine="oracle",
+        name="ERPPROD",
+        system_id=DBID,
+        archive_dest_id=1,
+        oracle={"dsn": "erp-db:1521/ERPPROD", "user": "C##TIDEMARK", "password_file": "pw"},
+        **knobs,
     )
     return OracleArchiveSource(database, view), view
 
