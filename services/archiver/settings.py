@@ -46,7 +46,8 @@ from schemas import DatabaseRef, DatabaseUid, DbName, Engine
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # An Oracle DSN refused for carrying a password must not be printed back in the error.
+    model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)
 
 
 # `user/password@host`: a DSN that carries a password would put it in settings, logs and errors.

@@ -122,3 +122,55 @@ async def test_a_session_to_another_database_is_refused(tmp_path: Path) -> None:
     assert rig.sink.alarms[0].reason is AlarmReason.FOREIGN_ARCHIVE
     assert "DBID" in (streamer.backlogs()["erp-prod"].blocked or "")
     assert rig.sink.archived == []
+
+
+async def test_after_the_first_look_only_rows_past_the_last_recid_are_read(tmp_path: Path) -> None:
+    source, view = oracle(tmp_path / "arch", full_read_s=3600)
+    view.archive(1, 1)
+    view.archive(1, 2)
+    rig = Rig(tmp_path, sources=[source])
+    await rig.start()
+    await rig.until(lambda: len(rig.sink.archived) == 2)
+    view.archive(1, 3)
+    await rig.until(lambda: len(rig.sink.archived) == 3)
+    await rig.stop()
+    assert view.asked_after[0] == 0, "the first look reads the whole view"
+    assert 2 in view.asked_after[1:]
+    assert set(view.asked_after[1:]) <= {2, 3}, "later looks read only new rows"
+
+
+async def test_a_switched_log_missing_from_the_destination_is_a_gap(tmp_path: Path) -> None:
+    source, view = oracle(tmp_path / "arch", gap_grace_s=0)
+    view.archive(1, 10)
+    view.switch_only(1, 11)  # lost before the archiver saw it
+    view.archive(1, 12)
+    view.archive(2, 5)
+    view.switch_only(2, 6)  # switched out, never archived here, nothing after it yet
+    rig = Rig(tmp_path, sources=[source])
+    await rig.start()
+    await rig.until(lambda: len(rig.sink.alarms) == 2 and len(rig.sink.archived) == 3)
+    alarms = {a.object_key: a for a in rig.sink.alarms}
+    gap = alarms["erp-prod/inc-1100000001/logs/1/0000000011"]
+    assert gap.reason is AlarmReason.UNREADABLE
+    assert "gap: thread 1 sequence 11" in gap.detail
+    assert "SCN 9011000 to 9012000" in gap.detail, "V$LOG_HISTORY says which redo is missing"
+    assert "gap: thread 2 sequence 6" in alarms["erp-prod/inc-1100000001/logs/2/0000000006"].detail
+
+    # The log turns up after all (restored from elsewhere): it is archived as usual.
+    view.archive(1, 11)
+    await rig.until(lambda: len(rig.sink.archived) == 4)
+    await rig.stop()
+    assert len(rig.sink.alarms) == 2, "a gap is reported once"
+
+
+async def test_a_log_missing_for_less_than_the_grace_is_not_a_gap_yet(tmp_path: Path) -> None:
+    # ARCn processes may finish logs out of order: 21 before 20.
+    source, view = oracle(tmp_path / "arch", gap_grace_s=3600, full_read_s=0.01)
+    view.archive(1, 19)
+    view.switch_only(1, 20)
+    view.archive(1, 21)
+    rig = Rig(tmp_path, sources=[source])
+    await rig.start()
+    await rig.until(lambda: len(rig.sink.archived) == 2 and view.queries >= 5)
+    await rig.stop()
+    assert rig.sink.alarms == []
