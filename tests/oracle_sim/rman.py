@@ -591,6 +591,7 @@ def _backup_database(s: Session, st: State, a: tuple[str | None, ...]) -> None:
         if df.file == USERS_FILE:
             # Work goes on while the file is copied: the copy holds a change newer than its
             # checkpoint, which is what makes the backup fuzzy.
+            st.current_scn += 1
             change = insert_row(st, f"during backup {tag} of file {df.file}", thread=1)
             fuzzy = change.scn
         st.current_scn += 2
