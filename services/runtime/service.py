@@ -36,6 +36,7 @@ from services.bus import (
     connect,
     ensure_topology,
 )
+from services.runtime.health import start_health
 from services.settings import Settings, load_settings
 from services.telemetry import configure_logging, setup_telemetry
 
@@ -152,6 +153,20 @@ class Service:
         await kv.put(key, self.health().model_dump_json().encode())
 
     async def run(self, stop: asyncio.Event) -> None:
+        # Up before start(): a pod that is still connecting is alive but not ready, and a
+        # kubelet that found no listener would count it as dead and restart it.
+        probes = None
+        if self.settings.health_port:
+            probes = await start_health(
+                self.health, self.settings.health_host, self.settings.health_port
+            )
+        try:
+            await self._serve(stop)
+        finally:
+            if probes is not None:
+                await probes.stop()
+
+    async def _serve(self, stop: asyncio.Event) -> None:
         await self.start()
         watcher = asyncio.create_task(_stop_when_orphaned(stop))
         try:

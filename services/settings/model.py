@@ -87,6 +87,16 @@ class Settings(BaseSettings):
     executor: ExecutorSettings = Field(default_factory=ExecutorSettings)
     planner: PlannerSettings = Field(default_factory=PlannerSettings)
     health_interval_s: float = Field(default=5.0, gt=0)
+    health_host: str = Field(
+        default="0.0.0.0",  # noqa: S104 -- a probe comes from the kubelet, not from loopback
+        description="where the health listener binds (with health_port)",
+    )
+    health_port: int = Field(
+        default=0,
+        ge=0,
+        le=65535,
+        description="HTTP /healthz, /readyz and /metrics for probes and scrapes; 0: off",
+    )
 
     @classmethod
     def settings_customise_sources(
