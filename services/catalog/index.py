@@ -10,7 +10,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple
 
 from pydantic_core import to_json
@@ -116,6 +116,8 @@ class DatabaseIndex:
     objects: dict[tuple[str, int, int], LogObject] = field(default_factory=dict)
     backups: dict[str, BackupCompleted] = field(default_factory=dict)
     backup_views: dict[str, BackupView] = field(default_factory=dict)
+    backups_json: bytes | None = None
+    """Every backup's view, serialized in backup id order (`CatalogIndex.windows_json`)."""
     lineage_files: set[str] = field(default_factory=set)
     last_archived_at: datetime | None = None
     current_lineage: str | None = None
@@ -251,6 +253,7 @@ class CatalogIndex:
             return False
         self._learn_lineage(db, backup.lineage)
         db.backups[backup.backup_id] = backup
+        db.backups_json = None
         db.history.add_base(
             BaseEntry(
                 backup.backup_id,
@@ -268,6 +271,7 @@ class CatalogIndex:
         db = self.database(database_uid)
         db.backups.pop(backup_id, None)
         db.backup_views.pop(backup_id, None)
+        db.backups_json = None
         return db.history.remove_base(backup_id)
 
     # -- views ----------------------------------------------------------------------------------
@@ -344,7 +348,29 @@ class CatalogIndex:
 
     def windows(self, database_uid: str, *, now: datetime | None = None) -> WindowsReply:
         db = self.database(database_uid)
-        now = now or utcnow()
+        fields = self._windows_fields(db, now or utcnow())
+        fields["backups"] = [self._backup_view(db, b) for b in sorted(db.backups)]
+        return WindowsReply(**fields)
+
+    def windows_json(self, database_uid: str, *, now: datetime | None = None) -> bytes:
+        """`windows(...).model_dump_json()`, with the backups' part serialized once per change.
+
+        The timeline page and every `windows` query list every backup, hundreds of them, and
+        they change far less often than they are asked for: their JSON is kept (`backups_json`,
+        dropped when a backup comes or goes) and set into the rest of the reply, which is
+        serialized afresh (`now` and the RPO lag move with every request).
+        """
+        db = self.database(database_uid)
+        if db.backups_json is None:
+            db.backups_json = to_json([self._backup_view(db, b) for b in sorted(db.backups)])
+        fields = self._windows_fields(db, (now or utcnow()).astimezone(UTC))
+        fields["backups"] = []  # a placeholder, in its place among the fields
+        head, tail = to_json(fields).split(b'"backups":[]', 1)
+        return b"".join((head, b'"backups":', db.backups_json, tail))
+
+    def _windows_fields(self, db: DatabaseIndex, now: datetime) -> dict[str, Any]:
+        """A `WindowsReply`'s fields in its order, but for `backups` (a key left for the
+        caller to fill, in its place)."""
         lineages = []
         windows: list[WindowView] = []
         current: list[Window] = []
@@ -364,16 +390,16 @@ class CatalogIndex:
             if key == db.current_lineage:
                 current = found
             windows.extend(self._window_view(db, w) for w in found)
-        return WindowsReply(
-            database=db.ref,
-            now=now,
-            lineages=lineages,
-            windows=windows,
-            backups=[self._backup_view(db, b) for b in sorted(db.backups)],
-            gaps=self.gaps(db),
-            last_archived_at=db.last_archived_at,
-            rpo_lag_s=self._rpo_lag(db, now, current),
-        )
+        return {
+            "database": db.ref,
+            "now": now,
+            "lineages": lineages,
+            "windows": windows,
+            "backups": None,
+            "gaps": self.gaps(db),
+            "last_archived_at": db.last_archived_at,
+            "rpo_lag_s": self._rpo_lag(db, now, current),
+        }
 
     def _rpo_lag(
         self, db: DatabaseIndex, now: datetime, windows: list[Window] | None = None

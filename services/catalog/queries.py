@@ -57,7 +57,8 @@ def _parse(model: type[BaseModel], data: bytes) -> Any:
 
 
 Reply = BaseModel | bytes
-"""A reply model, or its JSON already serialized (a restore plan is serialized in one pass)."""
+"""A reply model, or its JSON already serialized (windows and restore plans are serialized
+without a model per backup or per object: `CatalogIndex.windows_json`, `restore_plan_json`)."""
 
 
 def handlers(index: CatalogIndex) -> dict[str, Callable[[bytes], Awaitable[Reply]]]:
@@ -67,10 +68,10 @@ def handlers(index: CatalogIndex) -> dict[str, Callable[[bytes], Awaitable[Reply
         _parse(DatabasesRequest, data)
         return DatabasesReply(databases=index.summaries())
 
-    async def windows(data: bytes) -> BaseModel:
+    async def windows(data: bytes) -> Reply:
         request: WindowsRequest = _parse(WindowsRequest, data)
         try:
-            return index.windows(request.database)
+            return index.windows_json(request.database)
         except UnknownDatabase as exc:
             raise _Refused(404, str(exc)) from None
 

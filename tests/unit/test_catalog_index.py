@@ -136,6 +136,24 @@ def test_postgres_restore_plan_lists_objects_and_recovery_settings(pg_index: Cat
     assert named.recovery.postgres["recovery_target_name"] == "before_upgrade"
 
 
+def test_windows_json_is_the_windows_model_serialized(pg_index: CatalogIndex) -> None:
+    # The query path keeps the backups' JSON between changes and serializes the rest afresh.
+    now = T0 + timedelta(minutes=30)
+
+    def same() -> bool:
+        model = pg_index.windows("orders", now=now).model_dump_json().encode()
+        return pg_index.windows_json("orders", now=now) == model
+
+    assert same()
+    assert same()  # from the kept backups
+    pg_index.apply_backup(PG, base("b9", 7 * SEG, 7 * SEG + 10, 8, Timeline(id=1)))
+    assert b'"backup_id":"b9"' in pg_index.windows_json("orders", now=now)
+    assert same()
+    pg_index.remove_backup("orders", "b9")
+    assert b'"backup_id":"b9"' not in pg_index.windows_json("orders", now=now)
+    assert same()
+
+
 def test_restore_plan_json_is_the_plan_model_serialized(pg_index: CatalogIndex) -> None:
     # The query path serializes plain values; it must say exactly what the model would.
     for target in (
