@@ -22,6 +22,9 @@ is durable. The acks of a batch go out together and one confirmation is awaited,
 one's: a connection's messages reach the server in order. Batches are handled one at a time,
 in stream order; `in_progress()` is sent for every message of a batch while it runs. Metrics
 count every message; the handler's duration is recorded once per batch and message type.
+
+Messages are pulled through the consumer's own subscription (`_Puller`), a batch taken whole as
+the connection reads it: nats.py's `fetch` spends a task and a timer on every message.
 """
 
 from __future__ import annotations
