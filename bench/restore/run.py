@@ -274,7 +274,10 @@ def print_report(report: Report) -> None:
         f"{mine.stats.fetched_bytes / MIB:.0f} MiB fetched at {mine.stats.fetch_mib_s:.1f} MiB/s "
         f"while fetching, {mine.stats.prefetch_hits} prefetch hits, "
         f"{mine.stats.served_bytes / MIB / max(mine.stats.serve_seconds, 1e-9):.1f} MiB/s "
-        "consumed by recovery",
+        f"consumed by recovery; {mine.stats.taken} taken from the cache by restore_command's mv, "
+        f"{mine.stats.handed_over} handed over to wal-fetch by rename; answering took "
+        f"{mine.stats.answer_seconds:.2f} s in all, {mine.stats.waited_seconds:.2f} s of it "
+        "waiting for downloads",
     ]
     theirs_s: float | None = None
     if report.theirs_restore is not None:

@@ -408,6 +408,8 @@ async def test_restore_a_clone_to_an_lsn(source: Source) -> None:
     assert "recover" in ctx.phases
     assert stats.served >= 1
     assert stats.errors == 0
+    # The clone's pg_wal is on the cache's filesystem: nothing came through the socket.
+    assert stats.taken + stats.handed_over == stats.served
 
 
 async def test_restore_a_clone_to_a_time(source: Source) -> None:

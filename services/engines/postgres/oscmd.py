@@ -333,10 +333,13 @@ def install_user_tool(
 
     The script is copied to ``dest_dir/name`` (``name`` defaults to the source file name without
     ``.py``), mode 0755, owned by the caller (so the database user can run it but not change it),
-    with its shebang replaced by ``#!<interpreter> -I``. ``interpreter`` defaults to
+    with its shebang replaced by ``#!<interpreter> -IS``. ``interpreter`` defaults to
     :func:`system_python`; ``-I`` (isolated mode) keeps PYTHON* variables and user site-packages
-    out of it. ``dest_dir`` is created (0755) if missing, and the installed file is replaced
-    atomically, so a server running the previous copy never sees a half-written one.
+    out of it, and ``-S`` skips ``site`` (and the distribution's ``sitecustomize``), which a
+    standard-library script does not need and which is most of the interpreter's start-up: such
+    a tool runs once per WAL file, with PostgreSQL waiting. ``dest_dir`` is created (0755) if
+    missing, and the installed file is replaced atomically, so a server running the previous
+    copy never sees a half-written one.
 
     Before returning, the installed file is compiled and its imports resolved by ``interpreter``
     running as ``user``: a script that only works under our virtualenv fails here, not in the
@@ -355,7 +358,7 @@ def install_user_tool(
     imports = check_stdlib_only(text, str(source))
     if text.startswith("#!"):
         text = text.partition("\n")[2]
-    body = f"#!{python} -I\n{text}"
+    body = f"#!{python} -IS\n{text}"  # one shebang argument: the flags combined
 
     directory = Path(dest_dir)
     if not directory.exists():
@@ -377,7 +380,7 @@ def install_user_tool(
         raise
 
     done = run_as(
-        who, [python, "-I", "-c", _VERIFY_TOOL, target, *sorted(imports)], cwd="/", timeout=60
+        who, [python, "-I", "-S", "-c", _VERIFY_TOOL, target, *sorted(imports)], cwd="/", timeout=60
     )
     if done.returncode != 0:
         raise OsCommandError(

@@ -47,6 +47,7 @@ import logging
 import os
 import queue
 import re
+import shlex
 import shutil
 import tarfile
 import tempfile
@@ -178,6 +179,9 @@ class Instance:
         extra: dict[str, str] = {}
         if self.password_file is not None:
             extra["PGPASSWORD"] = self.password_file.read_text(encoding="utf-8").strip()
+        debug = os.environ.get(walfetch.DEBUG_ENV)
+        if debug:  # the server's restore_command inherits it: wal-fetch's timings in its log
+            extra[walfetch.DEBUG_ENV] = debug
         return user_env(self.user, extra)
 
     async def run(self, *argv: str | os.PathLike[str], timeout: float = 120.0) -> tuple[int, str]:
@@ -598,19 +602,33 @@ class FetchRig:
     def socket_path(self) -> Path:
         return self.run_dir / "fetch.sock"
 
-    def restore_command(self) -> str:
-        return f"{self.tool} --socket {self.socket_path} %f %p"
+    def restore_command(self, *, take_ready: bool = False) -> str:
+        """``wal-fetch`` on this rig's socket; with ``take_ready``, first a plain ``mv`` of a
+        segment the fetch server has already verified into the cache (see ``fetchserver.py``):
+        a few milliseconds instead of a Python start while recovery waits."""
+        fetch = f"{self.tool} --socket {self.socket_path} %f %p"
+        if not take_ready:
+            return fetch
+        cache = shlex.quote(os.fspath(self.cache_dir)).replace("%", "%%")
+        return f"mv -f {cache}/%f %p 2>/dev/null || {fetch}"
 
     def remove(self) -> None:
         shutil.rmtree(self.run_dir, ignore_errors=True)
         shutil.rmtree(self.cache_dir, ignore_errors=True)
 
 
+def cache_path(parent: Path, tag: str) -> Path:
+    """The fetch server's cache for restore ``tag``: absolute, because ``restore_command`` runs
+    in the data directory and READY answers name full paths."""
+    return Path(os.path.abspath(parent)) / f".tidemark-wal-{tag}"
+
+
 async def make_fetch_rig(user: OsUser, cache_parent: Path, tag: str) -> FetchRig:
     """A run directory the OS user owns (0700; short, for the socket path's 107-byte limit)
-    holding ``wal-fetch``, and a root-only cache directory on the database's volume."""
+    holding ``wal-fetch``, and a cache directory (0700) beside the data directory, so on its
+    volume: the fetch server gives it to the OS user when it hands files over by rename."""
     run_dir = Path(tempfile.mkdtemp(prefix=f"tm-fetch-{tag}-"))
-    cache_dir = cache_parent / f".tidemark-wal-{tag}"
+    cache_dir = cache_path(cache_parent, tag)
     try:
         os.chmod(run_dir, 0o700)
         chown_to(run_dir, user)
@@ -729,8 +747,10 @@ async def recover(
             plan_keys=plan_keys,
             user=inst.user,
             stats=stats,
-        ):
-            recovery = {"restore_command": rig.restore_command(), **settings}
+            hand_over_to=inst.data_dir / "pg_wal",
+        ) as server:
+            command = rig.restore_command(take_ready=server.hands_over)
+            recovery = {"restore_command": command, **settings}
             write_auto_conf(
                 inst.data_dir, {**recovery, **overrides}, inst.user, f"tidemark restore {tag}"
             )
@@ -825,7 +845,7 @@ async def restore(
     """
     if db.postgres is None:
         raise _fail(f"database {db.uid} is not a PostgreSQL database")
-    tag = command.restore_id.hex[:8]
+    tag = command.restore_id.hex[-8:]  # the random end of a UUIDv7, not its clock
     source = Instance.of(db.postgres)
     stats = stats if stats is not None else FetchStats()
     await ctx.progress("prepare", message="reading the base backup's manifest")

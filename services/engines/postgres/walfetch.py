@@ -7,10 +7,17 @@ PostgreSQL runs this as the database's OS user, once per file it wants, and wait
 standard library only (installed with a system interpreter by ``oscmd.install_user_tool``) and
 starts in a few milliseconds — the C socket module, ``posix`` instead of ``os``. The fetching,
 prefetching and verifying happen in the executor (``fetchserver.py``, which documents the
-protocol); this asks for ``%f`` on the server's unix socket and writes the answer to a temporary
-file beside ``%p``, fsyncs it and renames it into place, so PostgreSQL never reads a partial file.
+protocol); this asks for ``%f`` on the server's unix socket. The usual answer (READY) names a
+verified, fsynced file the server has already put on ``%p``'s filesystem: it is renamed to
+``%p``, and nothing more is written. Otherwise (OK) the bytes come through the socket into a
+temporary file beside ``%p``, which is fsynced and renamed into place; so is a READY file that
+``rename()`` cannot move (another filesystem after all). Either way PostgreSQL never reads a
+partial file.
 
-The socket is ``--socket PATH``, or ``$TIDEMARK_WALFETCH_SOCKET``.
+The socket is ``--socket PATH``, or ``$TIDEMARK_WALFETCH_SOCKET``. With
+``$TIDEMARK_WALFETCH_DEBUG`` set (in the server's environment), each call writes one line to
+stderr, which PostgreSQL logs: the file, how it came (``renamed``, ``copied``, ``streamed``), its
+size and the seconds from the request to the file in place.
 
 Exit status (PostgreSQL treats every non-zero status below 126 as "no such file"):
 
@@ -26,12 +33,15 @@ from __future__ import annotations
 import _socket as socket_impl  # the C module: ``socket`` would import enum and selectors
 import posix as os  # ``os`` itself imports abc, stat, posixpath...: most of our start-up
 import sys
+import time  # built in: no start-up cost
 
 EXIT_OK = 0
 EXIT_MISSING = 1
 EXIT_ERROR = 2
 
 SOCKET_ENV = "TIDEMARK_WALFETCH_SOCKET"
+DEBUG_ENV = "TIDEMARK_WALFETCH_DEBUG"
+EXDEV = 18  # rename() across filesystems (Linux); ``errno`` would be one more import
 TIMEOUT_S = 600.0
 """How long to wait for the server (which may be downloading the file) before giving up."""
 MAX_HEADER = 512
@@ -99,6 +109,39 @@ def _dirname(path: str) -> str:
 
 def _receive(conn: socket_impl.socket, first: bytes, size: int, dest: str, name: str) -> None:
     """Write ``size`` bytes (``first`` and then the socket's) to ``dest``, atomically."""
+    _write_atomically(conn, first, size, dest, name)
+
+
+def _take(path: str, size: int, dest: str, name: str) -> str:
+    """Move the server's verified file at ``path`` to ``dest``; how it went (for the debug line)."""
+    try:
+        found = os.stat(path).st_size
+    except OSError as exc:
+        raise Failed(f"{name}: the server's file {path} is not there: {exc}") from None
+    if found != size:
+        raise Failed(f"{name}: the server's file {path} is {found} bytes, not {size}")
+    try:
+        # No fsync: the server synced the file, and PostgreSQL syncs pg_wal itself when it keeps
+        # the segment (durable_rename), so both would be paid on the replay's critical path twice.
+        os.rename(path, dest)
+        return "renamed"
+    except OSError as exc:
+        if exc.errno != EXDEV:
+            raise Failed(f"{name}: cannot move {path} to {dest}: {exc}") from None
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        _write_atomically(fd, b"", size, dest, name)
+    finally:
+        os.close(fd)
+    _unlink_quietly(path)
+    return "copied"
+
+
+def _write_atomically(
+    source: socket_impl.socket | int, first: bytes, size: int, dest: str, name: str
+) -> None:
+    """Write ``size`` bytes (``first``, then from the socket or file descriptor ``source``)
+    beside ``dest``, fsync them and rename them to ``dest``."""
     directory = _dirname(dest)
     tmp = f"{directory}/.{name}.wal-fetch.{os.getpid()}"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -112,9 +155,14 @@ def _receive(conn: socket_impl.socket, first: bytes, size: int, dest: str, name:
             buffer = bytearray(CHUNK)
             view = memoryview(buffer)
             while received < size:
-                n = conn.recv_into(view, min(CHUNK, size - received))
+                want = min(CHUNK, size - received)
+                if isinstance(source, int):
+                    n = os.readv(source, [view[:want]])
+                else:
+                    n = source.recv_into(view, want)
                 if n == 0:
-                    raise Failed(f"{name}: connection closed after {received} of {size} bytes")
+                    ended = "file ends" if isinstance(source, int) else "connection closed"
+                    raise Failed(f"{name}: {ended} after {received} of {size} bytes")
                 written = 0
                 while written < n:
                     written += os.write(fd, view[written:n])
@@ -145,6 +193,7 @@ def _unlink_quietly(path: str) -> None:
 
 def fetch(sock: str, name: str, dest: str, timeout: float = TIMEOUT_S) -> int:
     """Ask the server at ``sock`` for ``name`` and put it at ``dest``; returns the exit status."""
+    began = time.monotonic()
     conn = socket_impl.socket(socket_impl.AF_UNIX, socket_impl.SOCK_STREAM)
     try:
         conn.settimeout(timeout)
@@ -159,18 +208,36 @@ def fetch(sock: str, name: str, dest: str, timeout: float = TIMEOUT_S) -> int:
         if header.startswith(b"ERROR"):
             reason = header[6:].decode("utf-8", "replace") or "unspecified"
             raise Failed(f"{name}: the fetch server could not fetch it: {reason}")
-        if not header.startswith(b"OK "):
+        if header.startswith(b"READY "):
+            size_text, _, path = header[6:].decode("utf-8", "replace").partition(" ")
+            size = _size(size_text, header, name)
+            if not path.startswith("/") or rest:
+                raise Failed(f"{name}: unexpected answer {header[:80]!r}")
+            how = _take(path, size, dest, name)
+        elif header.startswith(b"OK "):
+            size = _size(header[3:].decode("ascii", "replace"), header, name)
+            _receive(conn, rest, size, dest, name)
+            how = "streamed"
+        else:
             raise Failed(f"{name}: unexpected answer {header[:80]!r}")
-        try:
-            size = int(header[3:])
-        except ValueError:
-            raise Failed(f"{name}: unexpected answer {header[:80]!r}") from None
-        _receive(conn, rest, size, dest, name)
+        if os.environ.get(DEBUG_ENV.encode()):
+            took = time.monotonic() - began
+            sys.stderr.write(f"wal-fetch: {name} {how}, {size} bytes in {took:.3f} s\n")
         return EXIT_OK
     except OSError as exc:  # timeouts and resets while talking
         raise Failed(f"{name}: {exc}") from None
     finally:
         conn.close()
+
+
+def _size(text: str, header: bytes, name: str) -> int:
+    try:
+        size = int(text)
+    except ValueError:
+        raise Failed(f"{name}: unexpected answer {header[:80]!r}") from None
+    if size < 0:
+        raise Failed(f"{name}: unexpected answer {header[:80]!r}")
+    return size
 
 
 def main(argv: list[str] | None = None) -> int:
