@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from schemas import Engine, ServiceHealth
@@ -43,6 +43,8 @@ def build_source(database: ArchivedDatabase) -> LogSource:
 @dataclass
 class ArchiverService(Service):
     name: str = "archiver"
+    #: How a configured database becomes a source; tests put a simulated Oracle session here.
+    source_factory: Callable[[ArchivedDatabase], LogSource] = build_source
     streamer: Streamer | None = field(default=None, init=False)
     _journal: Journal | None = field(default=None, init=False)
     _store: BlobStore | None = field(default=None, init=False)
@@ -51,7 +53,7 @@ class ArchiverService(Service):
 
     async def on_start(self) -> None:
         archiver = self.settings.archiver
-        sources = self._sources = [build_source(d) for d in archiver.databases]
+        sources = self._sources = [self.source_factory(d) for d in archiver.databases]
         self._journal = Journal(archiver.journal_for(self.settings.state_dir))
         self._store = open_store(archiver.store_url_for(self.settings.state_dir))
         self.streamer = Streamer(
