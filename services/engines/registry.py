@@ -27,8 +27,9 @@ class _Where:
 
 _DRIVERS: dict[Engine, _Where] = {
     Engine.POSTGRES: _Where("services.engines.postgres.engine", "PostgresEngine"),
+    Engine.ORACLE: _Where("services.engines.oracle.engine", "OracleEngine"),
 }
-"""Where each engine's driver class lives. Oracle's driver is not in this release."""
+"""Where each engine's driver class lives."""
 
 
 class EngineUnavailable(RuntimeError):
@@ -45,10 +46,18 @@ class EngineRegistry:
     (`Driver(settings)`), which is how it finds the databases it serves."""
 
     def __init__(
-        self, settings: ExecutorSettings, *, drivers: Mapping[Engine, EngineDriver] | None = None
+        self,
+        settings: ExecutorSettings,
+        *,
+        drivers: Mapping[Engine, EngineDriver] | None = None,
+        loadable: Mapping[Engine, _Where] | None = None,
     ) -> None:
+        """`drivers`: ready instances (tests hand in doubles here). `loadable`: which engines
+        may be loaded by module path when asked for (default: every driver of this release;
+        `{}` makes `drivers` the only ones)."""
         self.settings = settings
         self._drivers: dict[Engine, EngineDriver] = dict(drivers or {})
+        self._loadable = _DRIVERS if loadable is None else loadable
 
     def get(self, engine: Engine) -> EngineDriver:
         """The driver for `engine`; `EngineUnavailable` when this build has none."""
@@ -59,7 +68,7 @@ class EngineRegistry:
         return driver
 
     def _load(self, engine: Engine) -> EngineDriver:
-        where = _DRIVERS.get(engine)
+        where = self._loadable.get(engine)
         if where is None:
             raise EngineUnavailable(engine, "this release has no driver for it")
         try:

@@ -136,7 +136,9 @@ class Rig:
         return JobRunner(
             settings=self.settings,
             journal=self.journal,
-            engines=EngineRegistry(self.settings, drivers={Engine.POSTGRES: self.engine}),
+            engines=EngineRegistry(
+                self.settings, drivers={Engine.POSTGRES: self.engine}, loadable={}
+            ),
             store=self.store,
             prefix="p",
             publish=self.sink.publish,

@@ -136,7 +136,8 @@ def test_registry_uses_given_drivers_and_explains_missing_ones() -> None:
     fake = FakeEngine()
     assert EngineRegistry(settings, drivers={Engine.POSTGRES: fake}).get(Engine.POSTGRES) is fake
     with pytest.raises(EngineUnavailable, match="no oracle engine on this node"):
-        EngineRegistry(settings).get(Engine.ORACLE)
+        EngineRegistry(settings, loadable={}).get(Engine.ORACLE)
+    assert type(EngineRegistry(settings).get(Engine.ORACLE)).__name__ == "OracleEngine"
 
 
 def test_registry_loads_the_postgres_driver_lazily_or_says_why_not() -> None:
