@@ -21,7 +21,7 @@ Phases, each reported through ``ctx.progress``:
     false. A server that exits instead fails the restore with its own FATAL line, e.g. "recovery
     ended before configured recovery target was reached".
 ``finish``
-    Checkpoint, read the new timeline from ``pg_control_checkpoint()`` and its branch point from
+    Read the new timeline from the current WAL segment's name and its branch point from
     the new timeline's history file — the exact LSN where recovery ended, which is what the
     restore reached — with ``pg_last_xact_replay_timestamp()`` as the time reached (it stays at
     the last replayed commit after promotion). The recovery settings are then removed from
@@ -693,8 +693,13 @@ async def read_outcome(inst: Instance) -> RecoveryOutcome:
         "'YYYY-MM-DD\"T\"HH24:MI:SS.US')"
     )
     lsn_text, _, time_text = replay.partition("|")
-    await inst.query("CHECKPOINT")
-    timeline = int(await inst.query("SELECT timeline_id FROM pg_control_checkpoint()"))
+    # The timeline WAL is now written on, from the name of the current segment: promotion has
+    # switched to it at once, while pg_control_checkpoint() would only show it after the next
+    # checkpoint — and forcing one here (a full flush of everything replayed) is what made a
+    # restore slower than it needs to be. The segments replayed are kept in pg_wal under their
+    # own names, so a crash before that checkpoint recovers locally.
+    walfile = await inst.query("SELECT pg_walfile_name(pg_current_wal_lsn())")
+    timeline = int(walfile[:8], 16)
     history = inst.data_dir / "pg_wal" / f"{timeline:08X}.history"
     try:
         text = history.read_text(encoding="utf-8")
