@@ -21,7 +21,10 @@ sequences the destination has, or when V$LOG_HISTORY has its switch (after this 
 watching: its FIRST_CHANGE# is at or past the SCN of the first look) and the destination still
 lacks it. ARCn processes may finish logs out of order, so a missing log is reported only once it
 has been missing for `gap_grace_s`: as a `Problem` naming thread and sequence (and the SCN range,
-from V$LOG_HISTORY), journaled against the log's own key and raised as an alarm. If the log
+from V$LOG_HISTORY), journaled against the log's own key and raised as an alarm. V$LOG_HISTORY
+is read on every full read, before the view (a switch it shows and ARCn finished by then is in
+the view too, so never taken for missing), and a thread is judged only once its history has been
+read, so every report carries the lost SCN range when the control file still has it. If the log
 turns up later (restored, re-archived), it is archived as usual. Logs before the first sequence
 seen per thread at start are not this source's to judge: they predate its watch.
 
@@ -101,6 +104,9 @@ class _Watch:
     checked: int
     #: Created after the first look: its history is read from sequence 1 once.
     late: bool
+    #: Nothing is judged missing before V$LOG_HISTORY has been read for this thread, so that a
+    #: gap is reported with the SCN range it loses.
+    history_read: bool = False
     top: int = 0
     seen: set[int] = field(default_factory=set)
     reported: set[int] = field(default_factory=set)
@@ -166,8 +172,12 @@ class OracleArchiveSource:
         now = self._clock()
         full = now >= self._next_full
         first = self._next_full == -float("inf")
+        if full:
+            # History before the view: a switch seen here and archived by the time the view is
+            # read is then seen as archived, never as missing.
+            await self._read_history()
         await self._read(full=full, first=first)
-        gaps = await self._gaps(now, history=full)
+        gaps = self._gaps(now)
         found = await asyncio.to_thread(self._examine, list(self._held.values()))
         found.problems.extend(gaps)
         return found
@@ -208,16 +218,21 @@ class OracleArchiveSource:
             for r in of_thread:
                 watch.see(r.sequence)
 
-    async def _gaps(self, now: float, *, history: bool) -> list[Problem]:
+    async def _read_history(self) -> None:
+        for watch in self._watches.values():
+            start = 1 if watch.late else watch.checked + 1
+            rows = await self.reader.log_history(
+                watch.thread, start, resetlogs_change=watch.resetlogs_change
+            )
+            watch.late = False
+            watch.history_read = True
+            watch.history.update({h.sequence: h for h in rows if h.sequence > watch.checked})
+
+    def _gaps(self, now: float) -> list[Problem]:
         problems: list[Problem] = []
         for watch in self._watches.values():
-            if history:
-                start = 1 if watch.late else watch.checked + 1
-                watch.late = False
-                rows = await self.reader.log_history(
-                    watch.thread, start, resetlogs_change=watch.resetlogs_change
-                )
-                watch.history.update({h.sequence: h for h in rows})
+            if not watch.history_read:
+                continue
             missing = {s for s in range(watch.checked + 1, watch.top) if s not in watch.seen}
             missing |= {
                 s

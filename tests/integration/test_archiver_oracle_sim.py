@@ -184,3 +184,31 @@ async def test_two_threads_are_archived_indexed_and_a_lost_log_is_a_gap(stack: S
         (2, lost + 1),
     }
     assert len(threads[2].cover.intervals()) == 2, "the lost log splits thread 2's chain"
+
+
+async def test_the_simulated_session_answers_as_the_views_do(tmp_path: Path) -> None:
+    sim = SimulatedOracle.create(tmp_path / "sim", threads=2, dbid=DBID)
+    session = SimulatedSession(sim)
+    sim.insert("one", thread=1)
+    sim.archive_log_current()
+    lost = lose_a_log(sim, thread=1)
+
+    info = await session.database()
+    assert (info.dbid, info.archivelog, info.open_mode) == (DBID, True, "READ WRITE")
+    (incarnation,) = await session.incarnations()
+    assert (incarnation.status, incarnation.resetlogs_change) == ("CURRENT", info.resetlogs_change)
+    assert [(t.thread, t.is_enabled, t.sequence) for t in await session.threads()] == [
+        (1, True, lost + 2),
+        (2, True, 2),
+    ]
+    rows = await session.archived_logs(1)
+    assert [(r.thread, r.sequence) for r in rows] == [(1, 1), (1, lost + 1), (2, 1)]
+    assert all(r.available and r.first_time.tzinfo is not None for r in rows)
+    newer = await session.archived_logs(1, after_recid=max(r.recid for r in rows))
+    assert newer == [], "RECID past the last row: nothing"
+    history = await session.log_history(1, 1)
+    assert [h.sequence for h in history] == [1, lost, lost + 1], "the lost log's switch is there"
+    assert [h.sequence for h in await session.log_history(1, lost)] == [lost, lost + 1]
+    assert await session.backup_pieces("no-such-job") == []
+    assert (await session.rman_progress("no-such-job")).statuses == ()
+    await session.close()

@@ -140,7 +140,7 @@ async def test_after_the_first_look_only_rows_past_the_last_recid_are_read(tmp_p
 
 
 async def test_a_switched_log_missing_from_the_destination_is_a_gap(tmp_path: Path) -> None:
-    source, view = oracle(tmp_path / "arch", gap_grace_s=0)
+    source, view = oracle(tmp_path / "arch", gap_grace_s=0, full_read_s=0.05)
     view.archive(1, 10)
     view.switch_only(1, 11)  # lost before the archiver saw it
     view.archive(1, 12)
