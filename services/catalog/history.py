@@ -347,6 +347,14 @@ class History:
             log = thread.by_first.get(start) or _containing(thread, start)
             if log is not None and log.first_time is not None:
                 return log.first_time
+        inherited = [c[2].completed_at for c in opening if c[2].lineage != lineage]
+        if inherited:
+            # The window opens at the branch from a parent lineage, and its bases are up there
+            # (PostgreSQL segments carry no first time to read the branch moment from). In time,
+            # the lineage's history is its parent's up to the branch: recovery along it to a
+            # moment before the branch stops on the parent's part, at that moment. So the
+            # window reaches back, in time, to where its bases became bases.
+            return min(inherited)
         return None
 
     def _end_time(self, lineage: str, end: int, closing: list[_Contribution]) -> datetime | None:

@@ -62,7 +62,6 @@ from tests.e2e.pitr_stack import (
     PitrStack,
     Protected,
     Restored,
-    StackFailed,
     protect,
     stop_cluster_in,
 )
@@ -302,8 +301,8 @@ async def test_cli_restore_into_a_clone_prints_the_result_and_refuses_a_malforme
         spec.data_dir,
         "--port",
         str(spec.port),
-        "--nats-url",
-        pitr.nats_url,
+        "--state-dir",
+        str(pitr.stack.state_dir),
         "--timeout",
         "240",
     )
@@ -330,8 +329,8 @@ async def test_cli_restore_into_a_clone_prints_the_result_and_refuses_a_malforme
         bad.data_dir,
         "--port",
         str(bad.port),
-        "--nats-url",
-        pitr.nats_url,
+        "--state-dir",
+        str(pitr.stack.state_dir),
     )
     assert code != 0, out
     assert "is not a time" in out, out
@@ -503,15 +502,6 @@ async def test_a_position_on_timeline_2_restores_through_the_branch(
         await asyncio.to_thread(restored.stop_clone)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=StackFailed,
-    reason="catalog: a window on a timeline that branched after its only base has no "
-    "start_time (PostgreSQL segments carry no first_time, and History._start_time only uses "
-    "a base on the same lineage or the first log's first_time), and CatalogIndex._check_time "
-    "skips windows without both times, so every time target on timeline 2 is refused as "
-    "before_first_backup until a new base backup is taken on it",
-)
 async def test_a_time_on_timeline_2_restores_the_timeline_2_ledger(
     history: History, timeline_2: Timeline2
 ) -> None:

@@ -281,6 +281,22 @@ def test_child_lineage_continues_from_the_branch_point() -> None:
     ]
 
 
+def test_a_branch_without_log_times_reaches_back_in_time_to_its_bases() -> None:
+    # PostgreSQL: segments carry no first time, and the only base is on the parent timeline.
+    history = History()
+    for seq in range(1, 8):
+        history.add_log(LogEntry("tl-1", 1, seq, seq * 10, (seq + 1) * 10))
+    history.add_lineage(LineageEntry("tl-2", parent="tl-1", branch_at=45))
+    for seq in range(1, 4):
+        at = T0 + timedelta(minutes=10 + seq)
+        history.add_log(LogEntry("tl-2", 1, seq, 45 + (seq - 1) * 10, 45 + seq * 10, None, at))
+    history.add_base(BaseEntry("L0", "tl-1", 10, 20, T0))
+    (window,) = history.windows("tl-2")
+    assert (window.start, window.end) == (45, 75)
+    assert window.start_time == T0  # the base's completion, up on the parent
+    assert window.end_time == T0 + timedelta(minutes=13)
+
+
 def test_same_sequence_with_another_range_is_a_conflict() -> None:
     history = History()
     history.add_log(LogEntry("tl-1", 1, 7, 70, 80))
