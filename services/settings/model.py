@@ -75,6 +75,7 @@ class Settings(BaseSettings):
         env_prefix="TIDEMARK_",
         env_nested_delimiter="__",
         extra="forbid",
+        hide_input_in_errors=True,  # a refused value may be a DSN with a password in it
     )
 
     node: str = Field(default_factory=socket.gethostname, description="this node's name")

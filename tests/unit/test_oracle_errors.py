@@ -109,3 +109,9 @@ def test_failure_carries_the_retry_decision_and_the_line() -> None:
     assert failure.code == "ORA-19511"
     assert "ORA-19511: media manager error" in failure.reason
     assert "retry with backoff" in failure.reason
+
+
+def test_driver_codes_keep_their_four_digits() -> None:
+    verdict = classify(["DPY-6005: cannot connect to database"])
+    assert verdict.code == "DPY-6005"
+    assert verdict.retryable

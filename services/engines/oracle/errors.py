@@ -181,7 +181,10 @@ def codes_in(lines: Iterable[str]) -> list[tuple[str, str]]:
     found: list[tuple[str, str]] = []
     for line in lines:
         for match in CODE_RE.finditer(line):
-            found.append((f"{match.group(1)}-{match.group(2).zfill(5)}", line.strip()))
+            prefix, number = match.group(1), match.group(2)
+            # python-oracledb's own codes have four digits (DPY-6005); Oracle's have five.
+            width = 4 if prefix == "DPY" else 5
+            found.append((f"{prefix}-{number.zfill(width)}", line.strip()))
     return found
 
 
