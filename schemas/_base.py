@@ -28,7 +28,11 @@ def _require_utc(value: datetime) -> datetime:
         raise ValueError(
             "timestamp must carry a timezone (UTC expected), e.g. 2026-01-31T12:00:00Z"
         )
-    return value.astimezone(UTC)
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:
+        # 9999-12-31T23:59-23:59 is past year 9999 in UTC; pydantic would let this escape.
+        raise ValueError("timestamp is out of range once converted to UTC") from None
 
 
 UtcDateTime = Annotated[datetime, AfterValidator(_require_utc)]

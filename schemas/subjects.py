@@ -173,6 +173,9 @@ def decode(raw: bytes, *, subject: str | None = None) -> Envelope[Any]:
         document = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ContractError(f"payload is not JSON: {exc}") from None
+    except RecursionError:
+        # `[[[[…` a few thousand deep: refused here, or the consumer would retry it to MaxDeliver.
+        raise ContractError("payload is nested too deeply to be a Tidemark envelope") from None
     if not isinstance(document, dict):
         raise ContractError("payload must be a JSON object (a Tidemark envelope)")
     kind = document.get("type")

@@ -11,7 +11,7 @@ import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 
 from schemas import DatabaseRef, Engine, Lsn, Scn, parse_lsn
 from schemas.messages import RestoreTarget, TargetPosition, TargetTime
@@ -94,6 +94,11 @@ def parse_time(text: str) -> datetime:
             "a time without one means different moments on different machines",
             "time",
         )
+    try:
+        value.astimezone(UTC)
+    except OverflowError:
+        # 9999-12-31T23:59:59-23:59 parses, but is past year 9999 in UTC: a 400, not a 500.
+        raise BadRequest(f"time {text!r} is out of range once converted to UTC", "time") from None
     return value
 
 

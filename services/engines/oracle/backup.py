@@ -26,9 +26,9 @@ import tempfile
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Final, Literal, Protocol
+from typing import Annotated, Final, Literal, Protocol
 
-from pydantic import Field
+from pydantic import Field, StringConstraints
 
 from schemas import Incarnation, Scn, StrictModel
 from schemas.messages import BackupCompleted, BackupSpec
@@ -78,8 +78,14 @@ class OracleViews(Protocol):
         ...
 
 
+PieceName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,254}$")]
+"""A piece's file name as RMAN wrote it (`%d_%T_%U`, `c-…`): one path segment, no leading dot.
+A restore stages the piece under this name, so a manifest must not be able to name a path
+outside the staging directory (`../…`, an absolute path)."""
+
+
 class Piece(StrictModel):
-    name: str
+    name: PieceName
     key: str
     size: int = Field(ge=0)
     crc32c: str
