@@ -46,6 +46,21 @@ async def connect(settings: NatsSettings, *, name: str) -> Client:
         "reconnected_cb": on_reconnected,
         "closed_cb": on_closed,
     }
+    options.update(credential_options(settings))
+    client: Client | None = None
+    try:
+        client = await nats.connect(**options)
+    except Exception as exc:
+        raise BusError(f"cannot connect to NATS at {settings.url}: {exc}") from exc
+    return client
+
+
+def credential_options(settings: NatsSettings) -> dict[str, Any]:
+    """nats-py's options for who we are: a .creds file, or a user and its password file; TLS.
+
+    The password is read here, at connect time, so it lives only in this process's memory.
+    """
+    options: dict[str, Any] = {}
     if settings.credentials_file is not None:
         options["user_credentials"] = str(settings.credentials_file)
     if settings.user is not None:
@@ -61,9 +76,4 @@ async def connect(settings: NatsSettings, *, name: str) -> Client:
         if settings.tls_cert and settings.tls_key:
             context.load_cert_chain(str(settings.tls_cert), str(settings.tls_key))
         options["tls"] = context
-    client: Client | None = None
-    try:
-        client = await nats.connect(**options)
-    except Exception as exc:
-        raise BusError(f"cannot connect to NATS at {settings.url}: {exc}") from exc
-    return client
+    return options

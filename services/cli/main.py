@@ -25,7 +25,7 @@ from services.cli.stackcmds import (
     console,
     render_dead_letters,
     render_status,
-    resolve_nats_url,
+    resolve_nats,
     run_until_signal,
     shut_down,
 )
@@ -68,7 +68,7 @@ def up(
     async def main() -> int:
         try:
             await bring_up(stack, timeout)
-            render_status(await read_stack(stack.nats.url if stack.nats else ""))
+            render_status(await read_stack(stack.client_settings()))
             if not until_healthy:
                 await run_until_signal(stack)
             return 0
@@ -87,11 +87,11 @@ def up(
 @app.command()
 def status(state_dir: StateDir = Path(".state"), nats_url: NatsUrl = None) -> None:
     """Show each service, stream depths, consumers and dead letters."""
-    url = resolve_nats_url(nats_url, state_dir)
+    bus = resolve_nats(nats_url, state_dir)
     try:
-        view = asyncio.run(read_stack(url))
+        view = asyncio.run(read_stack(bus))
     except Exception as exc:
-        console.print(f"[red]✗ cannot reach NATS at {url}: {exc}[/]")
+        console.print(f"[red]✗ cannot reach NATS at {bus.url}: {exc}[/]")
         console.print("Is the stack running? Start it with `tidemark up`.")
         raise typer.Exit(1) from None
     render_status(view)
@@ -104,11 +104,11 @@ def dlq(
     limit: Annotated[int, typer.Option(help="how many, newest first")] = 20,
 ) -> None:
     """List the newest dead letters with their reasons."""
-    url = resolve_nats_url(nats_url, state_dir)
+    bus = resolve_nats(nats_url, state_dir)
     try:
-        view = asyncio.run(read_stack(url, dead_letter_limit=limit))
+        view = asyncio.run(read_stack(bus, dead_letter_limit=limit))
     except Exception as exc:
-        console.print(f"[red]✗ cannot reach NATS at {url}: {exc}[/]")
+        console.print(f"[red]✗ cannot reach NATS at {bus.url}: {exc}[/]")
         raise typer.Exit(1) from None
     render_dead_letters(view)
 

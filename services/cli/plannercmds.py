@@ -44,9 +44,10 @@ from schemas.messages import (
     TargetImmediate,
 )
 from services.cli.querycmds import parse_target
-from services.cli.stackcmds import console, resolve_nats_url
+from services.cli.stackcmds import console, resolve_nats
 from services.planner.client import PlannerClient, PlannerError
 from services.planner.cron import CronError, CronSchedule
+from services.settings import NatsSettings
 from services.stack.probe import connect_once
 
 T = TypeVar("T")
@@ -71,12 +72,12 @@ def _problems(exc: ValidationError) -> str:
     )
 
 
-def run_with_planner(url: str, work: Callable[[Client, PlannerClient], Awaitable[T]]) -> T:
+def run_with_planner(bus: NatsSettings, work: Callable[[Client, PlannerClient], Awaitable[T]]) -> T:
     async def main() -> T:
         try:
-            nc = await connect_once(url)
+            nc = await connect_once(bus)
         except Exception as exc:
-            raise PlannerError(f"cannot reach NATS at {url}: {exc}") from exc
+            raise PlannerError(f"cannot reach NATS at {bus.url}: {exc}") from exc
         try:
             return await work(nc, PlannerClient(nc))
         finally:
@@ -188,8 +189,8 @@ def policy_set(
     except ValidationError as exc:
         raise typer.BadParameter(_problems(exc)) from None
     _check_crons(policy)
-    url = resolve_nats_url(nats_url, state_dir)
-    answer = run_with_planner(url, lambda _nc, p: p.request(SetPolicy(policy=policy), database))
+    bus = resolve_nats(nats_url, state_dir)
+    answer = run_with_planner(bus, lambda _nc, p: p.request(SetPolicy(policy=policy), database))
     render_answer(answer)
     if isinstance(answer, RequestRejected):
         raise typer.Exit(1)
@@ -213,8 +214,8 @@ def policy_show(
     nats_url: NatsUrl = None,
 ) -> None:
     """Show DATABASE's backup policy."""
-    url = resolve_nats_url(nats_url, state_dir)
-    reply = run_with_planner(url, lambda _nc, p: p.policy(database))
+    bus = resolve_nats(nats_url, state_dir)
+    reply = run_with_planner(bus, lambda _nc, p: p.policy(database))
     if reply.policy is None:
         console.print(f"{database}: no backup policy")
         raise typer.Exit(1)
@@ -245,7 +246,7 @@ def register(app: typer.Typer) -> None:
             request = RequestBackup(spec=BackupSpec(kind=kind), reason="tidemark backup")
         except ValidationError as exc:
             raise typer.BadParameter(_problems(exc)) from None
-        url = resolve_nats_url(nats_url, state_dir)
+        bus = resolve_nats(nats_url, state_dir)
 
         async def work(nc: Client, planner: PlannerClient) -> int:
             async with watching(nc, database) as queue:
@@ -280,7 +281,7 @@ def register(app: typer.Typer) -> None:
             console.print(f"[red]✗ backup failed[/]: {done.data.failure.reason}")
             return 1
 
-        raise typer.Exit(_run_work(url, work))
+        raise typer.Exit(_run_work(bus, work))
 
     @app.command()
     def restore(
@@ -323,7 +324,7 @@ def register(app: typer.Typer) -> None:
             )
         except ValidationError as exc:
             raise typer.BadParameter(_problems(exc)) from None
-        url = resolve_nats_url(nats_url, state_dir)
+        bus = resolve_nats(nats_url, state_dir)
 
         async def work(nc: Client, planner: PlannerClient) -> int:
             async with watching(nc, database) as queue:
@@ -354,12 +355,12 @@ def register(app: typer.Typer) -> None:
             console.print(f"[red]✗ restore failed[/]: {done.data.failure.reason}")
             return 1
 
-        raise typer.Exit(_run_work(url, work))
+        raise typer.Exit(_run_work(bus, work))
 
 
-def _run_work(url: str, work: Callable[[Client, PlannerClient], Awaitable[int]]) -> int:
+def _run_work(bus: NatsSettings, work: Callable[[Client, PlannerClient], Awaitable[int]]) -> int:
     try:
-        return run_with_planner(url, work)
+        return run_with_planner(bus, work)
     except TimeoutError:
         console.print("[yellow]! still running; stopped waiting (it goes on without us)[/]")
         return 1

@@ -15,7 +15,8 @@ from schemas import Lsn, Scn
 from schemas.catalog import CheckReply, WindowsReply
 from schemas.messages import RestoreTarget, TargetPosition, TargetTime
 from services.catalog.client import CatalogClient, CatalogError
-from services.cli.stackcmds import console, resolve_nats_url
+from services.cli.stackcmds import console, resolve_nats
+from services.settings import NatsSettings
 from services.stack.probe import connect_once
 
 T = TypeVar("T")
@@ -54,12 +55,12 @@ def parse_target(to: str | None, scn: int | None, lsn: str | None) -> RestoreTar
     return TargetTime(at=at)
 
 
-def ask(url: str, question: Callable[[CatalogClient], Awaitable[T]]) -> T:
+def ask(bus: NatsSettings, question: Callable[[CatalogClient], Awaitable[T]]) -> T:
     async def run() -> T:
         try:
-            nc = await connect_once(url)
+            nc = await connect_once(bus)
         except Exception as exc:
-            raise CatalogError(503, f"cannot reach NATS at {url}: {exc}") from exc
+            raise CatalogError(503, f"cannot reach NATS at {bus.url}: {exc}") from exc
         try:
             return await question(CatalogClient(nc))
         finally:
@@ -123,8 +124,8 @@ def register(app: typer.Typer) -> None:
         nats_url: NatsUrl = None,
     ) -> None:
         """Show a database's restorable windows, gaps and RPO lag."""
-        url = resolve_nats_url(nats_url, state_dir)
-        render_windows(ask(url, lambda c: c.windows(database)))
+        bus = resolve_nats(nats_url, state_dir)
+        render_windows(ask(bus, lambda c: c.windows(database)))
 
     @app.command()
     def check(
@@ -138,8 +139,8 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Can DATABASE be restored to this point? If not, why, and what is nearest."""
         target = parse_target(to, scn, lsn)
-        url = resolve_nats_url(nats_url, state_dir)
-        reply = ask(url, lambda c: c.check(database, target, lineage))
+        bus = resolve_nats(nats_url, state_dir)
+        reply = ask(bus, lambda c: c.check(database, target, lineage))
         render_check(reply)
         if not reply.restorable:
             raise typer.Exit(1)

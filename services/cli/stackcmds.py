@@ -13,23 +13,40 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from services.settings import NatsSettings
 from services.stack.embedded import EmbeddedStack, read_stack_file
 from services.stack.probe import StackView, payload_preview
 
 console = Console()
 
 
-def resolve_nats_url(nats_url: str | None, state_dir: Path) -> str:
-    """Explicit flag, then TIDEMARK_NATS__URL, then the running embedded stack, then default."""
-    if nats_url:
-        return nats_url
-    env = os.environ.get("TIDEMARK_NATS__URL")
-    if env:
-        return env
-    info = read_stack_file(state_dir)
-    if info and isinstance(info.get("nats_url"), str):
-        return str(info["nats_url"])
-    return "nats://127.0.0.1:4222"
+def resolve_nats(nats_url: str | None, state_dir: Path) -> NatsSettings:
+    """Where and as whom to connect.
+
+    The URL: the flag, then TIDEMARK_NATS__URL, then the running embedded stack, then the
+    default. The identity: TIDEMARK_NATS__USER / __PASSWORD_FILE / __CREDENTIALS_FILE (and
+    __TLS_*) when set, else the embedded stack's tool user (named in stack.json) if the URL is
+    that stack's.
+    """
+    env = _nats_env()
+    info = read_stack_file(state_dir) or {}
+    stack_url = info.get("nats_url") if isinstance(info.get("nats_url"), str) else None
+    url = nats_url or env.pop("url", None) or stack_url or "nats://127.0.0.1:4222"
+    identity = {"user", "password_file", "credentials_file"}
+    if url == stack_url and not identity & env.keys():
+        user, password_file = info.get("nats_user"), info.get("nats_password_file")
+        if isinstance(user, str) and isinstance(password_file, str):
+            env.update(user=user, password_file=password_file)
+    return NatsSettings.model_validate({**env, "url": url})
+
+
+def _nats_env() -> dict[str, str]:
+    prefix = "TIDEMARK_NATS__"
+    return {
+        key[len(prefix) :].lower(): value
+        for key, value in os.environ.items()
+        if key.startswith(prefix) and value
+    }
 
 
 def _age(iso: object) -> str:

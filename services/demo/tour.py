@@ -43,6 +43,7 @@ from schemas.messages import (
     TargetTime,
 )
 from services.archiver.spool import Spool, install_walpush
+from services.bus.connection import credential_options
 from services.catalog.client import CatalogClient
 from services.demo.cluster import LocalCluster, free_port
 from services.demo.ledger import Entry, Ledger, table_state
@@ -278,7 +279,9 @@ class Tour:
         self.stack = EmbeddedStack(state_dir=self.state_dir, node=NODE, extra_env=env)
         await bring_up(self.stack, 90.0)
         assert self.stack.nats is not None
-        nc = await nats.connect(self.stack.nats.url, name="tidemark-demo")
+        # As the tool user: the tour does what a platform tool would, with its permissions.
+        bus = self.stack.client_settings()
+        nc = await nats.connect(bus.servers(), name="tidemark-demo", **credential_options(bus))
         try:
             watch = EventWatch(nc, DB_UID)
             await watch.start()

@@ -1,8 +1,15 @@
 """The embedded stack: nats-server and the four services as child processes of `tidemark up`.
 
 State lives in one directory (`.state/` by default): JetStream's store, each service's log, and
-`stack.json`, which tells `tidemark status` and other commands where this stack's NATS is.
-A service that exits unexpectedly is restarted (with backoff) until the stack is stopped.
+`stack.json`, which tells `tidemark status` and other commands where this stack's NATS is and
+which file holds the tool user's password. A service that exits unexpectedly is restarted (with
+backoff) until the stack is stopped.
+
+NATS requires a user (`auth`, on by default): each service connects as its role's user and the
+CLI as `tidemark-tool`, with the permissions of `services/bus/permissions.py`. The passwords are
+fresh each start, in 0600 files under `<state>/secrets/` (see `services/stack/credentials.py`).
+The server listens on loopback without TLS; `TIDEMARK_NATS__TLS_*` in the environment reach the
+services unchanged, for a stack pointed at a NATS of its own elsewhere.
 """
 
 from __future__ import annotations
@@ -19,10 +26,19 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from services.bus.permissions import Role
+from services.settings import NatsSettings
+from services.stack.credentials import client_env, client_settings, write_passwords
 from services.stack.natsserver import NatsServer, free_port
 from services.stack.probe import read_health
 
 SERVICES = ("catalog", "archiver", "executor", "planner")
+# Inherited identity settings would fight the stack's own users (a .creds file for elsewhere).
+_INHERITED_IDENTITY = (
+    "TIDEMARK_NATS__USER",
+    "TIDEMARK_NATS__PASSWORD_FILE",
+    "TIDEMARK_NATS__CREDENTIALS_FILE",
+)
 STACK_FILE = "stack.json"
 DEFAULT_NATS_PORT = 4222
 DEFAULT_TIMELINE_PORT = 8470
@@ -59,6 +75,9 @@ class EmbeddedStack:
     procs: dict[str, ServiceProcess] = field(default_factory=dict)
     stopping: bool = False
     timeline_port: int | None = None
+    auth: bool = True
+    """Users and permissions on the stack's nats-server (off: anyone may do anything)."""
+    passwords: dict[Role, Path] = field(default_factory=dict)
 
     @property
     def logs_dir(self) -> Path:
@@ -70,8 +89,12 @@ class EmbeddedStack:
         port = self.nats_port
         if port is None:
             port = DEFAULT_NATS_PORT if _port_free(DEFAULT_NATS_PORT) else free_port()
+        self.passwords = write_passwords(self.state_dir) if self.auth else {}
         self.nats = NatsServer(
-            store_dir=self.state_dir / "nats", port=port, log_file=self.logs_dir / "nats.log"
+            store_dir=self.state_dir / "nats",
+            port=port,
+            log_file=self.logs_dir / "nats.log",
+            users=self.passwords,
         )
         self.nats.start()
         if self.timeline_port is None:
@@ -84,9 +107,15 @@ class EmbeddedStack:
     def timeline_url(self) -> str | None:
         return f"http://127.0.0.1:{self.timeline_port}/" if self.timeline_port else None
 
-    def service_env(self) -> dict[str, str]:
+    def client_settings(self, role: Role = Role.TOOL) -> NatsSettings:
+        """How to connect to this stack's NATS as `role` (the tool user by default)."""
         assert self.nats is not None
-        env = dict(os.environ)
+        return client_settings(self.nats.url, role, self.passwords)
+
+    def service_env(self, name: str) -> dict[str, str]:
+        assert self.nats is not None
+        env = {k: v for k, v in os.environ.items() if k not in _INHERITED_IDENTITY}
+        env.update(client_env(Role(name), self.passwords))
         env.update(
             {
                 "TIDEMARK_NATS__URL": self.nats.url,
@@ -105,7 +134,7 @@ class EmbeddedStack:
         with open(self.logs_dir / f"{name}.log", "ab") as out:
             entry.process = subprocess.Popen(
                 [sys.executable, "-m", f"services.{name}"],
-                env=self.service_env(),
+                env=self.service_env(name),
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,  # the stack, not the terminal, decides when they stop
@@ -145,7 +174,7 @@ class EmbeddedStack:
                         f"{entry.name} exited with {entry.process.returncode} during start-up; "
                         f"see {self.logs_dir / (entry.name + '.log')}:\n{self.log_tail(entry.name)}"
                     )
-            health = await read_health(self.nats.url)
+            health = await read_health(self.client_settings())
             ready = {h["service"] for h in health.values() if h.get("state") == "healthy"}
             if set(self.services) <= ready:
                 return health
@@ -175,6 +204,10 @@ class EmbeddedStack:
             self.nats.stop()
         with contextlib.suppress(FileNotFoundError):
             (self.state_dir / STACK_FILE).unlink()
+        # The passwords die with the server that knew them; the next start makes new ones.
+        for path in self.passwords.values():
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
 
     def exit_codes(self) -> dict[str, int | None]:
         return {
@@ -197,12 +230,20 @@ class EmbeddedStack:
             "timeline_url": self.timeline_url,
             "supervisor_pid": os.getpid(),
             "nats_pid": self.nats.process.pid if self.nats.process else None,
+            # The tool user's password file (never the password): what the CLI connects with.
+            **self._tool_identity(),
             "services": {n: e.process.pid for n, e in self.procs.items() if e.process is not None},
         }
         path = self.state_dir / STACK_FILE
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps(info, indent=2))
         tmp.replace(path)
+
+    def _tool_identity(self) -> dict[str, str]:
+        settings = self.client_settings()
+        if settings.user is None or settings.password_file is None:
+            return {}
+        return {"nats_user": settings.user, "nats_password_file": str(settings.password_file)}
 
 
 def read_stack_file(state_dir: Path) -> dict[str, object] | None:

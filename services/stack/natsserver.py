@@ -2,6 +2,10 @@
 
 Readiness is the server's own `/healthz?js-enabled-only=true` endpoint, not a retried connect:
 a server can accept TCP before JetStream has recovered its streams from disk.
+
+With `users` the server requires a user and password and applies the permissions matrix
+(`services/bus/permissions.py`); without, anyone on the port may do anything (the test fixtures).
+The config then holds the passwords, so it is written 0600 and never logged.
 """
 
 from __future__ import annotations
@@ -18,6 +22,8 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from services.bus.permissions import Role, nats_server_users
 
 
 class NatsServerError(RuntimeError):
@@ -59,6 +65,8 @@ class NatsServer:
     monitor_port: int = 0
     extra_config: str = ""
     log_file: Path | None = None
+    users: dict[Role, Path] = field(default_factory=dict)
+    """Role → the file holding that user's password; empty: no authorization."""
     process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
@@ -79,22 +87,31 @@ class NatsServer:
 
     def write_config(self) -> Path:
         self.store_dir.mkdir(parents=True, exist_ok=True)
-        self.config_file.write_text(
-            "\n".join(
-                [
-                    f'server_name: "tidemark-{self.port}"',
-                    f'listen: "{self.host}:{self.port}"',
-                    f'http: "{self.host}:{self.monitor_port}"',
-                    "jetstream {",
-                    f'  store_dir: "{self.store_dir / "jetstream"}"',
-                    "  max_memory_store: 256MB",
-                    "  max_file_store: 8GB",
-                    "}",
-                    self.extra_config,
-                    "",
-                ]
+        authorization = ""
+        if self.users:
+            authorization = nats_server_users(
+                {role: path.read_text().strip() for role, path in self.users.items()}
             )
+        text = "\n".join(
+            [
+                f'server_name: "tidemark-{self.port}"',
+                f'listen: "{self.host}:{self.port}"',
+                f'http: "{self.host}:{self.monitor_port}"',
+                "jetstream {",
+                f'  store_dir: "{self.store_dir / "jetstream"}"',
+                "  max_memory_store: 256MB",
+                "  max_file_store: 8GB",
+                "}",
+                authorization,
+                self.extra_config,
+                "",
+            ]
         )
+        # Created 0600 before a byte is written: the passwords are never readable by others.
+        fd = os.open(self.config_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        os.fchmod(fd, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(text)
         return self.config_file
 
     def start(self, timeout: float = 20.0) -> None:

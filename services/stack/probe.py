@@ -14,16 +14,25 @@ from nats.js.errors import BucketNotFoundError, NoKeysError, NotFoundError
 
 from schemas import STREAMS, DeadLetter
 from services.bus import ADVISORY_STREAM, HEALTH_BUCKET
+from services.bus.connection import credential_options
+from services.settings import NatsSettings
 
 
 async def _quiet(exc: Exception) -> None:
     """A probe reports failure by raising; nats-py's own error log would only repeat it."""
 
 
-async def connect_once(url: str) -> Client:
+def as_settings(target: str | NatsSettings) -> NatsSettings:
+    """A bare URL is a server without users (the test fixtures' and any unauthenticated one)."""
+    return target if isinstance(target, NatsSettings) else NatsSettings(url=target)
+
+
+async def connect_once(target: str | NatsSettings) -> Client:
     """Connect for one look, failing fast (nats-py would otherwise retry for two minutes)."""
+    settings = as_settings(target)
     return await nats.connect(
-        url,
+        settings.servers(),
+        **credential_options(settings),
         connect_timeout=2,
         allow_reconnect=False,
         max_reconnect_attempts=1,
@@ -32,9 +41,9 @@ async def connect_once(url: str) -> Client:
     )
 
 
-async def read_health(url: str) -> dict[str, dict[str, Any]]:
+async def read_health(target: str | NatsSettings) -> dict[str, dict[str, Any]]:
     """Every live health record, keyed `service.node`. Empty if the bucket is not there yet."""
-    nc = await connect_once(url)
+    nc = await connect_once(target)
     try:
         js = nc.jetstream()
         try:
@@ -70,9 +79,10 @@ class StackView:
     dead_letter_count: int
 
 
-async def read_stack(url: str, *, dead_letter_limit: int = 5) -> StackView:
-    health = await read_health(url)
-    nc = await connect_once(url)
+async def read_stack(target: str | NatsSettings, *, dead_letter_limit: int = 5) -> StackView:
+    url = as_settings(target).url
+    health = await read_health(target)
+    nc = await connect_once(target)
     try:
         js = nc.jetstream()
         streams: list[StreamView] = []

@@ -48,6 +48,8 @@ from schemas.messages import (
 )
 from services.archiver.spool import Spool, install_walpush
 from services.bus import PLANS_BUCKET
+from services.bus.connection import credential_options
+from services.bus.permissions import Role
 from services.catalog.client import CatalogClient
 from services.demo.cluster import LocalCluster, free_port
 from services.demo.ledger import table_state
@@ -71,6 +73,8 @@ class Protected:
     cluster: LocalCluster
     spool: Spool
     system_id: int
+    password_file: Path | None = None
+    """The database password's file, if the executor is to be given one."""
 
     @property
     def ref(self) -> DatabaseRef:
@@ -99,6 +103,7 @@ class Protected:
                 "port": self.cluster.port,
                 "socket_dir": str(self.cluster.base),
                 "os_user": self.cluster.user.name,
+                **({"password_file": str(self.password_file)} if self.password_file else {}),
             },
         }
 
@@ -252,9 +257,15 @@ class PitrStack:
 
     @classmethod
     async def start(
-        cls, root: Path, dbs: list[Protected], *, store_url: str | None = None
+        cls,
+        root: Path,
+        dbs: list[Protected],
+        *,
+        store_url: str | None = None,
+        extra_env: dict[str, str] | None = None,
     ) -> PitrStack:
         env = {
+            **(extra_env or {}),
             "TIDEMARK_ARCHIVER__DATABASES": json.dumps([d.archived() for d in dbs]),
             "TIDEMARK_EXECUTOR__DATABASES": json.dumps([d.hosted() for d in dbs]),
         }
@@ -274,7 +285,11 @@ class PitrStack:
             stack.start_services()
             await stack.wait_healthy(90.0)
             assert stack.nats is not None
-            nc = await nats.connect(stack.nats.url, name="tidemark-e2e")
+            # As admin: the recorder watches commands too, which the tool user may not.
+            admin = stack.client_settings(Role.ADMIN)
+            nc = await nats.connect(
+                admin.servers(), name="tidemark-e2e", **credential_options(admin)
+            )
         except BaseException:
             stack.stop()
             raise

@@ -22,6 +22,7 @@ import pytest
 import yaml
 
 from services.archiver.settings import ArchiverSettings
+from services.bus.permissions import matrix_document
 from services.catalog.settings import CatalogSettings
 from services.executor.settings import ExecutorSettings
 from services.planner.settings import PlannerSettings
@@ -401,20 +402,22 @@ def test_extra_settings_in_the_schema_exist_in_the_models() -> None:
         assert set(allowed) <= set(model.model_fields), service
 
 
-def test_the_permissions_matrix() -> None:
+def test_the_permissions_matrix_is_the_python_one() -> None:
+    """One matrix: what the chart renders is `services/bus/permissions.py`'s, role for role."""
     docs = render(BUNDLED_NATS)
     data = named(docs, "ConfigMap", "prod-tidemark-nats-permissions")["data"]
     matrix = json.loads(data["permissions.json"])
-    assert "tm.cmd.executor.>" in matrix["planner"]["publish"]["allow"]
-    for service in ("archiver", "catalog", "executor"):
-        assert not any(s.startswith("tm.cmd") for s in matrix[service]["publish"]["allow"])
-        assert "tm.cmd.>" in matrix[service]["publish"]["deny"]
-    assert matrix["cli"]["publish"]["allow"].count("tm.cmd.planner.>") == 1
+    assert matrix == matrix_document()
+    assert "tm.cmd.executor.*.backup" in matrix["planner"]["publish"]["allow"]
+    for service in ("archiver", "catalog", "executor", "tool"):
+        assert not any(s.startswith("tm.cmd.executor") for s in matrix[service]["publish"]["allow"])
+    assert "tm.cmd.planner.any.backup" in matrix["tool"]["publish"]["allow"]
     accounts = yaml.safe_load(data["accounts.yaml"])["accounts"]["TIDEMARK"]
     assert accounts["jetstream"] == "enabled"
     users = {u["user"]: u for u in accounts["users"]}
-    assert set(users) == {f"tidemark-{s}" for s in (*SERVICES, "cli")}
-    assert users["tidemark-archiver"]["permissions"] == matrix["archiver"]
+    assert set(users) == {f"tidemark-{s}" for s in (*SERVICES, "tool")}
+    for role in (*SERVICES, "tool"):
+        assert users[f"tidemark-{role}"]["permissions"] == matrix[role], role
     assert users["tidemark-planner"]["password"] == "<< $TIDEMARK_NATS_PASSWORD_PLANNER >>"
 
 

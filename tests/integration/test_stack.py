@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from services.cli.stackcmds import resolve_nats
 from services.stack.natsserver import NatsServer, free_port
 from services.stack.probe import read_health
 from tests.integration.bus_helpers import wait_for
@@ -66,11 +67,12 @@ async def test_up_runs_until_ctrl_c_and_status_shows_it(tmp_path: Path) -> None:
     )
     try:
         await wait_for((tmp_path / "stack.json").exists, timeout=30)
-        url = json.loads((tmp_path / "stack.json").read_text())["nats_url"]
+        bus = resolve_nats(None, tmp_path)  # as the CLI does: the tool user named in stack.json
+        assert bus.user == "tidemark-tool"
         healthy: dict[str, object] = {}
 
         async def all_healthy() -> bool:
-            healthy.update(await read_health(url))
+            healthy.update(await read_health(bus))
             states = {h["service"]: h["state"] for h in healthy.values()}
             return states == dict.fromkeys(
                 ("planner", "executor", "archiver", "catalog"), "healthy"
@@ -190,8 +192,8 @@ async def test_services_stop_when_the_supervisor_is_killed(tmp_path: Path) -> No
             time.sleep(0.2)
             if (tmp_path / "stack.json").exists():
                 stack = json.loads((tmp_path / "stack.json").read_text())
-        url = str(stack["nats_url"])
-        while len(await read_health(url)) < 4:
+        bus = resolve_nats(None, tmp_path)
+        while len(await read_health(bus)) < 4:
             assert time.monotonic() < deadline
             time.sleep(0.2)
         proc.kill()  # SIGKILL: no chance to stop its children

@@ -84,7 +84,7 @@ runtime in a crash loop.
 {{- fail "nats.enabled generates the NATS server's users from the permissions matrix: set natsAuth.mode=password and global.tidemark.natsPasswords" }}
 {{- end }}
 {{- if and (eq .Values.natsAuth.mode "password") (not .Values.global.tidemark.natsPasswords) }}
-{{- fail "natsAuth.mode=password needs global.tidemark.natsPasswords: a Secret with keys planner, catalog, executor, archiver, cli" }}
+{{- fail "natsAuth.mode=password needs global.tidemark.natsPasswords: a Secret with keys planner, catalog, executor, archiver, tool" }}
 {{- end }}
 {{- if eq .Values.natsAuth.mode "creds" }}
 {{- range $component := list "planner" "catalog" "executor" "archiver" }}
@@ -410,45 +410,10 @@ volumes:
 {{- end }}
 
 {{/*
-The NATS permissions matrix: what each user may publish and subscribe to. One source for the
-bundled server's accounts (nats.enabled), the rendered <release>-nats-permissions ConfigMap and
-the README. Every service also uses the JetStream API, acks, its KV buckets, the dead-letter
-stream and reply inboxes.
+The NATS permissions matrix, "tidemark.natsPermissions", is generated from
+services/bus/permissions.py into _nats-permissions.tpl: one matrix for the chart and the embedded
+stack. The admin role is in it (for operators issuing their own user) but gets no account here.
 */}}
-{{- define "tidemark.natsPermissions" -}}
-{{- $common := list "$JS.API.>" "$JS.ACK.>" "$KV.tm_health.>" "tm.dlq.>" }}
-{{- $inbox := list "_INBOX.>" }}
-planner:
-  publish:
-    allow: {{ concat $common (list "tm.cmd.planner.>" "tm.cmd.executor.>" "tm.evt.backup.>" "tm.evt.restore.>" "tm.evt.policy.>" "tm.evt.request.>" "$KV.tm_plans.>") | toJson }}
-  subscribe:
-    allow: {{ concat $inbox (list "tm.qry.planner.>" "$SRV.>") | toJson }}
-  allow_responses: true
-catalog:
-  publish:
-    allow: {{ concat $common (list "tm.evt.log.indexed.>" "tm.evt.log.deleted.>" "tm.evt.window.>") | toJson }}
-    deny: ["tm.cmd.>"]
-  subscribe:
-    allow: {{ concat $inbox (list "tm.qry.catalog.>" "$SRV.>") | toJson }}
-  allow_responses: true
-executor:
-  publish:
-    allow: {{ concat $common (list "tm.evt.job.>" "tm.evt.backup.>" "tm.evt.restore.>" "$KV.tm_nodes.>") | toJson }}
-    deny: ["tm.cmd.>"]
-  subscribe:
-    allow: {{ $inbox | toJson }}
-archiver:
-  publish:
-    allow: {{ concat $common (list "tm.evt.log.archived.>" "tm.evt.archive.>") | toJson }}
-    deny: ["tm.cmd.>"]
-  subscribe:
-    allow: {{ $inbox | toJson }}
-cli:
-  publish:
-    allow: ["$JS.API.>", "tm.cmd.planner.>", "tm.qry.>"]
-  subscribe:
-    allow: {{ $inbox | toJson }}
-{{- end }}
 
 {{/*
 The bundled NATS server's accounts, rendered inside the NATS subchart (its `config.merge`
@@ -461,7 +426,7 @@ accounts:
   TIDEMARK:
     jetstream: enabled
     users:
-    {{- range $user := list "planner" "catalog" "executor" "archiver" "cli" }}
+    {{- range $user := list "planner" "catalog" "executor" "archiver" "tool" }}
       - user: {{ printf "tidemark-%s" $user }}
         password: {{ printf "<< $TIDEMARK_NATS_PASSWORD_%s >>" (upper $user) | quote }}
         permissions:
@@ -470,7 +435,7 @@ accounts:
 {{- end }}
 
 {{- define "tidemark.natsServerEnv" -}}
-{{- range $user := list "planner" "catalog" "executor" "archiver" "cli" }}
+{{- range $user := list "planner" "catalog" "executor" "archiver" "tool" }}
 {{ printf "TIDEMARK_NATS_PASSWORD_%s" (upper $user) }}:
   valueFrom:
     secretKeyRef:
