@@ -18,11 +18,29 @@
     socket_dir = "/var/run/postgresql"
     bin_dir = "/usr/lib/postgresql/15/bin"   # default: found by pg_bindir()
 
+    [[executor.databases]]
+    uid = "erp-prod"
+    engine = "oracle"
+    name = "ERPPROD"
+    system_id = 1234567890                   # SELECT dbid FROM v$database
+
+    [executor.databases.oracle]
+    oracle_home = "/u01/app/oracle/product/19.0.0/dbhome_1"
+    oracle_sid = "ERPPROD"                   # rman/expdp run as this instance, OS-authenticated
+    staging_dir = "/var/lib/tidemark/oracle-stage/erp-prod"   # pieces between RMAN and the store
+    dsn = "erp-db:1521/ERPPROD"              # the session: as [archiver.databases.oracle]
+    user = "C##TIDEMARK"
+    password_file = "/var/run/secrets/tidemark/erp-prod"
+    time_zone = "UTC"
+
 From the environment: `TIDEMARK_EXECUTOR__DATABASES='[{"uid": ...}]'` (JSON).
 No secret is a value here: PostgreSQL is reached as its OS user over the local socket (peer
-authentication), and a password, where one is needed, is a file reference.
+authentication), Oracle's tools as the instance's OS user (`/`), and a password, where one is
+needed, is a file reference or a wallet.
 
-This module imports nothing from `services/` (the settings model imports it).
+This module imports nothing from `services/` but the archiver's settings (the settings model
+imports both): the Oracle session is configured by the archiver's `OracleConnection`, so one
+database's session reads the same in both sections.
 """
 
 from __future__ import annotations
@@ -32,6 +50,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from schemas import DatabaseRef, DatabaseUid, DbName, Engine
+from services.archiver.settings import OracleConnection
 
 
 class _Section(BaseModel):
@@ -52,6 +71,29 @@ class PostgresInstance(_Section):
     )
 
 
+class OracleInstance(OracleConnection):
+    """Where an Oracle database lives on this node, and the session the engine reads its V$
+    views through (`OracleConnection`'s fields: dsn, user + password_file or wallet_dir,
+    thick_mode, time_zone). RMAN itself runs as the instance's OS user, never with these."""
+
+    oracle_home: Path = Field(description="the home the database runs from; tools come from bin/")
+    oracle_sid: str = Field(pattern=r"^[A-Za-z][A-Za-z0-9_$#]{0,29}$")
+    staging_dir: Path = Field(
+        description="RMAN writes pieces here before they go to the store, and a restore stages "
+        "them here (a few pieces at a time for a backup, the whole chain for a restore)"
+    )
+    channels: int = Field(default=2, ge=1, le=64, description="RMAN disk channels of a backup")
+    backup_attempts: int = Field(
+        default=3,
+        ge=1,
+        le=10,
+        description="RMAN backup runs per job while the failure is retryable (ORA-19511, ...)",
+    )
+    retry_base_s: float = Field(
+        default=30.0, ge=0, le=3600, description="wait before the second run; doubled after"
+    )
+
+
 class HostedDatabase(_Section):
     """One database this node runs operations for."""
 
@@ -60,6 +102,7 @@ class HostedDatabase(_Section):
     name: DbName
     system_id: int | None = Field(default=None, ge=0, lt=1 << 64)
     postgres: PostgresInstance | None = None
+    oracle: OracleInstance | None = None
 
     @model_validator(mode="after")
     def _engine_section(self) -> HostedDatabase:
@@ -67,6 +110,10 @@ class HostedDatabase(_Section):
             raise ValueError(f"database {self.uid}: a PostgreSQL database needs [postgres]")
         if self.engine is not Engine.POSTGRES and self.postgres is not None:
             raise ValueError(f"database {self.uid}: [postgres] is for PostgreSQL databases")
+        if self.engine is Engine.ORACLE and self.oracle is None:
+            raise ValueError(f"database {self.uid}: an Oracle database needs [oracle]")
+        if self.engine is not Engine.ORACLE and self.oracle is not None:
+            raise ValueError(f"database {self.uid}: [oracle] is for Oracle databases")
         return self
 
     @property

@@ -23,7 +23,12 @@ from services.blobstore import MemoryStore
 from services.engines.registry import EngineRegistry
 from services.executor.jobs import JobRunner
 from services.executor.journal import Journal
-from services.executor.settings import ExecutorSettings, HostedDatabase, PostgresInstance
+from services.executor.settings import (
+    ExecutorSettings,
+    HostedDatabase,
+    OracleInstance,
+    PostgresInstance,
+)
 from tests.doubles.fake_engine import FakeEngine
 
 NODE = "node-1"
@@ -33,7 +38,21 @@ def hosted(uid: str, engine: Engine = Engine.POSTGRES) -> HostedDatabase:
     postgres = (
         PostgresInstance(data_dir=Path(f"/fake/{uid}")) if engine is Engine.POSTGRES else None
     )
-    return HostedDatabase(uid=uid, engine=engine, name=uid.replace("-", "_"), postgres=postgres)
+    oracle = (
+        OracleInstance(
+            oracle_home=Path(f"/fake/{uid}/home"),
+            oracle_sid="FAKE",
+            staging_dir=Path(f"/fake/{uid}/stage"),
+            dsn="fake:1521/FAKE",
+            user="C##TIDEMARK",
+            password_file=Path(f"/fake/{uid}/password"),
+        )
+        if engine is Engine.ORACLE
+        else None
+    )
+    return HostedDatabase(
+        uid=uid, engine=engine, name=uid.replace("-", "_"), postgres=postgres, oracle=oracle
+    )
 
 
 def ref(uid: str, engine: Engine = Engine.POSTGRES) -> DatabaseRef:

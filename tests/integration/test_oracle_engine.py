@@ -16,9 +16,8 @@ from schemas.messages.common import ProgressUnit
 from schemas.messages.restores import RestoreMode, RestorePlan, TargetPosition
 from services.blobstore import MemoryStore
 from services.engines.oracle.backup import OracleManifest
-from services.engines.oracle.engine import OracleEngine, OracleTarget
-from services.engines.oracle.runner import OracleHome
-from services.executor.settings import ExecutorSettings, HostedDatabase
+from services.engines.oracle.engine import OracleEngine
+from services.executor.settings import ExecutorSettings, HostedDatabase, OracleInstance
 from tests.oracle_sim.db import SimulatedOracle
 from tests.oracle_sim.tools import install
 from tests.oracle_sim.views import SimulatedViews
@@ -46,13 +45,21 @@ class _Ctx:
 async def test_backup_to_store_and_restore_from_it(tmp_path: Path) -> None:
     db = SimulatedOracle.create(tmp_path / "sim")
     install(tmp_path / "home", tmp_path / "sim")
-    target = OracleTarget(
-        home=OracleHome(oracle_home=tmp_path / "home", sid="TMSIM"), stage_dir=tmp_path / "stage"
+    hosted = HostedDatabase(
+        uid="ora1",
+        engine=Engine.ORACLE,
+        name="TMSIM",
+        system_id=1234567890,
+        oracle=OracleInstance(
+            oracle_home=tmp_path / "home",
+            oracle_sid="TMSIM",
+            staging_dir=tmp_path / "stage",
+            dsn="sim:1521/TMSIM",
+            user="C##TIDEMARK",
+            password_file=tmp_path / "never-read",
+        ),
     )
-    hosted = HostedDatabase(uid="ora1", engine=Engine.ORACLE, name="TMSIM", system_id=1234567890)
-    engine = OracleEngine(
-        ExecutorSettings(), targets={"ora1": target}, views=lambda _: SimulatedViews(db)
-    )
+    engine = OracleEngine(ExecutorSettings(), views=lambda _: SimulatedViews(db))
     store = MemoryStore()
     for i in range(6):
         db.insert(f"a{i}", thread=1 + i % 2)

@@ -50,6 +50,9 @@ Operations (each one locked transaction; a simulated session and the fake tools 
     time_of(scn, resetlogs_id) / scn_at(t, resetlogs_id)
     inject_failure(tool, lines, exit_code)  the next run of `tool` prints `lines` and exits
     take_injection(tool)                    (the tools) pop the pending failure, if any
+    record_run(tool, script) / runs(tool)   every run of a tool, with its script, in order
+                                            (`runs.jsonl`: outside the database, like the
+                                            ledger; a test asks it whether RMAN ran at all)
     transaction()                           the locked read-modify-write every operation uses
 
 File formats are below (`REDO_MAGIC`, `PIECE_MAGIC`): a 512-byte header block, then JSON. A log
@@ -594,6 +597,23 @@ class SimulatedOracle:
                 if inj.tool == tool:
                     return st.injections.pop(i)
         return None
+
+    # -- runs ----------------------------------------------------------------------------------
+
+    def record_run(self, tool: str, script: str) -> None:
+        """(the tools) Note one run of `tool`, before it does anything (an injected failure is
+        a run too)."""
+        line = json.dumps({"tool": tool, "script": script}) + "\n"
+        with self.transaction(), (self.root / "runs.jsonl").open("a") as out:
+            out.write(line)
+
+    def runs(self, tool: str = "rman") -> list[str]:
+        """The scripts of every run of `tool`, oldest first."""
+        path = self.root / "runs.jsonl"
+        if not path.exists():
+            return []
+        rows = [json.loads(line) for line in path.read_text().splitlines() if line]
+        return [r["script"] for r in rows if r["tool"] == tool]
 
 
 # -- state transitions shared by the API and the fake tools --------------------------------------

@@ -166,6 +166,7 @@ class Session:
 def main(argv: list[str]) -> int:
     db = SimulatedOracle.from_env()
     script = _script_from_argv(argv)
+    db.record_run("rman", script)
     print("Recovery Manager: Release 19.0.0.0.0 - SIMULATED (Tidemark test toolchain, not Oracle)")
     injection = db.take_injection("rman")
     if injection is not None:

@@ -14,6 +14,7 @@ change the same state.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,7 +34,7 @@ from services.engines.oracle.session import (
     log_history_from,
     thread_from,
 )
-from tests.oracle_sim.db import SimulatedOracle
+from tests.oracle_sim.db import BackupSet, SimulatedOracle
 
 __all__ = ["SimulatedSession"]
 
@@ -112,6 +113,12 @@ class SimulatedSession:
         ]
 
     async def backup_datafiles(self, command_id: str) -> list[BackupDatafileRow]:
+        return await self._datafiles(lambda s: s.command_id == command_id)
+
+    async def backup_datafiles_tagged(self, tag: str) -> list[BackupDatafileRow]:
+        return await self._datafiles(lambda s: any(p.tag == tag for p in s.pieces))
+
+    async def _datafiles(self, chosen: Callable[[BackupSet], bool]) -> list[BackupDatafileRow]:
         state = await self._read(self.db.read)
         cf = state.controlfile
         return sorted(
@@ -129,7 +136,7 @@ class SimulatedSession:
                     completion_time=s.completion_time,
                 )
                 for s in cf.backup_sets
-                if s.command_id == command_id
+                if chosen(s)
                 for d in s.datafiles
             ),
             key=lambda d: (d.file, d.set_stamp),

@@ -1,20 +1,29 @@
 """`OracleEngine`: the executor's Oracle driver (the `Engine` Protocol of `engines/base.py`).
 
 Tools run through `runner.py` with scripts from `scripts.py`; what the engine reads from the
-database (DBID, incarnations, V$BACKUP_DATAFILE) comes through an `OracleViews`, which a real
-node gets from the python-oracledb session and a test from the simulated Oracle toolchain.
+database (DBID, incarnations, V$BACKUP_DATAFILE) comes through an `OracleViews`.
 
-Where each database's Oracle lives (home, SID, staging directory) is `OracleTarget`. Until the
-executor's settings carry an `[oracle]` section per database, targets are handed in, or taken
-from ORACLE_HOME / ORACLE_SID / TIDEMARK_ORACLE_STAGE for a node serving one database.
+Where each database's Oracle lives (home, SID, staging directory) and how its session connects
+is the database's `[executor.databases.oracle]` section (`OracleInstance`). The views are the
+python-oracledb session's (`SessionViews` over `OracleDbSession`), one per database, connected
+on first use. `views=` is the seam for tests: the simulated Oracle toolchain's views are handed
+in there, exactly as the archiver takes a `source_factory`; nothing is patched.
+
+**Retries.** A backup whose RMAN run fails with a retryable stack (ORA-19511 media manager,
+ORA-03113, ...; `errors.py` decides) is run again inside the same job, up to `backup_attempts`
+runs, waiting `retry_base_s`, then twice that, ... between them; the pieces a failed run had
+already uploaded are deleted first. A fatal stack (ORA-01017, a syntax error, an unknown code)
+fails the job at once. This is the only place a backup is retried: the planner does not re-send
+failed backups, and a job that ran out of attempts fails with `retryable=true` for whoever
+decides next (a person, the next scheduled backup). Restores are not retried here: a restore
+stopped halfway has changed the database, and repeating it is the planner's decision.
 """
 
 from __future__ import annotations
 
-import os
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from pathlib import Path
+import asyncio
+import logging
+from collections.abc import Callable
 from typing import Literal
 
 from schemas import Incarnation, Scn
@@ -22,58 +31,55 @@ from schemas.messages import BackupSpec, RestoreResult, RunRestore, VerifyResult
 from schemas.messages.backups import BackupKind
 from services.blobstore import BlobStore
 from services.engines.base import BackupOutcome, Description, EngineError, JobContext
-from services.engines.oracle.backup import OracleManifest, OracleViews, run_backup
+from services.engines.oracle.backup import (
+    OracleManifest,
+    OracleViews,
+    backup_prefix,
+    run_backup,
+)
 from services.engines.oracle.restore import run_restore
 from services.engines.oracle.runner import OracleHome
-from services.executor.settings import ExecutorSettings, HostedDatabase
+from services.engines.oracle.session import OracleDbSession
+from services.engines.oracle.views import SessionViews
+from services.executor.settings import ExecutorSettings, HostedDatabase, OracleInstance
 
-
-@dataclass(frozen=True)
-class OracleTarget:
-    """One Oracle database on this node."""
-
-    home: OracleHome
-    stage_dir: Path
-    channels: int = 2
-
+log = logging.getLogger("tidemark.engines.oracle")
 
 ViewsFactory = Callable[[HostedDatabase], OracleViews]
+"""Builds the views of one database (called once per database)."""
+
+RETRY_MAX_S = 600.0
+"""The longest wait between two runs of a backup."""
+
+
+def session_views(db: HostedDatabase) -> OracleViews:
+    """The real views: python-oracledb, as the database's oracle section says."""
+    return SessionViews(OracleDbSession(instance_of(db)))
+
+
+def instance_of(db: HostedDatabase) -> OracleInstance:
+    if db.oracle is None:  # the settings refuse this; a hand-built HostedDatabase may not
+        raise EngineError.of(f"{db.uid} has no [oracle] section", code="TM-ORA-030")
+    return db.oracle
+
+
+def home_of(instance: OracleInstance) -> OracleHome:
+    return OracleHome(oracle_home=instance.oracle_home, sid=instance.oracle_sid)
 
 
 class OracleEngine:
     """The Oracle engine driver (module docstring)."""
 
-    def __init__(
-        self,
-        settings: ExecutorSettings,
-        *,
-        targets: Mapping[str, OracleTarget] | None = None,
-        views: ViewsFactory | None = None,
-    ) -> None:
+    def __init__(self, settings: ExecutorSettings, *, views: ViewsFactory | None = None) -> None:
         self.settings = settings
-        self._targets = dict(targets or {})
-        self._views = views
-
-    def _target(self, db: HostedDatabase) -> OracleTarget:
-        found = self._targets.get(db.uid)
-        if found is not None:
-            return found
-        home, sid = os.environ.get("ORACLE_HOME"), os.environ.get("ORACLE_SID")
-        if not home or not sid:
-            raise EngineError.of(
-                f"no Oracle home configured for {db.uid} (and no ORACLE_HOME/ORACLE_SID)",
-                code="TM-ORA-030",
-            )
-        stage = Path(os.environ.get("TIDEMARK_ORACLE_STAGE", "/var/lib/tidemark/oracle-stage"))
-        return OracleTarget(home=OracleHome(oracle_home=Path(home), sid=sid), stage_dir=stage)
+        self._make_views = views or session_views
+        self._views: dict[str, OracleViews] = {}
 
     def _session(self, db: HostedDatabase) -> OracleViews:
-        if self._views is None:
-            raise EngineError.of(
-                "no Oracle session for this engine: the python-oracledb session is not wired",
-                code="TM-ORA-031",
-            )
-        return self._views(db)
+        found = self._views.get(db.uid)
+        if found is None:
+            found = self._views[db.uid] = self._make_views(db)
+        return found
 
     async def describe(self, db: HostedDatabase) -> Description:
         views = self._session(db)
@@ -110,7 +116,7 @@ class OracleEngine:
         prefix: str,
         ctx: JobContext,
     ) -> BackupOutcome:
-        target = self._target(db)
+        instance = instance_of(db)
         level: Literal[0, 1]
         if spec.kind is BackupKind.FULL:
             level = 0
@@ -118,19 +124,42 @@ class OracleEngine:
             level = 1
         else:
             raise EngineError.of("Oracle snapshot backups are not supported", code="TM-ORA-033")
-        manifest = await run_backup(
-            target.home,
-            self._session(db),
-            uid=db.uid,
-            backup_id=backup_id,
-            spec=spec,
-            level=level,
-            channels=target.channels,
-            stage_root=target.stage_dir,
-            store=store,
-            prefix=prefix,
-            ctx=ctx,
-        )
+        attempt = 1
+        while True:
+            try:
+                manifest = await run_backup(
+                    home_of(instance),
+                    self._session(db),
+                    uid=db.uid,
+                    backup_id=backup_id,
+                    spec=spec,
+                    level=level,
+                    channels=instance.channels,
+                    stage_root=instance.staging_dir,
+                    store=store,
+                    prefix=prefix,
+                    ctx=ctx,
+                )
+                break
+            except EngineError as exc:
+                if not exc.failure.retryable or attempt >= instance.backup_attempts:
+                    raise
+                delay = min(instance.retry_base_s * 2 ** (attempt - 1), RETRY_MAX_S)
+                log.warning(
+                    "backup %s of %s: run %d of %d failed (%s); again in %.1fs",
+                    backup_id,
+                    db.uid,
+                    attempt,
+                    instance.backup_attempts,
+                    exc.failure.code,
+                    delay,
+                )
+                await ctx.progress(
+                    "retry", message=f"run {attempt} failed ({exc.failure.code}); retrying"
+                )
+                await _forget_run(store, backup_prefix(prefix, db.uid, backup_id))
+                await asyncio.sleep(delay)
+                attempt += 1
         done = manifest.backup
         return BackupOutcome(
             backup_id=backup_id,
@@ -153,13 +182,13 @@ class OracleEngine:
         prefix: str,
         ctx: JobContext,
     ) -> RestoreResult:
-        target = self._target(db)
+        instance = instance_of(db)
         return await run_restore(
-            target.home,
+            home_of(instance),
             self._session(db),
             command,
             store=store,
-            stage_root=target.stage_dir,
+            stage_root=instance.staging_dir,
             ctx=ctx,
         )
 
@@ -186,3 +215,11 @@ class OracleEngine:
                 checks.append(f"piece {piece.name}: missing or changed")
         checks.append(f"{len(manifest.oracle.pieces)} pieces checked against the manifest")
         return VerifyResult(backup_id=backup_id, ok=ok, checks=checks[:50])
+
+
+async def _forget_run(store: BlobStore, key_prefix: str) -> None:
+    """Delete what a failed run uploaded (its pieces; no manifest, which is written last), so
+    the store holds only the pieces of the run that succeeds."""
+    keys = [info.key async for info in store.list(key_prefix)]
+    for key in keys:
+        await store.delete(key)

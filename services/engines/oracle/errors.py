@@ -69,6 +69,9 @@ _TABLE: dict[str, Rule] = {
     "RMAN-03002": _r(X, "failure of a command"),
     "RMAN-03009": _r(X, "failure of a command on one channel"),
     "RMAN-03015": _r(X, "error in a stored script"),
+    "RMAN-00554": _r(X, "initialization of the recovery manager package failed (cause below)"),
+    "RMAN-04005": _r(X, "error from the target database (the ORA line below)"),
+    "RMAN-04006": _r(X, "error from the auxiliary database (the ORA line below)"),
     "RMAN-06010": _r(C, "error while looking up a datafile"),
     # -- RMAN syntax and configuration
     "RMAN-00558": _r(F, "error while parsing the command"),

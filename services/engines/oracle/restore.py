@@ -1,7 +1,8 @@
 """Restoring an Oracle database in place from the store: stage, catalog, recover, open.
 
-1. Read the base's manifest; stage every piece and every log the plan names into a fresh 0700
-   directory, each download checked against the crc32c the manifest (or the store) recorded.
+1. Read the base's manifest and find its chain (`restore_chain`); stage every piece of the
+   chain and every log the plan names into a fresh 0700 directory, each download checked
+   against the crc32c the manifest (or the store) recorded.
 2. Run one RMAN script: restore the control file from the base's own control file piece (never
    "the newest on disk", El Carro's mistake), `CATALOG START WITH` the staging directory,
    `RESET DATABASE TO INCARNATION n` when the target lies on another incarnation than the
@@ -9,6 +10,15 @@
    `OPEN RESETLOGS`.
 3. Report where the database opened: the new incarnation and its RESETLOGS SCN, read back from
    V$DATABASE_INCARNATION rather than assumed.
+
+**Incremental chains.** The plan names one base: the backup whose consistent point is the
+latest before the target, which may be a level 1. A level 1 is only a change set, so the
+restore also needs the level 0 under it and, for a differential level 1, every level 1 taken
+between the two. The chain is read from the manifests in the store, beside the base's, the way
+RMAN picks from its own catalog: the newest level 0 of the same database and incarnation whose
+start (S_B) is before the base's, then every level 1 between that level 0 and the base. The
+catalog keeps no more than the base's key, so the store is the one place the chain is read
+from; a chain broken by retention (its level 0 deleted) is refused here, before RMAN runs.
 """
 
 from __future__ import annotations
@@ -18,7 +28,9 @@ import shutil
 from datetime import UTC
 from pathlib import Path
 
-from schemas import Incarnation, Scn
+from pydantic import ValidationError
+
+from schemas import Incarnation, Position, Scn
 from schemas.messages import RestoreResult, RunRestore
 from schemas.messages.restores import TargetImmediate, TargetPosition, TargetSequence, TargetTime
 from services.blobstore import BlobStore
@@ -73,6 +85,61 @@ def incarnation_to_reset(manifest: OracleManifest, lineage: Incarnation) -> int 
     )
 
 
+def _scn(position: Position) -> int:
+    if not isinstance(position, Scn):
+        raise EngineError.of("an Oracle manifest records SCNs", code="TM-ORA-026")
+    return position.value
+
+
+def _resetlogs_id(manifest: OracleManifest) -> int:
+    lineage = manifest.backup.lineage
+    if not isinstance(lineage, Incarnation):
+        raise EngineError.of("an Oracle manifest records an incarnation", code="TM-ORA-026")
+    return lineage.resetlogs_id
+
+
+async def restore_chain(store: BlobStore, base: OracleManifest) -> list[OracleManifest]:
+    """The backups a restore from `base` stages, oldest first, `base` last (module docstring)."""
+    if base.oracle.level != 1:
+        return [base]
+    # <...>/backups/<backup-id>/manifest.json: the database's backups are the siblings.
+    backups = base.backup.manifest_key.rsplit("/", 2)[0] + "/"
+    start, rid = _scn(base.backup.start), _resetlogs_id(base)
+    earlier: list[OracleManifest] = []
+    async for info in store.list(backups):
+        if not info.key.endswith("/manifest.json") or info.key == base.backup.manifest_key:
+            continue
+        try:
+            other = OracleManifest.model_validate_json(await store.get_bytes(info.key))
+        except ValidationError:
+            continue  # not an RMAN manifest (another format or engine): not part of a chain
+        if (
+            other.oracle.dbid == base.oracle.dbid
+            and other.oracle.level is not None
+            and _resetlogs_id(other) == rid
+            and _scn(other.backup.start) < start
+        ):
+            earlier.append(other)
+    level0 = max(
+        (m for m in earlier if m.oracle.level == 0),
+        key=lambda m: _scn(m.backup.start),
+        default=None,
+    )
+    if level0 is None:
+        raise EngineError.of(
+            f"backup {base.backup.backup_id} is a level 1 and the store holds no level 0 of "
+            "its incarnation before it: the chain is broken, restore from another base",
+            code="TM-ORA-027",
+        )
+    floor = _scn(level0.backup.start)
+    between = (
+        []
+        if base.backup.spec.cumulative
+        else [m for m in earlier if m.oracle.level == 1 and _scn(m.backup.start) > floor]
+    )
+    return [level0, *sorted(between, key=lambda m: _scn(m.backup.start)), base]
+
+
 async def run_restore(
     home: OracleHome,
     views: OracleViews,
@@ -90,9 +157,10 @@ async def run_restore(
         raise EngineError.of("an Oracle restore plan must name an incarnation", code="TM-ORA-023")
     until = until_of(command, manifest)
     reset_to = incarnation_to_reset(manifest, lineage)
+    chain = await restore_chain(store, manifest)
     stage = await asyncio.to_thread(make_stage, stage_root, "restore-")
     try:
-        controlfile = await _stage(store, manifest, command.plan.log_keys, stage, ctx)
+        controlfile = await _stage(store, chain, command.plan.log_keys, stage, ctx)
         script = RestoreScript(
             command_id=str(ctx.job_id),
             dbid=manifest.oracle.dbid,
@@ -121,12 +189,18 @@ async def run_restore(
 
 
 async def _stage(
-    store: BlobStore, manifest: OracleManifest, log_keys: list[str], stage: Path, ctx: JobContext
+    store: BlobStore,
+    chain: list[OracleManifest],
+    log_keys: list[str],
+    stage: Path,
+    ctx: JobContext,
 ) -> Path:
-    """Download pieces and logs; returns the control file piece's local path."""
-    total = len(manifest.oracle.pieces) + len(log_keys)
+    """Download the chain's pieces and the logs; returns the local path of the base's (the
+    chain's last) control file piece: the newest control file, which knows every set before it."""
+    pieces = [(m is chain[-1], p) for m in chain for p in m.oracle.pieces]
+    total = len(pieces) + len(log_keys)
     controlfile: Path | None = None
-    for n, piece in enumerate(manifest.oracle.pieces, 1):
+    for n, (in_base, piece) in enumerate(pieces, 1):
         path = stage / piece.name
         info = await store.get_to_file(piece.key, path)
         if (info.size, info.crc32c) != (piece.size, piece.crc32c):
@@ -135,12 +209,12 @@ async def _stage(
                 f"manifest recorded {piece.size} bytes crc32c {piece.crc32c}",
                 code="TM-ORA-024",
             )
-        if piece.controlfile:
+        if piece.controlfile and in_base:
             controlfile = path
         await ctx.progress("stage", done=n, total=total, unit="files")
     if controlfile is None:
         raise EngineError.of("the base has no control file piece", code="TM-ORA-025")
-    for n, key in enumerate(log_keys, len(manifest.oracle.pieces) + 1):
+    for n, key in enumerate(log_keys, len(pieces) + 1):
         # Keys are <...>/logs/<thread>/<sequence> per lineage: the whole key names the file.
         await store.get_to_file(key, stage / ("log_" + key.replace("/", "_")))
         await ctx.progress("stage", done=n, total=total, unit="files")

@@ -47,6 +47,7 @@ from services.engines.oracle.errors import classify
 __all__ = [
     "ARCHIVED_LOGS_SQL",
     "BACKUP_DATAFILES_SQL",
+    "BACKUP_DATAFILES_TAGGED_SQL",
     "BACKUP_PIECES_SQL",
     "DATABASE_SQL",
     "INCARNATIONS_SQL",
@@ -146,6 +147,18 @@ SELECT d.set_stamp, d.set_count, d.file#, d.incremental_level, d.incremental_cha
  ORDER BY d.file#, d.set_stamp, d.set_count"""
 """The datafiles (file 0: the control file) in the sets an RMAN job wrote: their checkpoint and
 absolute fuzzy SCNs are where recovery from this backup can first stop."""
+
+BACKUP_DATAFILES_TAGGED_SQL = """\
+SELECT d.set_stamp, d.set_count, d.file#, d.incremental_level, d.incremental_change#,
+       d.checkpoint_change#, d.checkpoint_time, d.absolute_fuzzy_change#, d.resetlogs_change#,
+       d.completion_time
+  FROM v$backup_datafile d
+ WHERE (d.set_stamp, d.set_count) IN (
+       SELECT p.set_stamp, p.set_count FROM v$backup_piece p WHERE p.tag = :tag)
+ ORDER BY d.file#, d.set_stamp, d.set_count"""
+"""The same rows for every set whose pieces carry `tag`: what the engine reads after a backup
+(every attempt of one backup uses its tag, so an attempt that failed halfway adds its sets'
+earlier checkpoints, which only moves the recorded start back: more redo, never too little)."""
 
 RMAN_STATUS_SQL = """\
 SELECT recid, row_level, row_type, command_id, operation, status, mbytes_processed,
@@ -551,6 +564,10 @@ class OracleSession(Protocol):
         """The datafiles in that job's backup sets."""
         ...
 
+    async def backup_datafiles_tagged(self, tag: str) -> list[BackupDatafileRow]:
+        """The datafiles in the sets whose pieces carry `tag`."""
+        ...
+
     async def rman_progress(self, command_id: str) -> RmanProgress: ...
 
     async def close(self) -> None: ...
@@ -842,6 +859,10 @@ class OracleDbSession:
         rows = await self._rows(
             "reading V$BACKUP_DATAFILE", BACKUP_DATAFILES_SQL, command_id=command_id
         )
+        return [backup_datafile_from(r, self._zone) for r in rows]
+
+    async def backup_datafiles_tagged(self, tag: str) -> list[BackupDatafileRow]:
+        rows = await self._rows("reading V$BACKUP_DATAFILE", BACKUP_DATAFILES_TAGGED_SQL, tag=tag)
         return [backup_datafile_from(r, self._zone) for r in rows]
 
     async def rman_progress(self, command_id: str) -> RmanProgress:

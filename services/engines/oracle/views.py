@@ -1,0 +1,84 @@
+"""`OracleViews` (what the engine reads: DBID, SCN, incarnations, a backup's datafiles) over an
+`OracleSession`, the python-oracledb session the archiver uses too.
+
+The session speaks in V$ rows; the engine's manifests name an incarnation by its RESETLOGS_ID,
+which V$BACKUP_DATAFILE does not carry (it has RESETLOGS_CHANGE#), so each row's incarnation is
+looked up in V$DATABASE_INCARNATION.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from services.engines.base import EngineError
+from services.engines.oracle.backup import BackupDatafileRow, IncarnationRow
+from services.engines.oracle.session import OracleSession, OracleSessionError
+
+__all__ = ["SessionViews"]
+
+
+@dataclass
+class SessionViews:
+    """The engine's `OracleViews` over one `OracleSession`; a session failure becomes an
+    `EngineError` with the session's code and retry verdict."""
+
+    session: OracleSession
+
+    async def dbid(self) -> int:
+        try:
+            return (await self.session.database()).dbid
+        except OracleSessionError as exc:
+            raise _engine_error(exc) from None
+
+    async def current_scn(self) -> int:
+        try:
+            return (await self.session.database()).current_scn
+        except OracleSessionError as exc:
+            raise _engine_error(exc) from None
+
+    async def incarnations(self) -> list[IncarnationRow]:
+        try:
+            rows = await self.session.incarnations()
+        except OracleSessionError as exc:
+            raise _engine_error(exc) from None
+        return [
+            IncarnationRow(
+                incarnation=r.incarnation,
+                resetlogs_scn=r.resetlogs_change,
+                resetlogs_id=r.resetlogs_id,
+                prior=r.prior_incarnation,
+                status=r.status,
+            )
+            for r in rows
+        ]
+
+    async def backup_datafiles(self, tag: str) -> list[BackupDatafileRow]:
+        try:
+            rows = await self.session.backup_datafiles_tagged(tag)
+            incarnations = await self.session.incarnations()
+        except OracleSessionError as exc:
+            raise _engine_error(exc) from None
+        by_scn = {i.resetlogs_change: i.resetlogs_id for i in incarnations}
+        out: list[BackupDatafileRow] = []
+        for r in rows:
+            rid = by_scn.get(r.resetlogs_change)
+            if rid is None:
+                raise EngineError.of(
+                    f"V$BACKUP_DATAFILE names RESETLOGS_CHANGE# {r.resetlogs_change}, which no "
+                    "incarnation has",
+                    code="TM-ORA-034",
+                )
+            out.append(
+                BackupDatafileRow(
+                    file=r.file,
+                    checkpoint_scn=r.checkpoint_change,
+                    absolute_fuzzy_scn=r.absolute_fuzzy_change,
+                    incremental_level=r.incremental_level,
+                    resetlogs_id=rid,
+                )
+            )
+        return out
+
+
+def _engine_error(exc: OracleSessionError) -> EngineError:
+    return EngineError.of(f"Oracle session: {exc.reason}", code=exc.code, retryable=exc.retryable)

@@ -1,0 +1,66 @@
+"""docs/oracle.md says what the code does: its example configuration loads, and its table
+lists exactly the fields of an `oracle` section."""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from schemas import Engine
+from services.executor.settings import ExecutorSettings, OracleInstance
+
+pytestmark = pytest.mark.unit
+
+DOC = Path(__file__).parents[2] / "docs" / "oracle.md"
+
+
+def test_the_example_configuration_loads() -> None:
+    block = re.search(r"```toml\n(.*?)```", DOC.read_text(encoding="utf-8"), flags=re.S)
+    assert block is not None
+    settings = ExecutorSettings.model_validate(tomllib.loads(block.group(1))["executor"])
+    (database,) = settings.databases
+    assert database.engine is Engine.ORACLE
+    assert database.oracle is not None
+    assert database.oracle.oracle_sid == "ERPPROD"
+
+
+def test_the_field_table_lists_every_field() -> None:
+    lines = DOC.read_text(encoding="utf-8").splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("| field "))
+    names = set()
+    for line in lines[start + 2 :]:
+        if not line.startswith("|"):
+            break
+        names.add(line.split("|")[1].strip().strip("`"))
+    assert names == set(OracleInstance.model_fields)
+
+
+def test_an_oracle_database_needs_its_section_and_only_it() -> None:
+    with pytest.raises(ValueError, match="needs \\[oracle\\]"):
+        ExecutorSettings.model_validate(
+            {"databases": [{"uid": "erp", "engine": "oracle", "name": "ERP"}]}
+        )
+    with pytest.raises(ValueError, match="is for Oracle databases"):
+        ExecutorSettings.model_validate(
+            {
+                "databases": [
+                    {
+                        "uid": "orders",
+                        "engine": "postgres",
+                        "name": "orders",
+                        "postgres": {"data_dir": "/pg"},
+                        "oracle": {
+                            "oracle_home": "/h",
+                            "oracle_sid": "X",
+                            "staging_dir": "/s",
+                            "dsn": "x",
+                            "user": "u",
+                            "password_file": "/p",
+                        },
+                    }
+                ]
+            }
+        )
