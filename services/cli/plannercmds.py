@@ -43,7 +43,7 @@ from schemas.messages import (
     SetPolicy,
     TargetImmediate,
 )
-from services.cli.querycmds import parse_target
+from services.cli.querycmds import DatabaseArg, parse_target
 from services.cli.stackcmds import console, resolve_nats
 from services.planner.client import PlannerClient, PlannerError
 from services.planner.cron import CronError, CronSchedule
@@ -162,7 +162,7 @@ async def follow(
 
 @policy_app.command("set")
 def policy_set(
-    database: Annotated[str, typer.Argument(help="database uid")],
+    database: DatabaseArg,
     full_cron: Annotated[str, typer.Option(help="full backups, 5 cron fields UTC")] = "0 1 * * *",
     incremental_cron: Annotated[
         str | None, typer.Option(help="incrementals (Oracle level 1)")
@@ -209,7 +209,7 @@ def _check_crons(policy: BackupPolicy) -> None:
 
 @policy_app.command("show")
 def policy_show(
-    database: Annotated[str, typer.Argument(help="database uid")],
+    database: DatabaseArg,
     state_dir: StateDir = Path(".state"),
     nats_url: NatsUrl = None,
 ) -> None:
@@ -234,7 +234,7 @@ def register(app: typer.Typer) -> None:
 
     @app.command()
     def backup(
-        database: Annotated[str, typer.Argument(help="database uid")],
+        database: DatabaseArg,
         kind: Annotated[BackupKind, typer.Option(help="full or incremental")] = BackupKind.FULL,
         wait: Wait = True,
         timeout: Timeout = 6 * 3600.0,
@@ -285,7 +285,7 @@ def register(app: typer.Typer) -> None:
 
     @app.command()
     def restore(
-        database: Annotated[str, typer.Argument(help="database uid")],
+        database: DatabaseArg,
         to: Annotated[str | None, typer.Option("--to", help="a time (ISO 8601; UTC)")] = None,
         scn: Annotated[int | None, typer.Option("--scn", help="an Oracle SCN")] = None,
         lsn: Annotated[str | None, typer.Option("--lsn", help="a PostgreSQL LSN, X/Y")] = None,

@@ -9,9 +9,10 @@ from pathlib import Path
 from typing import Annotated, TypeVar
 
 import typer
+from pydantic import TypeAdapter, ValidationError
 from rich.table import Table
 
-from schemas import Lsn, Scn
+from schemas import DatabaseUid, Lsn, Scn
 from schemas.catalog import CheckReply, WindowsReply
 from schemas.messages import RestoreTarget, TargetPosition, TargetTime
 from services.catalog.client import CatalogClient, CatalogError
@@ -34,25 +35,51 @@ def parse_target(to: str | None, scn: int | None, lsn: str | None) -> RestoreTar
     given = [name for name, v in (("--to", to), ("--scn", scn), ("--lsn", lsn)) if v is not None]
     if len(given) != 1:
         raise typer.BadParameter("give exactly one of --to TIME, --scn N or --lsn X/Y")
-    if scn is not None:
-        if scn < 0:
-            raise typer.BadParameter("--scn must not be negative")
-        return TargetPosition(position=Scn(value=scn))
-    if lsn is not None:
-        try:
-            return TargetPosition(position=Lsn.parse(lsn))
-        except ValueError as exc:
-            raise typer.BadParameter(str(exc)) from None
-    assert to is not None
     try:
-        at = datetime.fromisoformat(to.replace("Z", "+00:00"))
-    except ValueError:
+        if scn is not None:
+            if scn < 0:
+                raise typer.BadParameter("--scn must not be negative")
+            return TargetPosition(position=Scn(value=scn))
+        if lsn is not None:
+            return TargetPosition(position=Lsn.parse(lsn))
+        assert to is not None
+        try:
+            at = datetime.fromisoformat(to.replace("Z", "+00:00"))
+        except ValueError:
+            raise typer.BadParameter(
+                f"--to {to!r} is not a time; use ISO 8601, e.g. 2026-03-01T12:05:00Z"
+            ) from None
+        if at.tzinfo is None:
+            at = at.replace(tzinfo=UTC)
+        return TargetTime(at=at)
+    except ValidationError as exc:
+        raise typer.BadParameter(_first_error(exc)) from None
+    except (ValueError, OverflowError) as exc:
+        raise typer.BadParameter(str(exc)) from None
+
+
+def _first_error(exc: ValidationError) -> str:
+    error = exc.errors(include_url=False, include_input=False)[0]
+    where = ".".join(str(part) for part in error["loc"])
+    return f"{where}: {error['msg']}" if where else error["msg"]
+
+
+_UID = TypeAdapter(DatabaseUid)
+
+
+def check_uid(value: str) -> str:
+    """A database uid, checked before anything is sent: it becomes a subject token and an
+    object-key prefix, so `orders.>` or `../x` must never reach the bus."""
+    try:
+        return _UID.validate_python(value)
+    except ValidationError:
         raise typer.BadParameter(
-            f"--to {to!r} is not a time; use ISO 8601, e.g. 2026-03-01T12:05:00Z"
+            f"{value!r} is not a database uid (lower-case letters, digits and '-', "
+            "neither first nor last a '-', at most 63)"
         ) from None
-    if at.tzinfo is None:
-        at = at.replace(tzinfo=UTC)
-    return TargetTime(at=at)
+
+
+DatabaseArg = Annotated[str, typer.Argument(help="database uid", callback=check_uid)]
 
 
 def ask(bus: NatsSettings, question: Callable[[CatalogClient], Awaitable[T]]) -> T:
@@ -119,7 +146,7 @@ def render_check(reply: CheckReply) -> None:
 def register(app: typer.Typer) -> None:
     @app.command()
     def windows(
-        database: Annotated[str, typer.Argument(help="database uid")],
+        database: DatabaseArg,
         state_dir: StateDir = Path(".state"),
         nats_url: NatsUrl = None,
     ) -> None:
@@ -129,7 +156,7 @@ def register(app: typer.Typer) -> None:
 
     @app.command()
     def check(
-        database: Annotated[str, typer.Argument(help="database uid")],
+        database: DatabaseArg,
         to: Annotated[str | None, typer.Option("--to", help="a time (ISO 8601; UTC)")] = None,
         scn: Annotated[int | None, typer.Option("--scn", help="an Oracle SCN")] = None,
         lsn: Annotated[str | None, typer.Option("--lsn", help="a PostgreSQL LSN, X/Y")] = None,

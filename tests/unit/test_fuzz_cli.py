@@ -108,10 +108,8 @@ def test_more_than_one_target_is_a_usage_error(command: str) -> None:
     refused_up_front(command, "orders", "--scn", "5", "--to", "2026-01-31T12:00:00Z")
 
 
-HOLE = "CLI hole, fix pending: services/cli has another session's uncommitted changes"
 
 
-@pytest.mark.xfail(strict=True, reason=f"{HOLE}; the model's error escapes as a traceback")
 @pytest.mark.parametrize("command", ["restore", "check"])
 @pytest.mark.parametrize(
     "args",
@@ -226,11 +224,6 @@ COMMANDS = [
 ]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=f"{HOLE}; a database uid is not checked before connecting (`orders.>` would "
-    "subscribe to every database's events)",
-)
 @pytest.mark.parametrize("command", COMMANDS, ids=lambda c: " ".join(c[:2]))
 @pytest.mark.parametrize("database", ["orders.>", "../../etc/passwd", "'; DROP TABLE x; --"])
 def test_a_hostile_database_uid_is_a_usage_error(command: tuple[str, ...], database: str) -> None:
