@@ -178,7 +178,9 @@ class Instance:
     def _env(self) -> dict[str, str]:
         extra: dict[str, str] = {}
         if self.password_file is not None:
-            extra["PGPASSWORD"] = self.password_file.read_text(encoding="utf-8").strip()
+            # A reference, in libpq's own .pgpass format (as the backup reads it): the password
+            # itself never enters an environment that pg_ctl would hand on to the server.
+            extra["PGPASSFILE"] = os.fspath(self.password_file)
         debug = os.environ.get(walfetch.DEBUG_ENV)
         if debug:  # the server's restore_command inherits it: wal-fetch's timings in its log
             extra[walfetch.DEBUG_ENV] = debug
