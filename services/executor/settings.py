@@ -67,7 +67,9 @@ class PostgresInstance(_Section):
     bin_dir: Path | None = Field(default=None, description="default: found by pg_bindir()")
     dbname: str = Field(default="postgres", description="database connected to for checks")
     password_file: Path | None = Field(
-        default=None, description="a file holding the password, if peer auth is not used"
+        default=None,
+        description="a .pgpass-format file (host:port:database:user:password, mode 0600), "
+        "if peer authentication is not used",
     )
 
 

@@ -133,7 +133,7 @@ async def test_no_secret_reaches_argv_logs_messages_or_spans(root: Path) -> None
     db = protect(root, "secrets-src")
     db_secret = secrets.token_urlsafe(24)
     db.password_file = root / "secrets-src" / "pg.pass"
-    db.password_file.write_text(db_secret + "\n")
+    db.password_file.write_text(f"*:*:*:*:{db_secret}\n")  # .pgpass format
     os.chown(db.password_file, db.cluster.user.uid, db.cluster.user.gid)
     db.password_file.chmod(0o600)
     with OtlpReceiver() as otlp:
