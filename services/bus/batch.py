@@ -119,6 +119,7 @@ class BatchConsumer(Consumer):
                 deliveries.append(self._delivery(message, msg))
         if not deliveries:
             return
+        started_ns = time.time_ns()
         links = []
         for msg in msgs:
             sent = trace.get_current_span(extract_context(msg.headers)).get_span_context()
@@ -151,6 +152,7 @@ class BatchConsumer(Consumer):
             finally:
                 beat.cancel()
             settled = list(zip(deliveries, outcomes, strict=True))
+            _trace_each(settled, span, started_ns)
             await self._ack_all([d for d, outcome in settled if outcome is None], started)
             failed = [(d, outcome) for d, outcome in settled if outcome is not None]
             await asyncio.gather(*(self._settle(d, outcome, started) for d, outcome in failed))
@@ -211,6 +213,38 @@ class BatchConsumer(Consumer):
                 started,
                 quiet=isinstance(outcome, _BatchRetry),
             )
+
+
+def _trace_each(
+    settled: list[tuple[Delivery, Exception | None]], batch: trace.Span, started_ns: int
+) -> None:
+    """One span per message, a child of the span that published it and linked to the batch.
+
+    The batch span can only link to the traces of its messages (it has one parent and they have
+    many); without these an operation's trace would end at the publish of each event the
+    catalog ingests (a backup's `backup.completed`).
+    """
+    batch_context = batch.get_span_context()
+    for delivery, outcome in settled:
+        sent = extract_context(delivery._msg.headers)
+        if not trace.get_current_span(sent).get_span_context().is_valid:
+            continue
+        span = tracer().start_span(
+            f"process {delivery.message.type}",
+            context=sent,
+            kind=SpanKind.CONSUMER,
+            links=[Link(batch_context)],
+            start_time=started_ns,
+            attributes={
+                "messaging.system": "nats",
+                "messaging.destination.name": delivery.subject,
+                "messaging.message.id": str(delivery.message.id),
+                "tidemark.attempt": delivery.attempt,
+            },
+        )
+        if outcome is not None:
+            span.set_status(Status(StatusCode.ERROR, str(outcome)))
+        span.end()
 
 
 class _BatchRetry(RetryableError):

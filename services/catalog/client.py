@@ -21,6 +21,7 @@ from schemas.catalog import (
     WindowsRequest,
 )
 from schemas.messages import RestoreTarget
+from services.telemetry import inject_headers
 
 R = TypeVar("R", bound=BaseModel)
 
@@ -43,7 +44,11 @@ class CatalogClient:
     async def _ask(self, name: str, request: BaseModel, reply: type[R]) -> R:
         try:
             msg = await self.nc.request(
-                f"{QUERY_PREFIX}.{name}", request.model_dump_json().encode(), timeout=self.timeout
+                f"{QUERY_PREFIX}.{name}",
+                request.model_dump_json().encode(),
+                timeout=self.timeout,
+                # The asker's trace: the catalog answers inside it (see queries.py).
+                headers=inject_headers({}),
             )
         except Exception as exc:
             raise CatalogError(503, f"the catalog did not answer {name}: {exc}") from exc

@@ -21,6 +21,7 @@ from nats.aio.client import Client
 from nats.micro import add_service
 from nats.micro.request import Request
 from nats.micro.service import Service, ServiceConfig
+from opentelemetry.trace import SpanKind
 from pydantic import BaseModel, ValidationError
 
 from schemas.catalog import (
@@ -33,6 +34,7 @@ from schemas.catalog import (
     WindowsRequest,
 )
 from services.catalog.index import CatalogIndex, NotRestorable, UnknownDatabase
+from services.telemetry import extract_context, tracer
 
 QUERY_QUEUE = "catalog"
 
@@ -123,24 +125,33 @@ async def serve_queries(nc: Client, index: CatalogIndex, *, version: str = "0.1.
     )
     for name, handler in handlers(index).items():
         await service.add_endpoint(
-            name=name, subject=f"{QUERY_PREFIX}.{name}", handler=_endpoint(handler)
+            name=name, subject=f"{QUERY_PREFIX}.{name}", handler=_endpoint(name, handler)
         )
     return service
 
 
 def _endpoint(
-    handler: Callable[[bytes], Awaitable[Reply]],
+    name: str, handler: Callable[[bytes], Awaitable[Reply]]
 ) -> Callable[[Request], Awaitable[None]]:
     async def respond(request: Request) -> None:
-        try:
-            reply = await handler(request.data)
-        except _Refused as refused:
-            await request.respond_error(
-                str(refused.status), refused.error, data=refused.body.model_dump_json().encode()
-            )
-            return
-        await request.respond(
-            reply if isinstance(reply, bytes) else reply.model_dump_json().encode()
-        )
+        # A child of the asker's span: a restore's check and plan belong to its trace.
+        with tracer().start_as_current_span(
+            f"catalog {name}",
+            context=extract_context(request.headers),
+            kind=SpanKind.SERVER,
+            attributes={"rpc.system": "nats", "rpc.method": name},
+        ):
+            await _answer(request, handler)
 
     return respond
+
+
+async def _answer(request: Request, handler: Callable[[bytes], Awaitable[Reply]]) -> None:
+    try:
+        reply = await handler(request.data)
+    except _Refused as refused:
+        await request.respond_error(
+            str(refused.status), refused.error, data=refused.body.model_dump_json().encode()
+        )
+        return
+    await request.respond(reply if isinstance(reply, bytes) else reply.model_dump_json().encode())

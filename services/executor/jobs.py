@@ -49,6 +49,7 @@ from services.executor.events import Events, JobCommand, backup_result, operatio
 from services.executor.journal import JobRecord, JobState, Journal
 from services.executor.progress import JobReporter, KeepAlive
 from services.executor.settings import ExecutorSettings, HostedDatabase
+from services.telemetry import tracer
 
 log = logging.getLogger("tidemark.executor")
 
@@ -138,8 +139,19 @@ class JobRunner:
             return
         active = _Active(job_id, message.database.uid, asyncio.get_running_loop().create_future())
         self._active[job_id] = active
+        operation = operation_of(command).value
+        # The job's events are published inside this span (the progress pump and the engine
+        # are tasks created in it and inherit it), so they continue the planner's trace.
         try:
-            await self._run(message, command, active, keepalive)
+            with tracer().start_as_current_span(
+                f"job {operation}",
+                attributes={
+                    "tidemark.job_id": str(job_id),
+                    "tidemark.operation": operation,
+                    "tidemark.database": message.database.uid,
+                },
+            ):
+                await self._run(message, command, active, keepalive)
         finally:
             del self._active[job_id]
             if not active.done.done():
