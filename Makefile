@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: help venv test lint typecheck unit integration e2e demo up status schemas bench bench-archive bench-catalog bench-restore clean
+.PHONY: help venv test lint typecheck unit integration e2e demo up status schemas bench bench-archive bench-catalog bench-restore chaos clean
 
 help:
 	@echo "make demo   - start the embedded stack (NATS, four services) and show it healthy"
@@ -14,6 +14,7 @@ help:
 	@echo "make bench-archive - WAL archiving vs pgBackRest, barman-cloud and the limits (docs/benchmarks.md)"
 	@echo "make bench-catalog - catalog ingest, queries and rebuild over 1M logs (docs/benchmarks.md)"
 	@echo "make bench-restore - restore to the latest point vs pgbackrest restore (docs/benchmarks.md)"
+	@echo "make chaos  - soak under faults (kills, NATS restarts, store errors), checked against ground truth; CHAOS_MINUTES=$(CHAOS_MINUTES) CHAOS_RESTORES=$(CHAOS_RESTORES) (docs/guarantees.md)"
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -65,6 +66,12 @@ bench-catalog: $(STAMP)
 
 bench-restore: $(STAMP)
 	$(BIN)/python -m bench restore
+
+CHAOS_MINUTES  ?= 5
+CHAOS_RESTORES ?= 5
+
+chaos: $(STAMP)
+	CHAOS_MINUTES=$(CHAOS_MINUTES) CHAOS_RESTORES=$(CHAOS_RESTORES) $(BIN)/python -m tests.chaos
 
 clean:
 	rm -rf $(VENV) .state .pytest_cache .mypy_cache .ruff_cache
