@@ -1,8 +1,9 @@
 """The one table that turns what google-cloud-storage raises into a retry decision.
 
 Retried in place (exponential backoff with full jitter, bounded by a deadline) and, once the
-deadline is spent, raised as `RetryableBlobError`: HTTP 408, 429, 500, 502, 503, 504 and transport
-failures (connection reset or refused, timeouts, truncated bodies). Everything else is terminal:
+deadline is spent, raised as `RetryableBlobError`: HTTP 408, 429, 500, 502, 503, 504, transport
+failures (connection reset or refused, timeouts, truncated bodies) and errors on a 2xx answer
+(one garbled in transit). Everything else is terminal:
 404 → `ObjectNotFound`, a checksum rejection → `IntegrityError`, other 4xx → `TerminalBlobError`.
 HTTP 412 (a failed generation precondition) is not an error here: the create-only write settles it.
 """
@@ -82,6 +83,11 @@ def is_retryable(exc: BaseException) -> bool:
     if isinstance(exc, auth_exceptions.TransportError):
         return True
     status = status_of(exc)
+    if status is not None and 200 <= status < 300:
+        # An error on a success status is an answer garbled in transit (a head cut off before
+        # its Location header, a body cut short): like a truncated body, another attempt gets
+        # a whole one. Terminal, it failed a resumable upload whose session never started.
+        return True
     return status is not None and status in RETRYABLE_STATUS
 
 

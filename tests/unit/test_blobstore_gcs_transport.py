@@ -170,3 +170,20 @@ async def test_list_follows_page_tokens() -> None:
 def test_chunk_size_must_be_a_multiple_of_256k() -> None:
     with pytest.raises(ValueError, match="multiple"):
         GcsStore(SCRIPTED_BUCKET, endpoint=SCRIPTED_ENDPOINT, chunk_size=1_000_000)
+
+
+async def test_a_garbled_session_start_is_retried_not_terminal() -> None:
+    # Found by `make chaos`: an initiation answer cut off inside its head (200, no Location)
+    # failed the upload as terminal; it is a transport failure like a truncated body.
+    created = resource("k", b"abc", generation=3)
+    store, transport = scripted_store(
+        (404, error(404)),
+        (200, {}),  # the Location header lost in transit
+        (200, {}, {"location": UPLOAD_URL}),
+        (200, created),
+        (200, created),
+    )
+    info = await store.put_stream("k", b"abc")
+    assert info.generation == 3
+    assert [r.method for r in transport.seen] == ["GET", "POST", "POST", "PUT", "GET"]
+    await store.close()
