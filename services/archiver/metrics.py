@@ -3,15 +3,18 @@
 | name | kind | unit | attributes | meaning |
 |---|---|---|---|---|
 | tidemark.archive.lag | histogram | s | database, kind | log completed → stored, verified |
-| tidemark.archive.backlog.logs | observable gauge | 1 | database | logs waiting to be stored |
+| tidemark.archive.backlog.logs | observable gauge | {log} | database | logs waiting to be stored |
+| tidemark.archive.oldest_wait | observable gauge | s | database | age of the oldest waiting log |
 | tidemark.archive.backlog.bytes | observable gauge | By | database | bytes of those logs |
 | tidemark.archive.bytes | counter | By | database, compression | bytes written (as stored) |
-| tidemark.archive.logs | counter | 1 | database, outcome | logs stored / existed already |
-| tidemark.archive.retries | counter | 1 | database, error | failed attempts, to be retried |
-| tidemark.archive.alarms | counter | 1 | database, reason | alarms raised |
+| tidemark.archive.logs | counter | {log} | database, outcome | logs stored / existed already |
+| tidemark.archive.retries | counter | {attempt} | database, error | failed attempts, retried |
+| tidemark.archive.alarms | counter | {alarm} | database, reason | alarms raised |
 
 The backlog gauges are read from `Backlog` records the streamer keeps current; bytes/s is the
-rate of `tidemark.archive.bytes`.
+rate of `tidemark.archive.bytes`. Counts are in curly-brace units: an exporter to Prometheus
+drops them, where `1` would make the backlog gauge `…_ratio`. The Prometheus names:
+docs/observability.md.
 """
 
 from __future__ import annotations
@@ -65,18 +68,20 @@ class ArchiverMetrics:
             "tidemark.archive.bytes", unit="By", description="bytes written to the object store"
         )
         self.logs = meter.create_counter(
-            "tidemark.archive.logs", unit="1", description="logs stored"
+            "tidemark.archive.logs", unit="{log}", description="logs stored"
         )
         self.retries = meter.create_counter(
-            "tidemark.archive.retries", unit="1", description="failed attempts to be retried"
+            "tidemark.archive.retries",
+            unit="{attempt}",
+            description="failed attempts to be retried",
         )
         self.alarms = meter.create_counter(
-            "tidemark.archive.alarms", unit="1", description="archive alarms raised"
+            "tidemark.archive.alarms", unit="{alarm}", description="archive alarms raised"
         )
         meter.create_observable_gauge(
             "tidemark.archive.backlog.logs",
             callbacks=[self._observe_logs],
-            unit="1",
+            unit="{log}",
             description="logs waiting to be stored",
         )
         meter.create_observable_gauge(
@@ -84,6 +89,13 @@ class ArchiverMetrics:
             callbacks=[self._observe_bytes],
             unit="By",
             description="bytes of logs waiting to be stored",
+        )
+
+        meter.create_observable_gauge(
+            "tidemark.archive.oldest_wait",
+            callbacks=[self._observe_oldest_wait],
+            unit="s",
+            description="age of the oldest log waiting to be stored",
         )
 
     def watch(self, view: BacklogView) -> None:
@@ -102,6 +114,11 @@ class ArchiverMetrics:
 
     def _observe_bytes(self, options: CallbackOptions) -> Iterable[Observation]:
         return [Observation(b.bytes, {"database": db}) for db, b in self._backlogs()]
+
+    def _observe_oldest_wait(self, options: CallbackOptions) -> Iterable[Observation]:
+        # Zero when nothing waits: "stalled" is an age that keeps growing, and an idle
+        # database must not look like one that stopped reporting.
+        return [Observation(b.oldest_wait_s or 0.0, {"database": db}) for db, b in self._backlogs()]
 
 
 @cache

@@ -24,6 +24,7 @@ from services.bus import Publisher
 from services.catalog.heap import freeze
 from services.catalog.index import CatalogIndex
 from services.catalog.ingest import Ingest
+from services.catalog.metrics import catalog_metrics
 from services.catalog.queries import serve_queries
 from services.catalog.store import CatalogStore
 from services.catalog.web import HttpServer, start_http
@@ -60,6 +61,7 @@ class CatalogService(Service):
         self.ingest = Ingest(self.store, self.index, self.publisher, batch=catalog.ingest_batch)
         assert self.nc is not None
         self.queries = await serve_queries(self.nc, self.index)
+        catalog_metrics().watch(self.index)
         if catalog.http_port:
             self.http = await start_http(self.index, catalog.http_host, catalog.http_port)
             log.info("timeline page at %s", self.http.url)
@@ -76,6 +78,7 @@ class CatalogService(Service):
         return health.model_copy(update={"detail": f"timeline {self.http.url}"})
 
     async def on_stop(self) -> None:
+        catalog_metrics().unwatch(self.index)
         if self.http is not None:
             await self.http.stop()
         if self.queries is not None:

@@ -49,11 +49,23 @@ from services.executor.events import Events, JobCommand, backup_result, operatio
 from services.executor.journal import JobRecord, JobState, Journal
 from services.executor.progress import JobReporter, KeepAlive
 from services.executor.settings import ExecutorSettings, HostedDatabase
-from services.telemetry import tracer
+from services.telemetry import metrics, tracer
 
 log = logging.getLogger("tidemark.executor")
 
 Publish = Callable[[Envelope[Any]], Awaitable[object]]
+
+
+def observe_job(record: JobRecord) -> JobRecord:
+    """Count a job's end once, where it is journaled (a republished outcome is not counted)."""
+    attributes = {"operation": record.operation.value, "outcome": record.state.value}
+    if record.finished_at is not None:
+        seconds = (record.finished_at - record.accepted_at).total_seconds()
+        metrics().job_duration.record(max(0.0, seconds), attributes)
+    if record.state is not JobState.SUCCEEDED:
+        code = record.failure.code if record.failure is not None else "unknown"
+        metrics().job_failures.add(1, {"operation": record.operation.value, "code": code})
+    return record
 
 
 @dataclass
@@ -352,8 +364,10 @@ class JobRunner:
                 retryable=False,
             )
             return self._fail(job_id, events, failure)
-        return self.journal.finish(
-            job_id, JobState.SUCCEEDED, events=outcome, finished_at=finished_at, result=result
+        return observe_job(
+            self.journal.finish(
+                job_id, JobState.SUCCEEDED, events=outcome, finished_at=finished_at, result=result
+            )
         )
 
     def _fail(
@@ -368,8 +382,10 @@ class JobRunner:
         finished_at = utcnow()
         outcome = events.failed(failure, finished_at=finished_at, interrupted=interrupted)
         log.warning("job %s %s: %s", job_id, state.value, failure.reason)
-        return self.journal.finish(
-            job_id, state, events=outcome, finished_at=finished_at, failure=failure
+        return observe_job(
+            self.journal.finish(
+                job_id, state, events=outcome, finished_at=finished_at, failure=failure
+            )
         )
 
     def _interrupt(self, record: JobRecord, why: str) -> JobRecord:
@@ -388,13 +404,15 @@ class JobRunner:
         failure = Failure(reason=reason, code=code, retryable=False)
         finished_at = utcnow()
         events = Events(message, source=self.source).failed(failure, finished_at=finished_at)
-        record = self.journal.finish(
-            message.data.job_id,
-            JobState.FAILED,
-            events=events,
-            finished_at=finished_at,
-            failure=failure,
-            refused=(operation, message),
+        record = observe_job(
+            self.journal.finish(
+                message.data.job_id,
+                JobState.FAILED,
+                events=events,
+                finished_at=finished_at,
+                failure=failure,
+                refused=(operation, message),
+            )
         )
         log.warning("job %s refused: %s", record.job_id, reason)
         await self._publish_outcome(record)

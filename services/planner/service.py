@@ -31,6 +31,7 @@ from services.planner.clock import Clock, SystemClock
 from services.planner.context import PlannerContext
 from services.planner.events import EVENT_SUBJECTS, EVENTS_DURABLE, Events
 from services.planner.intake import INTAKE_DURABLE, INTAKE_SUBJECT, Intake
+from services.planner.metrics import planner_metrics
 from services.planner.policies import Policies
 from services.planner.queries import serve_queries
 from services.planner.restores import Restores
@@ -55,6 +56,7 @@ class PlannerService(Service):
     scheduler: Scheduler | None = field(default=None, init=False)
     retention: Retention | None = field(default=None, init=False)
     restores: Restores | None = field(default=None, init=False)
+    verification: Verification | None = field(default=None, init=False)
     queries: MicroService | None = field(default=None, init=False)
     store: BlobStore | None = field(default=None, init=False)
     _stop_loops: asyncio.Event = field(default_factory=asyncio.Event, init=False)
@@ -74,7 +76,9 @@ class PlannerService(Service):
         policies = Policies(self.ctx)
         backups = Backups(self.ctx)
         self.restores = Restores(self.ctx)
-        verification = Verification(self.ctx)
+        verification = self.verification = Verification(self.ctx)
+        await verification.prime()
+        planner_metrics().watch(verification.verified)
         self.intake = Intake(self.ctx, policies, backups, self.restores)
         self.events = Events(self.ctx, backups, self.restores, verification)
         self.scheduler = Scheduler(self.ctx, policies, verification.run)
@@ -113,6 +117,8 @@ class PlannerService(Service):
         )
 
     async def on_stop(self) -> None:
+        if self.verification is not None:
+            planner_metrics().unwatch(self.verification.verified)
         self._stop_loops.set()
         for task in self._loops:
             task.cancel()

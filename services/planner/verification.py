@@ -25,6 +25,23 @@ log = logging.getLogger("tidemark.planner")
 class Verification:
     def __init__(self, ctx: PlannerContext) -> None:
         self.ctx = ctx
+        #: database uid → epoch seconds of its newest good verification (the gauge's source).
+        self.last_ok: dict[str, float] = {}
+
+    def verified(self) -> dict[str, float]:
+        return dict(self.last_ok)
+
+    async def prime(self) -> None:
+        """Read the recorded verdicts, so a restarted planner reports what it knew."""
+        for key in await self.ctx.plans.keys("verify."):
+            record = await self.ctx.plans.get(key, VerifyRecord)
+            if record is not None:
+                self._remember(record.value.verified, key.removeprefix("verify."))
+
+    def _remember(self, verdict: BackupVerified, uid: str) -> None:
+        if verdict.ok:
+            at = verdict.verified_at.timestamp()
+            self.last_ok[uid] = max(at, self.last_ok.get(uid, at))
 
     async def run(self, record: PolicyRecord, kind: str, minute: datetime) -> None:
         uid = record.database.uid
@@ -65,6 +82,7 @@ class Verification:
         not hide a newer failure."""
         if event.database is None:
             return
+        self._remember(event.data, event.database.uid)
         key = verify_key(event.database.uid)
         current = await self.ctx.plans.get(key, VerifyRecord)
         if current is not None and current.value.verified.verified_at > event.data.verified_at:

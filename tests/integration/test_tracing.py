@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -65,8 +66,16 @@ async def feed_catalog(nc: Client, db: DatabaseRef) -> None:
     raise AssertionError("the catalog did not index the synthetic history")
 
 
+@dataclass
+class Stack:
+    """Planner, executor (on `node`, hosting `db`) and catalog, in this process."""
+
+    db: DatabaseRef
+    node: str
+
+
 @pytest.fixture
-async def services(nc: Client, nats_url: str, tmp_path: Path) -> AsyncIterator[DatabaseRef]:
+async def services(nc: Client, nats_url: str, tmp_path: Path) -> AsyncIterator[Stack]:
     await ensure_topology(nc.jetstream(), FAST)
     uid = unique("tr")
     db = DatabaseRef(uid=uid, engine=Engine.POSTGRES, name=uid.replace("-", "_"))
@@ -102,7 +111,7 @@ async def services(nc: Client, nats_url: str, tmp_path: Path) -> AsyncIterator[D
             await service.start()
             started.append(service)
         await feed_catalog(nc, db)
-        yield db
+        yield Stack(db, node)
     finally:
         for service in reversed(started):
             await service.stop()
@@ -117,9 +126,9 @@ def the_trace(spans: list[ReadableSpan], trace_id: int) -> dict[int, ReadableSpa
 
 
 async def test_a_restore_is_one_connected_trace(
-    nc: Client, services: DatabaseRef, spans: InMemorySpanExporter
+    nc: Client, services: Stack, spans: InMemorySpanExporter
 ) -> None:
-    db = services
+    db = services.db
     with tracer("test").start_as_current_span("operator restore") as root:
         trace_id = root.get_span_context().trace_id
         answer = await PlannerClient(nc, timeout=15).request(
@@ -161,9 +170,9 @@ async def test_a_restore_is_one_connected_trace(
 
 
 async def test_an_event_ingested_in_a_batch_continues_its_publishers_trace(
-    nc: Client, services: DatabaseRef, spans: InMemorySpanExporter
+    nc: Client, services: Stack, spans: InMemorySpanExporter
 ) -> None:
-    db = services
+    db = services.db
     data = backup("b2", 5 * SEG + 40, 6 * SEG + 100, Timeline(id=1), minute=5, database=db)
     with tracer("test").start_as_current_span("executor backup") as root:
         trace_id = root.get_span_context().trace_id

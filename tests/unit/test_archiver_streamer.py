@@ -437,6 +437,8 @@ async def test_metrics_and_status_show_lag_bytes_and_backlog(tmp_path: Path) -> 
     assert (gauge.value, dict(gauge.attributes)) == (1, {"database": "orders-db"})
     (gauge,) = rig.metric_points("tidemark.archive.backlog.bytes")
     assert gauge.value == SEGMENT_SIZE
+    (gauge,) = rig.metric_points("tidemark.archive.oldest_wait")
+    assert gauge.value >= 0.0
     line = describe("orders-db", backlog)
     assert line.startswith("orders-db: backlog 1 logs (1.0 MiB)")
     assert "awaiting catalog 2" in line

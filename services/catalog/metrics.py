@@ -1,0 +1,113 @@
+"""The catalog's gauges: each database's restorable window as its index holds it now.
+
+| name | kind | unit | attributes | meaning |
+|---|---|---|---|---|
+| tidemark.rpo | observable gauge | s | database | now minus the end of the newest window |
+| tidemark.window.start_timestamp | observable gauge | s | database | first recoverability point |
+| tidemark.window.end_timestamp | observable gauge | s | database | newest restorable time |
+| tidemark.last_backup.timestamp | observable gauge | s | database | newest completed backup |
+
+Read from the index at each collection (the current lineage's windows, as `tidemark status`
+shows them); a database without a window reports no window points, one without a backup no
+backup point — "absent" is what an alert on a missing window must see, not a zero (1970).
+The names are stable: dashboards and alerts depend on them (`docs/observability.md`).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from functools import cache
+
+from opentelemetry import metrics as otel_metrics
+from opentelemetry.metrics import CallbackOptions, Meter, Observation
+
+from schemas import utcnow
+from services.catalog.index import CatalogIndex
+
+
+@dataclass(frozen=True, slots=True)
+class WindowPoint:
+    """One database's window, in seconds since the epoch."""
+
+    database: str
+    start: float | None
+    end: float | None
+    rpo_s: float | None
+    last_backup: float | None
+
+
+def window_points(index: CatalogIndex) -> list[WindowPoint]:
+    now = utcnow()
+    points = []
+    for summary in index.summaries(now=now):
+        uid = summary.database.uid
+        backups = index.database(uid).backups.values()
+        newest = max((b.completed_at for b in backups), default=None)
+        points.append(
+            WindowPoint(
+                database=uid,
+                start=summary.window_start_time.timestamp() if summary.window_start_time else None,
+                end=summary.window_end_time.timestamp() if summary.window_end_time else None,
+                rpo_s=summary.rpo_lag_s,
+                last_backup=newest.timestamp() if newest else None,
+            )
+        )
+    return points
+
+
+#: One collection calls the four callbacks in a row: the index is read once for them.
+_FRESH_S = 1.0
+
+
+class CatalogMetrics:
+    """The instruments, created once per meter; a catalog service `watch`es its index."""
+
+    def __init__(self, meter: Meter | None = None) -> None:
+        meter = meter or otel_metrics.get_meter("tidemark.catalog")
+        self._indexes: list[CatalogIndex] = []
+        self._read_at = -_FRESH_S
+        self._points: list[WindowPoint] = []
+        gauges: list[tuple[str, str, Callable[[WindowPoint], float | None]]] = [
+            ("tidemark.rpo", "now minus the newest restorable time", lambda p: p.rpo_s),
+            ("tidemark.window.start_timestamp", "first recoverability point", lambda p: p.start),
+            ("tidemark.window.end_timestamp", "newest restorable time", lambda p: p.end),
+            ("tidemark.last_backup.timestamp", "newest completed backup", lambda p: p.last_backup),
+        ]
+        for name, description, value in gauges:
+            meter.create_observable_gauge(
+                name, callbacks=[self._observer(value)], unit="s", description=description
+            )
+
+    def watch(self, index: CatalogIndex) -> None:
+        self._indexes.append(index)
+
+    def unwatch(self, index: CatalogIndex) -> None:
+        if index in self._indexes:
+            self._indexes.remove(index)
+
+    def _current(self) -> list[WindowPoint]:
+        now = time.monotonic()
+        if now - self._read_at >= _FRESH_S:
+            self._points = [p for index in list(self._indexes) for p in window_points(index)]
+            self._read_at = now
+        return self._points
+
+    def _observer(
+        self, value: Callable[[WindowPoint], float | None]
+    ) -> Callable[[CallbackOptions], Iterable[Observation]]:
+        def observe(options: CallbackOptions) -> Iterable[Observation]:
+            return [
+                Observation(v, {"database": p.database})
+                for p in self._current()
+                if (v := value(p)) is not None
+            ]
+
+        return observe
+
+
+@cache
+def catalog_metrics() -> CatalogMetrics:
+    """The process's instruments on the global meter provider."""
+    return CatalogMetrics()
