@@ -73,6 +73,26 @@ class PostgresInstance(_Section):
     )
 
 
+class OracleSnapshots(_Section):
+    """Storage-snapshot backups (`kind = "snapshot"`) of an Oracle database running in a pod
+    on this node: where to find the pod, which VolumeSnapshotClass to use, how long to wait."""
+
+    namespace: str = Field(pattern=r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+    pod_selector: str = Field(
+        min_length=1, max_length=500, description="label selector of the database's pod"
+    )
+    snapshot_class: str = Field(pattern=r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
+    node_name: str | None = Field(
+        default=None,
+        description="the node the pod must run on; default TIDEMARK_NODE (the chart sets it "
+        "to the executor pod's spec.nodeName), else the host name",
+    )
+    ready_timeout_s: float = Field(
+        default=600.0, gt=0, le=3600, description="longest wait for status.readyToUse"
+    )
+    poll_s: float = Field(default=2.0, gt=0, le=60, description="between readiness checks")
+
+
 class OracleInstance(OracleConnection):
     """Where an Oracle database lives on this node, and the session the engine reads its V$
     views through (`OracleConnection`'s fields: dsn, user + password_file or wallet_dir,
@@ -93,6 +113,9 @@ class OracleInstance(OracleConnection):
     )
     retry_base_s: float = Field(
         default=30.0, ge=0, le=3600, description="wait before the second run; doubled after"
+    )
+    snapshots: OracleSnapshots | None = Field(
+        default=None, description="storage-snapshot backups through the Kubernetes API"
     )
 
 

@@ -40,6 +40,16 @@ Operations (each one locked transaction; a simulated session and the fake tools 
                                             SWITCH LOGFILE on that instance)
     archive_log_current() -> [ArchivedLog]  every enabled thread (ALTER SYSTEM ARCHIVE LOG CURRENT)
     remove_archived_log(thread, seq, ...)   delete a log's file and mark its record 'D'
+    execute(sql)                            the three statements a storage snapshot needs:
+                                            ALTER DATABASE BEGIN BACKUP / END BACKUP (every
+                                            datafile's checkpoint frozen in between: ORA-01146 /
+                                            ORA-01142 when already / not in backup mode) and
+                                            ALTER SYSTEM ARCHIVE LOG CURRENT; anything else is
+                                            ORA-00900
+    volume_image() / mount_volume_image(i)  what a storage snapshot of the data volume holds
+                                            (datafile headers, blocks, control file), and the
+                                            database mounted on a volume made from one, its
+                                            files needing media recovery past END BACKUP
     database() / incarnations() / threads() / archived_logs(dest_id) / log_history()
     backup_sets() / backup_pieces() / backup_datafiles() / rman_status()
                                             rows of the V$ views, as plain dicts keyed by the
@@ -269,6 +279,13 @@ class State(_Model):
     ledger: list[Change] = Field(default_factory=list)
     injections: list[Injection] = Field(default_factory=list)
     next_row_id: int = 1
+    backup_mode: int | None = None
+    """ALTER DATABASE BEGIN BACKUP's SCN while the datafiles are in backup mode: their header
+    checkpoints stay there while blocks keep changing."""
+    backup_mode_ends: dict[int, int] = Field(default_factory=dict)
+    """BEGIN BACKUP SCN -> END BACKUP SCN of every backup-mode span: the END BACKUP markers
+    the redo holds (outside the control file, like the ledger), which a volume restored from
+    a snapshot must be recovered past."""
 
     # -- clock ---------------------------------------------------------------------------------
 
@@ -464,6 +481,71 @@ class SimulatedOracle:
                 if (log.thread, log.sequence, log.resetlogs_id) == (thread, sequence, rid):
                     Path(log.name).unlink(missing_ok=True)
                     log.status = "D"
+
+    # -- SQL a storage snapshot needs -----------------------------------------------------------
+
+    def execute(self, sql: str) -> None:
+        """One statement of the three the simulator runs (module docstring), spelled exactly."""
+        with self.transaction() as st:
+            _require_open(st)
+            if sql == "ALTER DATABASE BEGIN BACKUP":
+                if st.backup_mode is not None:
+                    raise SimulatedOracleError(
+                        "ORA-01146: cannot start online backup - file 1 is already in backup"
+                    )
+                st.backup_mode = st.current_scn
+                for df in st.datafiles:
+                    df.checkpoint_scn = st.current_scn
+                st.current_scn += 1
+            elif sql == "ALTER DATABASE END BACKUP":
+                if st.backup_mode is None:
+                    raise SimulatedOracleError(
+                        "ORA-01142: cannot end online backup - none of the files are in backup"
+                    )
+                st.backup_mode_ends[st.backup_mode] = st.current_scn
+                st.backup_mode = None
+                st.current_scn += 1
+            elif sql == "ALTER SYSTEM ARCHIVE LOG CURRENT":
+                archive_log_current(st, self.arch_dir)
+            else:
+                raise SimulatedOracleError(
+                    f"ORA-00900: invalid SQL statement (the simulator runs no {sql!r})"
+                )
+
+    def volume_image(self) -> dict[str, Any]:
+        """What a storage snapshot of the data volume holds now: the table's blocks as they
+        are (changes up to the current SCN), the datafile headers (frozen at BEGIN BACKUP in
+        backup mode, else a crash image) and the control file."""
+        st = self.read()
+        return {
+            "rows": {str(k): v for k, v in st.table.items()},
+            "checkpoint_scn": {str(d.file): d.checkpoint_scn for d in st.datafiles},
+            "taken_at_scn": st.current_scn,
+            "backup_mode": st.backup_mode,
+            "controlfile": st.controlfile.model_dump(mode="json"),
+        }
+
+    def mount_volume_image(self, image: dict[str, Any]) -> None:
+        """The instance is down and its data volume is now one made from a snapshot: the
+        control file and datafiles are the image's, and the files need media recovery. A file
+        copied in backup mode is consistent only past its span's END BACKUP (if the redo holds
+        none, never: ORA-01194 at OPEN); a crash image, past the moment it was taken."""
+        with self.transaction() as st:
+            begin = image["backup_mode"]
+            fuzzy = (
+                image["taken_at_scn"] if begin is None else st.backup_mode_ends.get(begin, 1 << 62)
+            )
+            st.controlfile = ControlFile.model_validate(image["controlfile"])
+            checkpoints = {int(f): int(scn) for f, scn in image["checkpoint_scn"].items()}
+            st.media = Media(
+                rows={int(k): v for k, v in image["rows"].items()},
+                checkpoint_scn=checkpoints,
+                fuzzy_scn=dict.fromkeys(checkpoints, fuzzy),
+                incarnation=st.controlfile.current_incarnation,
+                wall=st.now(),
+            )
+            st.backup_mode = None
+            st.open_mode = "SHUTDOWN"
 
     # -- views ---------------------------------------------------------------------------------
 

@@ -61,6 +61,7 @@ _TOP = {
     "set_encryption": re.compile(r"SET ENCRYPTION (ON|OFF)"),
     "set_dbid": re.compile(r"SET DBID (\d+)"),
     "startup_nomount": re.compile(r"STARTUP FORCE NOMOUNT"),
+    "startup_mount": re.compile(r"STARTUP FORCE MOUNT"),
     "restore_controlfile": re.compile(rf"RESTORE CONTROLFILE FROM {_Q}"),
     "mount": re.compile(r"ALTER DATABASE MOUNT"),
     "catalog": re.compile(rf"CATALOG START WITH {_Q} NOPROMPT"),
@@ -230,6 +231,12 @@ def _run_top(s: Session, stmt: Statement) -> None:
                 rows={}, checkpoint_scn={}, fuzzy_scn={}, incarnation=0, wall=_wall(st)
             )
             st.open_mode = "STARTED"
+        elif stmt.kind == "startup_mount":
+            # Mounts whatever control file and datafiles are in place: after a volume was made
+            # from a snapshot (`mount_volume_image`), those need recovery (st.media).
+            s.say("Oracle instance started")
+            s.say("database mounted")
+            st.open_mode = "MOUNTED"
         elif stmt.kind == "restore_controlfile":
             _restore_controlfile(s, st, a[0] or "")
         elif stmt.kind == "mount":

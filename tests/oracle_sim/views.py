@@ -3,10 +3,12 @@ answered from `db.py` in-process. Not Oracle, and not the python-oracledb sessio
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 
+from services.engines.base import EngineError
 from services.engines.oracle.backup import BackupDatafileRow, IncarnationRow
-from tests.oracle_sim.db import SimulatedOracle
+from tests.oracle_sim.db import SimulatedOracle, SimulatedOracleError
 
 
 @dataclass
@@ -15,6 +17,14 @@ class SimulatedViews:
 
     async def dbid(self) -> int:
         return int(self.db.database()["dbid"])
+
+    async def execute(self, sql: str) -> None:
+        """The statements a storage snapshot runs (`SimulatedOracle.execute`)."""
+        try:
+            await asyncio.to_thread(self.db.execute, sql)
+        except SimulatedOracleError as exc:
+            code = str(exc).split(":", 1)[0]
+            raise EngineError.of(f"Oracle session: {exc}", code=code) from None
 
     async def current_scn(self) -> int:
         return int(self.db.database()["current_scn"])

@@ -281,7 +281,7 @@ async def run_backup(
             ],
         ),
     )
-    await _put_manifest(store, completed.manifest_key, manifest, stage_root)
+    await put_manifest(store, completed.manifest_key, manifest, stage_root)
     return manifest
 
 
@@ -295,9 +295,8 @@ def _algorithm(spec: BackupSpec) -> Literal["BASIC", "LOW", "MEDIUM", "HIGH"]:
     return value  # type: ignore[return-value]
 
 
-async def _put_manifest(
-    store: BlobStore, key: str, manifest: OracleManifest, scratch: Path
-) -> None:
+async def put_manifest(store: BlobStore, key: str, manifest: StrictModel, scratch: Path) -> None:
+    """Write a manifest (the last object of a backup) through a file in `scratch`."""
     fd, name = tempfile.mkstemp(prefix="manifest-", dir=scratch)
     try:
         with os.fdopen(fd, "wb") as out:

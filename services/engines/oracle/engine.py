@@ -23,14 +23,23 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import socket
 from collections.abc import Callable
 from typing import Literal
 
 from schemas import Incarnation, Scn
-from schemas.messages import BackupSpec, RestoreResult, RunRestore, VerifyResult
+from schemas.messages import (
+    BackupCompleted,
+    BackupSpec,
+    RestoreResult,
+    RunRestore,
+    VerifyResult,
+)
 from schemas.messages.backups import BackupKind
 from services.blobstore import BlobStore
 from services.engines.base import BackupOutcome, Description, EngineError, JobContext
+from services.engines.k8s import KubeApi, KubeError
 from services.engines.oracle.backup import (
     OracleManifest,
     OracleViews,
@@ -40,6 +49,14 @@ from services.engines.oracle.backup import (
 from services.engines.oracle.restore import run_restore
 from services.engines.oracle.runner import OracleHome
 from services.engines.oracle.session import OracleDbSession
+from services.engines.oracle.snapshot import (
+    OracleSnapshotManifest,
+    SnapshotJob,
+    Statements,
+    is_snapshot_manifest,
+    restore_from_snapshots,
+    take_snapshot_backup,
+)
 from services.engines.oracle.views import SessionViews
 from services.executor.settings import ExecutorSettings, HostedDatabase, OracleInstance
 
@@ -47,6 +64,9 @@ log = logging.getLogger("tidemark.engines.oracle")
 
 ViewsFactory = Callable[[HostedDatabase], OracleViews]
 """Builds the views of one database (called once per database)."""
+
+KubeFactory = Callable[[], KubeApi]
+"""Builds the Kubernetes API client of storage-snapshot backups (called once, when needed)."""
 
 RETRY_MAX_S = 600.0
 """The longest wait between two runs of a backup."""
@@ -70,10 +90,31 @@ def home_of(instance: OracleInstance) -> OracleHome:
 class OracleEngine:
     """The Oracle engine driver (module docstring)."""
 
-    def __init__(self, settings: ExecutorSettings, *, views: ViewsFactory | None = None) -> None:
+    def __init__(
+        self,
+        settings: ExecutorSettings,
+        *,
+        views: ViewsFactory | None = None,
+        kube: KubeFactory | None = None,
+        node: str | None = None,
+    ) -> None:
         self.settings = settings
         self._make_views = views or session_views
         self._views: dict[str, OracleViews] = {}
+        self._make_kube = kube or KubeApi.in_cluster
+        self._kube: KubeApi | None = None
+        self._node = node
+
+    def _kube_api(self) -> KubeApi:
+        if self._kube is None:
+            self._kube = self._make_kube()
+        return self._kube
+
+    def _node_name(self, db: HostedDatabase) -> str:
+        cfg = instance_of(db).snapshots
+        if cfg is not None and cfg.node_name:
+            return cfg.node_name
+        return self._node or os.environ.get("TIDEMARK_NODE") or socket.gethostname()
 
     def _session(self, db: HostedDatabase) -> OracleViews:
         found = self._views.get(db.uid)
@@ -123,7 +164,7 @@ class OracleEngine:
         elif spec.kind is BackupKind.INCREMENTAL:
             level = 1
         else:
-            raise EngineError.of("Oracle snapshot backups are not supported", code="TM-ORA-033")
+            return await self._snapshot_backup(db, backup_id, spec, store, prefix, ctx)
         attempt = 1
         while True:
             try:
@@ -160,18 +201,46 @@ class OracleEngine:
                 await _forget_run(store, backup_prefix(prefix, db.uid, backup_id))
                 await asyncio.sleep(delay)
                 attempt += 1
-        done = manifest.backup
-        return BackupOutcome(
-            backup_id=backup_id,
-            lineage=done.lineage,
-            start=done.start,
-            consistent_at=done.consistent_at,
-            started_at=done.started_at,
-            completed_at=done.completed_at,
-            size_bytes=done.size_bytes,
-            piece_count=done.piece_count,
-            manifest_key=done.manifest_key,
+        return _outcome(backup_id, manifest.backup)
+
+    async def _snapshot_backup(
+        self,
+        db: HostedDatabase,
+        backup_id: str,
+        spec: BackupSpec,
+        store: BlobStore,
+        prefix: str,
+        ctx: JobContext,
+    ) -> BackupOutcome:
+        instance = instance_of(db)
+        if instance.snapshots is None:
+            raise EngineError.of(
+                f"{db.uid} has no [oracle.snapshots] section: snapshot backups need one",
+                code="TM-ORA-033",
+            )
+        views = self._session(db)
+        if not isinstance(views, Statements):
+            raise EngineError.of(
+                f"{db.uid}: the session cannot run ALTER DATABASE BEGIN/END BACKUP",
+                code="TM-ORA-046",
+            )
+        manifest = await take_snapshot_backup(
+            SnapshotJob(
+                kube=self._kube_api(),
+                views=views,
+                sql=views,
+                cfg=instance.snapshots,
+                node=self._node_name(db),
+                uid=db.uid,
+                backup_id=backup_id,
+                spec=spec,
+                store=store,
+                prefix=prefix,
+                stage_root=instance.staging_dir,
+                ctx=ctx,
+            )
         )
+        return _outcome(backup_id, manifest.backup)
 
     async def restore(
         self,
@@ -183,6 +252,18 @@ class OracleEngine:
         ctx: JobContext,
     ) -> RestoreResult:
         instance = instance_of(db)
+        raw = await store.get_bytes(command.plan.base_manifest_key)
+        if is_snapshot_manifest(raw):
+            return await restore_from_snapshots(
+                home_of(instance),
+                self._kube_api(),
+                self._session(db),
+                command,
+                OracleSnapshotManifest.model_validate_json(raw),
+                store=store,
+                stage_root=instance.staging_dir,
+                ctx=ctx,
+            )
         return await run_restore(
             home_of(instance),
             self._session(db),
@@ -205,7 +286,12 @@ class OracleEngine:
     ) -> VerifyResult:
         """Every piece is in the store with the size and crc32c the manifest recorded (reading
         them through RMAN's `RESTORE DATABASE VALIDATE` is the next step, not done here)."""
-        manifest = OracleManifest.model_validate_json(await store.get_bytes(manifest_key))
+        raw = await store.get_bytes(manifest_key)
+        if is_snapshot_manifest(raw):
+            return await self._verify_snapshots(
+                backup_id, OracleSnapshotManifest.model_validate_json(raw)
+            )
+        manifest = OracleManifest.model_validate_json(raw)
         checks: list[str] = []
         ok = True
         for piece in manifest.oracle.pieces:
@@ -215,6 +301,41 @@ class OracleEngine:
                 checks.append(f"piece {piece.name}: missing or changed")
         checks.append(f"{len(manifest.oracle.pieces)} pieces checked against the manifest")
         return VerifyResult(backup_id=backup_id, ok=ok, checks=checks[:50])
+
+    async def _verify_snapshots(
+        self, backup_id: str, manifest: OracleSnapshotManifest
+    ) -> VerifyResult:
+        """Every VolumeSnapshot of the backup still exists and is readyToUse (restoring one to
+        read its files is the next step, not done here)."""
+        kube = self._kube_api()
+        checks: list[str] = []
+        ok = True
+        for volume in manifest.snapshot.volumes:
+            try:
+                found = await kube.get_snapshot(manifest.snapshot.namespace, volume.snapshot)
+            except KubeError as exc:
+                ok = False
+                checks.append(f"snapshot {volume.snapshot}: {exc}")
+                continue
+            if (found.get("status") or {}).get("readyToUse") is not True:
+                ok = False
+                checks.append(f"snapshot {volume.snapshot}: not readyToUse")
+        checks.append(f"{len(manifest.snapshot.volumes)} VolumeSnapshots checked")
+        return VerifyResult(backup_id=backup_id, ok=ok, checks=checks[:50])
+
+
+def _outcome(backup_id: str, done: BackupCompleted) -> BackupOutcome:
+    return BackupOutcome(
+        backup_id=backup_id,
+        lineage=done.lineage,
+        start=done.start,
+        consistent_at=done.consistent_at,
+        started_at=done.started_at,
+        completed_at=done.completed_at,
+        size_bytes=done.size_bytes,
+        piece_count=done.piece_count,
+        manifest_key=done.manifest_key,
+    )
 
 
 async def _forget_run(store: BlobStore, key_prefix: str) -> None:

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+from collections.abc import Callable
 from datetime import UTC
 from pathlib import Path
 
@@ -53,6 +54,11 @@ from services.engines.oracle.scripts import (
 
 def until_of(command: RunRestore, manifest: OracleManifest) -> Until:
     """The `SET UNTIL` for a restore target; refuses targets RMAN cannot express."""
+    return until_for(command, lambda: recovery_points(manifest.oracle.datafiles)[1])
+
+
+def until_for(command: RunRestore, consistent_at: Callable[[], int]) -> Until:
+    """`until_of` for any base: `consistent_at` is its M_B, which an immediate target passes."""
     target = command.target
     if isinstance(target, TargetPosition):
         if not isinstance(target.position, Scn):
@@ -64,8 +70,7 @@ def until_of(command: RunRestore, manifest: OracleManifest) -> Until:
     if isinstance(target, TargetSequence):
         return UntilSequence(sequence=target.sequence, thread=target.thread)
     if isinstance(target, TargetImmediate):
-        _, consistent = recovery_points(manifest.oracle.datafiles)
-        return UntilScn(scn=consistent + 1)
+        return UntilScn(scn=consistent_at() + 1)
     raise EngineError.of(f"Oracle cannot restore to a {target.kind} target", code="TM-ORA-021")
 
 
@@ -214,8 +219,21 @@ async def _stage(
         await ctx.progress("stage", done=n, total=total, unit="files")
     if controlfile is None:
         raise EngineError.of("the base has no control file piece", code="TM-ORA-025")
-    for n, key in enumerate(log_keys, len(pieces) + 1):
+    await stage_logs(store, log_keys, stage, ctx, done=len(pieces), total=total)
+    return controlfile
+
+
+async def stage_logs(
+    store: BlobStore,
+    log_keys: list[str],
+    stage: Path,
+    ctx: JobContext,
+    *,
+    done: int = 0,
+    total: int | None = None,
+) -> None:
+    """Download the plan's logs into `stage`, for `CATALOG START WITH`."""
+    for n, key in enumerate(log_keys, done + 1):
         # Keys are <...>/logs/<thread>/<sequence> per lineage: the whole key names the file.
         await store.get_to_file(key, stage / ("log_" + key.replace("/", "_")))
-        await ctx.progress("stage", done=n, total=total, unit="files")
-    return controlfile
+        await ctx.progress("stage", done=n, total=total or len(log_keys), unit="files")

@@ -35,6 +35,7 @@ __all__ = [
     "BackupScript",
     "Channels",
     "RestoreScript",
+    "SnapshotRecoverScript",
     "UntilScn",
     "UntilSequence",
     "UntilTime",
@@ -189,6 +190,30 @@ class RestoreScript(_Spec):
             *_disk_channels(self.channels),
             self.until.clause(),
             "RESTORE DATABASE;",
+            "RECOVER DATABASE;",
+        ]
+        return _join(head, body, ["ALTER DATABASE OPEN RESETLOGS;"])
+
+
+class SnapshotRecoverScript(_Spec):
+    """Recover a database whose volumes were just made from storage snapshots taken in backup
+    mode: the control file and datafiles are already in place (nothing is restored), so the
+    instance mounts them, catalogs the logs staged from the store, recovers until a point and
+    opens a new incarnation. The snapshot's control file is a current one, so an incomplete
+    recovery needs no `USING BACKUP CONTROLFILE`; a real 19c run has still to confirm that."""
+
+    command_id: CommandId
+    stage_dir: SafeDir
+    until: Until
+
+    def render(self) -> str:
+        head = [
+            "STARTUP FORCE MOUNT;",
+            f"CATALOG START WITH '{_dir(self.stage_dir)}' NOPROMPT;",
+        ]
+        body = [
+            f"SET COMMAND ID TO '{self.command_id}';",
+            self.until.clause(),
             "RECOVER DATABASE;",
         ]
         return _join(head, body, ["ALTER DATABASE OPEN RESETLOGS;"])

@@ -634,6 +634,10 @@ class _Link(Protocol):
 
     async def rows(self, sql: str, binds: Mapping[str, object]) -> list[dict[str, Any]]: ...
 
+    async def execute(self, sql: str) -> None:
+        """A statement with no rows (ALTER DATABASE BEGIN BACKUP, ...)."""
+        ...
+
     async def close(self) -> None: ...
 
 
@@ -660,6 +664,13 @@ class AsyncLink:
             while batch := await cursor.fetchmany(self._arraysize):
                 out.extend(_named(cursor.description, batch))
             return out
+        finally:
+            cursor.close()
+
+    async def execute(self, sql: str) -> None:
+        cursor = self._connection.cursor()
+        try:
+            await cursor.execute(sql)
         finally:
             cursor.close()
 
@@ -691,6 +702,17 @@ class ThreadLink:
     async def rows(self, sql: str, binds: Mapping[str, object]) -> list[dict[str, Any]]:
         async with self._lock:
             return await asyncio.to_thread(self._rows, sql, binds)
+
+    def _execute(self, sql: str) -> None:
+        cursor = self._connection.cursor()
+        try:
+            cursor.execute(sql)
+        finally:
+            cursor.close()
+
+    async def execute(self, sql: str) -> None:
+        async with self._lock:
+            await asyncio.to_thread(self._execute, sql)
 
     async def close(self) -> None:
         async with self._lock:
@@ -821,6 +843,21 @@ class OracleDbSession:
 
     async def _rows(self, what: str, sql: str, **binds: object) -> list[dict[str, Any]]:
         return await self._guarded(await self._connected(), what, sql, binds)
+
+    async def execute(self, sql: str) -> None:
+        """Run one statement that returns no rows; the statements are the callers' constants
+        (snapshot.py), never built from input. Errors are classified as the queries' are."""
+        import oracledb
+
+        link = await self._connected()
+        try:
+            await link.execute(sql)
+            return
+        except oracledb.Error as exc:
+            error = session_error(exc, f"running {sql}")
+        if error.retryable:
+            await self._drop(link)
+        raise error
 
     async def database(self) -> DatabaseInfo:
         rows = await self._rows("reading V$DATABASE", DATABASE_SQL)

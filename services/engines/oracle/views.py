@@ -30,6 +30,16 @@ class SessionViews:
         except OracleSessionError as exc:
             raise _engine_error(exc) from None
 
+    async def execute(self, sql: str) -> None:
+        """(snapshot backups) One statement with no rows, when the session can run one."""
+        execute = getattr(self.session, "execute", None)
+        if execute is None:
+            raise EngineError.of("this Oracle session runs no statements", code="TM-ORA-046")
+        try:
+            await execute(sql)
+        except OracleSessionError as exc:
+            raise _engine_error(exc) from None
+
     async def current_scn(self) -> int:
         try:
             return (await self.session.database()).current_scn
