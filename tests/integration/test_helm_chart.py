@@ -150,6 +150,7 @@ REPLICATED_CATALOG = merge(
     },
 )
 MONITORED = merge(MINIMAL, {"serviceMonitor": {"enabled": True, "labels": {"release": "prom"}}})
+ALERTING = merge(MINIMAL, {"prometheusRule": {"enabled": True, "labels": {"release": "prom"}}})
 
 VALUE_SETS = {
     "minimal": MINIMAL,
@@ -157,6 +158,7 @@ VALUE_SETS = {
     "bundled-nats": BUNDLED_NATS,
     "replicated-catalog": REPLICATED_CATALOG,
     "service-monitor": MONITORED,
+    "prometheus-rule": ALERTING,
 }
 
 
