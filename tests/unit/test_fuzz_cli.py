@@ -108,8 +108,6 @@ def test_more_than_one_target_is_a_usage_error(command: str) -> None:
     refused_up_front(command, "orders", "--scn", "5", "--to", "2026-01-31T12:00:00Z")
 
 
-
-
 @pytest.mark.parametrize("command", ["restore", "check"])
 @pytest.mark.parametrize(
     "args",
