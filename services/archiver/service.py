@@ -23,7 +23,7 @@ from services.archiver.pgspool import PostgresSpoolSource
 from services.archiver.settings import ArchivedDatabase
 from services.archiver.sources import LogSource
 from services.archiver.streamer import Streamer
-from services.blobstore import BlobStore, open_store
+from services.blobstore import BlobStore, RetrySettings, open_store
 from services.bus import Publisher
 from services.engines.oracle.session import OracleDbSession
 from services.runtime import ConsumerSpec, Service
@@ -55,7 +55,16 @@ class ArchiverService(Service):
         archiver = self.settings.archiver
         sources = self._sources = [self.source_factory(d) for d in archiver.databases]
         self._journal = Journal(archiver.journal_for(self.settings.state_dir))
-        self._store = open_store(archiver.store_url_for(self.settings.state_dir))
+        url = archiver.store_url_for(self.settings.state_dir)
+        # One request may retry for `request_deadline_s`, not GCS's default five minutes: a log
+        # that keeps failing then gives its upload slot back and waits its own retry, so a few
+        # bad requests never stall every slot.
+        options = (
+            {"retry": RetrySettings(deadline=archiver.request_deadline_s)}
+            if url.startswith("gs://")
+            else {}
+        )
+        self._store = open_store(url, **options)
         self.streamer = Streamer(
             sources=sources,
             journal=self._journal,

@@ -177,6 +177,11 @@ class ArchiverSettings(_Section):
     rescan_s: float = Field(
         default=1.0, gt=0, description="safety rescan when no notification arrives"
     )
+    request_deadline_s: float = Field(
+        default=60.0,
+        gt=0,
+        description="GCS: how long one request is retried before its log gives up its slot",
+    )
     retry_base_s: float = Field(default=0.5, gt=0, description="first retry delay of a log")
     retry_max_s: float = Field(default=60.0, gt=0, description="longest retry delay of a log")
     journal_path: Path | None = Field(
