@@ -221,11 +221,7 @@ async def test_restore_provisions_pvcs_from_the_snapshots_and_recovers_with_logs
     logs = rig.db.archive_log_current()
     for i in range(3):
         rig.db.insert(f"lost{i}")  # after the target: gone after the restore
-    log_keys = []
-    for row in rig.db.archived_logs():  # what the archiver would have stored
-        key = f"tm/ora1/{row['resetlogs_id']}/logs/{row['thread#']}/{row['sequence#']}"
-        await rig.store.put_file(key, row["name"])
-        log_keys.append(key)
+    log_keys = await _store_logs(rig)
     until = min(x.next_scn for x in logs) - 2
     assert until > manifest.snapshot.end_scn
     rid = int(rig.db.database()["resetlogs_id"])
@@ -268,11 +264,7 @@ async def test_restore_provisions_pvcs_from_the_snapshots_and_recovers_with_logs
 async def test_recovery_that_stops_before_end_backup_cannot_open(rig: Rig) -> None:
     rig.db.insert("a0")
     manifest = await _backup(rig)
-    log_keys = []
-    for row in rig.db.archived_logs():
-        key = f"tm/ora1/{row['resetlogs_id']}/logs/{row['thread#']}/{row['sequence#']}"
-        await rig.store.put_file(key, row["name"])
-        log_keys.append(key)
+    log_keys = await _store_logs(rig)
     rid = int(rig.db.database()["resetlogs_id"])
     # UNTIL is exclusive: stopping at END BACKUP's SCN leaves the files in backup mode.
     (end_backup,) = rig.db.read().backup_mode_ends.values()
@@ -293,3 +285,61 @@ async def test_recovery_that_stops_before_end_backup_cannot_open(rig: Rig) -> No
     # ORA-01547 over ORA-01194: the files need more recovery; the database stays mounted.
     assert caught.value.failure.code in ("ORA-01547", "ORA-01194")
     assert rig.db.read().open_mode == "MOUNTED"
+
+
+async def _store_logs(rig: Rig) -> list[str]:
+    """Every archived log, stored as the archiver would have; their keys."""
+    keys = []
+    for row in rig.db.archived_logs():
+        key = f"tm/ora1/{row['resetlogs_id']}/logs/{row['thread#']}/{row['sequence#']}"
+        await rig.store.put_file(key, row["name"])
+        keys.append(key)
+    return keys
+
+
+def _verb(method: str, path: str) -> tuple[str, str, str]:
+    """(apiGroup, resource, verb) of one request the fake API saw."""
+    parts = path.strip("/").split("/")
+    group = "" if parts[0] == "api" else parts[1]
+    rest = parts[parts.index("namespaces") + 2 :]
+    named = len(rest) > 1
+    verb = {"GET": "get" if named else "list", "POST": "create", "DELETE": "delete"}[method]
+    return group, rest[0], verb
+
+
+async def test_every_call_is_granted_by_the_charts_executor_role(rig: Rig) -> None:
+    from tests.integration.test_helm_chart import EXTERNAL, of_kind, render
+
+    rig.db.insert("a0")
+    manifest = await _backup(rig)
+    rig.fake.fail.add(REDO)
+    with pytest.raises(EngineError):
+        await _backup(rig, "snap-2")  # the cleanup path: DELETE
+    rig.db.archive_log_current()  # the redo past M_B, which the target needs
+    log_keys = await _store_logs(rig)
+    rid = int(rig.db.database()["resetlogs_id"])
+    command = RunRestore(
+        job_id=uuid.uuid4(),
+        restore_id=uuid.uuid4(),
+        target=TargetPosition(position=Scn(value=manifest.snapshot.end_scn + 1)),
+        mode=RestoreMode.IN_PLACE,
+        plan=RestorePlan(
+            base_backup_id="snap-1",
+            base_manifest_key=manifest.backup.manifest_key,
+            log_keys=log_keys,
+            lineage=Incarnation(resetlogs_id=rid, resetlogs_scn=Scn(value=1)),
+        ),
+    )
+    await rig.engine.restore(rig.hosted, command, store=rig.store, prefix="tm", ctx=_Ctx())
+    used = {_verb(m, p) for m, p in rig.fake.calls}
+    (role,) = of_kind(render(EXTERNAL), "Role")
+    granted = {
+        (group, resource, verb)
+        for rule in role["rules"]
+        for group in rule["apiGroups"]
+        for resource in rule["resources"]
+        for verb in rule["verbs"]
+    }
+    assert used <= granted, used - granted
+    assert ("snapshot.storage.k8s.io", "volumesnapshots", "delete") in used
+    assert ("", "persistentvolumeclaims", "create") in used

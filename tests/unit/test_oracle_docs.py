@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from schemas import Engine
-from services.executor.settings import ExecutorSettings, OracleInstance
+from services.executor.settings import ExecutorSettings, OracleInstance, OracleSnapshots
 
 pytestmark = pytest.mark.unit
 
@@ -64,3 +64,28 @@ def test_an_oracle_database_needs_its_section_and_only_it() -> None:
                 ]
             }
         )
+
+
+def _section(title: str) -> str:
+    text = DOC.read_text(encoding="utf-8")
+    return text.split(f"## {title}\n", 1)[1].split("\n## ", 1)[0]
+
+
+def test_the_snapshot_example_loads_and_its_table_lists_every_field() -> None:
+    section = _section("Storage snapshots")
+    block = re.search(r"```toml\n(.*?)```", section, flags=re.S)
+    assert block is not None
+    (database,) = ExecutorSettings.model_validate(
+        tomllib.loads(block.group(1))["executor"]
+    ).databases
+    assert database.oracle is not None
+    assert database.oracle.snapshots is not None
+    assert database.oracle.snapshots.pod_selector == "app=erp,tier=db"
+    lines = section.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("| field "))
+    names = set()
+    for line in lines[start + 2 :]:
+        if not line.startswith("|"):
+            break
+        names.add(line.split("|")[1].strip().strip("`"))
+    assert names == set(OracleSnapshots.model_fields)

@@ -17,6 +17,7 @@ from services.engines.oracle.scripts import (
     BackupScript,
     Channels,
     RestoreScript,
+    SnapshotRecoverScript,
     UntilScn,
     UntilSequence,
     UntilTime,
@@ -79,6 +80,9 @@ SCRIPTS: dict[str, str] = {
         controlfile_piece=STAGE + "/restore/cf",
         stage_dir=STAGE + "/restore",
         until=UntilSequence(sequence=1841, thread=2),
+    ).render(),
+    "snapshot_recover_until_scn": SnapshotRecoverScript(
+        command_id=JOB, stage_dir=STAGE + "/snaprestore", until=UntilScn(scn=1_000_456)
     ).render(),
     "preview": preview_script(JOB, UntilScn(scn=42)),
     "validate_restore": validate_restore_script(JOB, UntilScn(scn=42), STAGE + "/verify"),
