@@ -80,7 +80,9 @@ async def services(nc: Client, nats_url: str, tmp_path: Path) -> AsyncIterator[S
     uid = unique("tr")
     db = DatabaseRef(uid=uid, engine=Engine.POSTGRES, name=uid.replace("-", "_"))
     node = unique("node")
-    catalog = NarrowCatalog(settings=catalog_settings(nats_url, tmp_path / "catalog"), only=[uid])
+    # No timeline page: its fixed port may be taken by another test run on this machine.
+    settings = catalog_settings(nats_url, tmp_path / "catalog", http_port=0)
+    catalog = NarrowCatalog(settings=settings, only=[uid])
     executor_settings = Settings(
         node=node,
         state_dir=tmp_path / "executor",
