@@ -28,7 +28,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Final, Literal, Protocol
 
-from pydantic import Field, StringConstraints
+from pydantic import AfterValidator, Field, StringConstraints
 
 from schemas import Incarnation, Scn, StrictModel
 from schemas.messages import BackupCompleted, BackupSpec
@@ -78,9 +78,19 @@ class OracleViews(Protocol):
         ...
 
 
-PieceName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,254}$")]
-"""A piece's file name as RMAN wrote it (`%d_%T_%U`, `c-…`): one path segment, no leading dot.
-A restore stages the piece under this name, so a manifest must not be able to name a path
+def _no_dot_dot(name: str) -> str:
+    if ".." in name:
+        raise ValueError("a piece name must not contain '..'")
+    return name
+
+
+PieceName = Annotated[
+    str,
+    StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,254}$"),
+    AfterValidator(_no_dot_dot),
+]
+"""A piece's file name as RMAN wrote it (`%d_%T_%U`, `c-…`): one path segment, no leading dot,
+no `..`. A restore stages the piece under this name, so a manifest must not be able to name a path
 outside the staging directory (`../…`, an absolute path)."""
 
 
