@@ -1,5 +1,13 @@
 """Test harness. Every server a test needs, the test starts: nats-server from the wheel, the GCS
-emulator, PostgreSQL clusters made with initdb. Nothing here touches the machine's own services."""
+emulator, PostgreSQL clusters made with initdb. Nothing here touches the machine's own services.
+
+Property tests explore fresh examples on a developer's machine, and the same ones on every CI run
+(`CI=true`): a run there is red for a change, never for a draw. `HYPOTHESIS_PROFILE=explore`
+draws many more examples, to look for what the fixed draw misses."""
+
+import os
+
+from hypothesis import settings
 
 pytest_plugins = [
     "tests.fixtures.telemetry",
@@ -8,3 +16,9 @@ pytest_plugins = [
     "tests.fixtures.postgres",
     "tests.fixtures.browser",
 ]
+
+settings.register_profile("ci", derandomize=True, print_blob=True)
+settings.register_profile("explore", max_examples=2000)
+settings.load_profile(
+    os.environ.get("HYPOTHESIS_PROFILE") or ("ci" if os.environ.get("CI") else "default")
+)
