@@ -15,11 +15,11 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
 
 from aiohttp import web
 
 from schemas import ServiceHealth, ServiceState
+from services.runtime.listener import Listener, listen
 
 __all__ = ["HealthServer", "make_health_app", "start_health"]
 
@@ -97,36 +97,12 @@ def make_health_app(snapshot: Snapshot) -> web.Application:
     return app
 
 
-@dataclass
-class HealthServer:
-    """A started listener; `stop()` closes it (twice is harmless)."""
-
-    runner: web.AppRunner
-    host: str
-    port: int
-
-    @property
-    def url(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.port}"
-
-    async def stop(self) -> None:
-        if self.runner.server is not None:
-            await self.runner.cleanup()
+HealthServer = Listener
 
 
 async def start_health(snapshot: Snapshot, host: str, port: int) -> HealthServer:
     """Listen on host:port (port 0 here means any free port; see `HealthServer.port`)."""
     # Probes arrive every few seconds from every kubelet: not worth an access log line.
-    runner = web.AppRunner(make_health_app(snapshot), access_log=None)
-    await runner.setup()
-    try:
-        site = web.TCPSite(runner, host, port)
-        await site.start()
-        bound = runner.addresses[0][1]
-    except BaseException:
-        await runner.cleanup()
-        raise
-    server = HealthServer(runner, host, int(bound))
+    server = await listen(make_health_app(snapshot), host, port, access_log=None)
     log.info("health endpoints on %s", server.url)
     return server

@@ -26,7 +26,6 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
@@ -44,6 +43,7 @@ from services.catalog.web.params import (
     parse_target,
     refuse_any,
 )
+from services.runtime.listener import Listener, listen
 
 __all__ = ["HttpServer", "make_app", "start_http"]
 
@@ -211,36 +211,11 @@ def make_app(index: CatalogIndex) -> web.Application:
     return app
 
 
-@dataclass
-class HttpServer:
-    """A started server; `stop()` closes its listener and open connections."""
-
-    runner: web.AppRunner
-    host: str
-    port: int
-
-    @property
-    def url(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.port}"
-
-    async def stop(self) -> None:
-        """Idempotent: a second call finds nothing left to close."""
-        if self.runner.server is not None:
-            await self.runner.cleanup()
+HttpServer = Listener
 
 
 async def start_http(index: CatalogIndex, host: str, port: int) -> HttpServer:
     """Serve the API and pages on host:port (port 0: any free port, see `HttpServer.port`)."""
-    runner = web.AppRunner(make_app(index), access_log_class=_AccessLog, access_log=log)
-    await runner.setup()
-    try:
-        site = web.TCPSite(runner, host, port)
-        await site.start()
-        bound = runner.addresses[0][1]
-    except BaseException:
-        await runner.cleanup()
-        raise
-    server = HttpServer(runner, host, int(bound))
+    server = await listen(make_app(index), host, port, access_log_class=_AccessLog, access_log=log)
     log.info("catalog HTTP on %s", server.url)
     return server

@@ -869,9 +869,21 @@ async def restore(
             f"the base backup is of system {pg.system_id}, database {db.uid} is {db.system_id}"
         )
     target_settings = recovery_settings(command)
-    start = manifest.backup.start
     goal = command.target.position.value if isinstance(command.target, TargetPosition) else None
-
+    job = _Rebuild(
+        manifest=manifest,
+        command=command,
+        store=store,
+        prefix=prefix,
+        uid=db.uid,
+        ctx=ctx,
+        settings=settings,
+        target_settings=target_settings,
+        tag=tag,
+        start_lsn=manifest.backup.start.value,
+        goal_lsn=goal,
+        stats=stats,
+    )
     if command.mode is RestoreMode.CLONE:
         assert command.clone is not None
         inst = Instance(
@@ -889,55 +901,56 @@ async def restore(
             "archive_mode": "off",
             "archive_command": "",
         }
-        return await _restore_clone(
-            inst,
-            manifest,
-            command,
-            store,
-            prefix,
-            db.uid,
-            ctx,
-            settings,
-            target_settings,
-            overrides,
-            tag,
-            start.value,
-            goal,
-            stats,
-        )
-    return await _restore_in_place(
-        source,
-        manifest,
-        command,
-        store,
-        prefix,
-        db.uid,
-        ctx,
-        settings,
-        target_settings,
-        tag,
-        start.value,
-        goal,
-        stats,
-    )
+        return await _restore_clone(inst, job, overrides)
+    return await _restore_in_place(source, job)
 
 
-async def _restore_clone(
-    inst: Instance,
-    manifest: BaseManifest,
-    command: RunRestore,
-    store: BlobStore,
-    prefix: str,
-    uid: str,
-    ctx: JobContext,
-    settings: ExecutorSettings,
-    target_settings: dict[str, str],
-    overrides: dict[str, str],
-    tag: str,
-    start_lsn: int,
-    goal_lsn: int | None,
-    stats: FetchStats,
-) -> RestoreResult:
+@dataclass(frozen=True)
+class _Rebuild:
+    """What both kinds of restore do in an empty data directory: lay the base down, configure
+    recovery, recover. A clone and an in-place restore differ only around it."""
+
+    manifest: BaseManifest
+    command: RunRestore
+    store: BlobStore
+    prefix: str
+    uid: str
+    ctx: JobContext
+    settings: ExecutorSettings
+    target_settings: dict[str, str]
+    tag: str
+    start_lsn: int
+    goal_lsn: int | None
+    stats: FetchStats
+
+    async def run(self, inst: Instance, overrides: dict[str, str], where: str) -> RecoveryOutcome:
+        """Into `inst.data_dir`; on any failure the server it started is stopped."""
+        try:
+            await extract_base(self.store, self.manifest, inst.data_dir, inst.user, self.ctx)
+            await self.ctx.progress("configure", message=where)
+            prepare_data_dir(inst.data_dir, inst.user)
+            return await recover(
+                inst,
+                store=self.store,
+                prefix=self.prefix,
+                uid=self.uid,
+                plan_keys=list(self.command.plan.log_keys),
+                settings=self.target_settings,
+                overrides=overrides,
+                ctx=self.ctx,
+                prefetch=self.settings.prefetch,
+                tag=self.tag,
+                start_lsn=self.start_lsn,
+                goal_lsn=self.goal_lsn,
+                stats=self.stats,
+            )
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await inst.stop("immediate")
+            raise
+
+
+async def _restore_clone(inst: Instance, job: _Rebuild, overrides: dict[str, str]) -> RestoreResult:
     data_dir = inst.data_dir
     existed = data_dir.exists()
     if existed and not _is_empty_dir(data_dir):
@@ -945,89 +958,34 @@ async def _restore_clone(
     data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     chown_to(data_dir, inst.user)
     try:
-        await extract_base(store, manifest, data_dir, inst.user, ctx)
-        await ctx.progress("configure", message=f"clone on port {inst.port}")
-        prepare_data_dir(data_dir, inst.user)
-        outcome = await recover(
-            inst,
-            store=store,
-            prefix=prefix,
-            uid=uid,
-            plan_keys=list(command.plan.log_keys),
-            settings=target_settings,
-            overrides=overrides,
-            ctx=ctx,
-            prefetch=settings.prefetch,
-            tag=tag,
-            start_lsn=start_lsn,
-            goal_lsn=goal_lsn,
-            stats=stats,
-        )
+        outcome = await job.run(inst, overrides, f"clone on port {inst.port}")
     except BaseException:
-        with contextlib.suppress(Exception):
-            await inst.stop("immediate")
         _clear(data_dir, keep_dir=existed)
         raise
-    return _result(outcome, stats, tag)
+    return _result(outcome, job.stats, job.tag)
 
 
-async def _restore_in_place(
-    inst: Instance,
-    manifest: BaseManifest,
-    command: RunRestore,
-    store: BlobStore,
-    prefix: str,
-    uid: str,
-    ctx: JobContext,
-    settings: ExecutorSettings,
-    target_settings: dict[str, str],
-    tag: str,
-    start_lsn: int,
-    goal_lsn: int | None,
-    stats: FetchStats,
-) -> RestoreResult:
+async def _restore_in_place(inst: Instance, job: _Rebuild) -> RestoreResult:
     data_dir = inst.data_dir
-    aside = data_dir.with_name(f"{data_dir.name}.tidemark-old-{tag}")
+    aside = data_dir.with_name(f"{data_dir.name}.tidemark-old-{job.tag}")
     was_running = data_dir.exists() and await inst.is_running()
     if was_running:
-        await ctx.progress("prepare", message=f"stopping the cluster in {data_dir}")
+        await job.ctx.progress("prepare", message=f"stopping the cluster in {data_dir}")
         await inst.stop("fast")
     try:
         with _moved_aside(data_dir, aside):
             data_dir.mkdir(mode=0o700)
             chown_to(data_dir, inst.user)
-            try:
-                await extract_base(store, manifest, data_dir, inst.user, ctx)
-                await ctx.progress("configure", message=f"in place in {data_dir}")
-                prepare_data_dir(data_dir, inst.user)
-                outcome = await recover(
-                    inst,
-                    store=store,
-                    prefix=prefix,
-                    uid=uid,
-                    plan_keys=list(command.plan.log_keys),
-                    settings=target_settings,
-                    overrides={},
-                    ctx=ctx,
-                    prefetch=settings.prefetch,
-                    tag=tag,
-                    start_lsn=start_lsn,
-                    goal_lsn=goal_lsn,
-                    stats=stats,
-                )
-            except BaseException:
-                with contextlib.suppress(Exception):
-                    await inst.stop("immediate")
-                raise
+            outcome = await job.run(inst, {}, f"in place in {data_dir}")
     except BaseException:
         if was_running:  # leave the database as we found it
             inst.pid = None
             with contextlib.suppress(Exception):
-                await inst.start(data_dir / "log" / f"tidemark-rollback-{tag}.log")
+                await inst.start(data_dir / "log" / f"tidemark-rollback-{job.tag}.log")
         raise
     # Only now is the old directory garbage (see the module docstring).
     await asyncio.to_thread(shutil.rmtree, aside, True)
-    return _result(outcome, stats, tag)
+    return _result(outcome, job.stats, job.tag)
 
 
 def _result(outcome: RecoveryOutcome, stats: FetchStats, tag: str) -> RestoreResult:
