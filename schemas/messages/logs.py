@@ -55,10 +55,21 @@ class LogArchived(Event):
     node: NodeName
     archived_at: UtcDateTime = Field(description="when the engine completed the log")
     stored_at: UtcDateTime = Field(description="when the object store confirmed it")
+    enabled_threads: tuple[Annotated[int, Field(ge=1, le=65535)], ...] | None = Field(
+        default=None,
+        description="the threads enabled on this lineage when the log was archived, as the "
+        "engine reports them (Oracle: V$THREAD; PostgreSQL: 1); sorted, and holding `thread`. "
+        "Absent from producers that predate it: the catalog then knows only the threads it saw",
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> LogArchived:
         check_on_lineage(self.lineage, self.first, self.next)
+        if self.enabled_threads is not None:
+            if list(self.enabled_threads) != sorted(set(self.enabled_threads)):
+                raise ValueError("enabled_threads must be sorted and without repeats")
+            if self.kind in ("redo", "wal") and self.thread not in self.enabled_threads:
+                raise ValueError(f"thread {self.thread} is not among enabled_threads")
         if self.kind in ("redo", "wal") and (self.first is None or self.next is None):
             raise ValueError(f"a {self.kind} log needs first and next positions")
         if self.first is not None and self.next is not None and self.next < self.first:
