@@ -17,6 +17,13 @@ pytest_plugins = [
     "tests.fixtures.browser",
 ]
 
+# Never a default port: a user's own `tidemark up` (NATS 4222, timeline page 8470) may run beside
+# the suite. A catalog started by a test serves no page unless the test asks for one on a free
+# port, and an embedded stack started by a test takes free ports. Inherited by every service
+# process a test starts.
+os.environ["TIDEMARK_CATALOG__HTTP_PORT"] = "0"
+os.environ["TIDEMARK_STACK_DEFAULT_PORTS"] = "0"
+
 settings.register_profile("ci", derandomize=True, print_blob=True)
 settings.register_profile("explore", max_examples=2000)
 settings.load_profile(

@@ -32,6 +32,7 @@ from pathlib import Path
 
 from schemas import utcnow
 from services.archiver.sources import Fingerprint, LoggedFile
+from services.runtime.phases import IllegalTransition, Transitions
 
 
 class LogState(StrEnum):
@@ -60,7 +61,7 @@ class LogState(StrEnum):
 
 
 _S = LogState
-TRANSITIONS: dict[LogState | None, frozenset[LogState]] = {
+_TABLE: dict[LogState | None, frozenset[LogState]] = {
     None: frozenset({_S.DISCOVERED, _S.CONFLICT, _S.UNREADABLE}),
     # DISCOVERED → DISCOVERED: the file changed (a re-pushed segment) before it was stored.
     _S.DISCOVERED: frozenset({_S.DISCOVERED, _S.STORED, _S.CONFLICT, _S.UNREADABLE}),
@@ -74,10 +75,7 @@ TRANSITIONS: dict[LogState | None, frozenset[LogState]] = {
     _S.UNREADABLE: frozenset({_S.DISCOVERED, _S.UNREADABLE}),
 }
 """The only moves a log can make. Anything else is a bug, refused by `Journal._move`."""
-
-
-class IllegalTransition(RuntimeError):
-    """A move the table does not allow (a bug: the streamer asked for something impossible)."""
+TRANSITIONS = Transitions(_TABLE)
 
 
 @dataclass(frozen=True, slots=True)
@@ -365,8 +363,7 @@ def _state(db: sqlite3.Connection, key: str) -> LogState | None:
 
 
 def _check(key: str, current: LogState | None, to: LogState) -> None:
-    if to not in TRANSITIONS[current]:
-        raise IllegalTransition(f"{key}: cannot go from {current or 'nothing'} to {to}")
+    TRANSITIONS.check(key, current, to)
 
 
 def _entry(row: tuple[object, ...]) -> Entry:

@@ -39,6 +39,7 @@ from typing import Any
 from schemas import Envelope, decode, utcnow
 from schemas.messages import Failure, JobResult, Operation
 from schemas.messages.jobs import BackupResult, RestoreResult, VerifyResult
+from services.runtime.phases import IllegalTransition, Transitions
 
 
 class JobState(StrEnum):
@@ -75,7 +76,7 @@ FINISHED = frozenset(
 )
 
 _S = JobState
-TRANSITIONS: dict[JobState | None, frozenset[JobState]] = {
+_TABLE: dict[JobState | None, frozenset[JobState]] = {
     None: frozenset({_S.ACCEPTED, _S.FAILED}),  # FAILED: refused before it was accepted
     _S.ACCEPTED: frozenset({_S.RUNNING, _S.CANCELLED, _S.FAILED}),
     _S.RUNNING: frozenset({_S.SUCCEEDED, _S.FAILED, _S.CANCELLED, _S.INTERRUPTED}),
@@ -85,10 +86,7 @@ TRANSITIONS: dict[JobState | None, frozenset[JobState]] = {
     _S.INTERRUPTED: frozenset(),
 }
 """The only moves a job can make. Anything else is a bug, refused by `Journal`."""
-
-
-class IllegalTransition(RuntimeError):
-    """A move the table does not allow."""
+TRANSITIONS = Transitions(_TABLE)
 
 
 _RESULTS: dict[str, type[BackupResult] | type[RestoreResult] | type[VerifyResult]] = {
@@ -339,8 +337,7 @@ def _state(db: sqlite3.Connection, job_id: uuid.UUID) -> JobState | None:
 
 
 def _check(job_id: uuid.UUID, current: JobState | None, to: JobState) -> None:
-    if to not in TRANSITIONS[current]:
-        raise IllegalTransition(f"job {job_id}: cannot go from {current or 'nothing'} to {to}")
+    TRANSITIONS.check(f"job {job_id}", current, to)
 
 
 def _result(text: str | None) -> JobResult | None:

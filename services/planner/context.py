@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -21,6 +21,7 @@ from services.catalog.client import CatalogClient, CatalogError
 from services.planner.clock import Clock
 from services.planner.errors import NO_NODE, UNKNOWN_DB, Refusal, Refused
 from services.planner.keys import step_id
+from services.planner.sagas import SagaDriver
 from services.planner.settings import PlannerSettings
 from services.planner.store import Nodes, PlanStore
 
@@ -35,6 +36,11 @@ class PlannerContext:
     catalog: CatalogClient
     clock: Clock
     settings: PlannerSettings
+    sagas: SagaDriver = field(init=False)
+    """Every saga kind's driver; kinds are registered by the service (`service.py`)."""
+
+    def __post_init__(self) -> None:
+        self.sagas = SagaDriver(self.plans, self.clock.now)
 
     @property
     def source(self) -> str:

@@ -7,8 +7,9 @@ backup that waits for it.
     restore.completed             → recorded on the restore (and ends it, if first)
     backup.verified               → `verify.<uid>`
 
-Jobs are matched through `lock.<uid>`, which names the job running on the database; events of
-jobs the planner did not start (a verification, an operator's own run) match nothing and are
+A saga's jobs are matched to it by job id (`job.<job_id>`, written before the job is sent);
+a backup's through `lock.<uid>`, which names the job running on the database. Events of jobs
+the planner did not start (a verification, an operator's own run) match nothing and are
 acked. The consumer starts at new messages when first created; after that the server keeps its
 position, so a planner that was down receives what it missed (this is how a dispatched restore
 survives a planner restart). Ack policy: ack once the KV write is done; a KV conflict storm or
@@ -73,13 +74,18 @@ class Events:
         }
 
     async def on_job(self, event: Envelope[Any], delivery: Delivery) -> None:
+        owner = await self.ctx.sagas.owner_of(event.data.job_id)
+        if owner is not None and owner.kind == Restores.kind:
+            await self.restores.on_job(event, owner.id)
+            return
         if event.database is None:
             return
         held = await held_lock(self.ctx.plans, event.database.uid)
         if held is None or held.value.job_id != event.data.job_id:
             return
-        if held.value.kind == "restore":
-            await self.restores.on_job(event, held.value)
+        if held.value.kind == Restores.kind and held.value.restore_id is not None:
+            # A restore dispatched before jobs were bound to their saga: found by its lock.
+            await self.restores.on_job(event, held.value.restore_id)
         elif isinstance(event.data, JobSucceeded | JobFailed):
             await self.backups.on_end(event)
 

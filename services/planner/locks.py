@@ -38,8 +38,33 @@ async def take_lock(plans: PlanStore, uid: str, lock: Lock) -> None:
             raise Refused(busy(uid, held.value)) from None
 
 
+async def take_locks(plans: PlanStore, uids: list[str], lock: Lock) -> None:
+    """Take the lock of every database in `uids` for one holder, or none of them: a saga that
+    touches a source and a target must never run holding only one. Taken in sorted order, so
+    two sagas reaching for the same pair cannot each hold one and wait for the other."""
+    taken: list[str] = []
+    try:
+        for uid in sorted(set(uids)):
+            await take_lock(plans, uid, lock)
+            taken.append(uid)
+    except BaseException:
+        for uid in taken:
+            await release_lock(plans, uid, lock.job_id)
+        raise
+
+
+async def release_locks(plans: PlanStore, uids: list[str], job_id: uuid.UUID) -> None:
+    for uid in sorted(set(uids)):
+        await release_lock(plans, uid, job_id)
+
+
 def busy(uid: str, held: Lock) -> Refusal:
-    what = f"restore {held.restore_id}" if held.kind == "restore" else f"backup {held.backup_id}"
+    if held.kind == "backup":
+        what = f"backup {held.backup_id}"
+    elif held.kind == "restore":
+        what = f"restore {held.restore_id}"
+    else:
+        what = str(held.holder) if held.holder else held.kind
     return Refusal(
         f"database {uid!r} is busy: {what} (job {held.job_id}) is running on {held.node} since "
         f"{held.taken_at:%Y-%m-%d %H:%M:%S}Z; a backup and a restore of one database never run "

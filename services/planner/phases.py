@@ -1,5 +1,5 @@
-"""The restore saga's phases, as data: an enum, one table of allowed transitions, and the one
-function that moves a record from phase to phase.
+"""The restore saga's phases, as data: an enum and one table of allowed transitions; the one
+function that moves a record from phase to phase is the saga machinery's (`sagas.record`).
 
     checking ──▶ planning ──▶ dispatched ──▶ running ──▶ completed
         │            │            │             │
@@ -13,15 +13,15 @@ wait for an event that will never come after the end.
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
-from schemas import DatabaseRef, Position, UtcDateTime
+from schemas import DatabaseRef, Position
 from schemas.messages import RequestRestore, RestoreCompleted, RestorePlan
-from schemas.messages.common import Failure
+from services.planner.sagas.record import SagaRecord, transition
+from services.runtime.phases import IllegalTransition, Transitions
 
 
 class RestorePhase(StrEnum):
@@ -44,73 +44,52 @@ class RestorePhase(StrEnum):
     record of this attempt stays what it was."""
 
 
-TRANSITIONS: dict[RestorePhase, frozenset[RestorePhase]] = {
-    RestorePhase.CHECKING: frozenset({RestorePhase.PLANNING, RestorePhase.FAILED}),
-    RestorePhase.PLANNING: frozenset({RestorePhase.DISPATCHED, RestorePhase.FAILED}),
-    RestorePhase.DISPATCHED: frozenset(
-        {RestorePhase.RUNNING, RestorePhase.COMPLETED, RestorePhase.FAILED}
-    ),
-    RestorePhase.RUNNING: frozenset({RestorePhase.COMPLETED, RestorePhase.FAILED}),
-    RestorePhase.COMPLETED: frozenset(),
-    RestorePhase.FAILED: frozenset(),
-}
+TRANSITIONS = Transitions[RestorePhase](
+    {
+        RestorePhase.CHECKING: frozenset({RestorePhase.PLANNING, RestorePhase.FAILED}),
+        RestorePhase.PLANNING: frozenset({RestorePhase.DISPATCHED, RestorePhase.FAILED}),
+        RestorePhase.DISPATCHED: frozenset(
+            {RestorePhase.RUNNING, RestorePhase.COMPLETED, RestorePhase.FAILED}
+        ),
+        RestorePhase.RUNNING: frozenset({RestorePhase.COMPLETED, RestorePhase.FAILED}),
+        RestorePhase.COMPLETED: frozenset(),
+        RestorePhase.FAILED: frozenset(),
+    }
+)
 
-FINAL = frozenset(p for p, after in TRANSITIONS.items() if not after)
-
-
-class IllegalTransition(Exception):
-    def __init__(self, restore_id: uuid.UUID, src: RestorePhase, dst: RestorePhase) -> None:
-        super().__init__(f"restore {restore_id}: {src.value} → {dst.value} is not allowed")
-        self.src = src
-        self.dst = dst
+FINAL = TRANSITIONS.final
 
 
-class PhaseStep(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-    phase: RestorePhase
-    at: UtcDateTime
-
-
-class RestoreRecord(BaseModel):
+class RestoreRecord(SagaRecord[RestorePhase]):
     """One restore saga, as kept in `restore.<restore_id>` and updated by compare-and-set."""
 
-    model_config = ConfigDict(extra="ignore")
+    KIND: ClassVar[str] = "restore"
+    PHASES: ClassVar[Transitions[Any]] = TRANSITIONS
 
     restore_id: uuid.UUID
     command_id: uuid.UUID
     correlation_id: uuid.UUID
     database: DatabaseRef
     request: RequestRestore
-    phase: RestorePhase
     node: str | None = None
     job_id: uuid.UUID | None = None
     plan: RestorePlan | None = None
     sent: bool = Field(default=False, description="restore.run and the answers are published")
     refused: bool = Field(default=False, description="failed before dispatch: a rejection")
-    failure: Failure | None = None
     completed: RestoreCompleted | None = None
     reached: Position | None = None
     percent: float | None = None
-    created_at: UtcDateTime
-    updated_at: UtcDateTime
-    history: list[PhaseStep] = Field(default_factory=list)
 
     @property
-    def final(self) -> bool:
-        return self.phase in FINAL
+    def saga_id(self) -> uuid.UUID:
+        return self.restore_id
 
 
-def transition(
-    record: RestoreRecord, to: RestorePhase, at: datetime, **changes: Any
-) -> RestoreRecord:
-    """The record moved to `to` (with `changes`), or `IllegalTransition`."""
-    if to not in TRANSITIONS[record.phase]:
-        raise IllegalTransition(record.restore_id, record.phase, to)
-    return record.model_copy(
-        update={
-            **changes,
-            "phase": to,
-            "updated_at": at,
-            "history": [*record.history, PhaseStep(phase=to, at=at)],
-        }
-    )
+__all__ = [
+    "FINAL",
+    "TRANSITIONS",
+    "IllegalTransition",
+    "RestorePhase",
+    "RestoreRecord",
+    "transition",
+]

@@ -9,12 +9,12 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 from enum import StrEnum
-from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from schemas import DatabaseRef
 from schemas.messages import BackupPolicy, BackupVerified
+from services.planner.sagas.record import SagaRef
 
 
 class _Record(BaseModel):
@@ -31,11 +31,13 @@ class PolicyRecord(_Record):
 
 
 class Lock(_Record):
-    """Who is running on a database. Backups and restores take the same lock, so a restore
-    never overwrites a database that a backup is reading, and a backup never copies one that a
-    restore is rewriting."""
+    """Who is running on a database. Backups, restores and every other saga take the same
+    lock, so a restore never overwrites a database that a backup is reading, and a backup never
+    copies one that a restore is rewriting. A saga that touches several databases (a migration:
+    source and target) holds the lock of each, all naming it as their holder."""
 
-    kind: Literal["backup", "restore"]
+    kind: str = Field(description="what holds it: backup, restore, or another saga kind")
+    holder: SagaRef | None = Field(default=None, description="the saga holding it, if a saga")
     job_id: uuid.UUID
     node: str
     backup_id: str | None = None

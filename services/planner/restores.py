@@ -1,17 +1,17 @@
 """The restore saga: checking → planning → dispatched → running → completed | failed.
 
-State lives in `restore.<restore_id>` (see `phases.py`), written with compare-and-set. Every
-step reads the record, does its work, and writes the next phase conditional on the revision it
-read; a step that loses the race re-reads and continues from whatever the winner wrote. Every
-message a step publishes has an id derived from the restore id, so doing a step twice publishes
-nothing twice.
+A saga kind on the generic machinery (`sagas/`): this module is the restore's steps, its phase
+table is `phases.py`, and the driver (`sagas/driver.py`) moves the record, kept in
+`restore.<restore_id>` and written with compare-and-set: a step that loses the race re-reads
+and continues from whatever the winner wrote. Every message a step publishes has an id derived
+from the restore id, so doing a step twice publishes nothing twice.
 
 **Resuming after a restart.** Two things carry a restore across a planner restart:
 
 - the `restore.request` command is acked only once the saga is dispatched (or refused), so a
   planner that dies in `checking` or `planning` gets the command again and `advance` picks up
-  from the recorded phase; on start, `resume` also advances every non-final record, which
-  covers a command that was dead-lettered or whose record was left half-sent;
+  from the recorded phase; on start, the driver's `resume_all` also advances every non-final
+  record, which covers a command that was dead-lettered or whose record was left half-sent;
 - after dispatch the saga waits for events (`job.*`, `restore.completed`). Those are read by
   the planner's durable consumer on TM_EVT, whose position the server keeps: events published
   while no planner ran are delivered to the next one. Nothing is re-derived from the executor,
@@ -52,14 +52,11 @@ from services.planner.context import PlannerContext, require_database
 from services.planner.errors import FINISHED, NOT_RESTORABLE, UNKNOWN_DB, Refusal, Refused
 from services.planner.keys import restore_key, step_id
 from services.planner.locks import release_lock, take_lock
-from services.planner.phases import (
-    IllegalTransition,
-    RestorePhase,
-    RestoreRecord,
-    transition,
-)
+from services.planner.phases import RestorePhase, RestoreRecord
 from services.planner.records import Lock
+from services.planner.sagas import Idle, Move, Outcome, SagaRef, Update, until_written
 from services.planner.store import Conflict, Versioned
+from services.runtime.phases import IllegalTransition
 
 log = logging.getLogger("tidemark.planner")
 
@@ -111,8 +108,21 @@ def plan_from(reply: RestorePlanReply, branch_at: Position | None = None) -> Res
 
 
 class Restores:
+    """The restore saga kind: registered with the planner's saga driver."""
+
+    kind = RestoreRecord.KIND
+    record = RestoreRecord
+    prefix = "restore."
+
     def __init__(self, ctx: PlannerContext) -> None:
         self.ctx = ctx
+
+    def key(self, saga_id: uuid.UUID) -> str:
+        return restore_key(saga_id)
+
+    @staticmethod
+    def ref(restore_id: uuid.UUID) -> SagaRef:
+        return SagaRef(kind=RestoreRecord.KIND, id=restore_id)
 
     # -- intake --------------------------------------------------------------------------
 
@@ -126,6 +136,7 @@ class Restores:
             command_id=command.id,
             correlation_id=command.correlation_id,
             database=database,
+            databases=[database.uid],
             request=command.data,
             phase=RestorePhase.CHECKING,
             created_at=now,
@@ -141,29 +152,22 @@ class Restores:
 
     async def advance(self, restore_id: uuid.UUID) -> RestoreRecord | None:
         """Run the saga's next steps until it waits for an event or ends."""
-        while True:
-            current = await self.load(restore_id)
-            if current is None:
-                return None
-            record, revision = current.value, current.revision
-            try:
-                if record.final:
-                    await self._announce_end(record)
-                    return record
-                if record.phase is RestorePhase.CHECKING:
-                    await self._check(record, revision)
-                elif record.phase is RestorePhase.PLANNING:
-                    await self._plan(record, revision)
-                elif record.phase is RestorePhase.DISPATCHED and not record.sent:
-                    await self._dispatch(record, revision)
-                else:
-                    return record  # waiting for the executor's events
-            except Conflict:
-                continue  # someone else moved it: re-read
-            except Refused as refused:
-                await self._fail(record, revision, refused.refusal, refused=True)
+        record: RestoreRecord | None = await self.ctx.sagas.advance(self.ref(restore_id))
+        return record
 
-    async def _check(self, record: RestoreRecord, revision: int) -> None:
+    async def step(self, record: RestoreRecord, revision: int) -> Outcome:
+        """The restore's steps, by phase (the driver writes what they decide)."""
+        if record.phase is RestorePhase.CHECKING:
+            await self._check(record)
+            return Move(RestorePhase.PLANNING)
+        if record.phase is RestorePhase.PLANNING:
+            return Move(RestorePhase.DISPATCHED, await self._plan(record))
+        if record.phase is RestorePhase.DISPATCHED and not record.sent:
+            await self._dispatch(record)
+            return Update({"sent": True})
+        return Idle()  # waiting for the executor's events
+
+    async def _check(self, record: RestoreRecord) -> None:
         uid = record.database.uid
         await self.ctx.require_known(uid)
         try:
@@ -178,9 +182,11 @@ class Restores:
             raise RetryableError(f"catalog check of {uid} failed: {exc.error}") from exc
         if not reply.restorable:
             raise Refused(_not_restorable(reply))
-        await self._write(record, revision, RestorePhase.PLANNING)
 
-    async def _plan(self, record: RestoreRecord, revision: int) -> None:
+    async def _plan(self, record: RestoreRecord) -> dict[str, Any]:
+        """The plan, the node and the lock: what the move to `dispatched` records. If that move
+        loses its race to a cancel, the driver finds the record failed and `announce` frees the
+        lock taken here."""
         uid = record.database.uid
         request = record.request
         try:
@@ -200,11 +206,14 @@ class Restores:
         clone_node = request.clone.node if request.clone else None
         node = await self.ctx.route(uid, clone_node)
         job_id = job_id_for(record.restore_id)
+        ref = record.ref
+        await self.ctx.sagas.bind_job(ref, job_id)
         await take_lock(
             self.ctx.plans,
             uid,
             Lock(
-                kind="restore",
+                kind=RestoreRecord.KIND,
+                holder=ref,
                 job_id=job_id,
                 node=node,
                 restore_id=record.restore_id,
@@ -212,21 +221,12 @@ class Restores:
                 taken_at=self.ctx.clock.now(),
             ),
         )
-        try:
-            await self._write(
-                record, revision, RestorePhase.DISPATCHED, node=node, job_id=job_id, plan=plan
-            )
-        except Conflict:
-            # Someone else moved the saga on; if it failed, the lock we took is ours to free.
-            latest = await self.load(record.restore_id)
-            if latest is None or latest.value.phase is RestorePhase.FAILED:
-                await release_lock(self.ctx.plans, uid, job_id)
-            raise
+        return {"node": node, "job_id": job_id, "plan": plan, "jobs": {"restore": job_id}}
 
-    async def _dispatch(self, record: RestoreRecord, revision: int) -> None:
-        """Publish restore.run, restore.requested and request.accepted, then mark them sent.
-        A crash between the two re-publishes under the same ids: JetStream keeps one copy, and
-        the executor dedupes by job id beyond the duplicate window."""
+    async def _dispatch(self, record: RestoreRecord) -> None:
+        """Publish restore.run, restore.requested and request.accepted (the driver then marks
+        them sent). A crash between the two re-publishes under the same ids: JetStream keeps
+        one copy, and the executor dedupes by job id beyond the duplicate window."""
         assert record.plan is not None
         assert record.job_id is not None
         assert record.node
@@ -262,8 +262,6 @@ class Restores:
             causation_id=cause,
         )
         await self._accept(record)
-        updated = record.model_copy(update={"sent": True, "updated_at": self.ctx.clock.now()})
-        await self.ctx.plans.update(restore_key(record.restore_id), updated, last=revision)
         log.info("restore %s of %s dispatched to %s", record.restore_id, db.uid, record.node)
 
     async def _accept(self, record: RestoreRecord) -> None:
@@ -286,6 +284,16 @@ class Restores:
             correlation_id=record.correlation_id,
             causation_id=record.command_id,
         )
+
+    async def fail(self, record: RestoreRecord, revision: int, refusal: Refusal) -> None:
+        """A step refused: before dispatch nothing changed, so the requester is told no."""
+        await self._fail(record, revision, refusal, refused=True)
+
+    async def announce(self, record: RestoreRecord) -> None:
+        if record.phase is RestorePhase.FAILED:
+            # Ours if it names our job: a lock taken by a step whose move lost to a cancel.
+            await release_lock(self.ctx.plans, record.database.uid, job_id_for(record.restore_id))
+        await self._announce_end(record)
 
     async def _fail(
         self,
@@ -331,36 +339,29 @@ class Restores:
     async def _write(
         self, record: RestoreRecord, revision: int, to: RestorePhase, **changes: Any
     ) -> RestoreRecord:
-        moved = transition(record, to, self.ctx.clock.now(), **changes)
-        await self.ctx.plans.update(restore_key(record.restore_id), moved, last=revision)
-        log.info("restore %s: %s → %s", record.restore_id, record.phase.value, to.value)
+        moved: RestoreRecord = await self.ctx.sagas.write(self, record, revision, to, **changes)
         return moved
 
     # -- events --------------------------------------------------------------------------
 
-    async def on_job(self, event: Envelope[Any], lock: Lock) -> None:
-        """A job event of the restore holding `lock`."""
-        assert lock.restore_id is not None
+    async def on_job(self, event: Envelope[Any], restore_id: uuid.UUID) -> None:
+        """A job event of the restore `restore_id` (found by the job's id)."""
         data = event.data
-        for _ in range(20):
-            current = await self.load(lock.restore_id)
+
+        async def attempt() -> None:
+            current = await self.load(restore_id)
             if current is None:
-                log.warning(
-                    "job %s names restore %s, which has no record", lock.job_id, lock.restore_id
-                )
+                log.warning("job %s names restore %s, which has no record", data.job_id, restore_id)
                 return
             record, revision = current.value, current.revision
-            try:
-                if isinstance(data, JobAccepted | JobProgress):
-                    await self._progress(record, revision, event)
-                elif isinstance(data, JobSucceeded):
-                    await self._succeeded(record, revision, data)
-                elif isinstance(data, JobFailed):
-                    await self._job_failed(record, revision, data)
-                return
-            except Conflict:
-                continue
-        raise RetryableError(f"restore {lock.restore_id} kept changing under us")
+            if isinstance(data, JobAccepted | JobProgress):
+                await self._progress(record, revision, event)
+            elif isinstance(data, JobSucceeded):
+                await self._succeeded(record, revision, data)
+            elif isinstance(data, JobFailed):
+                await self._job_failed(record, revision, data)
+
+        await until_written(attempt, f"restore {restore_id}")
 
     async def _progress(self, record: RestoreRecord, revision: int, event: Envelope[Any]) -> None:
         data = event.data
@@ -415,36 +416,34 @@ class Restores:
         """The executor's `restore.completed`: record it, and finish the saga if the job's
         own `job.succeeded` has not done so yet."""
         data = event.data
-        for _ in range(20):
+
+        async def attempt() -> None:
             current = await self.load(data.restore_id)
             if current is None:
                 return  # not one of ours (a restore run outside the planner)
             record, revision = current.value, current.revision
-            try:
-                if record.phase is RestorePhase.FAILED:
-                    log.error("restore %s: restore.completed after failure", data.restore_id)
-                    return
-                if record.final:
-                    if record.completed is None:
-                        updated = record.model_copy(update={"completed": data})
-                        await self.ctx.plans.update(
-                            restore_key(record.restore_id), updated, last=revision
-                        )
-                else:
-                    await self._write(
-                        record,
-                        revision,
-                        RestorePhase.COMPLETED,
-                        completed=data,
-                        reached=data.reached,
-                        percent=100.0,
-                    )
-                if record.job_id is not None:
-                    await release_lock(self.ctx.plans, record.database.uid, record.job_id)
+            if record.phase is RestorePhase.FAILED:
+                log.error("restore %s: restore.completed after failure", data.restore_id)
                 return
-            except Conflict:
-                continue
-        raise RetryableError(f"restore {data.restore_id} kept changing under us")
+            if record.final:
+                if record.completed is None:
+                    updated = record.model_copy(update={"completed": data})
+                    await self.ctx.plans.update(
+                        restore_key(record.restore_id), updated, last=revision
+                    )
+            else:
+                await self._write(
+                    record,
+                    revision,
+                    RestorePhase.COMPLETED,
+                    completed=data,
+                    reached=data.reached,
+                    percent=100.0,
+                )
+            if record.job_id is not None:
+                await release_lock(self.ctx.plans, record.database.uid, record.job_id)
+
+        await until_written(attempt, f"restore {data.restore_id}")
 
     # -- cancel and resume ---------------------------------------------------------------
 
@@ -487,25 +486,7 @@ class Restores:
 
     async def resume(self) -> int:
         """Advance every non-final restore (after a restart). Returns how many were found."""
-        found = 0
-        for key in await self.ctx.plans.keys("restore."):
-            try:
-                restore_id = uuid.UUID(key.removeprefix("restore."))
-            except ValueError:
-                continue
-            current = await self.load(restore_id)
-            if current is None or current.value.final:
-                continue
-            found += 1
-            try:
-                await self.advance(restore_id)
-            except Exception as exc:  # one stuck saga must not keep the others from resuming
-                log.warning(
-                    "resuming restore %s failed (will retry on redelivery): %s", restore_id, exc
-                )
-        if found:
-            log.info("resumed %d restores", found)
-        return found
+        return await self.ctx.sagas.resume_all()
 
 
 def _lineage_key(request: RequestRestore) -> str | None:

@@ -6,10 +6,11 @@ drives each as a durable state machine in the `tm_plans` bucket.
     queries.py       tm.qry.planner.policy   the policy of a database
     scheduler.py     every tick_s            cron slots, exactly once per (db, kind, minute)
     retention.py     every interval          recovery windows enforced in the blob store
-    restores.py      the restore saga; phases.py its phases; locks.py one job per database
+    sagas/           the saga machinery every workflow runs on (record, driver, gates, windows)
+    restores.py      the restore saga kind; phases.py its phases; locks.py one job per database
 
-On start, after the topology exists and before the consumers bind, every non-final restore is
-advanced from its recorded phase (see `restores.py`), then the scheduler and retention loops
+On start, after the topology exists and before the consumers bind, every non-final saga is
+advanced from its recorded phase (`sagas/driver.py`), then the scheduler and retention loops
 start. Any number of replicas may run: every decision is a KV create or compare-and-set.
 """
 
@@ -76,6 +77,7 @@ class PlannerService(Service):
         policies = Policies(self.ctx)
         backups = Backups(self.ctx)
         self.restores = Restores(self.ctx)
+        self.ctx.sagas.register(self.restores)
         verification = self.verification = Verification(self.ctx)
         await verification.prime()
         planner_metrics().watch(verification.verified)
@@ -85,7 +87,7 @@ class PlannerService(Service):
         url = settings.store_url or self.settings.archiver.store_url_for(self.settings.state_dir)
         self.store = open_store(url)
         self.retention = Retention(self.ctx, policies, self.store)
-        await self.restores.resume()
+        await self.ctx.sagas.resume_all()
         self.queries = await serve_queries(self.nc, policies)
         self._stop_loops = asyncio.Event()
         self._loops = [asyncio.create_task(self.scheduler.run(self._stop_loops), name="scheduler")]

@@ -88,7 +88,7 @@ class EmbeddedStack:
         self.logs_dir.mkdir(exist_ok=True)
         port = self.nats_port
         if port is None:
-            port = DEFAULT_NATS_PORT if _port_free(DEFAULT_NATS_PORT) else free_port()
+            port = DEFAULT_NATS_PORT if _default_port_free(DEFAULT_NATS_PORT) else free_port()
         self.passwords = write_passwords(self.state_dir) if self.auth else {}
         self.nats = NatsServer(
             store_dir=self.state_dir / "nats",
@@ -98,7 +98,7 @@ class EmbeddedStack:
         )
         self.nats.start()
         if self.timeline_port is None:
-            free = _port_free(DEFAULT_TIMELINE_PORT)
+            free = _default_port_free(DEFAULT_TIMELINE_PORT)
             self.timeline_port = DEFAULT_TIMELINE_PORT if free else free_port()
         self._write_stack_file()
         return self.nats
@@ -252,3 +252,12 @@ def read_stack_file(state_dir: Path) -> dict[str, object] | None:
     except (OSError, ValueError):
         return None
     return data if isinstance(data, dict) else None
+
+
+def _default_port_free(port: int) -> bool:
+    """Take a default port only if it is free and defaults are wanted: with
+    `TIDEMARK_STACK_DEFAULT_PORTS=0` (the test suite sets it) a stack always takes free ports,
+    so it never holds the ports a user's own `tidemark up` expects to find."""
+    if os.environ.get("TIDEMARK_STACK_DEFAULT_PORTS", "1") == "0":
+        return False
+    return _port_free(port)
