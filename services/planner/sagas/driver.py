@@ -152,8 +152,7 @@ class SagaDriver:
                     )
                     await self.plans.update(kind.key(record.saga_id), updated, last=revision)
                 else:
-                    await self._wait(kind, record, revision, outcome)
-                    return record
+                    return await self._wait(kind, record, revision, outcome)
             except Conflict:
                 continue  # someone else moved it: re-read
             except Refused as refused:
@@ -161,7 +160,7 @@ class SagaDriver:
 
     async def _wait(
         self, kind: SagaKind, record: SagaRecord[Any], revision: int, wait: Wait
-    ) -> None:
+    ) -> SagaRecord[Any]:
         previous = record.waiting
         same = previous is not None and (previous.reason, previous.until) == (
             wait.reason,
@@ -170,13 +169,14 @@ class SagaDriver:
         since = previous.since if same and previous is not None else self.now()
         waiting = Waiting(reason=wait.reason, since=since, until=wait.until)
         if same and not wait.changes:
-            return  # nothing new to record: no write per re-check
+            return record  # nothing new to record: no write per re-check
         updated = record.model_copy(
             update={**wait.changes, "waiting": waiting, "updated_at": self.now()}
         )
         await self.plans.update(kind.key(record.saga_id), updated, last=revision)
         if not same:
             log.info("%s %s waits: %s", kind.kind, record.saga_id, wait.reason)
+        return updated
 
     # -- pause and resume ------------------------------------------------------------------
 

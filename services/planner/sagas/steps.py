@@ -47,12 +47,15 @@ def check_gate(
     Any check where it does not hold starts the clock again: a lag that dipped under budget
     for one sample is not a lag that stays there."""
     gates = dict(record.gates)
-    if not holds:
+    if holds:
+        since = gates.setdefault(name, now)
+    else:
         gates.pop(name, None)
-        return GateState(open=False, held_for=timedelta(0), changes={"gates": gates})
-    since = gates.setdefault(name, now)
+    changes: dict[str, Any] = {"gates": gates} if gates != record.gates else {}
+    if not holds:
+        return GateState(open=False, held_for=timedelta(0), changes=changes)
     held_for = max(now - since, timedelta(0))
-    return GateState(open=held_for >= hold, held_for=held_for, changes={"gates": gates})
+    return GateState(open=held_for >= hold, held_for=held_for, changes=changes)
 
 
 # -- windows -----------------------------------------------------------------------------------
