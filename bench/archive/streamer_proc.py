@@ -26,7 +26,7 @@ from services.archiver.settings import ArchivedDatabase, ArchiverSettings
 from services.archiver.streamer import Streamer
 from services.blobstore import open_store
 from services.bus import Publisher, connect, ensure_topology
-from services.settings.model import BusSettings, NatsSettings
+from services.bus.settings import BusSettings, NatsSettings
 
 
 async def serve(config: dict[str, Any]) -> None:

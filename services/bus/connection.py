@@ -9,7 +9,7 @@ import nats
 from nats.aio.client import Client
 
 from services.bus.errors import BusError
-from services.settings import NatsSettings
+from services.bus.settings import NatsSettings
 
 log = logging.getLogger("tidemark.bus")
 

@@ -42,8 +42,8 @@ from schemas import ContractError, Envelope, Payload, decode
 from services.bus.deadletter import dead_letter, dead_letter_msg
 from services.bus.errors import RetryableError, TerminalError
 from services.bus.publisher import Publisher
+from services.bus.settings import BusSettings
 from services.bus.topology import ADVISORY_STREAM, MAX_DELIVERIES_ADVISORY
-from services.settings import BusSettings
 from services.telemetry import extract_context, metrics, tracer
 
 log = logging.getLogger("tidemark.bus")

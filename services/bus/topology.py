@@ -20,7 +20,7 @@ from nats.js.api import (
 from nats.js.errors import BucketNotFoundError, NotFoundError
 
 from schemas import STREAMS
-from services.settings import BusSettings
+from services.bus.settings import BusSettings
 
 log = logging.getLogger("tidemark.bus")
 

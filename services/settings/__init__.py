@@ -5,12 +5,8 @@ Precedence, highest first: explicit arguments, environment (`TIDEMARK_NATS__URL`
 never values here: settings hold *references* (a file path or an environment variable name).
 """
 
-from services.settings.model import (
-    BusSettings,
-    NatsSettings,
-    Settings,
-    TelemetrySettings,
-    load_settings,
-)
+from services.bus.settings import BusSettings, NatsSettings
+from services.settings.model import Settings, load_settings
+from services.telemetry.settings import TelemetrySettings
 
 __all__ = ["BusSettings", "NatsSettings", "Settings", "TelemetrySettings", "load_settings"]

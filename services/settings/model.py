@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import socket
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic_settings import (
@@ -16,56 +16,15 @@ from pydantic_settings import (
 )
 
 from services.archiver.settings import ArchiverSettings
+from services.bus.settings import BusSettings, NatsSettings
 from services.catalog.settings import CatalogSettings
 from services.executor.settings import ExecutorSettings
 from services.planner.settings import PlannerSettings
+from services.telemetry.settings import TelemetrySettings
 
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid")
-
-
-class NatsSettings(_Section):
-    url: str = Field(default="nats://127.0.0.1:4222", description="comma-separated server URLs")
-    name: str | None = None
-    credentials_file: Path | None = Field(default=None, description="a .creds file (reference)")
-    user: str | None = None
-    password_file: Path | None = Field(default=None, description="file holding the password")
-    tls_ca: Path | None = None
-    tls_cert: Path | None = None
-    tls_key: Path | None = None
-    connect_timeout_s: float = 5.0
-    max_reconnect_attempts: int = Field(default=-1, description="-1: reconnect forever")
-    reconnect_wait_s: float = 1.0
-
-    def servers(self) -> list[str]:
-        return [u.strip() for u in self.url.split(",") if u.strip()]
-
-
-class BusSettings(_Section):
-    replicas: int = Field(default=1, ge=1, le=5, description="stream replicas (3 in a cluster)")
-    duplicate_window_s: float = Field(default=120.0, gt=0)
-    event_max_age_days: float = Field(default=30.0, gt=0)
-    dlq_max_age_days: float = Field(default=90.0, gt=0)
-    ack_wait_s: float = Field(default=30.0, gt=0)
-    max_deliver: int = Field(default=8, ge=1)
-    backoff_base_s: float = Field(default=0.5, gt=0)
-    backoff_max_s: float = Field(default=60.0, gt=0)
-    heartbeat_s: float | None = Field(
-        default=None, description="in_progress() interval; default ack_wait/3"
-    )
-    fetch_batch: int = Field(default=1, ge=1, le=256)
-    drain_timeout_s: float = Field(default=30.0, gt=0)
-
-
-class TelemetrySettings(_Section):
-    otlp_endpoint: str | None = Field(
-        default=None, description="OTLP/HTTP endpoint, e.g. http://collector:4318; off when unset"
-    )
-    service_namespace: str = "tidemark"
-    log_format: Literal["json", "text"] = "json"
-    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
-    metrics_interval_s: float = Field(default=15.0, gt=0)
 
 
 class Settings(BaseSettings):

@@ -13,7 +13,7 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
-from services.settings import TelemetrySettings
+from services.telemetry.settings import TelemetrySettings
 
 _configured: set[str] = set()
 

@@ -67,20 +67,22 @@ async def test_a_saga_repeats_rounds_waits_on_its_gate_and_window_and_pauses_whe
 
     # Rounds until converged, each with its own id; then paused after entering `ready`.
     moved = await driver.advance(ref)
-    assert moved.phase is Phase.READY and moved.paused
-    assert len(world.round_ids) == 3 and len(set(world.round_ids)) == 3
+    assert moved.phase is Phase.READY
+    assert moved.paused
+    assert len(world.round_ids) == 3
+    assert len(set(world.round_ids)) == 3
     assert world.round_ids[0] == step_ref(record.rehearsal_id, "copy", 0)
     assert moved.rounds == {"copy": 3}
     # Both databases are locked by this saga for its whole life: another taker is refused.
+    other = Lock(
+        kind="backup",
+        job_id=uuid.uuid4(),
+        node="n",
+        backup_id="b",
+        command_id=uuid.uuid4(),
+        taken_at=NOON,
+    )
     with pytest.raises(Refused) as refused:
-        other = Lock(
-            kind="backup",
-            job_id=uuid.uuid4(),
-            node="n",
-            backup_id="b",
-            command_id=uuid.uuid4(),
-            taken_at=NOON,
-        )
         await take_lock(plans, record.target, other)
     assert refused.value.refusal.code == BUSY
     assert str(ref) in refused.value.refusal.reason
@@ -88,8 +90,10 @@ async def test_a_saga_repeats_rounds_waits_on_its_gate_and_window_and_pauses_whe
     # Paused: advancing does nothing until resumed.
     assert (await driver.advance(ref)).paused
     waiting = await driver.resume(ref)
-    assert waiting.phase is Phase.READY and not waiting.paused
-    assert waiting.waiting is not None and "lag 5000" in waiting.waiting.reason
+    assert waiting.phase is Phase.READY
+    assert not waiting.paused
+    assert waiting.waiting is not None
+    assert "lag 5000" in waiting.waiting.reason
 
     # The gate: under budget must hold for the full 60 s; a relapse starts the clock again.
     world.lag = 50
@@ -106,7 +110,8 @@ async def test_a_saga_repeats_rounds_waits_on_its_gate_and_window_and_pauses_whe
     # Gate held: on to cutting over, which waits for its window and says until when.
     outside = await driver.advance(ref)
     assert outside.phase is Phase.CUTTING_OVER
-    assert outside.waiting is not None and outside.waiting.until == window.start
+    assert outside.waiting is not None
+    assert outside.waiting.until == window.start
     assert world.cutovers == []
     clock.set(window.start + timedelta(minutes=1))
     done = await driver.advance(ref)
@@ -128,7 +133,8 @@ async def test_a_planner_restart_resumes_a_saga_without_redoing_its_rounds(nc: C
     plans, driver = await rig(nc, clock, world)
     record = await start(plans, clock, windows=[], pause_after="copying")
     paused = await driver.advance(record.ref)
-    assert paused.phase is Phase.COPYING and paused.paused
+    assert paused.phase is Phase.COPYING
+    assert paused.paused
     assert world.round_ids == []
 
     # A second planner (a restart) over the same bucket; the pause is lifted there.
@@ -144,7 +150,8 @@ async def test_a_planner_restart_resumes_a_saga_without_redoing_its_rounds(nc: C
     clock.advance(timedelta(seconds=61))
     assert await driver.resume_all() >= 1
     final = await driver.load(record.ref)
-    assert final is not None and final.value.phase is Phase.COMPLETED
+    assert final is not None
+    assert final.value.phase is Phase.COMPLETED
     assert len(world.round_ids) == 2  # no round was run twice
 
 
@@ -160,7 +167,8 @@ async def test_a_saga_whose_windows_have_all_passed_fails_and_frees_its_database
     clock.advance(timedelta(seconds=61))
     failed = await driver.advance(record.ref)
     assert failed.phase is Phase.FAILED
-    assert failed.failure is not None and "window" in failed.failure.reason
+    assert failed.failure is not None
+    assert "window" in failed.failure.reason
     for uid in (record.source, record.target):
         assert await plans.get(lock_key(uid), Lock) is None
     # Final is final: the table refuses any move out of it, and pausing it is refused.
