@@ -1,4 +1,5 @@
-"""The engine Protocol: what the executor asks of a database engine.
+"""The engine Protocols: what the executor asks of a database engine, one capability each
+(describe, archiving, backups, restores, verification), and `Engine`, all of them.
 
 An engine runs one operation for one database on this node and reports as it goes through a
 `JobContext`. It returns typed results and raises `EngineError` with a `Failure` when it cannot
@@ -14,7 +15,7 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from schemas import Lineage, Position
 from schemas.messages import (
@@ -89,16 +90,21 @@ class Description:
     details: dict[str, str] = field(default_factory=dict)
 
 
-class Engine(Protocol):
-    """A database engine driver. One instance serves every database of its engine on a node."""
-
+@runtime_checkable
+class Describes(Protocol):
     async def describe(self, db: HostedDatabase) -> Description: ...
 
+
+@runtime_checkable
+class Archives(Protocol):
     async def setup_archiving(self, db: HostedDatabase, store: BlobStore, prefix: str) -> None:
         """Configure the database so each completed log reaches the archiver; refuse (with an
         `EngineError`) when the archive prefix already belongs to another database."""
         ...
 
+
+@runtime_checkable
+class Backups(Protocol):
     async def backup(
         self,
         db: HostedDatabase,
@@ -110,6 +116,9 @@ class Engine(Protocol):
         ctx: JobContext,
     ) -> BackupOutcome: ...
 
+
+@runtime_checkable
+class Restores(Protocol):
     async def restore(
         self,
         db: HostedDatabase,
@@ -120,6 +129,9 @@ class Engine(Protocol):
         ctx: JobContext,
     ) -> RestoreResult: ...
 
+
+@runtime_checkable
+class Verifies(Protocol):
     async def verify(
         self,
         db: HostedDatabase,
@@ -131,3 +143,11 @@ class Engine(Protocol):
         scratch_dir: str,
         ctx: JobContext,
     ) -> VerifyResult: ...
+
+
+@runtime_checkable
+class Engine(Describes, Archives, Backups, Restores, Verifies, Protocol):
+    """A database engine driver with every capability. One instance serves every database of
+    its engine on a node. A driver may declare fewer (a `Describes` + `Backups` engine): the
+    executor refuses an operation whose capability its driver lacks, before anything runs
+    (`executor/operations.py`)."""

@@ -8,6 +8,7 @@
                         (`interrupted=true`; the planner retries with a NEW job id)
     TM-JOB-NOT-HOSTED   the database is not hosted on this node (the command is dead-lettered)
     TM-JOB-NO-ENGINE    this node has no driver for the database's engine (dead-lettered)
+    TM-JOB-UNSUPPORTED  the database's engine cannot do this operation (dead-lettered)
     TM-JOB-MISMATCH     the job id is journaled for another operation or database (dead-lettered)
     TM-JOB-ERROR        the engine failed in a way it did not classify (a bug or an OS fault)
 
@@ -28,10 +29,11 @@ TIMEOUT = "TM-JOB-TIMEOUT"
 INTERRUPTED = "TM-JOB-INTERRUPTED"
 NOT_HOSTED = "TM-JOB-NOT-HOSTED"
 NO_ENGINE = "TM-JOB-NO-ENGINE"
+UNSUPPORTED = "TM-JOB-UNSUPPORTED"
 MISMATCH = "TM-JOB-MISMATCH"
 ERROR = "TM-JOB-ERROR"
 
-REFUSALS = frozenset({NOT_HOSTED, NO_ENGINE})
+REFUSALS = frozenset({NOT_HOSTED, NO_ENGINE, UNSUPPORTED})
 """Codes whose command is dead-lettered, on the first delivery and on any redelivery."""
 
 

@@ -22,35 +22,26 @@ from typing import Any
 
 from schemas import Envelope, Payload, envelope
 from schemas.messages import (
-    BackupCompleted,
-    BackupFailed,
-    BackupResult,
-    BackupVerified,
     Failure,
     JobAccepted,
     JobFailed,
     JobResult,
     JobSucceeded,
     Operation,
-    RestoreCompleted,
-    RestoreFailed,
-    RestoreResult,
     RunBackup,
     RunRestore,
     RunVerify,
-    VerifyResult,
 )
 from services.engines.base import BackupOutcome
+from services.executor.operations import backup_result, spec_of
+
+__all__ = ["Events", "JobCommand", "backup_result", "event_id", "operation_of"]
 
 JobCommand = RunBackup | RunRestore | RunVerify
 
 
 def operation_of(command: JobCommand) -> Operation:
-    if isinstance(command, RunBackup):
-        return Operation.BACKUP
-    if isinstance(command, RunRestore):
-        return Operation.RESTORE
-    return Operation.VERIFY
+    return spec_of(command).operation
 
 
 def event_id(job_id: uuid.UUID, event_type: str, at: datetime) -> uuid.UUID:
@@ -116,17 +107,9 @@ class Events:
         reports a check, and nothing was checked), then `job.failed`."""
         events: list[Envelope[Any]] = []
         data = self.data
-        if isinstance(data, RunBackup):
-            events.append(
-                self._wrap(
-                    BackupFailed(backup_id=data.backup_id, job_id=data.job_id, failure=failure),
-                    finished_at,
-                )
-            )
-        elif isinstance(data, RunRestore):
-            events.append(
-                self._wrap(RestoreFailed(restore_id=data.restore_id, failure=failure), finished_at)
-            )
+        domain = spec_of(data).failed(data, failure)
+        if domain is not None:
+            events.append(self._wrap(domain, finished_at))
         job = JobFailed(
             job_id=data.job_id,
             operation=operation_of(data),
@@ -139,49 +122,4 @@ class Events:
     def _domain_success(
         self, result: JobResult, *, finished_at: datetime, backup: BackupOutcome | None
     ) -> Payload:
-        data = self.data
-        if isinstance(data, RunBackup):
-            if backup is None or not isinstance(result, BackupResult):
-                raise TypeError("a backup succeeds with a BackupOutcome")
-            return BackupCompleted(
-                backup_id=backup.backup_id,
-                job_id=data.job_id,
-                spec=data.spec,
-                parent_backup_id=data.parent_backup_id,
-                lineage=backup.lineage,
-                start=backup.start,
-                consistent_at=backup.consistent_at,
-                started_at=backup.started_at,
-                completed_at=backup.completed_at,
-                size_bytes=backup.size_bytes,
-                piece_count=backup.piece_count,
-                manifest_key=backup.manifest_key,
-            )
-        if isinstance(data, RunRestore):
-            if not isinstance(result, RestoreResult):
-                raise TypeError("a restore succeeds with a RestoreResult")
-            return RestoreCompleted(
-                restore_id=data.restore_id,
-                target=data.target,
-                reached=result.reached,
-                reached_time=result.reached_time,
-                lineage=result.lineage,
-            )
-        if not isinstance(result, VerifyResult):
-            raise TypeError("a verification succeeds with a VerifyResult")
-        return BackupVerified(
-            backup_id=result.backup_id,
-            job_id=data.job_id,
-            ok=result.ok,
-            checks=[c for c in result.checks if c],
-            verified_at=finished_at,
-        )
-
-
-def backup_result(outcome: BackupOutcome) -> BackupResult:
-    return BackupResult(
-        backup_id=outcome.backup_id,
-        manifest_key=outcome.manifest_key,
-        size_bytes=outcome.size_bytes,
-        consistent_at=outcome.consistent_at,
-    )
+        return spec_of(self.data).completed(self.data, result, finished_at, backup)

@@ -34,14 +34,15 @@ import logging
 from typing import Any
 
 from schemas import Envelope, node_token
-from schemas.messages import CancelJob, RunBackup, RunRestore, RunVerify
+from schemas.messages import CancelJob
 from services.bus import Delivery
 from services.executor.jobs import JobRunner
+from services.executor.operations import OPERATIONS
 from services.runtime import ConsumerSpec
 
 log = logging.getLogger("tidemark.executor")
 
-JOB_ACTIONS = ("backup", "restore", "verify")
+JOB_ACTIONS = tuple(spec.action for spec in OPERATIONS)
 
 
 def job_subjects(node: str) -> list[str]:
@@ -60,7 +61,7 @@ def job_consumer(runner: JobRunner, node: str, queue_limit: int) -> ConsumerSpec
         stream="TM_CMD",
         durable=f"executor-{node_token(node)}",
         filter_subjects=job_subjects(node),
-        handlers={RunBackup: on_job, RunRestore: on_job, RunVerify: on_job},
+        handlers=dict.fromkeys((spec.command for spec in OPERATIONS), on_job),
         concurrency=queue_limit,
     )
 

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import shutil
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -38,15 +37,16 @@ from pathlib import Path
 from typing import Any
 
 from schemas import Envelope, utcnow
-from schemas.messages import Failure, JobResult, Operation, RunBackup, RunRestore
+from schemas.messages import Failure, JobResult, Operation
 from services.blobstore import BlobStore
 from services.bus import RetryableError, TerminalError
 from services.engines.base import BackupOutcome, EngineError
 from services.engines.base import Engine as EngineDriver
 from services.engines.registry import EngineRegistry, EngineUnavailable
 from services.executor import errors
-from services.executor.events import Events, JobCommand, backup_result, operation_of
+from services.executor.events import Events, JobCommand, operation_of
 from services.executor.journal import JobRecord, JobState, Journal
+from services.executor.operations import Call, can_run, spec_of
 from services.executor.progress import JobReporter, KeepAlive
 from services.executor.settings import ExecutorSettings, HostedDatabase
 from services.telemetry import metrics, tracer
@@ -219,6 +219,16 @@ class JobRunner:
         except EngineUnavailable as exc:
             await self._refuse(message, operation, errors.NO_ENGINE, exc.reason)
             return
+        spec = spec_of(command)
+        if not can_run(driver, spec):
+            await self._refuse(
+                message,
+                operation,
+                errors.UNSUPPORTED,
+                f"the {db.engine.value} engine cannot {spec.action} "
+                f"(it does not provide {spec.capability.__name__})",
+            )
+            return
         record = self.journal.accept(command.job_id, operation, message)
         events = Events(message, source=self.source)
         await self._publish_or_retry(
@@ -276,40 +286,8 @@ class JobRunner:
     async def _call(
         self, driver: EngineDriver, db: HostedDatabase, command: JobCommand, ctx: JobReporter
     ) -> tuple[JobResult, BackupOutcome | None]:
-        if isinstance(command, RunBackup):
-            outcome = await driver.backup(
-                db,
-                backup_id=command.backup_id,
-                spec=command.spec,
-                store=self.store,
-                prefix=self.prefix,
-                ctx=ctx,
-            )
-            if outcome.backup_id != command.backup_id:
-                raise TypeError(
-                    f"the engine reported backup {outcome.backup_id}, not {command.backup_id}"
-                )
-            return backup_result(outcome), outcome
-        if isinstance(command, RunRestore):
-            result: JobResult = await driver.restore(
-                db, command, store=self.store, prefix=self.prefix, ctx=ctx
-            )
-            return result, None
-        scratch = self.scratch_dir / str(command.job_id)
-        scratch.mkdir(parents=True, exist_ok=True)
-        try:
-            result = await driver.verify(
-                db,
-                backup_id=command.backup_id,
-                manifest_key=command.manifest_key,
-                store=self.store,
-                prefix=self.prefix,
-                scratch_dir=str(scratch),
-                ctx=ctx,
-            )
-        finally:
-            await asyncio.to_thread(shutil.rmtree, scratch, True)
-        return result, None
+        call = Call(store=self.store, prefix=self.prefix, scratch_dir=self.scratch_dir, ctx=ctx)
+        return await spec_of(command).run(driver, db, command, call)
 
     async def _stop_engine(self, engine: asyncio.Task[Any], job_id: uuid.UUID) -> None:
         """Cancel the engine and give it `cancel_grace_s` to kill its children and clean up."""

@@ -38,7 +38,7 @@ from typing import Any
 
 from schemas import Envelope, decode, utcnow
 from schemas.messages import Failure, JobResult, Operation
-from schemas.messages.jobs import BackupResult, RestoreResult, VerifyResult
+from services.executor.operations import BY_RESULT_KIND
 from services.runtime.phases import IllegalTransition, Transitions
 
 
@@ -89,11 +89,7 @@ _TABLE: dict[JobState | None, frozenset[JobState]] = {
 TRANSITIONS = Transitions(_TABLE)
 
 
-_RESULTS: dict[str, type[BackupResult] | type[RestoreResult] | type[VerifyResult]] = {
-    "backup": BackupResult,
-    "restore": RestoreResult,
-    "verify": VerifyResult,
-}
+_RESULTS = BY_RESULT_KIND
 
 
 @dataclass(frozen=True, slots=True)
@@ -344,7 +340,8 @@ def _result(text: str | None) -> JobResult | None:
     if text is None:
         return None
     kind = json.loads(text).get("kind")
-    return _RESULTS[kind].model_validate_json(text)
+    result: JobResult = _RESULTS[kind].model_validate_json(text)
+    return result
 
 
 def _time(value: object) -> datetime | None:

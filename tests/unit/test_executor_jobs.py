@@ -268,6 +268,32 @@ async def test_a_database_whose_engine_has_no_driver_is_refused(tmp_path: Path) 
     rig.close()
 
 
+class BackupsOnly:
+    """An engine that declares describing and backups only: no restore, no verification."""
+
+    def __init__(self, inner: FakeEngine) -> None:
+        self.inner = inner
+
+    async def describe(self, db: object) -> object:
+        return await self.inner.describe(db)  # type: ignore[arg-type]
+
+    async def backup(self, *args: object, **kwargs: object) -> object:
+        return await self.inner.backup(*args, **kwargs)  # type: ignore[arg-type]
+
+
+async def test_an_operation_the_engine_cannot_do_is_refused_before_it_is_accepted(
+    rig: Rig,
+) -> None:
+    rig.engine = BackupsOnly(FakeEngine())  # type: ignore[assignment]
+    runner = rig.new_runner()
+    command = run_verify()
+    with pytest.raises(TerminalError, match="cannot verify") as caught:
+        await runner.run(command, rig.keepalive)
+    assert caught.value.code == errors.UNSUPPORTED
+    assert rig.sink.types(command.data.job_id) == ["job.failed"]  # never job.accepted
+    assert failure_of(rig, command.data.job_id).failure.code == errors.UNSUPPORTED
+
+
 async def test_a_job_id_reused_for_another_operation_is_refused(rig: Rig) -> None:
     command = run_backup()
     await rig.run(command)
