@@ -24,7 +24,7 @@ from schemas import ContractError, DatabaseRef, Envelope, Payload, decode, envel
 from schemas.messages import PolicyReply, PolicyRequest, RequestAccepted, RequestRejected
 from services.bus import Publisher
 from services.catalog.client import CatalogClient, CatalogError
-from services.planner.queries import QUERY_PREFIX
+from services.planner.handlers.queries import QUERY_PREFIX
 from services.planner.store import Nodes
 
 Answer = RequestAccepted | RequestRejected

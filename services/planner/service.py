@@ -1,9 +1,9 @@
 """The planner: turns intents (backup policies, backup and restore requests) into commands and
 drives each as a durable state machine in the `tm_plans` bucket.
 
-    intake.py        tm.cmd.planner.any.>   policy.set, backup.request, restore.request, cancel
-    events.py        TM_EVT                  job.*, backup.*, restore.completed, backup.verified
-    queries.py       tm.qry.planner.policy   the policy of a database
+    handlers/        the consumers: intake (tm.cmd.planner.any.>: policy.set, backup.request,
+                     restore.request, cancel), job_events (TM_EVT: job.*, backup.*,
+                     restore.completed, backup.verified), queries (tm.qry.planner.policy)
     scheduler.py     every tick_s            cron slots, exactly once per (db, kind, minute)
     retention.py     every interval          recovery windows enforced in the blob store
     sagas/           the saga machinery every workflow runs on (record, driver, gates, windows)
@@ -30,11 +30,11 @@ from services.catalog.client import CatalogClient
 from services.planner.backups import Backups
 from services.planner.clock import Clock, SystemClock
 from services.planner.context import PlannerContext
-from services.planner.events import EVENT_SUBJECTS, EVENTS_DURABLE, Events
-from services.planner.intake import INTAKE_DURABLE, INTAKE_SUBJECT, Intake
+from services.planner.handlers.intake import INTAKE_DURABLE, INTAKE_SUBJECT, Intake
+from services.planner.handlers.job_events import EVENT_SUBJECTS, EVENTS_DURABLE, Events
+from services.planner.handlers.queries import serve_queries
 from services.planner.metrics import planner_metrics
 from services.planner.policies import Policies
-from services.planner.queries import serve_queries
 from services.planner.restores import Restores
 from services.planner.retention import Retention
 from services.planner.scheduler import Scheduler
