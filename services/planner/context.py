@@ -73,18 +73,37 @@ class PlannerContext:
         return message
 
     async def accept(self, command: Envelope[Any], ref_id: str | None, message: str = "") -> None:
-        database = require_database(command)
+        await self.accept_command(
+            command.id,
+            command.type,
+            require_database(command),
+            ref_id,
+            message,
+            correlation_id=command.correlation_id,
+        )
+
+    async def accept_command(
+        self,
+        command_id: uuid.UUID,
+        command_type: str,
+        database: DatabaseRef,
+        ref_id: str | None,
+        message: str = "",
+        *,
+        correlation_id: uuid.UUID,
+    ) -> None:
+        """`request.accepted` for a command, under the id its answer always has."""
         await self.send(
             RequestAccepted(
-                command_id=command.id,
-                command_type=command.type,
+                command_id=command_id,
+                command_type=command_type,
                 ref_id=ref_id,
                 message=message[:500],
             ),
             database,
-            message_id=step_id(command.id, "answer"),
-            correlation_id=command.correlation_id,
-            causation_id=command.id,
+            message_id=step_id(command_id, "answer"),
+            correlation_id=correlation_id,
+            causation_id=command_id,
         )
 
     async def reject(

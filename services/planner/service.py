@@ -76,6 +76,7 @@ class PlannerService(Service):
         )
         policies = Policies(self.ctx)
         backups = Backups(self.ctx)
+        self.ctx.sagas.register(backups)
         self.restores = Restores(self.ctx)
         self.ctx.sagas.register(self.restores)
         verification = self.verification = Verification(self.ctx)

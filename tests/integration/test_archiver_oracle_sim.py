@@ -98,7 +98,7 @@ async def stack(nc: Client, nats_url: str, tmp_path: Path) -> AsyncIterator[Stac
             state_dir=tmp_path / "catalog",
             nats=NatsSettings(url=nats_url),
             bus=FAST,
-            catalog=CatalogSettings(),
+            catalog=CatalogSettings(http_port=0),
         ),
         only=[uid],
     )

@@ -78,6 +78,10 @@ class Events:
         if owner is not None and owner.kind == Restores.kind:
             await self.restores.on_job(event, owner.id)
             return
+        if owner is not None and owner.kind == Backups.kind:
+            if isinstance(event.data, JobSucceeded | JobFailed):
+                await self.backups.on_end(event)
+            return
         if event.database is None:
             return
         held = await held_lock(self.ctx.plans, event.database.uid)
