@@ -80,6 +80,7 @@ class PlannerService(Service):
         self.restores = Restores(self.ctx)
         self.ctx.sagas.register(self.restores)
         verification = self.verification = Verification(self.ctx)
+        self.ctx.sagas.register(verification)
         await verification.prime()
         planner_metrics().watch(verification.verified)
         self.intake = Intake(self.ctx, policies, backups, self.restores)

@@ -27,7 +27,9 @@ from schemas import DatabaseRef, Engine, Envelope, Lsn, Timeline, decode, envelo
 from schemas.messages import (
     BackupPolicy,
     BackupSpec,
+    Failure,
     JobAccepted,
+    JobFailed,
     JobProgress,
     JobSucceeded,
     RequestAccepted,
@@ -40,6 +42,7 @@ from schemas.messages import (
     RestoreResult,
     RunBackup,
     RunRestore,
+    RunVerify,
     SetPolicy,
     TargetPosition,
 )
@@ -504,3 +507,39 @@ async def test_cli_policy_backup_and_restore(rig: Rig, catalog: CatalogClient) -
     queued = await tidemark("backup", rig.uid, "--no-wait")
     assert queued.returncode == 0, queued.stdout + queued.stderr
     assert "accepted" in queued.stdout
+
+
+async def test_a_scheduled_verification_is_a_saga_that_records_a_job_that_could_not_run(
+    rig: Rig, catalog: CatalogClient
+) -> None:
+    rig.clock.set(datetime(2026, 3, 2, 2, 59, 50, tzinfo=UTC))
+    host = await rig.executor(unique("node"), rig.db, auto=False)
+    await rig.planner()
+    policy = BackupPolicy(full_cron="0 1 * * *", verify_cron="0 3 * * *")
+    assert isinstance(
+        await rig.client().request(SetPolicy(policy=policy), rig.uid), RequestAccepted
+    )
+    rig.clock.set(datetime(2026, 3, 2, 3, 0, 1, tzinfo=UTC))
+    await wait_for(lambda: host.of(RunVerify))
+    [run] = host.of(RunVerify)
+    assert run.backup_id == "b2"  # the newest base
+    [command] = [c for c in host.commands if isinstance(c.data, RunVerify)]
+    await host.emit(
+        JobFailed(
+            job_id=run.job_id,
+            operation=Operation.VERIFY,
+            failure=Failure(reason="scratch volume full", code="TM-PG-VERIFY"),
+        ),
+        command,
+    )
+
+    async def recorded_failed() -> bool:
+        kv = await rig.nc.jetstream().key_value(PLANS_BUCKET.name)
+        try:
+            entry = await kv.get(f"verifying.{run.job_id}")
+        except Exception:
+            return False
+        record = json.loads(entry.value or b"{}")
+        return record.get("phase") == "failed" and "scratch" in record["failure"]["reason"]
+
+    await eventually(recorded_failed)

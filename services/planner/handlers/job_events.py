@@ -78,6 +78,10 @@ class Events:
         if owner is not None and owner.kind == Restores.kind:
             await self.restores.on_job(event, owner.id)
             return
+        if owner is not None and owner.kind == Verification.kind:
+            if isinstance(event.data, JobFailed):
+                await self.verification.on_end(event.data.job_id, event.data.failure)
+            return
         if owner is not None and owner.kind == Backups.kind:
             if isinstance(event.data, JobSucceeded | JobFailed):
                 await self.backups.on_end(event)
