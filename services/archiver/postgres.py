@@ -49,8 +49,8 @@ from services.archiver.sources import (
     fingerprint_of,
     mtime_utc,
 )
-from services.archiver.spool import ReadAheadLock, Spool, SpoolError
 from services.engines.postgres import walfile
+from services.engines.postgres.spool import ReadAheadLock, Spool, SpoolError
 from services.engines.postgres.walfile import WalFileKind, WalFileName
 
 _log = logging.getLogger("tidemark.archiver")

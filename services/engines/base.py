@@ -26,7 +26,7 @@ from schemas.messages import (
 )
 from schemas.messages.common import ProgressUnit
 from services.blobstore import BlobStore
-from services.executor.settings import HostedDatabase
+from services.engines.settings import HostedDatabase
 
 
 class EngineError(Exception):

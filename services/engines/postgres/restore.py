@@ -92,7 +92,7 @@ from services.engines.postgres.oscmd import (
     user_env,
 )
 from services.engines.postgres.walfile import format_lsn, parse_lsn
-from services.executor.settings import ExecutorSettings, HostedDatabase, PostgresInstance
+from services.engines.settings import EngineSettings, HostedDatabase, PostgresInstance
 
 __all__ = [
     "Instance",
@@ -843,7 +843,7 @@ async def restore(
     store: BlobStore,
     prefix: str,
     ctx: JobContext,
-    settings: ExecutorSettings,
+    settings: EngineSettings,
     stats: FetchStats | None = None,
 ) -> RestoreResult:
     """Restore ``db`` (in place or as a clone) to ``command.target``; see the module docstring.
@@ -916,7 +916,7 @@ class _Rebuild:
     prefix: str
     uid: str
     ctx: JobContext
-    settings: ExecutorSettings
+    settings: EngineSettings
     target_settings: dict[str, str]
     tag: str
     start_lsn: int

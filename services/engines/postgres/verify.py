@@ -43,7 +43,7 @@ from services.engines.postgres.restore import (
     recover,
 )
 from services.engines.postgres.walfile import format_lsn
-from services.executor.settings import ExecutorSettings, HostedDatabase
+from services.engines.settings import EngineSettings, HostedDatabase
 
 __all__ = ["verify"]
 
@@ -85,7 +85,7 @@ async def verify(
     prefix: str,
     scratch_dir: str,
     ctx: JobContext,
-    settings: ExecutorSettings,
+    settings: EngineSettings,
 ) -> VerifyResult:
     """Restore ``backup_id`` into a scratch directory, check it, remove it; see the module doc."""
     if db.postgres is None:
@@ -139,7 +139,7 @@ async def _run_checks(
     prefix: str,
     uid: str,
     ctx: JobContext,
-    settings: ExecutorSettings,
+    settings: EngineSettings,
     tag: str,
     checks: _Checks,
 ) -> None:
