@@ -32,16 +32,12 @@ from pathlib import Path
 from schemas.messages import VerifyResult
 from services.blobstore import BlobStore
 from services.engines.base import EngineError, JobContext
+from services.engines.postgres.extract import extract_base, load_manifest, prepare_data_dir
 from services.engines.postgres.fetchserver import FetchStats
+from services.engines.postgres.instance import Instance
 from services.engines.postgres.manifest import BaseManifest
 from services.engines.postgres.oscmd import OsCommandError, check_traversable, chown_to
-from services.engines.postgres.restore import (
-    Instance,
-    extract_base,
-    load_manifest,
-    prepare_data_dir,
-    recover,
-)
+from services.engines.postgres.recovery import recover
 from services.engines.postgres.walfile import format_lsn
 from services.engines.settings import EngineSettings, HostedDatabase
 
