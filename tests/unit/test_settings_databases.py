@@ -10,7 +10,7 @@ import pytest
 from pydantic import ValidationError
 
 from schemas import Engine
-from services.settings import Settings
+from services.settings import Settings, databases
 from services.settings.databases import LEGACY_LISTS_WARNING
 
 pytestmark = pytest.mark.unit
@@ -137,3 +137,10 @@ def test_an_old_settings_file_is_read_as_before_and_told_how_to_move() -> None:
 def test_both_forms_at_once_are_refused_rather_than_merged() -> None:
     with pytest.raises(ValidationError, match="declare each database once"):
         load(DECLARED + OLD_FORM)
+
+
+def test_the_documented_example_loads() -> None:
+    doc = databases.__doc__ or ""
+    example = doc.split("\n\n", 1)[1].split("\nFrom the environment", 1)[0]
+    settings = load("\n".join(line.removeprefix("    ") for line in example.splitlines()))
+    assert {d.uid for d in settings.databases} == {"orders-db", "erp-prod"}
