@@ -25,8 +25,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from services.archiver.spool import WALPUSH_SOURCE, Spool
 from services.engines.postgres.oscmd import OsUser, system_python
+from services.engines.postgres.spool import WALPUSH_SOURCE, Spool
 
 SEGMENT = "000000010000000000000001"
 

@@ -43,8 +43,8 @@ from bench.archive.probes import Probe, bucket_probe, directory_probe
 from bench.archive.settings import BenchSettings, Compression
 from schemas import Engine
 from services.archiver.settings import ArchivedDatabase, ArchiverSettings
-from services.archiver.spool import Spool, install_walpush
 from services.engines.postgres.oscmd import OsUser, system_python
+from services.engines.postgres.spool import Spool, install_walpush
 from services.stack.natsserver import NatsServer
 
 REPO_ROOT = Path(__file__).resolve().parents[2]

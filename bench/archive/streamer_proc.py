@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from services.archiver.journal import Journal
-from services.archiver.pgspool import PostgresSpoolSource
+from services.archiver.postgres import PostgresSpoolSource
 from services.archiver.settings import ArchivedDatabase, ArchiverSettings
 from services.archiver.streamer import Streamer
 from services.blobstore import open_store

@@ -18,8 +18,8 @@ from pathlib import Path
 
 from bench.catalog.workload import DATABASE, Workload
 from services.archiver.keys import log_key, object_metadata, owner_key
-from services.archiver.owner import Owner
 from services.blobstore import Digest, FilesystemStore, crc32c_of_bytes
+from services.blobstore.owner import Owner
 
 PREFIX = "bench"
 #: Bump when what is written changes, so a stale cached bucket is not reused.

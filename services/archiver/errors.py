@@ -9,10 +9,13 @@
           │    ├── LogUnreadable the file cannot be read (permissions, I/O error)
           │    └── LogInvalid    not a complete log of this database: truncated, another system
           │                      id, a header that contradicts the name
-          ├── ChecksumConflict   the object key holds a different log (alarm; never overwritten;
-          │                      the local copy is kept)
-          └── ForeignArchive     the database's prefix belongs to another database (alarm;
-                                 nothing of this database is written until that is resolved)
+          └── ChecksumConflict   the object key holds a different log (alarm; never overwritten;
+                                 the local copy is kept)
+
+    ForeignArchive               the database's prefix belongs to another database (alarm;
+                                 nothing of this database is written until that is resolved);
+                                 defined with the ownership rule (services/blobstore/owner.py),
+                                 which the engines share
 
 Store failures are the blob store's own errors: `RetryableBlobError` backs off and retries that
 one log (never blocking the others); the other `TerminalBlobError`s are retried slowly too, since
@@ -22,6 +25,17 @@ a bad request for one log is a bug to report, not a reason to drop a log.
 from __future__ import annotations
 
 from schemas.messages import AlarmReason
+from services.blobstore.owner import ForeignArchive
+
+__all__ = [
+    "ArchiveError",
+    "ChecksumConflict",
+    "ForeignArchive",
+    "LogInvalid",
+    "LogNotReady",
+    "LogRejected",
+    "LogUnreadable",
+]
 
 
 class ArchiveError(Exception):
@@ -65,11 +79,3 @@ class ChecksumConflict(ArchiveError):
         self.key = key
         self.existing_crc32c = existing_crc32c
         self.attempted_crc32c = attempted_crc32c
-
-
-class ForeignArchive(ArchiveError):
-    """The prefix is owned by another database."""
-
-    def __init__(self, reason: str, *, owner_system_id: int | None) -> None:
-        super().__init__(reason)
-        self.owner_system_id = owner_system_id

@@ -1,14 +1,7 @@
-"""Where a log lives in the object store, and what its object says about itself.
+"""What a log's object is called and what it says about itself.
 
-    <prefix>/<database-uid>/owner.json                          who owns this prefix (owner.py)
-    <prefix>/<database-uid>/<lineage>/logs/<thread>/<name>      WAL segments: the file name
-                                                                (also `.partial`)
-    <prefix>/<database-uid>/<lineage>/logs/<thread>/<sequence>  Oracle redo: zero-padded to 10
-    <prefix>/<database-uid>/<lineage>/history/<name>            timeline and backup history files
-
-`<lineage>` is `tl-XXXXXXXX` (PostgreSQL timeline, hex as in WAL names) or `inc-<resetlogs id>`
-(Oracle incarnation). Padding keeps a thread's logs in sequence order in a listing, which is
-how `catalog rebuild` walks them. A prefix of "" puts databases at the bucket's root.
+The key layout itself is `services/blobstore/layout.py` (shared with the engines and the
+catalog's rebuild); this module maps a `LoggedFile` onto it.
 
 Every object carries flat string metadata, so the bucket alone describes every log:
 
@@ -26,37 +19,30 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from schemas import Incarnation, Lineage, Lsn, Scn, Timeline
+from schemas import Lsn, Scn
 from services.archiver.sources import LoggedFile
 from services.blobstore import Digest
+from services.blobstore.layout import (
+    database_prefix,
+    history_key,
+    lineage_key,
+    owner_key,
+    sequence_key,
+)
+from services.blobstore.layout import log_key as named_log_key
 
-#: Oracle sequences are padded to this width (2^32 has 10 digits) so listings sort numerically.
-SEQUENCE_WIDTH = 10
-
-
-def database_prefix(prefix: str, uid: str) -> str:
-    return f"{prefix}/{uid}" if prefix else uid
-
-
-def owner_key(prefix: str, uid: str) -> str:
-    return f"{database_prefix(prefix, uid)}/owner.json"
-
-
-def lineage_key(lineage: Lineage) -> str:
-    if isinstance(lineage, Timeline | Incarnation):
-        return lineage.key
-    raise TypeError(f"not a lineage: {lineage!r}")
+__all__ = ["database_prefix", "lineage_key", "log_key", "object_metadata", "owner_key"]
 
 
 def log_key(prefix: str, log: LoggedFile) -> str:
     """The object key of `log`; a pure function of the log's identity, so every retry, restart
     and node computes the same one (create-only writes rely on that)."""
-    base = f"{database_prefix(prefix, log.database.uid)}/{lineage_key(log.lineage)}"
+    uid = log.database.uid
     if log.kind in ("history", "backup_history"):
-        return f"{base}/history/{log.name}"
+        return history_key(prefix, uid, log.lineage, log.name)
     if log.kind == "wal":
-        return f"{base}/logs/{log.thread}/{log.name}"
-    return f"{base}/logs/{log.thread}/{log.sequence:0{SEQUENCE_WIDTH}d}"
+        return named_log_key(prefix, uid, log.lineage, log.thread, log.name)
+    return sequence_key(prefix, uid, log.lineage, log.thread, log.sequence)
 
 
 def _position(value: Lsn | Scn | None) -> str:

@@ -19,7 +19,7 @@ from services.archiver.handlers import log_indexed_consumer
 from services.archiver.journal import Journal
 from services.archiver.metrics import Backlog
 from services.archiver.oracle import OracleArchiveSource
-from services.archiver.pgspool import PostgresSpoolSource
+from services.archiver.postgres import PostgresSpoolSource
 from services.archiver.settings import ArchivedDatabase
 from services.archiver.sources import LogSource
 from services.archiver.streamer import Streamer

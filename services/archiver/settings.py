@@ -35,76 +35,20 @@ This module imports nothing from `services/` (the settings model imports it).
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Literal
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from schemas import DatabaseRef, DatabaseUid, DbName, Engine
+from services.engines.settings import OracleConnection
+
+__all__ = ["ArchivedDatabase", "ArchiverSettings", "OracleConnection"]
 
 
 class _Section(BaseModel):
     # An Oracle DSN refused for carrying a password must not be printed back in the error.
     model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)
-
-
-# `user/password@host`: a DSN that carries a password would put it in settings, logs and errors.
-_DSN_WITH_PASSWORD = re.compile(r"^[^@/\s]+/[^@]*@")
-
-
-class OracleConnection(_Section):
-    """How to reach an Oracle database (the shape `services.engines.oracle.session` connects
-    with). Credentials: `user` + `password_file`, or `wallet_dir` (an external password store:
-    the directory with the wallet's sqlnet.ora and tnsnames.ora; thick mode, since thin mode has
-    no external authentication; `dsn` is then the wallet's alias)."""
-
-    dsn: str = Field(min_length=1, max_length=1024, description="easy connect string or alias")
-    user: str | None = Field(default=None, min_length=1, max_length=128)
-    password_file: Path | None = Field(default=None, description="a file holding the password")
-    wallet_dir: Path | None = Field(
-        default=None, description="external password store (wallet + sqlnet.ora); thick mode"
-    )
-    thick_mode: bool = Field(
-        default=False, description="Oracle Client libraries: 11.2 databases, wallets"
-    )
-    client_lib_dir: Path | None = Field(
-        default=None, description="thick mode: where the Oracle Client libraries are"
-    )
-    time_zone: str = Field(
-        default="UTC", description="the database server's time zone (IANA), checked on connect"
-    )
-    arraysize: int = Field(default=500, ge=1, le=100_000, description="rows per fetch")
-
-    @field_validator("dsn")
-    @classmethod
-    def _no_password_in_dsn(cls, value: str) -> str:
-        if _DSN_WITH_PASSWORD.match(value):
-            # Not echoed back: the value is the secret.
-            raise ValueError("the DSN carries a password (user/password@...): use password_file")
-        return value
-
-    @field_validator("time_zone")
-    @classmethod
-    def _known_zone(cls, value: str) -> str:
-        try:
-            ZoneInfo(value)
-        except (ZoneInfoNotFoundError, ValueError):
-            raise ValueError(f"time_zone {value!r} is not an IANA time zone") from None
-        return value
-
-    @model_validator(mode="after")
-    def _one_way_to_log_in(self) -> OracleConnection:
-        if (self.password_file is None) == (self.wallet_dir is None):
-            raise ValueError("give password_file (with user) or wallet_dir, not both or neither")
-        if self.password_file is not None and self.user is None:
-            raise ValueError("password_file needs user")
-        if self.wallet_dir is not None and not self.thick_mode:
-            raise ValueError("wallet_dir (external authentication) needs thick_mode = true")
-        if self.client_lib_dir is not None and not self.thick_mode:
-            raise ValueError("client_lib_dir is for thick_mode")
-        return self
 
 
 class ArchivedDatabase(_Section):

@@ -2,7 +2,7 @@
 
 A source knows one database's logs: which files are complete (`discover`), whether a file's
 bytes really are the log its name claims (`check_header`), and how to let go of the local copy
-once the catalog holds it (`release`). Two exist: `PostgresSpoolSource` (`pgspool.py`, the
+once the catalog holds it (`release`). Two exist: `PostgresSpoolSource` (`postgres.py`, the
 wal-push spool) and `OracleArchiveSource` (`oracle.py`, V$ARCHIVED_LOG and the archive
 destination). The streamer drives both the same way.
 

@@ -12,7 +12,7 @@ log. `log.indexed` (handlers.py) calls `release`, which gives up the local copy 
 journal holds the log as stored with the same crc32c.
 
 Read-ahead (a source that finds logs before their writer hands them over: PostgreSQL's pg_wal,
-see pgspool.py): once such a log is journaled `stored`, the source is told (`stored`: it writes
+see postgres.py): once such a log is journaled `stored`, the source is told (`stored`: it writes
 the marker walpush acknowledges PostgreSQL by). A read-ahead log that cannot be stored as found
 is declined rather than rejected: the writer copies it into the spool the usual way and that
 copy gets the checks and alarms. A store failure withdraws the offer to read ahead (so the
@@ -50,12 +50,12 @@ from services.archiver.journal import Entry, Journal, LogState
 from services.archiver.keys import log_key
 from services.archiver.metrics import ArchiverMetrics, Backlog, archiver_metrics
 from services.archiver.notify import NotifyListener
-from services.archiver.owner import claim_prefix
 from services.archiver.settings import ArchiverSettings
 from services.archiver.sources import Discovery, LoggedFile, LogSource, Problem
 from services.archiver.upload import Stored, store_log
-from services.archiver.walpush import WAITING
 from services.blobstore import BlobStore
+from services.blobstore.owner import claim_prefix
+from services.engines.postgres.walpush import WAITING
 
 log = logging.getLogger("tidemark.archiver")
 

@@ -42,12 +42,12 @@ from schemas.messages import (
     RestoreMode,
     TargetTime,
 )
-from services.archiver.spool import Spool, install_walpush
 from services.bus.connection import credential_options
 from services.catalog.client import CatalogClient
 from services.demo.cluster import LocalCluster, free_port
 from services.demo.ledger import Entry, Ledger, table_state
 from services.engines.postgres.oscmd import check_traversable, system_python
+from services.engines.postgres.spool import Spool, install_walpush
 from services.planner.client import PlannerClient
 from services.stack.embedded import EmbeddedStack
 
@@ -138,15 +138,7 @@ class Tour:
         )
         self.cluster.start()
         self._system_id = self.cluster.system_id()
-        archived = {
-            "uid": DB_UID,
-            "engine": "postgres",
-            "name": DB_NAME,
-            "system_id": self._system_id,
-            "spool_dir": str(spool.path),
-            "pg_wal_dir": str(self.cluster.data_dir / "pg_wal"),
-        }
-        hosted = {
+        declared = {
             "uid": DB_UID,
             "engine": "postgres",
             "name": DB_NAME,
@@ -156,12 +148,11 @@ class Tour:
                 "port": self.cluster.port,
                 "socket_dir": str(self.cluster.base),
                 "os_user": self.cluster.user.name,
+                "spool_dir": str(spool.path),
+                "pg_wal_dir": str(self.cluster.data_dir / "pg_wal"),
             },
         }
-        return {
-            "TIDEMARK_ARCHIVER__DATABASES": json.dumps([archived]),
-            "TIDEMARK_EXECUTOR__DATABASES": json.dumps([hosted]),
-        }
+        return {"TIDEMARK_DATABASES": json.dumps([declared])}
 
     # -- the steps ------------------------------------------------------------------------------
 

@@ -27,7 +27,7 @@ from schemas.messages import (
 )
 from schemas.messages.common import ProgressUnit
 from services.blobstore import BlobStore
-from services.executor.settings import HostedDatabase
+from services.engines.settings import HostedDatabase
 
 
 class EngineError(Exception):

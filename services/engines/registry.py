@@ -16,7 +16,7 @@ from typing import cast
 
 from schemas import Engine
 from services.engines.base import Engine as EngineDriver
-from services.executor.settings import ExecutorSettings
+from services.engines.settings import EngineSettings
 
 
 @dataclass(frozen=True)
@@ -47,7 +47,7 @@ class EngineRegistry:
 
     def __init__(
         self,
-        settings: ExecutorSettings,
+        settings: EngineSettings,
         *,
         drivers: Mapping[Engine, EngineDriver] | None = None,
         loadable: Mapping[Engine, _Where] | None = None,

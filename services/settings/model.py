@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import os
 import socket
+import warnings
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -20,6 +21,7 @@ from services.bus.settings import BusSettings, NatsSettings
 from services.catalog.settings import CatalogSettings
 from services.executor.settings import ExecutorSettings
 from services.planner.settings import PlannerSettings
+from services.settings.databases import LEGACY_LISTS_WARNING, DeclaredDatabase
 from services.telemetry.settings import TelemetrySettings
 
 
@@ -39,6 +41,11 @@ class Settings(BaseSettings):
 
     node: str = Field(default_factory=socket.gethostname, description="this node's name")
     state_dir: Path = Field(default=Path(".state"), description="local durable state")
+    databases: list[DeclaredDatabase] = Field(
+        default_factory=list,
+        description="every database, declared once (services/settings/databases.py); the "
+        "executor and archiver sections' lists are derived from it",
+    )
     nats: NatsSettings = Field(default_factory=NatsSettings)
     bus: BusSettings = Field(default_factory=BusSettings)
     telemetry: TelemetrySettings = Field(default_factory=TelemetrySettings)
@@ -58,6 +65,46 @@ class Settings(BaseSettings):
         description="HTTP /healthz, /readyz and /metrics for probes and scrapes; 0: off",
     )
 
+    @model_validator(mode="before")
+    @classmethod
+    def _one_declaration(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        legacy = [name for name in ("archiver", "executor") if _lists_databases(data.get(name))]
+        if legacy and data.get("databases"):
+            raise ValueError(
+                "databases are declared in [[databases]] and again in "
+                f"{' and '.join(f'{name}.databases' for name in legacy)}: declare each "
+                "database once, in [[databases]] only"
+            )
+        if legacy:
+            # The old form still works as it did (the lists are used as given), so a node
+            # upgraded before its settings file keeps archiving; the warning says how to move.
+            warnings.warn(LEGACY_LISTS_WARNING, FutureWarning, stacklevel=2)
+        return data
+
+    @model_validator(mode="after")
+    def _derive_section_lists(self) -> Settings:
+        if not self.databases:
+            return self
+        uids = [d.uid for d in self.databases]
+        if len(uids) != len(set(uids)):
+            raise ValueError("databases declares a database uid twice")
+        mine = [d for d in self.databases if d.hosted_on(self.node)]
+        self.archiver = ArchiverSettings.model_validate(
+            {
+                **self.archiver.model_dump(exclude={"databases"}),
+                "databases": [d.archived() for d in mine],
+            }
+        )
+        self.executor = ExecutorSettings.model_validate(
+            {
+                **self.executor.model_dump(exclude={"databases"}),
+                "databases": [d.hosted() for d in mine],
+            }
+        )
+        return self
+
     @classmethod
     def settings_customise_sources(
         cls,
@@ -75,6 +122,12 @@ class Settings(BaseSettings):
                 raise FileNotFoundError(f"TIDEMARK_CONFIG names {path}, which does not exist")
             sources.append(TomlConfigSettingsSource(settings_cls, toml_file=path))
         return tuple(sources)
+
+
+def _lists_databases(section: object) -> bool:
+    # Only what a settings file or the environment wrote (a mapping) is the old form: a section
+    # model handed in by code is already a view (the engines' tests build them directly).
+    return isinstance(section, dict) and bool(section.get("databases"))
 
 
 def load_settings(config: Path | None = None, **overrides: Any) -> Settings:

@@ -46,7 +46,6 @@ from schemas.messages import (
     RestoreMode,
     RestoreTarget,
 )
-from services.archiver.spool import Spool, install_walpush
 from services.bus import PLANS_BUCKET
 from services.bus.connection import credential_options
 from services.bus.permissions import Role
@@ -54,6 +53,7 @@ from services.catalog.client import CatalogClient
 from services.demo.cluster import LocalCluster, free_port
 from services.demo.ledger import table_state
 from services.engines.postgres.oscmd import check_traversable, system_python
+from services.engines.postgres.spool import Spool, install_walpush
 from services.planner.client import PlannerClient
 from services.planner.store import Nodes
 from services.stack.embedded import EmbeddedStack
@@ -82,17 +82,9 @@ class Protected:
             uid=self.uid, engine=Engine.POSTGRES, name=self.uid, system_id=self.system_id
         )
 
-    def archived(self) -> dict[str, Any]:
-        return {
-            "uid": self.uid,
-            "engine": "postgres",
-            "name": self.uid,
-            "system_id": self.system_id,
-            "spool_dir": str(self.spool.path),
-            "pg_wal_dir": str(self.cluster.data_dir / "pg_wal"),
-        }
-
-    def hosted(self) -> dict[str, Any]:
+    def declared(self) -> dict[str, Any]:
+        """The database as the settings declare it (`[[databases]]`): executor and archiver
+        both read this one declaration."""
         return {
             "uid": self.uid,
             "engine": "postgres",
@@ -104,6 +96,8 @@ class Protected:
                 "socket_dir": str(self.cluster.base),
                 "os_user": self.cluster.user.name,
                 **({"password_file": str(self.password_file)} if self.password_file else {}),
+                "spool_dir": str(self.spool.path),
+                "pg_wal_dir": str(self.cluster.data_dir / "pg_wal"),
             },
         }
 
@@ -266,8 +260,7 @@ class PitrStack:
     ) -> PitrStack:
         env = {
             **(extra_env or {}),
-            "TIDEMARK_ARCHIVER__DATABASES": json.dumps([d.archived() for d in dbs]),
-            "TIDEMARK_EXECUTOR__DATABASES": json.dumps([d.hosted() for d in dbs]),
+            "TIDEMARK_DATABASES": json.dumps([d.declared() for d in dbs]),
         }
         if store_url is not None:
             # Both the archiver and the executor (and the planner's retention) open this store.

@@ -27,11 +27,11 @@ from nats.js.api import DeliverPolicy
 
 from schemas import DatabaseRef, Engine, Envelope, Timeline, decode, envelope
 from schemas.messages import AlarmReason, ArchiveAlarm, LogArchived, LogIndexed
-from services.archiver import walpush
-from services.archiver.spool import Spool, install_walpush
 from services.blobstore import BlobStore, ObjectInfo, crc32c_of_bytes, open_store
 from services.bus import Publisher, ensure_topology
+from services.engines.postgres import walpush
 from services.engines.postgres.oscmd import system_python
+from services.engines.postgres.spool import Spool, install_walpush
 from services.settings import BusSettings
 from tests.doubles.wal_segments import SYSTEM_ID, segment_bytes, segment_name, write_ready
 from tests.fixtures.gcs import GcsEmulator

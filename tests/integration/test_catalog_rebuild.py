@@ -38,14 +38,14 @@ from schemas.messages import (
     LogArchived,
     LogIndexed,
 )
-from services.archiver.owner import claim_prefix
-from services.archiver.spool import Spool, install_walpush
 from services.blobstore import BlobStore, open_store
+from services.blobstore.owner import claim_prefix
 from services.catalog.index import CatalogIndex
 from services.catalog.rebuild import rebuild
 from services.catalog.settings import sqlite_url
 from services.catalog.store import CatalogStore
 from services.engines.postgres.oscmd import system_python
+from services.engines.postgres.spool import Spool, install_walpush
 from tests.doubles.catalog_events import (
     SEG,
     T0,

@@ -78,10 +78,32 @@ EXTERNAL = merge(
         },
         "telemetry": {"otlpEndpoint": "http://otel-collector.monitoring:4318"},
         "otelCollector": {"enabled": True},
+        "databases": [
+            {
+                **PG_DB,
+                "postgres": {
+                    "data_dir": "/var/lib/postgresql/16/main",
+                    "port": 5432,
+                    "spool_dir": "/var/lib/tidemark/spool/orders-db",
+                },
+            },
+            {
+                "uid": "sales-db",
+                "engine": "oracle",
+                "name": "SALES",
+                "system_id": "1234567890",
+                "oracle": {
+                    "oracle_home": "/u01/app/oracle/product/19.0.0/dbhome_1",
+                    "oracle_sid": "SALES",
+                    "staging_dir": "/var/lib/tidemark/oracle-stage/sales-db",
+                    "dsn": "sales-db:1521/SALES",
+                    "user": "C##TIDEMARK",
+                    "password_file": "/var/run/secrets/tidemark/sales-db/password",
+                    "archive_dest_id": 2,
+                },
+            },
+        ],
         "executor": {
-            "databases": [
-                {**PG_DB, "postgres": {"data_dir": "/var/lib/postgresql/16/main", "port": 5432}}
-            ],
             "volumes": [
                 {
                     "name": "pgdata",
@@ -93,21 +115,6 @@ EXTERNAL = merge(
             "settings": {"concurrency": 3},
         },
         "archiver": {
-            "databases": [
-                {**PG_DB, "spool_dir": "/var/lib/tidemark/spool/orders-db"},
-                {
-                    "uid": "sales-db",
-                    "engine": "oracle",
-                    "name": "SALES",
-                    "system_id": "1234567890",
-                    "archive_dest_id": 2,
-                    "oracle": {
-                        "dsn": "sales-db:1521/SALES",
-                        "user": "C##TIDEMARK",
-                        "password_file": "/var/run/secrets/tidemark/sales-db/password",
-                    },
-                },
-            ],
             "volumes": [
                 {
                     "name": "spool",
@@ -369,6 +376,22 @@ def test_a_replicated_catalog_uses_postgresql() -> None:
 def test_a_replicated_catalog_without_a_database_fails_to_render() -> None:
     with pytest.raises(helm.HelmError, match=r"catalog.replicas is 2: .*catalog.database.url"):
         render(merge(MINIMAL, {"catalog": {"replicas": 2}}))
+
+
+def test_each_database_is_declared_once_and_both_node_services_read_it() -> None:
+    docs = render(EXTERNAL)
+    for service in ("executor", "archiver"):
+        config = named(docs, "ConfigMap", f"prod-tidemark-{service}")["data"]["tidemark.toml"]
+        assert config.count("[[databases]]") == 2, service
+        assert f"[[{service}.databases]]" not in config
+    catalog = named(docs, "ConfigMap", "prod-tidemark-catalog")["data"]["tidemark.toml"]
+    assert "[[databases]]" not in catalog
+
+
+def test_old_per_service_database_lists_fail_with_how_to_move() -> None:
+    old = merge(MINIMAL, {"archiver": {"databases": [{**PG_DB, "spool_dir": "/spool"}]}})
+    with pytest.raises(helm.HelmError, match=r"archiver.databases has moved: declare each"):
+        render(old)
 
 
 def test_values_outside_the_schema_are_refused(tmp_path: Path) -> None:

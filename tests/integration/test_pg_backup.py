@@ -24,12 +24,12 @@ from pydantic import TypeAdapter
 from schemas import Lsn, Timeline
 from schemas.messages import BackupSpec, Compression
 from schemas.messages.jobs import Phase
-from services.archiver.spool import Spool
 from services.blobstore import BlobStore, open_store
 from services.engines.base import EngineError
 from services.engines.postgres.archiving import WalPushArchiving
 from services.engines.postgres.engine import PostgresEngine
 from services.engines.postgres.manifest import BaseManifest, backup_prefix, manifest_key
+from services.engines.postgres.spool import Spool
 from services.executor.settings import HostedDatabase, PostgresInstance
 from tests.fixtures.gcs import GcsEmulator
 from tests.fixtures.postgres import PgCluster

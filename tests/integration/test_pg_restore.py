@@ -38,7 +38,6 @@ from schemas.messages.restores import (
     TargetPosition,
     TargetTime,
 )
-from services.archiver.spool import Spool, install_walpush
 from services.blobstore import BlobStore, crc32c_of_bytes, open_store
 from services.engines.base import EngineError
 from services.engines.postgres.fetchserver import FetchStats, wal_key
@@ -51,6 +50,7 @@ from services.engines.postgres.manifest import (
 )
 from services.engines.postgres.oscmd import run_as, system_python, user_env
 from services.engines.postgres.restore import restore
+from services.engines.postgres.spool import Spool, install_walpush
 from services.engines.postgres.verify import verify
 from services.engines.postgres.walfile import parse_lsn
 from services.executor.settings import ExecutorSettings, HostedDatabase, PostgresInstance

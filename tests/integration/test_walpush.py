@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from services.archiver import walpush
-from services.archiver.spool import Spool, install_walpush
+from services.engines.postgres import walpush
 from services.engines.postgres.oscmd import run_as, system_python
+from services.engines.postgres.spool import Spool, install_walpush
 from services.engines.postgres.walfile import (
     WalFileKind,
     check_segment,

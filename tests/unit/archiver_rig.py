@@ -15,12 +15,12 @@ from schemas import Envelope
 from schemas.messages import ArchiveAlarm, LogArchived
 from services.archiver.journal import Journal
 from services.archiver.metrics import ArchiverMetrics
-from services.archiver.pgspool import PostgresSpoolSource
+from services.archiver.postgres import PostgresSpoolSource
 from services.archiver.settings import ArchivedDatabase, ArchiverSettings
 from services.archiver.sources import LogSource
-from services.archiver.spool import Spool
 from services.archiver.streamer import Streamer
 from services.blobstore import BlobStore, MemoryStore
+from services.engines.postgres.spool import Spool
 from tests.doubles.wal_segments import SYSTEM_ID, segment_bytes, segment_name, write_ready
 
 FAST = {"rescan_s": 0.05, "retry_base_s": 0.01, "retry_max_s": 0.05}

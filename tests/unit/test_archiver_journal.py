@@ -260,9 +260,9 @@ def test_event_ids_are_deterministic_uuid7_from_the_logs_identity() -> None:
 
 def test_archiver_settings_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(
-        "TIDEMARK_ARCHIVER__DATABASES",
+        "TIDEMARK_DATABASES",
         '[{"uid": "orders-db", "engine": "postgres", "name": "orders", "system_id": 7312001,'
-        ' "spool_dir": "/srv/spool/orders-db"}]',
+        ' "postgres": {"data_dir": "/srv/pg/orders-db", "spool_dir": "/srv/spool/orders-db"}}]',
     )
     monkeypatch.setenv("TIDEMARK_ARCHIVER__COMPRESSION", "zstd")
     settings = Settings()

@@ -17,9 +17,8 @@ from pathlib import Path
 import pytest
 
 from schemas.messages import AlarmReason
-from services.archiver import walpush
 from services.archiver.journal import LogState
-from services.archiver.pgspool import PostgresSpoolSource
+from services.archiver.postgres import PostgresSpoolSource
 from services.blobstore import (
     BlobStore,
     Digest,
@@ -30,6 +29,7 @@ from services.blobstore import (
     Source,
     crc32c_of_bytes,
 )
+from services.engines.postgres import walpush
 from tests.doubles.stores import FlakyStore
 from tests.doubles.wal_segments import SYSTEM_ID, segment_bytes, segment_name, write_ready
 from tests.unit.archiver_rig import Rig, pg_database

@@ -19,13 +19,13 @@ from services.archiver.errors import LogNotReady
 from services.archiver.events import log_message_id
 from services.archiver.journal import Journal, LogState
 from services.archiver.keys import owner_key
-from services.archiver.owner import Owner
-from services.archiver.pgspool import PostgresSpoolSource
+from services.archiver.postgres import PostgresSpoolSource
 from services.archiver.service import describe
 from services.archiver.sources import read_chunks
 from services.archiver.streamer import NotReleasable
 from services.archiver.upload import store_log
 from services.blobstore import MemoryStore, crc32c_of_bytes
+from services.blobstore.owner import Owner
 from tests.doubles.stores import FlakyStore
 from tests.doubles.wal_segments import (
     SEGMENT_SIZE,

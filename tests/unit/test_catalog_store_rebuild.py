@@ -13,8 +13,8 @@ import zstandard
 
 from schemas import DatabaseRef, Engine, Incarnation, Lsn, Scn, Timeline
 from schemas.messages import BackupCompleted, LogArchived
-from services.archiver.owner import claim_prefix
 from services.blobstore import MemoryStore, ObjectInfo
+from services.blobstore.owner import claim_prefix
 from services.catalog.index import CatalogIndex
 from services.catalog.rebuild import (
     Skipped,

@@ -44,8 +44,10 @@ from services.blobstore._keys import validate_key
 from services.engines.base import EngineError
 from services.engines.oracle.backup import Piece
 from services.engines.oracle.scripts import BackupScript, Channels, RestoreScript, UntilScn
+from services.engines.postgres.extract import _safe_filter
 from services.engines.postgres.oscmd import OsUser
-from services.engines.postgres.restore import _quote, _safe_filter, recovery_settings
+from services.engines.postgres.recovery_conf import _quote
+from services.engines.postgres.restore import recovery_settings
 from tests.fuzzing import ATTACKS, FUZZ, strings
 from tests.unit.test_schema_contract import example
 

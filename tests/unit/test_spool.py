@@ -23,8 +23,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from services.archiver import walpush
-from services.archiver.spool import (
+from services.engines.postgres import walpush
+from services.engines.postgres.oscmd import check_stdlib_only
+from services.engines.postgres.spool import (
     DEFAULT_MAX_BYTES,
     DEFAULT_MIN_FREE_BYTES,
     DEFAULT_READAHEAD_WAIT_S,
@@ -36,7 +37,6 @@ from services.archiver.spool import (
     SpoolError,
     SpoolUsage,
 )
-from services.engines.postgres.oscmd import check_stdlib_only
 from services.engines.postgres.walfile import WalFileKind, WalNameError, classify
 
 pytestmark = pytest.mark.unit

@@ -18,7 +18,7 @@ from services.blobstore import MemoryStore, crc32c_of_bytes
 from services.engines.postgres import fetchserver, walfetch
 from services.engines.postgres.fetchserver import FetchServer, serve_wal, wal_key
 from services.engines.postgres.oscmd import check_stdlib_only
-from services.engines.postgres.restore import FetchRig
+from services.engines.postgres.recovery_conf import FetchRig
 from tests.doubles.wal_segments import SEGMENT_SIZE, segment_bytes, segment_name
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]

@@ -58,7 +58,7 @@ from services.engines.oracle.snapshot import (
     take_snapshot_backup,
 )
 from services.engines.oracle.views import SessionViews
-from services.executor.settings import ExecutorSettings, HostedDatabase, OracleInstance
+from services.engines.settings import EngineSettings, HostedDatabase, OracleInstance
 
 log = logging.getLogger("tidemark.engines.oracle")
 
@@ -92,7 +92,7 @@ class OracleEngine:
 
     def __init__(
         self,
-        settings: ExecutorSettings,
+        settings: EngineSettings,
         *,
         views: ViewsFactory | None = None,
         kube: KubeFactory | None = None,

@@ -65,7 +65,7 @@ from services.engines.oracle.backup import (
 from services.engines.oracle.restore import stage_logs, until_for
 from services.engines.oracle.runner import OracleHome, Tool, run_tool
 from services.engines.oracle.scripts import SnapshotRecoverScript
-from services.executor.settings import OracleSnapshots
+from services.engines.settings import OracleSnapshots
 
 __all__ = [
     "ARCHIVE_LOG_CURRENT",

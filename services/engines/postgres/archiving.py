@@ -4,16 +4,15 @@ Setting archiving up is four steps, in this order, so that nothing changes on th
 everything before it held:
 
 1. **Whose prefix is it?** ``<prefix>/<uid>/owner.json`` is read (and claimed when free) with the
-   archiver's own rule (:func:`services.archiver.owner.claim_prefix`), using the system
+   archiver's own rule (:func:`services.blobstore.owner.claim_prefix`), using the system
    identifier the running server reports. A prefix that names another system id or engine is
    refused with ``TM-PG-FOREIGN``: two clusters mixing WAL under one prefix make both
    unrestorable, and the server's configuration is left as it was.
 2. **The spool** (``docs/archiving-postgres.md``): created for the database OS user when it does
    not exist yet, and never taken over when it belongs to another database uid.
 3. **walpush**, installed where the database OS user can execute it with a system interpreter
-   (:func:`services.archiver.spool.install_walpush`), and the command line built by
-   :meth:`services.archiver.spool.Spool.archive_command` — the same string the docs show, built
-   in one place.
+   (:func:`.spool.install_walpush`), and the command line built by
+   :meth:`.spool.Spool.archive_command` — the same string the docs show, built in one place.
 4. **The server**: ``ALTER SYSTEM`` for whatever differs (``archive_mode = on``,
    ``archive_command``, ``wal_level = replica`` when it is ``minimal``, ``archive_library`` reset
    because it would take precedence over ``archive_command``), then ``pg_reload_conf()``.
@@ -26,18 +25,17 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 from schemas import DatabaseRef
-from services.archiver.errors import ForeignArchive
-from services.archiver.owner import claim_prefix
-from services.archiver.settings import ArchiverSettings
-from services.archiver.spool import Spool, SpoolError, install_walpush
 from services.blobstore import BlobStore
+from services.blobstore.owner import ForeignArchive, claim_prefix
 from services.engines.base import EngineError
 from services.engines.postgres.oscmd import OsCommandError, system_python
+from services.engines.postgres.spool import Spool, SpoolError, install_walpush
 from services.engines.postgres.sql import CODE_SQL, PgTarget, query, query_row
 
 __all__ = [
@@ -70,13 +68,23 @@ _ARCHIVE_SETTINGS = (
 )
 
 
+class _Spooled(Protocol):
+    """A declared database, as far as its spool goes (the archiver's declaration has both)."""
+
+    @property
+    def uid(self) -> str: ...
+
+    @property
+    def spool_dir(self) -> Path | None: ...
+
+
 @dataclass(frozen=True)
 class WalPushArchiving:
     """Where walpush is installed on this node, and which spool each database's WAL goes to.
 
     The spools are the archiver's (``archiver.databases[].spool_dir``): the executor and the
     archiver of a node must agree on them, so build this from the archiver's settings
-    (:meth:`from_archiver`) rather than configuring the paths twice."""
+    (:meth:`from_databases`) rather than configuring the paths twice."""
 
     tool_dir: Path
     spools: Mapping[str, Path]
@@ -84,10 +92,10 @@ class WalPushArchiving:
     python: Path | None = None
 
     @classmethod
-    def from_archiver(
-        cls, archiver: ArchiverSettings, tool_dir: Path, python: Path | None = None
+    def from_databases(
+        cls, databases: Iterable[_Spooled], tool_dir: Path, python: Path | None = None
     ) -> WalPushArchiving:
-        spools = {d.uid: d.spool_dir for d in archiver.databases if d.spool_dir is not None}
+        spools = {d.uid: d.spool_dir for d in databases if d.spool_dir is not None}
         return cls(tool_dir=tool_dir, spools=spools, python=python)
 
 

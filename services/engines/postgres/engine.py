@@ -8,7 +8,8 @@
 Construct it the way the executor's registry does, with the executor's settings, plus the
 node's walpush setup for ``setup_archiving``::
 
-    PostgresEngine(settings, archiving=WalPushArchiving.from_archiver(archiver, tool_dir))
+    archiving = WalPushArchiving.from_databases(settings.archiver.databases, tool_dir)
+    PostgresEngine(settings.executor, archiving=archiving)
 
 Error codes raised here and by the modules above (``Failure.code``):
 
@@ -62,7 +63,7 @@ from services.engines.postgres.manifest import (
     manifest_key,
 )
 from services.engines.postgres.sql import CODE_NOT_POSTGRES, PgTarget, query_row
-from services.executor.settings import ExecutorSettings, HostedDatabase
+from services.engines.settings import EngineSettings, HostedDatabase
 
 __all__ = ["CODE_EXISTS", "PostgresEngine", "WalPushArchiving"]
 
@@ -96,14 +97,14 @@ class PostgresEngine:
 
     def __init__(
         self,
-        settings: ExecutorSettings | None = None,
+        settings: EngineSettings | None = None,
         *,
         archiving: WalPushArchiving | None = None,
         part_size: int | None = None,
     ) -> None:
         """``part_size`` (bytes) overrides ``settings.backup_part_mib``, for tests that want
         several parts from a small cluster."""
-        self.settings = settings if settings is not None else ExecutorSettings()
+        self.settings = settings if settings is not None else EngineSettings()
         self.archiving = archiving
         self.part_size = part_size or self.settings.backup_part_mib << 20
 

@@ -40,7 +40,7 @@ given when the store says there is no such object; every doubt is an ERROR, coun
 :attr:`FetchStats.errors` so the restore can refuse to call a recovery good that may have ended
 on one (PostgreSQL cannot tell a failed ``restore_command`` from a missing file).
 
-Names map to keys as the archiver writes them (``services/archiver/keys.py``): a segment
+Names map to keys as the archiver writes them (``services/blobstore/layout.py``): a segment
 ``TTTTTTTTLLLLLLLLSSSSSSSS`` is ``<db>/tl-TTTTTTTT/logs/1/<name>``, a ``.history`` (or
 ``.backup``) file ``<db>/tl-TTTTTTTT/history/<name>``. The restore plan's keys are looked up
 first; other names are ``head()``-ed at their computed key. ``.partial`` segments are never
@@ -77,7 +77,7 @@ from typing import BinaryIO
 
 import zstandard
 
-from services.archiver.keys import database_prefix
+from schemas import Timeline
 from services.blobstore import (
     BlobStore,
     Crc32c,
@@ -85,6 +85,7 @@ from services.blobstore import (
     ObjectInfo,
     RetryableBlobError,
 )
+from services.blobstore.layout import history_key, log_key
 from services.engines.postgres.oscmd import OsUser, chown_to
 from services.engines.postgres.walfile import (
     WalFileKind,
@@ -130,11 +131,11 @@ def wal_key(prefix: str, uid: str, name: str) -> str | None:
     Raises :class:`WalNameError` for a name that is not a WAL file name at all.
     """
     parsed = parse_name(name)
-    lineage = f"{database_prefix(prefix, uid)}/tl-{parsed.timeline:08X}"
+    lineage = Timeline(id=parsed.timeline)
     if parsed.kind is WalFileKind.SEGMENT:
-        return f"{lineage}/logs/{THREAD}/{name}"
+        return log_key(prefix, uid, lineage, THREAD, name)
     if parsed.kind in (WalFileKind.HISTORY, WalFileKind.BACKUP_HISTORY):
-        return f"{lineage}/history/{name}"
+        return history_key(prefix, uid, lineage, name)
     return None  # .partial: the abandoned end of a timeline, never part of a recovery
 
 

@@ -20,7 +20,17 @@ from pydantic import Field
 
 from schemas import StrictModel
 from schemas.messages import BackupCompleted
-from services.archiver.keys import database_prefix
+from services.blobstore.layout import backup_prefix, manifest_key
+
+__all__ = [
+    "MANIFEST_FORMAT",
+    "BaseManifest",
+    "Part",
+    "PostgresBase",
+    "backup_prefix",
+    "manifest_key",
+    "part_key",
+]
 
 MANIFEST_FORMAT: Final = "tidemark.pg-base/1"
 
@@ -47,14 +57,6 @@ class BaseManifest(StrictModel):
     format: Literal["tidemark.pg-base/1"] = MANIFEST_FORMAT
     backup: BackupCompleted
     postgres: PostgresBase
-
-
-def backup_prefix(prefix: str, uid: str, backup_id: str) -> str:
-    return f"{database_prefix(prefix, uid)}/backups/{backup_id}/"
-
-
-def manifest_key(prefix: str, uid: str, backup_id: str) -> str:
-    return backup_prefix(prefix, uid, backup_id) + "manifest.json"
 
 
 def part_key(prefix: str, uid: str, backup_id: str, index: int, compression: str) -> str:

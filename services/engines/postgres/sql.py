@@ -32,7 +32,7 @@ from services.engines.postgres.oscmd import (
     switch_user_kwargs,
     user_env,
 )
-from services.executor.settings import HostedDatabase
+from services.engines.settings import HostedDatabase
 
 __all__ = [
     "CODE_NOT_POSTGRES",

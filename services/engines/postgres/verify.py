@@ -32,18 +32,14 @@ from pathlib import Path
 from schemas.messages import VerifyResult
 from services.blobstore import BlobStore
 from services.engines.base import EngineError, JobContext
+from services.engines.postgres.extract import extract_base, load_manifest, prepare_data_dir
 from services.engines.postgres.fetchserver import FetchStats
+from services.engines.postgres.instance import Instance
 from services.engines.postgres.manifest import BaseManifest
 from services.engines.postgres.oscmd import OsCommandError, check_traversable, chown_to
-from services.engines.postgres.restore import (
-    Instance,
-    extract_base,
-    load_manifest,
-    prepare_data_dir,
-    recover,
-)
+from services.engines.postgres.recovery import recover
 from services.engines.postgres.walfile import format_lsn
-from services.executor.settings import ExecutorSettings, HostedDatabase
+from services.engines.settings import EngineSettings, HostedDatabase
 
 __all__ = ["verify"]
 
@@ -85,7 +81,7 @@ async def verify(
     prefix: str,
     scratch_dir: str,
     ctx: JobContext,
-    settings: ExecutorSettings,
+    settings: EngineSettings,
 ) -> VerifyResult:
     """Restore ``backup_id`` into a scratch directory, check it, remove it; see the module doc."""
     if db.postgres is None:
@@ -139,7 +135,7 @@ async def _run_checks(
     prefix: str,
     uid: str,
     ctx: JobContext,
-    settings: ExecutorSettings,
+    settings: EngineSettings,
     tag: str,
     checks: _Checks,
 ) -> None:

@@ -29,7 +29,7 @@ truncated copy, a recycled segment that was never rewritten (its page address is
 a file archived under the wrong name.
 
 Standard library only: the push side of archiving, which must stay dependency-free, follows the
-same rules (see ``services/archiver/walpush.py``).
+same rules (see ``services/engines/postgres/walpush.py``).
 """
 
 from __future__ import annotations

@@ -73,6 +73,11 @@ Checks that span values, so a bad combination fails at render time with a senten
 runtime in a crash loop.
 */}}
 {{- define "tidemark.validate" -}}
+{{- range $component := list "executor" "archiver" }}
+{{- if (index $.Values $component).databases }}
+{{- fail (printf "%s.databases has moved: declare each database once in the top-level databases list (uid, engine, name, system_id, node, and postgres: {data_dir, port, os_user, socket_dir, spool_dir, pg_wal_dir} or oracle: {oracle_home, oracle_sid, staging_dir, dsn, user, password_file, archive_dest_id}); the executor and the archiver both read it" $component) }}
+{{- end }}
+{{- end }}
 {{- $catalog := .Values.catalog }}
 {{- if and (gt (int $catalog.replicas) 1) (not (hasPrefix "postgresql" $catalog.database.url)) }}
 {{- fail (printf "catalog.replicas is %d: a replicated catalog shares one PostgreSQL index, so set catalog.database.url (postgresql://user@host:5432/db) or use one replica" (int $catalog.replicas)) }}

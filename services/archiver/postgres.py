@@ -1,12 +1,13 @@
 """PostgreSQL: the completed WAL files wal-push leaves in a spool's `ready/` directory.
 
-Everything in `ready/` is complete and fsynced by contract (spool.py, walpush.py), so discovery
-is a directory listing. What a file *is* comes from its name (walfile.py): a segment's lineage is
-`Timeline(id)` from the name and its LSN range is `[n * size, (n + 1) * size)` for segment
-number n, with the segment size learned from the first header read. Before any byte of a segment
-is uploaded its long page header is checked (`check_header`): the system identifier must be this
-database's, and the page address, timeline and file size must agree with the name — so a
-truncated copy, a recycled segment or another cluster's WAL is refused, not archived.
+Everything in `ready/` is complete and fsynced by contract (the PostgreSQL engine's spool.py and
+walpush.py), so discovery is a directory listing. What a file *is* comes from its name
+(walfile.py): a segment's lineage is `Timeline(id)` from the name and its LSN range is
+`[n * size, (n + 1) * size)` for segment number n, with the segment size learned from the first
+header read. Before any byte of a segment is uploaded its long page header is checked
+(`check_header`): the system identifier must be this database's, and the page address, timeline
+and file size must agree with the name — so a truncated copy, a recycled segment or another
+cluster's WAL is refused, not archived.
 
 Timeline history files carry the new timeline's parent and branch point, read here so the event
 says where the lineage forks. Backup history files carry the backup's start and stop LSN. Both
@@ -49,8 +50,8 @@ from services.archiver.sources import (
     fingerprint_of,
     mtime_utc,
 )
-from services.archiver.spool import ReadAheadLock, Spool, SpoolError
 from services.engines.postgres import walfile
+from services.engines.postgres.spool import ReadAheadLock, Spool, SpoolError
 from services.engines.postgres.walfile import WalFileKind, WalFileName
 
 _log = logging.getLogger("tidemark.archiver")

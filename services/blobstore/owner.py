@@ -6,6 +6,9 @@ system id means the prefix belongs to another database (a copy-pasted uid, a res
 still configured as its source), and nothing is written — two databases mixing logs under one
 prefix would make both unrestorable. A prefix that already holds logs but no owner file is
 judged by the logs' own metadata before it is claimed.
+
+The archiver claims the prefix before its first log, and an engine before it points a database's
+archiving at it: both use this one rule.
 """
 
 from __future__ import annotations
@@ -14,13 +17,25 @@ import json
 from dataclasses import dataclass
 
 from schemas import DatabaseRef
-from services.archiver.errors import ForeignArchive
-from services.archiver.keys import database_prefix, owner_key
-from services.blobstore import BlobStore, ObjectConflict
+from services.blobstore.errors import ObjectConflict
+from services.blobstore.layout import database_prefix, owner_key
+from services.blobstore.model import BlobStore
 
 OWNER_FORMAT = 1
 #: How many existing objects are examined when a prefix has logs but no owner file.
 _SAMPLE = 20
+
+
+class ForeignArchive(Exception):
+    """The prefix is owned by another database (alarm; nothing of this database is written
+    until that is resolved). Not retryable: only a person can tell which database is right."""
+
+    retryable: bool = False
+
+    def __init__(self, reason: str, *, owner_system_id: int | None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.owner_system_id = owner_system_id
 
 
 @dataclass(frozen=True, slots=True)

@@ -29,7 +29,7 @@ Exit status (PostgreSQL keeps its file and retries after any non-zero status):
     2  usage: bad arguments, or a name PostgreSQL does not archive
 
 The spool layout and ``spool.json`` are described in ``docs/archiving-postgres.md``; the
-archiver's side is ``services/archiver/spool.py``.
+archiver's side is ``services/engines/postgres/spool.py``.
 """
 
 from __future__ import annotations

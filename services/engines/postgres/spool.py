@@ -14,8 +14,8 @@ One spool per database, on the database's machine::
       readahead.lock  flocked by the archiver while it reads ahead and its store answers
       notify.sock     the archiver's AF_UNIX datagram socket; walpush sends each file name to it
 
-:mod:`services.archiver.walpush` is the writer (run by PostgreSQL, standard library only); this
-module is the archiver's side: create the layout (:meth:`Spool.init`), list and release what is
+:mod:`.walpush` is the writer (run by PostgreSQL, standard library only); this module is the
+archiver's side: create the layout (:meth:`Spool.init`), list and release what is
 ready, bind the notification socket, and build the ``archive_command`` that runs walpush. Nothing
 leaves ``ready/`` until the archiver has it in the store and the catalog (:meth:`Spool.release`).
 """
@@ -40,16 +40,6 @@ from pathlib import Path
 from pydantic import TypeAdapter, ValidationError
 
 from schemas import DatabaseUid
-from services.archiver.walpush import (
-    DEFAULT_MAX_BYTES,
-    DEFAULT_MIN_FREE_BYTES,
-    DEFAULT_READAHEAD_WAIT_S,
-    IDENTITY,
-    MARKER_FORMAT,
-    READAHEAD_LOCK,
-    SPOOL_FORMAT,
-    STORED_DIR,
-)
 from services.engines.postgres.oscmd import (
     OsCommandError,
     OsUser,
@@ -64,6 +54,16 @@ from services.engines.postgres.walfile import (
     WalNameError,
     classify,
     parse_name,
+)
+from services.engines.postgres.walpush import (
+    DEFAULT_MAX_BYTES,
+    DEFAULT_MIN_FREE_BYTES,
+    DEFAULT_READAHEAD_WAIT_S,
+    IDENTITY,
+    MARKER_FORMAT,
+    READAHEAD_LOCK,
+    SPOOL_FORMAT,
+    STORED_DIR,
 )
 
 __all__ = [
