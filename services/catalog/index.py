@@ -31,6 +31,7 @@ from schemas.catalog import (
 )
 from schemas.messages import (
     BackupCompleted,
+    BackupKind,
     LogArchived,
     RestoreTarget,
     TargetImmediate,
@@ -177,9 +178,35 @@ class CatalogIndex:
         if known is None or (known.parent is None and entry.parent is not None):
             db.history.add_lineage(entry)
 
-    def apply_log(self, database: DatabaseRef, log: LogArchived) -> bool:
-        """Index one stored log; False if it was already indexed (redelivery)."""
+    def apply_log(self, database: DatabaseRef, log: LogArchived, *, deleted: bool = False) -> bool:
+        """Index one stored log; False if it was already indexed (redelivery).
+
+        `deleted`: the store holds a tombstone for this very object (`Recorded.DELETED`); it is
+        not indexed, but the threads it names are still threads of its lineage.
+        """
+        self.learn_log_threads(database, log)
+        if deleted:
+            return False
         return self.apply_stored_log(database, log.lineage, StoredLog.of(log))
+
+    def learn_log_threads(self, database: DatabaseRef, log: LogArchived) -> None:
+        """The threads `log` shows its lineage has (as `Writer.record_threads` stores them)."""
+        if log.kind in ("redo", "wal"):
+            self.learn_threads(database, log.lineage, (log.thread,), reported=False)
+        if log.enabled_threads:
+            self.learn_threads(database, log.lineage, log.enabled_threads, reported=True)
+
+    def learn_threads(
+        self,
+        database: DatabaseRef,
+        lineage: Incarnation | Timeline,
+        threads: Iterable[int],
+        *,
+        reported: bool,
+    ) -> None:
+        db = self._ensure(database)
+        self._learn_lineage(db, lineage)
+        db.history.add_threads(lineage.key, threads, reported=reported)
 
     def apply_stored_log(
         self, database: DatabaseRef, lineage: Incarnation | Timeline, log: StoredLog
@@ -261,6 +288,8 @@ class CatalogIndex:
                 backup.start.value,
                 backup.consistent_at.value,
                 backup.completed_at,
+                incremental=backup.spec.kind is BackupKind.INCREMENTAL,
+                parent=backup.parent_backup_id,
             )
         )
         if db.current_lineage is None:
@@ -541,7 +570,7 @@ class CatalogIndex:
     def _immediate_base(self, db: DatabaseIndex, lineage: str) -> str | None:
         best: BaseEntry | None = None
         for base in db.history.bases.values():
-            if base.lineage != lineage:
+            if base.lineage != lineage or not db.history.has_whole_chain(base):
                 continue
             end, _ = db.history.chain_end(lineage, base.start)
             if end >= base.consistent and (best is None or base.consistent > best.consistent):
