@@ -387,13 +387,21 @@ class History:
             start, end = start_plus - 1, end_plus - 1
             opening = [c for c in inside if c[0] == start]
             closing = [c for c in inside if c[1] == end]
+            start_time = self._start_time(lineage, start, opening)
+            end_time = self._end_time(lineage, end, closing)
+            if start_time is not None and end_time is not None and end_time < start_time:
+                # Just after a first backup its last log was archived before the backup
+                # completed: by position the window is open, by time not yet (no moment is
+                # known to lie after the base's completion and before the logs' end). An empty
+                # time span says so; one that ends before it starts said nonsense.
+                start_time = end_time
             windows.append(
                 Window(
                     lineage=lineage,
                     start=start,
                     end=end,
-                    start_time=self._start_time(lineage, start, opening),
-                    end_time=self._end_time(lineage, end, closing),
+                    start_time=start_time,
+                    end_time=end_time,
                     bases=tuple(sorted(c[2].backup_id for c in inside)),
                 )
             )

@@ -664,21 +664,16 @@ class CatalogIndex:
         self, database_uid: str, target: RestoreTarget, lineage: str | None
     ) -> dict[str, Any]:
         """A `RestorePlanReply`'s fields, in its order; objects as plain dicts."""
+        # One validation of the target for checks and plans: a plan exists only where the
+        # check says restorable (an xid or a restore point the catalog cannot place is refused
+        # by both, never planned as "recover to the end of the window").
         verdict = self.check(database_uid, target, lineage)
+        if not verdict.restorable or verdict.base is None:
+            raise NotRestorable(verdict)
         db = self.database(database_uid)
         key = verdict.lineage or ""
-        if isinstance(target, TargetXid | TargetName):
-            # Unplaceable targets restore from the newest base, reading its whole window.
-            windows = db.history.windows(key)
-            if not windows:
-                raise NotRestorable(verdict)
-            base_id = max(windows[-1].bases, key=lambda b: db.history.bases[b].consistent)
-            until = windows[-1].end
-        else:
-            if not verdict.restorable or verdict.base is None:
-                raise NotRestorable(verdict)
-            base_id = verdict.base
-            until = self._until_position(db, key, target, verdict)
+        base_id = verdict.base
+        until = self._until_position(db, key, target, verdict)
         logs = db.history.logs_for(base_id, key, until)
         position = _wire_position(db.ref.engine)
         objects: list[dict[str, Any]] = []
@@ -769,13 +764,15 @@ class CatalogIndex:
         self, database_uid: str, keep_days: float, *, now: datetime | None = None
     ) -> RetentionPreview:
         """What a recovery window of `keep_days` would delete. The base that starts the oldest
-        wanted window is always kept, with every log from its start on."""
+        wanted window is always kept, with every log from its start on, and so is every backup
+        a kept one depends on (the level 0 under a kept level 1)."""
         db = self.database(database_uid)
         keep_from = (now or utcnow()) - timedelta(days=keep_days)
         bases = sorted(db.history.bases.values(), key=lambda b: b.completed_at)
         anchor = None
         for base in bases:
-            if base.completed_at <= keep_from:
+            # Only a base with its whole chain can start a window.
+            if base.completed_at <= keep_from and db.history.has_whole_chain(base):
                 anchor = base
         if anchor is None:
             return RetentionPreview(
@@ -788,8 +785,15 @@ class CatalogIndex:
                 oldest_kept_base=bases[0].backup_id if bases else None,
                 note="no backup is older than the window; nothing can be deleted",
             )
-        delete = [b.backup_id for b in bases if b.completed_at < anchor.completed_at]
-        keep = [b.backup_id for b in bases if b.backup_id not in delete]
+        kept = {b.backup_id for b in bases if b.completed_at >= anchor.completed_at}
+        for backup_id in list(kept):
+            # What a kept incremental applies to must stay, however old it is.
+            parent = db.history.bases[backup_id].parent
+            while parent is not None and parent in db.history.bases and parent not in kept:
+                kept.add(parent)
+                parent = db.history.bases[parent].parent
+        delete = [b.backup_id for b in bases if b.backup_id not in kept]
+        keep = [b.backup_id for b in bases if b.backup_id in kept]
         old_logs = [
             obj
             for (lineage, thread, seq), obj in db.objects.items()
