@@ -20,7 +20,7 @@ Every object carries flat string metadata, so the bucket alone describes every l
 | `first_time`, `next_time`, `archived_at` | ISO 8601 UTC ("" if unknown) |
 | `size`, `crc32c` | the log as the engine wrote it, before compression |
 | `compression` | `none` or `zstd` (the object's own size and crc32c are the stored bytes') |
-| `enabled-threads` | the lineage's enabled threads when the log was archived, e.g. `1,2` ("" if unknown) |
+| `enabled-threads` | the lineage's threads enabled at archive time, e.g. `1,2` ("" if unknown) |
 """
 
 from __future__ import annotations

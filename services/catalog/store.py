@@ -238,6 +238,7 @@ def is_deleted_object(
     deleted_at, buried_stored_at, buried_crc32c = tombstone
     return stored_at <= deleted_at or (stored_at, crc32c) == (buried_stored_at, buried_crc32c)
 
+
 _LogKey = tuple[str, str, int, int, str, str]
 """A log's natural key: database, lineage, thread, sequence, kind, file name."""
 
@@ -359,8 +360,9 @@ class Writer:
         self._lineages[cache_key] = known
         return changed
 
-    def record_log(self, database: DatabaseRef, log: LogArchived) -> bool:
-        """Store one log. True if it is new; False if this exact log was known.
+    def record_log(self, database: DatabaseRef, log: LogArchived) -> bool | Recorded:
+        """Store one log. True if it is new; False if this exact log was known;
+        `Recorded.DELETED` if it is a log deleted before (a tombstone buries it).
 
         Raises `StoreConflict` when the same log (same lineage, thread, sequence, kind and
         name) is known with another range or checksum: the first is kept.
@@ -695,7 +697,7 @@ class CatalogStore:
 
     # Single-fact transactions, as the event handlers use them.
 
-    def record_log(self, database: DatabaseRef, log: LogArchived) -> bool:
+    def record_log(self, database: DatabaseRef, log: LogArchived) -> bool | Recorded:
         with self.writing() as writer:
             return writer.record_log(database, log)
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from schemas import ContractError, DatabaseRef, Incarnation, Scn, decode, envelope
+from schemas import ContractError, DatabaseRef, Incarnation, Scn, Timeline, decode, envelope
 from schemas.messages import (
     BackupCompleted,
     BackupDeleted,
@@ -26,7 +26,7 @@ from schemas.messages import (
 )
 from services.catalog.index import NotRestorable
 from services.catalog.queries import _Refused, handlers
-from tests.doubles.catalog_events import ORA, backup, redo, wal
+from tests.doubles.catalog_events import ORA, PG, SEG, backup, redo, wal
 from tests.doubles.catalog_rig import CatalogRig
 
 pytestmark = pytest.mark.unit
@@ -199,7 +199,7 @@ def test_a_plan_is_refused_where_the_check_refuses_the_target(rig: CatalogRig) -
     assert refused.value.reply == check
 
 
-# -- point 5: strict on the bus as over HTTP ---------------------------------------------------------
+# -- point 5: strict on the bus as over HTTP ---------------------------------------------------
 
 
 @pytest.mark.parametrize("value", ['"300"', "true"])
@@ -236,7 +236,8 @@ def test_an_event_with_a_position_that_is_not_an_integer_is_refused(value: str) 
 def test_an_event_on_another_databases_subject_is_refused_and_not_indexed(rig: CatalogRig) -> None:
     refused = rig.send(ORA, log(1, 1), subject_uid="payroll")
     assert refused is not None
-    assert "payroll" in str(refused) and "ledger" in str(refused)
+    assert "payroll" in str(refused)
+    assert "ledger" in str(refused)
     assert rig.index.databases() == []
 
 
@@ -269,14 +270,12 @@ def test_a_child_incarnation_reported_with_one_thread_gets_its_window(rig: Catal
 def test_just_after_the_first_backup_the_window_does_not_end_before_it_starts(
     rig: CatalogRig,
 ) -> None:
-    from tests.doubles.catalog_events import PG, SEG
-    from schemas import Timeline
-
     segments = [wal(n) for n in (1, 2)]  # archived at T0 + 1 and 2 minutes
     base = backup("b1", SEG + 0x28, SEG + 0x100, Timeline(id=1), minute=5)  # completes later
     send_all(rig, PG, *segments, base)
     [window] = rig.index.windows(PG.uid, now=NOW).windows
-    assert window.start_time is not None and window.end_time is not None
+    assert window.start_time is not None
+    assert window.end_time is not None
     assert window.start_time <= window.end_time
 
 
