@@ -166,7 +166,8 @@ def decode(raw: bytes, *, subject: str | None = None) -> Envelope[Any]:
     if model is not None and (subject is None or subject_pattern(model).match(subject)):
         try:
             # One pass, in pydantic's own JSON parser: most of what a consumer spends per message.
-            return envelope_of(model).model_validate_json(raw)
+            # Strict, as every wire path: "123" or true is not a position.
+            return envelope_of(model).model_validate_json(raw, strict=True)
         except ValidationError:
             pass  # the full parse below says what is wrong
     try:
@@ -185,6 +186,6 @@ def decode(raw: bytes, *, subject: str | None = None) -> Envelope[Any]:
     if subject is not None and not subject_pattern(model).match(subject):
         raise ContractError(f"{kind} does not belong on subject {subject!r} ({model.SUBJECT})")
     try:
-        return envelope_of(model).model_validate(document)
+        return envelope_of(model).model_validate_json(raw, strict=True)
     except ValidationError as exc:
         raise ContractError(f"{kind} is invalid: {_explain(exc)}") from None

@@ -15,7 +15,7 @@ from datetime import datetime
 
 from schemas import DatabaseRef, Envelope, envelope
 from schemas.messages import AlarmReason, ArchiveAlarm, Compression, LogArchived
-from services.archiver.keys import lineage_key
+from services.archiver.keys import enabled_threads, lineage_key
 from services.archiver.sources import LoggedFile
 
 
@@ -70,6 +70,7 @@ def log_archived(
         node=node,
         archived_at=log.archived_at,
         stored_at=stored_at,
+        enabled_threads=enabled_threads(log),
     )
     return envelope(data, source=source, database=log.database, message_id=message_id)
 

@@ -13,6 +13,7 @@ Every object carries flat string metadata, so the bucket alone describes every l
 | `first_time`, `next_time`, `archived_at` | ISO 8601 UTC ("" if unknown) |
 | `size`, `crc32c` | the log as the engine wrote it, before compression |
 | `compression` | `none` or `zstd` (the object's own size and crc32c are the stored bytes') |
+| `enabled-threads` | the lineage's threads enabled at archive time, e.g. `1,2` ("" if unknown) |
 """
 
 from __future__ import annotations
@@ -72,4 +73,14 @@ def object_metadata(log: LoggedFile, digest: Digest, compression: str) -> dict[s
         "size": str(digest.size),
         "crc32c": digest.crc32c,
         "compression": compression,
+        "enabled-threads": ",".join(str(t) for t in enabled_threads(log) or ()),
     }
+
+
+def enabled_threads(log: LoggedFile) -> tuple[int, ...] | None:
+    """The threads enabled on `log`'s lineage when it was archived: PostgreSQL has one; an
+    Oracle source says what V$THREAD listed (None while it does not say)."""
+    if log.kind != "redo":
+        return (1,)
+    found: tuple[int, ...] | None = getattr(log, "enabled_threads", None)
+    return found

@@ -21,7 +21,7 @@ is a sorted list updated per log, and a time is placed on a thread by binary sea
 from __future__ import annotations
 
 from bisect import bisect_left, bisect_right, insort
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import NamedTuple
@@ -49,11 +49,16 @@ class LogEntry(NamedTuple):
 
 @dataclass(frozen=True)
 class BaseEntry:
+    """A backup as a restore base. An incremental (RMAN level 1) is a base only with its whole
+    chain: `parent` names the backup it applies to, down to a full one."""
+
     backup_id: str
     lineage: str
     start: int
     consistent: int
     completed_at: datetime
+    incremental: bool = False
+    parent: str | None = None
 
 
 @dataclass(frozen=True)
@@ -137,6 +142,12 @@ class History:
         # change: asked for by every query and after every ingested batch, and with hundreds of
         # bases worth remembering. Any change forgets them all.
         self._answers: dict[str, tuple[list[_Contribution], list[Window]]] = {}
+        # The threads each lineage must have a chain on: those the archiver reported enabled
+        # and those logs were seen on. Never forgotten when logs go: a thread whose every log
+        # was deleted still has to be recovered, and knowing it only through its remaining
+        # logs made a restart bring back windows a deletion had closed.
+        self._reported: dict[str, set[int]] = {}
+        self._seen: dict[str, set[int]] = {}
 
     # -- updates --------------------------------------------------------------------------------
 
@@ -153,9 +164,42 @@ class History:
         self._answers.clear()
         return self.bases.pop(backup_id, None) is not None
 
+    def add_threads(self, lineage: str, threads: Iterable[int], *, reported: bool) -> None:
+        """Remember threads of `lineage`: `reported` by the archiver as enabled, or seen on a
+        log. Knowledge only grows, so the answer is the same whatever order the facts came in."""
+        known = (self._reported if reported else self._seen).setdefault(lineage, set())
+        new = set(threads) - known
+        if new:
+            self._answers.clear()
+            known.update(new)
+
+    def known_threads(self, lineage: str) -> tuple[set[int], set[int]]:
+        """(reported, seen) threads of `lineage`: what the store keeps of them."""
+        return set(self._reported.get(lineage, ())), set(self._seen.get(lineage, ()))
+
+    def required_threads(self, lineage: str) -> list[int]:
+        """The threads whose chains bound a window on `lineage`, in order.
+
+        Those the archiver reported enabled, and every thread a log was seen on; a lineage
+        with no report at all (a producer that predates it) also takes its parent's, since a
+        new incarnation of a two-thread database does not drop a thread by having logs on one.
+        """
+        required: set[int] = set()
+        seen: set[str] = set()
+        key: str | None = lineage
+        while key is not None and key not in seen:
+            seen.add(key)
+            required |= self._seen.get(key, set()) | self._reported.get(key, set())
+            if self._reported.get(key):
+                break
+            entry = self.lineages.get(key)
+            key = entry.parent if entry is not None else None
+        return sorted(required)
+
     def add_log(self, log: LogEntry) -> bool:
         """Index a log; False if it was already there. Raises HistoryConflict on a mismatch."""
         self.lineages.setdefault(log.lineage, LineageEntry(log.lineage))
+        self.add_threads(log.lineage, (log.thread,), reported=False)
         thread = self._threads.setdefault(log.lineage, {}).setdefault(log.thread, _Thread())
         known = thread.by_seq.get(log.sequence)
         if known is not None:
@@ -226,14 +270,17 @@ class History:
         return self._threads.get(lineage, {})
 
     def chain_end(self, lineage: str, point: int) -> tuple[int, int | None]:
-        """How far every thread's chain runs from `point`: (E, the thread that limits it)."""
+        """How far every required thread's chain runs from `point`: (E, the thread that limits
+        it). A required thread without a log there stops it at `point`."""
         threads = self.threads(lineage)
-        if not threads:
+        required = self.required_threads(lineage)
+        if not required:
             return point, None
         end: int | None = None
         limiting: int | None = None
-        for number in sorted(threads):
-            reach = threads[number].cover.reaching(point)
+        for number in required:
+            thread = threads.get(number)
+            reach = thread.cover.reaching(point) if thread is not None else None
             thread_end = reach[1] if reach is not None else point
             if end is None or thread_end < end:
                 end, limiting = thread_end, number
@@ -269,6 +316,24 @@ class History:
             return None
         return list(reversed(chain))
 
+    def chain_of(self, base: BaseEntry) -> list[BaseEntry] | None:
+        """`base` and every backup it depends on, down to a full one; None when a link is
+        missing (deleted, never seen, or an incremental that names no parent)."""
+        chain = [base]
+        seen = {base.backup_id}
+        current = base
+        while current.incremental:
+            parent = self.bases.get(current.parent) if current.parent is not None else None
+            if parent is None or parent.backup_id in seen:
+                return None
+            seen.add(parent.backup_id)
+            chain.append(parent)
+            current = parent
+        return chain
+
+    def has_whole_chain(self, base: BaseEntry) -> bool:
+        return self.chain_of(base) is not None
+
     def base_window(self, base: BaseEntry, lineage: str) -> tuple[int, int, int | None] | None:
         """(lower, E, limiting thread) of base on lineage, or None when it cannot reach it."""
         path = self.path(base.lineage, lineage)
@@ -297,6 +362,8 @@ class History:
         if lineage not in self._answers:
             contributions: list[_Contribution] = []
             for base in self.bases.values():
+                if not self.has_whole_chain(base):
+                    continue
                 found = self.base_window(base, lineage)
                 if found is not None:
                     lower, end, limiting = found
@@ -320,13 +387,21 @@ class History:
             start, end = start_plus - 1, end_plus - 1
             opening = [c for c in inside if c[0] == start]
             closing = [c for c in inside if c[1] == end]
+            start_time = self._start_time(lineage, start, opening)
+            end_time = self._end_time(lineage, end, closing)
+            if start_time is not None and end_time is not None and end_time < start_time:
+                # Just after a first backup its last log was archived before the backup
+                # completed: by position the window is open, by time not yet (no moment is
+                # known to lie after the base's completion and before the logs' end). An empty
+                # time span says so; one that ends before it starts said nonsense.
+                start_time = end_time
             windows.append(
                 Window(
                     lineage=lineage,
                     start=start,
                     end=end,
-                    start_time=self._start_time(lineage, start, opening),
-                    end_time=self._end_time(lineage, end, closing),
+                    start_time=start_time,
+                    end_time=end_time,
                     bases=tuple(sorted(c[2].backup_id for c in inside)),
                 )
             )
@@ -361,7 +436,8 @@ class History:
         for _, _, _, limiting in closing:
             if limiting is None:
                 continue
-            log = self.threads(lineage)[limiting].by_next.get(end)
+            thread = self.threads(lineage).get(limiting)
+            log = thread.by_next.get(end) if thread is not None else None
             if log is not None:
                 return log.next_time
         return None
@@ -388,7 +464,11 @@ class History:
                 f"{lineage} starts at {entry.branch_at}; target the parent lineage "
                 f"{entry.parent} instead",
             )
-        usable = [b for b in self.bases.values() if self.path(b.lineage, lineage) is not None]
+        usable = [
+            b
+            for b in self.bases.values()
+            if self.path(b.lineage, lineage) is not None and self.has_whole_chain(b)
+        ]
         if not usable:
             return refuse("no_backup", f"no backup on the path to {lineage}")
         if not windows or target <= windows[0].start:
@@ -414,7 +494,10 @@ class History:
         _, limiting = self.chain_end(lineage, end)
         if limiting is None:
             return None
-        thread = self.threads(lineage)[limiting]
+        thread = self.threads(lineage).get(limiting)
+        if thread is None:
+            # An enabled thread with no log left on this lineage: the whole thread is the gap.
+            return Gap(lineage, limiting, None, None, end, None)
         last = thread.by_next.get(end)
         following = thread.cover.next_after(end)
         nxt = thread.by_first.get(following[0]) if following else None

@@ -31,6 +31,7 @@ from schemas.catalog import (
 )
 from schemas.messages import (
     BackupCompleted,
+    BackupKind,
     LogArchived,
     RestoreTarget,
     TargetImmediate,
@@ -177,9 +178,35 @@ class CatalogIndex:
         if known is None or (known.parent is None and entry.parent is not None):
             db.history.add_lineage(entry)
 
-    def apply_log(self, database: DatabaseRef, log: LogArchived) -> bool:
-        """Index one stored log; False if it was already indexed (redelivery)."""
+    def apply_log(self, database: DatabaseRef, log: LogArchived, *, deleted: bool = False) -> bool:
+        """Index one stored log; False if it was already indexed (redelivery).
+
+        `deleted`: the store holds a tombstone for this very object (`Recorded.DELETED`); it is
+        not indexed, but the threads it names are still threads of its lineage.
+        """
+        self.learn_log_threads(database, log)
+        if deleted:
+            return False
         return self.apply_stored_log(database, log.lineage, StoredLog.of(log))
+
+    def learn_log_threads(self, database: DatabaseRef, log: LogArchived) -> None:
+        """The threads `log` shows its lineage has (as `Writer.record_threads` stores them)."""
+        if log.kind in ("redo", "wal"):
+            self.learn_threads(database, log.lineage, (log.thread,), reported=False)
+        if log.enabled_threads:
+            self.learn_threads(database, log.lineage, log.enabled_threads, reported=True)
+
+    def learn_threads(
+        self,
+        database: DatabaseRef,
+        lineage: Incarnation | Timeline,
+        threads: Iterable[int],
+        *,
+        reported: bool,
+    ) -> None:
+        db = self._ensure(database)
+        self._learn_lineage(db, lineage)
+        db.history.add_threads(lineage.key, threads, reported=reported)
 
     def apply_stored_log(
         self, database: DatabaseRef, lineage: Incarnation | Timeline, log: StoredLog
@@ -261,6 +288,8 @@ class CatalogIndex:
                 backup.start.value,
                 backup.consistent_at.value,
                 backup.completed_at,
+                incremental=backup.spec.kind is BackupKind.INCREMENTAL,
+                parent=backup.parent_backup_id,
             )
         )
         if db.current_lineage is None:
@@ -541,7 +570,7 @@ class CatalogIndex:
     def _immediate_base(self, db: DatabaseIndex, lineage: str) -> str | None:
         best: BaseEntry | None = None
         for base in db.history.bases.values():
-            if base.lineage != lineage:
+            if base.lineage != lineage or not db.history.has_whole_chain(base):
                 continue
             end, _ = db.history.chain_end(lineage, base.start)
             if end >= base.consistent and (best is None or base.consistent > best.consistent):
@@ -635,21 +664,16 @@ class CatalogIndex:
         self, database_uid: str, target: RestoreTarget, lineage: str | None
     ) -> dict[str, Any]:
         """A `RestorePlanReply`'s fields, in its order; objects as plain dicts."""
+        # One validation of the target for checks and plans: a plan exists only where the
+        # check says restorable (an xid or a restore point the catalog cannot place is refused
+        # by both, never planned as "recover to the end of the window").
         verdict = self.check(database_uid, target, lineage)
+        if not verdict.restorable or verdict.base is None:
+            raise NotRestorable(verdict)
         db = self.database(database_uid)
         key = verdict.lineage or ""
-        if isinstance(target, TargetXid | TargetName):
-            # Unplaceable targets restore from the newest base, reading its whole window.
-            windows = db.history.windows(key)
-            if not windows:
-                raise NotRestorable(verdict)
-            base_id = max(windows[-1].bases, key=lambda b: db.history.bases[b].consistent)
-            until = windows[-1].end
-        else:
-            if not verdict.restorable or verdict.base is None:
-                raise NotRestorable(verdict)
-            base_id = verdict.base
-            until = self._until_position(db, key, target, verdict)
+        base_id = verdict.base
+        until = self._until_position(db, key, target, verdict)
         logs = db.history.logs_for(base_id, key, until)
         position = _wire_position(db.ref.engine)
         objects: list[dict[str, Any]] = []
@@ -740,13 +764,15 @@ class CatalogIndex:
         self, database_uid: str, keep_days: float, *, now: datetime | None = None
     ) -> RetentionPreview:
         """What a recovery window of `keep_days` would delete. The base that starts the oldest
-        wanted window is always kept, with every log from its start on."""
+        wanted window is always kept, with every log from its start on, and so is every backup
+        a kept one depends on (the level 0 under a kept level 1)."""
         db = self.database(database_uid)
         keep_from = (now or utcnow()) - timedelta(days=keep_days)
         bases = sorted(db.history.bases.values(), key=lambda b: b.completed_at)
         anchor = None
         for base in bases:
-            if base.completed_at <= keep_from:
+            # Only a base with its whole chain can start a window.
+            if base.completed_at <= keep_from and db.history.has_whole_chain(base):
                 anchor = base
         if anchor is None:
             return RetentionPreview(
@@ -759,8 +785,15 @@ class CatalogIndex:
                 oldest_kept_base=bases[0].backup_id if bases else None,
                 note="no backup is older than the window; nothing can be deleted",
             )
-        delete = [b.backup_id for b in bases if b.completed_at < anchor.completed_at]
-        keep = [b.backup_id for b in bases if b.backup_id not in delete]
+        kept = {b.backup_id for b in bases if b.completed_at >= anchor.completed_at}
+        for backup_id in list(kept):
+            # What a kept incremental applies to must stay, however old it is.
+            parent = db.history.bases[backup_id].parent
+            while parent is not None and parent in db.history.bases and parent not in kept:
+                kept.add(parent)
+                parent = db.history.bases[parent].parent
+        delete = [b.backup_id for b in bases if b.backup_id not in kept]
+        keep = [b.backup_id for b in bases if b.backup_id in kept]
         old_logs = [
             obj
             for (lineage, thread, seq), obj in db.objects.items()

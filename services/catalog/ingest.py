@@ -24,6 +24,8 @@ Ack policy, per event (the bus's table in `services/bus/batch.py` applies):
 | backup.completed conflicting with a known one    | TerminalError: dead letter, first kept      |
 | backup.deleted, log.deleted                      | store (tombstone / delete), index, ack      |
 | envelope names no database                       | TerminalError                               |
+| subject names another database than the envelope | TerminalError: dead letter with that reason |
+| log.archived of a log deleted before (tombstone) | ack: it stays deleted, no `log.indexed`     |
 | store unreachable, publish not acknowledged      | raised: the whole batch nak'd with backoff, |
 |                                                  |   redelivered                               |
 
@@ -111,10 +113,19 @@ def lineage_windows(db: DatabaseIndex) -> Windows:
     return found
 
 
-def _database(message: Envelope[Any]) -> DatabaseRef:
+def _database(message: Envelope[Any], subject: str | None = None) -> DatabaseRef:
+    """The database an event is about; refused when the envelope names none, or another one
+    than its subject: indexing it under either would file one database's facts as another's."""
     if message.database is None:
         raise TerminalError(f"{message.type} {message.id} names no database")
     database: DatabaseRef = message.database
+    if subject is not None:
+        named = subject.rsplit(".", 1)[-1]
+        if named != database.uid:
+            raise TerminalError(
+                f"{message.type} {message.id} was published on {subject} (database {named!r}) "
+                f"but its envelope names database {database.uid!r}"
+            )
     return database
 
 
@@ -126,7 +137,8 @@ class _Event:
     message: Envelope[Any]
     database: DatabaseRef
     stored: bool | Recorded | None = None
-    """What the store did: a log new (True) or known; a backup's `Recorded`."""
+    """What the store did: a log new (True), known (False) or deleted before
+    (`Recorded.DELETED`); a backup's `Recorded`."""
     refused: Exception | None = None
 
     @property
@@ -173,7 +185,8 @@ class Ingest:
         events: list[_Event] = []
         for i, delivery in enumerate(deliveries):
             try:
-                events.append(_Event(i, delivery.message, _database(delivery.message)))
+                database = _database(delivery.message, delivery.subject)
+                events.append(_Event(i, delivery.message, database))
             except TerminalError as exc:
                 refused[i] = exc
         # Nothing else runs on the loop meanwhile: work done here while the store's thread
@@ -185,7 +198,12 @@ class Ingest:
         done = [e for e in events if e.refused is None]
         self._heap.indexed(len(done))
         await self.publisher.publish_all(
-            [self._indexed(e) for e in done if isinstance(e.data, LogArchived)]
+            [
+                self._indexed(e)
+                for e in done
+                # A deleted log is not held: saying it is indexed would be untrue.
+                if isinstance(e.data, LogArchived) and e.stored is not Recorded.DELETED
+            ]
         )
         last_of = {e.database.uid: e for e in done}
         for event in last_of.values():
@@ -225,8 +243,18 @@ class Ingest:
     def _write_one(writer: Writer, event: _Event) -> None:
         data, uid = event.data, event.database.uid
         if isinstance(data, LogDeleted):
-            name = data.file_name or ""
-            writer.delete_log(uid, data.lineage.key, data.kind, data.thread, data.sequence, name)
+            writer.delete_log(
+                uid,
+                data.lineage.key,
+                data.kind,
+                data.thread,
+                data.sequence,
+                data.file_name or "",
+                object_key=data.object_key,
+                # The fact's own time, not ours: a replay of the deletion buries the same logs.
+                deleted_at=event.message.occurred_at,
+                reason=data.reason,
+            )
         elif isinstance(data, BackupCompleted):
             try:
                 # Its own savepoint: a refused backup keeps nothing it wrote about its lineage.
@@ -249,7 +277,7 @@ class Ingest:
         data, database = event.data, event.database
         if isinstance(data, LogArchived):
             try:
-                self.index.apply_log(database, data)
+                self.index.apply_log(database, data, deleted=event.stored is Recorded.DELETED)
             except HistoryConflict as exc:
                 event.refused = TerminalError(str(exc))
                 # The store took it under a finer key than the index's; keep the first there too.

@@ -49,7 +49,8 @@ class _Refused(Exception):
 
 def _parse(model: type[BaseModel], data: bytes) -> Any:
     try:
-        return model.model_validate_json(data or b"{}")
+        # Strict, as the HTTP API's parameters are: "123" or true is not an SCN.
+        return model.model_validate_json(data or b"{}", strict=True)
     except ValidationError as exc:
         problems = "; ".join(
             f"{'.'.join(str(p) for p in e['loc']) or 'request'}: {e['msg']}"

@@ -3,7 +3,8 @@
 The bucket is self-describing (`services/archiver/keys.py`), so one listing is enough:
 
     <prefix>/<uid>/owner.json                        the database: engine, system id, name
-    <prefix>/<uid>/<lineage>/logs/<thread>/<name>    a log, from its object metadata
+    <prefix>/<uid>/<lineage>/logs/<thread>/<name>    a log, from its object metadata (with the
+                                                     lineage's `enabled-threads`)
     <prefix>/<uid>/<lineage>/history/<name>          a timeline or backup history file, from its
                                                      metadata; a timeline history's content names
                                                      the parent timeline and the branch point
@@ -16,7 +17,8 @@ not fixed yet). An object whose metadata does not describe a log is skipped with
 a rebuild never guesses.
 
 What the bucket cannot say: which node archived a log (rebuilt rows name none), backups and logs
-deleted from the bucket (they are simply absent, as they should be; tombstones start afresh), and
+deleted from the bucket (they are simply absent, as they should be; the tombstones the store
+already held are kept, so a late event does not bring one back), and
 an Oracle incarnation's parent (object metadata names the incarnation only; rebuilt incarnations
 are roots, with the first SCN seen on them as their resetlogs SCN).
 
@@ -106,6 +108,11 @@ def _time(text: str) -> datetime | None:
     return datetime.fromisoformat(text) if text else None
 
 
+def _threads(text: str) -> tuple[int, ...] | None:
+    """`enabled-threads` metadata (`1,2`); None when the archiver did not write it."""
+    return tuple(int(t) for t in text.split(",")) if text else None
+
+
 def _lineage_from_key(key: str, first: Position | None) -> Lineage:
     if key.startswith("tl-"):
         return Timeline(id=int(key.removeprefix("tl-"), 16))
@@ -161,6 +168,7 @@ def log_from_object(info: ObjectInfo, uid: str, lineage_key: str) -> LogArchived
             node=UNKNOWN_NODE,
             archived_at=_time(meta["archived_at"]),
             stored_at=info.updated,
+            enabled_threads=_threads(meta.get("enabled-threads", "")),
         )
     except (KeyError, ValueError, ValidationError) as exc:
         reason = exc.errors()[0]["msg"] if isinstance(exc, ValidationError) else repr(exc)

@@ -14,7 +14,14 @@ Every write is keyed by the fact's natural key, so a redelivered event changes n
   no-op, anything else is a `StoreConflict`;
 - `backups` (database, backup id): same lineage, positions and manifest is a no-op, anything
   else is a `StoreConflict`; `backup_tombstones` remember deleted backups, so a late
-  `backup.completed` never brings one back.
+  `backup.completed` never brings one back;
+- `log_tombstones` (a log's natural key): a deleted log stays deleted. A `log.archived` whose
+  object was stored at or before the deletion (or is exactly the object deleted) is that object
+  again, redelivered or late: `Recorded.DELETED`, nothing written. One stored after it is a
+  distinct new object under the same name and is stored as new;
+- `lineage_threads` (database, lineage, thread): the threads a lineage must be recovered on,
+  reported enabled by the archiver or seen on a log. Only ever added to: deleting every log of
+  a thread does not make the thread optional.
 
 A conflict keeps the first fact: two different logs claiming one name is an alarm for a person,
 never something to settle by overwriting. Positions are stored per `columns.U64`.
@@ -63,7 +70,9 @@ from services.catalog.tables import (
     backup_tombstones,
     backups,
     databases,
+    lineage_threads,
     lineages,
+    log_tombstones,
     logs,
     metadata,
 )
@@ -89,7 +98,7 @@ class Recorded(StrEnum):
     """This exact fact was stored already (a redelivery): nothing changed."""
 
     DELETED = "deleted"
-    """A backup deleted earlier: it stays deleted, nothing changed."""
+    """A backup or log deleted earlier: it stays deleted, nothing changed."""
 
 
 @dataclass(frozen=True)
@@ -196,8 +205,39 @@ def _bulk_log_insert(dialect: Dialect) -> tuple[str, list[tuple[str, Any]]]:
     return _BULK_LOG_INSERTS[dialect.name]
 
 
-LogResult = bool | StoreConflict
-"""What storing one log of a batch did: True new, False known, or why it was refused."""
+LogResult = bool | Recorded | StoreConflict
+"""What storing one log of a batch did: True new, False known, `Recorded.DELETED` when it is a
+deleted log again, or why it was refused."""
+
+# The tombstones of one thread among some sequences (as `_KNOWN_LOGS`).
+_TOMBSTONES = select(
+    log_tombstones.c.sequence,
+    log_tombstones.c.name,
+    log_tombstones.c.deleted_at,
+    log_tombstones.c.stored_at,
+    log_tombstones.c.crc32c,
+).where(
+    (log_tombstones.c.database_uid == bindparam("uid"))
+    & (log_tombstones.c.lineage == bindparam("lineage"))
+    & (log_tombstones.c.thread == bindparam("thread"))
+    & (log_tombstones.c.kind == bindparam("kind"))
+    & log_tombstones.c.sequence.in_(bindparam("sequences", expanding=True))
+)
+
+
+def is_deleted_object(
+    tombstone: tuple[datetime, datetime | None, str | None], stored_at: datetime, crc32c: str
+) -> bool:
+    """Whether a log stored at `stored_at` with `crc32c` is the object a tombstone buried.
+
+    An object stored at or before the deletion existed when it was deleted: it is that object
+    (a redelivery or a late event), not a new one. The deleted object's own (store time,
+    crc32c), when the catalog held it, is matched too, in case the deleting side's clock is
+    behind the archiver's.
+    """
+    deleted_at, buried_stored_at, buried_crc32c = tombstone
+    return stored_at <= deleted_at or (stored_at, crc32c) == (buried_stored_at, buried_crc32c)
+
 
 _LogKey = tuple[str, str, int, int, str, str]
 """A log's natural key: database, lineage, thread, sequence, kind, file name."""
@@ -229,6 +269,7 @@ class Writer:
         self._racy = conn.dialect.name == "postgresql"
         self._databases: dict[str, DatabaseRef] = {}
         self._lineages: dict[tuple[str, str], dict[str, Any]] = {}
+        self._threads: dict[tuple[str, str, int], bool] = {}
 
     @contextmanager
     def savepoint(self) -> Iterator[None]:
@@ -319,8 +360,9 @@ class Writer:
         self._lineages[cache_key] = known
         return changed
 
-    def record_log(self, database: DatabaseRef, log: LogArchived) -> bool:
-        """Store one log. True if it is new; False if this exact log was known.
+    def record_log(self, database: DatabaseRef, log: LogArchived) -> bool | Recorded:
+        """Store one log. True if it is new; False if this exact log was known;
+        `Recorded.DELETED` if it is a log deleted before (a tombstone buries it).
 
         Raises `StoreConflict` when the same log (same lineage, thread, sequence, kind and
         name) is known with another range or checksum: the first is kept.
@@ -329,12 +371,46 @@ class Writer:
         self.record_lineage(database.uid, log.lineage)
         row = log_row(database.uid, log)
         found = self._find(logs, row)
-        if found is None:
-            return self._insert(logs, row)
-        known = (found.first, found.next, found.crc32c)
-        if known != (row["first"], row["next"], row["crc32c"]):
-            raise _log_conflict(database, log, known, row)
-        return False
+        if found is not None:
+            known = (found.first, found.next, found.crc32c)
+            if known != (row["first"], row["next"], row["crc32c"]):
+                raise _log_conflict(database, log, known, row)
+        self.record_threads(database.uid, log)
+        if found is not None:
+            return False
+        buried = self._find(log_tombstones, row)
+        if buried is not None and is_deleted_object(
+            (buried.deleted_at, buried.stored_at, buried.crc32c), log.stored_at, log.crc32c
+        ):
+            return Recorded.DELETED
+        return self._insert(logs, row)
+
+    def record_threads(self, uid: str, log: LogArchived) -> None:
+        """Remember the threads `log` shows its lineage has: its own, and those reported."""
+        wanted: list[tuple[int, bool]] = []
+        if log.kind in ("redo", "wal"):
+            wanted.append((log.thread, False))
+        wanted.extend((thread, True) for thread in log.enabled_threads or ())
+        for thread, reported in wanted:
+            key = (uid, log.lineage.key, thread)
+            known = self._threads.get(key)
+            if known is not None and (known or not reported):
+                continue
+            row = {"database_uid": uid, "lineage": log.lineage.key, "thread": thread}
+            found = self._find(lineage_threads, row)
+            if found is None:
+                self._insert(lineage_threads, {**row, "reported": reported})
+            elif reported and not found.reported:
+                self.conn.execute(
+                    lineage_threads.update()
+                    .where(
+                        (lineage_threads.c.database_uid == uid)
+                        & (lineage_threads.c.lineage == log.lineage.key)
+                        & (lineage_threads.c.thread == thread)
+                    )
+                    .values(reported=True)
+                )
+            self._threads[key] = reported or bool(found is not None and found.reported)
 
     def record_logs(self, facts: Sequence[tuple[DatabaseRef, LogArchived]]) -> list[LogResult]:
         """Store many logs, in order, each exactly as `record_log` would; per log, True if new,
@@ -350,6 +426,7 @@ class Writer:
             return [self._record_log_alone(database, log) for database, log in facts]
         rows = [log_row(database.uid, log) for database, log in facts]
         known = self._known_logs(rows)
+        buried = self._tombstones(rows)
         results: list[LogResult] = []
         new_rows: list[dict[str, Any]] = []
         for (database, log), row in zip(facts, rows, strict=True):
@@ -364,6 +441,15 @@ class Writer:
                 self.record_lineage(database.uid, log.lineage)
             except StoreConflict as exc:
                 results.append(exc)
+                continue
+            self.record_threads(database.uid, log)
+            tombstone = buried.get(key)
+            if (
+                found is None
+                and tombstone is not None
+                and is_deleted_object(tombstone, log.stored_at, log.crc32c)
+            ):
+                results.append(Recorded.DELETED)
                 continue
             if found is None:
                 # A second copy later in the same batch is then known, as it would be in order.
@@ -414,23 +500,84 @@ class Writer:
                 known[key] = (found.first, found.next, found.crc32c)
         return known
 
+    def _tombstones(
+        self, rows: list[dict[str, Any]]
+    ) -> dict[_LogKey, tuple[datetime, datetime | None, str | None]]:
+        """(deleted at, stored at, crc32c) of every tombstone sharing a key with one of `rows`."""
+        threads: dict[tuple[str, str, int, str], set[int]] = {}
+        for row in rows:
+            group = (row["database_uid"], row["lineage"], row["thread"], row["kind"])
+            threads.setdefault(group, set()).add(row["sequence"])
+        found: dict[_LogKey, tuple[datetime, datetime | None, str | None]] = {}
+        for (uid, lineage, thread, kind), sequences in threads.items():
+            params = {
+                "uid": uid,
+                "lineage": lineage,
+                "thread": thread,
+                "kind": kind,
+                "sequences": sorted(sequences),
+            }
+            for t in self.conn.execute(_TOMBSTONES, params):
+                key = (uid, lineage, thread, t.sequence, kind, t.name)
+                found[key] = (t.deleted_at, t.stored_at, t.crc32c)
+        return found
+
     def forget_log(self, database_uid: str, log: LogArchived) -> bool:
         """Remove exactly this log (same range and checksum), e.g. one the index refused."""
         where = _log_key(database_uid, log) & (logs.c.crc32c == log.crc32c)
         return self.conn.execute(logs.delete().where(where)).rowcount > 0
 
     def delete_log(
-        self, database_uid: str, lineage: str, kind: str, thread: int, sequence: int, name: str
+        self,
+        database_uid: str,
+        lineage: str,
+        kind: str,
+        thread: int,
+        sequence: int,
+        name: str,
+        *,
+        object_key: str,
+        deleted_at: datetime,
+        reason: str,
     ) -> bool:
-        where = (
-            (logs.c.database_uid == database_uid)
-            & (logs.c.lineage == lineage)
-            & (logs.c.thread == thread)
-            & (logs.c.sequence == sequence)
-            & (logs.c.kind == kind)
-            & (logs.c.name == name)
-        )
-        return self.conn.execute(logs.delete().where(where)).rowcount > 0
+        """Forget a log and bury it (`log_tombstones`). True if it was stored.
+
+        A deletion may come before the log it deletes (events out of order): the tombstone is
+        written all the same, and buries the log when it arrives.
+        """
+        key = {
+            "database_uid": database_uid,
+            "lineage": lineage,
+            "thread": thread,
+            "sequence": sequence,
+            "kind": kind,
+            "name": name,
+        }
+        found = self._find(logs, key)
+        buried = self._find(log_tombstones, key)
+        stone = {
+            "object_key": object_key,
+            "deleted_at": deleted_at,
+            "stored_at": found.stored_at if found is not None else None,
+            "crc32c": found.crc32c if found is not None else None,
+            "reason": reason[:2000],
+        }
+        if buried is None:
+            self._insert(log_tombstones, {**key, **stone})
+        else:
+            if found is None:
+                stone.update(stored_at=buried.stored_at, crc32c=buried.crc32c)
+            # The latest deletion buries everything stored before it.
+            stone["deleted_at"] = max(deleted_at, buried.deleted_at)
+            self.conn.execute(
+                log_tombstones.update()
+                .where(*(log_tombstones.c[name_] == value for name_, value in key.items()))
+                .values(**stone)
+            )
+        if found is None:
+            return False
+        where = (*(logs.c[name_] == value for name_, value in key.items()),)
+        return self.conn.execute(logs.delete().where(*where)).rowcount > 0
 
     def record_backup(self, database: DatabaseRef, backup: BackupCompleted) -> Recorded:
         """Store one backup; `DELETED` if it was deleted before (it is not stored again).
@@ -550,7 +697,7 @@ class CatalogStore:
 
     # Single-fact transactions, as the event handlers use them.
 
-    def record_log(self, database: DatabaseRef, log: LogArchived) -> bool:
+    def record_log(self, database: DatabaseRef, log: LogArchived) -> bool | Recorded:
         with self.writing() as writer:
             return writer.record_log(database, log)
 
@@ -559,10 +706,30 @@ class CatalogStore:
             return writer.forget_log(database_uid, log)
 
     def delete_log(
-        self, database_uid: str, lineage: str, kind: str, thread: int, sequence: int, name: str
+        self,
+        database_uid: str,
+        lineage: str,
+        kind: str,
+        thread: int,
+        sequence: int,
+        name: str,
+        *,
+        object_key: str,
+        deleted_at: datetime | None = None,
+        reason: str = "deleted",
     ) -> bool:
         with self.writing() as writer:
-            return writer.delete_log(database_uid, lineage, kind, thread, sequence, name)
+            return writer.delete_log(
+                database_uid,
+                lineage,
+                kind,
+                thread,
+                sequence,
+                name,
+                object_key=object_key,
+                deleted_at=deleted_at or utcnow(),
+                reason=reason,
+            )
 
     def record_backup(self, database: DatabaseRef, backup: BackupCompleted) -> Recorded:
         with self.writing() as writer:
@@ -590,9 +757,19 @@ class CatalogStore:
                     f"the catalog store is at schema version {at}, this release knows up to "
                     f"{latest()}: rebuild it with the newer release"
                 )
+            # Deletions are facts the bucket cannot state (the objects are simply gone): keep
+            # them, or a late `log.archived` or `backup.completed` would bring one back.
+            kept = {
+                table: [dict(row._mapping) for row in conn.execute(select(table))]
+                for table in (backup_tombstones, log_tombstones)
+                if conn.dialect.has_table(conn, table.name)
+            }
             metadata.drop_all(conn, checkfirst=True)
             schema_version.drop(conn, checkfirst=True)
             migrate(conn)
+            for table, rows in kept.items():
+                if rows:
+                    conn.execute(table.insert(), rows)
             yield Writer(conn)
 
     # Reads.
@@ -623,6 +800,13 @@ class CatalogStore:
                 (row.database_uid, row.key): lineage_model(row)
                 for row in conn.execute(select(lineages))
             }
+            for row in conn.execute(select(lineage_threads)):
+                index.learn_threads(
+                    refs[row.database_uid],
+                    known[(row.database_uid, row.lineage)],
+                    (row.thread,),
+                    reported=bool(row.reported),
+                )
             n_logs = n_backups = 0
             for (uid, key), rows in itertools.groupby(
                 self._stored_logs(conn, batch), key=lambda pair: pair[0]

@@ -100,3 +100,33 @@ backup_tombstones = Table(
     Column("deleted_at", UtcDateTime(), nullable=False),
     Column("reason", String(2000), nullable=False),
 )
+
+lineage_threads = Table(
+    "lineage_threads",
+    metadata,
+    Column("database_uid", String(63), primary_key=True),
+    Column("lineage", String(16), primary_key=True),
+    Column("thread", Integer, primary_key=True, autoincrement=False),
+    # True: the archiver reported it enabled (`log.archived.enabled_threads`); False: only
+    # seen on a log. A lineage with no reported thread also needs its parent's threads.
+    Column("reported", Boolean, nullable=False),
+    ForeignKeyConstraint(["database_uid", "lineage"], ["lineages.database_uid", "lineages.key"]),
+)
+
+log_tombstones = Table(
+    "log_tombstones",
+    metadata,
+    Column("database_uid", String(63), primary_key=True),
+    Column("lineage", String(16), primary_key=True),
+    Column("thread", Integer, primary_key=True, autoincrement=False),
+    Column("sequence", BigInteger, primary_key=True, autoincrement=False),
+    Column("kind", String(16), primary_key=True),
+    Column("name", String(64), primary_key=True),
+    Column("object_key", String(1024), nullable=False),
+    # The latest deletion; an object stored at or before it is a deleted one.
+    Column("deleted_at", UtcDateTime(), nullable=False),
+    # The object deleted last, when the catalog held it: an identical `log.archived` is it.
+    Column("stored_at", UtcDateTime()),
+    Column("crc32c", String(8)),
+    Column("reason", String(2000), nullable=False),
+)

@@ -194,6 +194,9 @@ async def write_log_object(
         )
     digest = Digest(crc32c=crc32c_of_bytes(data), size=len(data))
     metadata = object_metadata(_logged(database, log), digest, "none")
+    if log.enabled_threads:
+        # What an Oracle source that read V$THREAD writes (`keys.enabled_threads`).
+        metadata["enabled-threads"] = ",".join(str(t) for t in log.enabled_threads)
     await store.put_stream(log.object_key, data, metadata)
 
 

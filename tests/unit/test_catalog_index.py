@@ -131,9 +131,12 @@ def test_postgres_restore_plan_lists_objects_and_recovery_settings(pg_index: Cat
     }
     with pytest.raises(NotRestorable, match="sequence 9"):
         pg_index.restore_plan("orders", TargetPosition(position=Lsn.parse("0/9800000")))
-    named = pg_index.restore_plan("orders", TargetName(name="before_upgrade"))
-    assert named.base.backup_id == "b2"
-    assert named.recovery.postgres["recovery_target_name"] == "before_upgrade"
+    # A target the check refuses is refused by the plan too, for the same reason.
+    named = TargetName(name="before_upgrade")
+    assert pg_index.check("orders", named).code == "unsupported_target"
+    with pytest.raises(NotRestorable) as refused:
+        pg_index.restore_plan("orders", named)
+    assert refused.value.reply == pg_index.check("orders", named)
 
 
 def test_windows_json_is_the_windows_model_serialized(pg_index: CatalogIndex) -> None:
@@ -159,7 +162,6 @@ def test_restore_plan_json_is_the_plan_model_serialized(pg_index: CatalogIndex) 
     for target in (
         TargetPosition(position=Lsn.parse("0/5000010")),
         TargetTime(at=T0 + timedelta(minutes=4, seconds=30)),
-        TargetName(name="before_upgrade"),
     ):
         plan = pg_index.restore_plan("orders", target)
         assert pg_index.restore_plan_json("orders", target) == plan.model_dump_json().encode()

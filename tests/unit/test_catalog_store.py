@@ -24,6 +24,7 @@ from services.catalog.migrations import (
     Migration,
     MigrationError,
     current_version,
+    latest,
     migrate,
 )
 from services.catalog.settings import CatalogSettings, check_catalog_url, sqlite_url
@@ -253,8 +254,9 @@ def test_store_a_log_removed_is_gone_after_reload(store: CatalogStore) -> None:
         store.record_log(PG, wal(n))
     store.record_backup(PG, backup("b1", 16 << 20, (16 << 20) + 1, Timeline(id=1)))
     name = wal(2).file_name or ""
-    assert store.delete_log(PG.uid, "tl-00000001", "wal", 1, 2, name) is True
-    assert store.delete_log(PG.uid, "tl-00000001", "wal", 1, 2, name) is False
+    key = wal(2).object_key
+    assert store.delete_log(PG.uid, "tl-00000001", "wal", 1, 2, name, object_key=key) is True
+    assert store.delete_log(PG.uid, "tl-00000001", "wal", 1, 2, name, object_key=key) is False
     assert index_of(store).snapshot(PG.uid) == [("tl-00000001", (16 << 20) + 1, 2 * 16 << 20)]
 
 
@@ -356,13 +358,17 @@ def _broken(conn: Connection) -> None:
     raise RuntimeError("migration 3 failed")
 
 
+NEXT = latest() + 1
+"""The version a release after this one would add."""
+
+
 def test_forward_migrations_apply_in_order_once(tmp_path: Path) -> None:
     engine = create_catalog_engine(sqlite_url(tmp_path / "m.db"))
-    v2 = (*MIGRATIONS, Migration(2, "a note per database", _add_note))
+    v2 = (*MIGRATIONS, Migration(NEXT, "a note per database", _add_note))
     with engine.begin() as conn:
-        assert migrate(conn, MIGRATIONS) == [1]
+        assert migrate(conn, MIGRATIONS) == list(range(1, NEXT))
     with engine.begin() as conn:
-        assert migrate(conn, v2) == [2]
+        assert migrate(conn, v2) == [NEXT]
         assert migrate(conn, v2) == []
         assert "note" in [c["name"] for c in inspect(conn).get_columns("databases")]
     engine.dispose()
@@ -374,13 +380,13 @@ def test_a_failing_migration_leaves_the_store_where_it_was(tmp_path: Path) -> No
         migrate(conn)
     v3 = (
         *MIGRATIONS,
-        Migration(2, "a note per database", _add_note),
-        Migration(3, "breaks", _broken),
+        Migration(NEXT, "a note per database", _add_note),
+        Migration(NEXT + 1, "breaks", _broken),
     )
     with pytest.raises(RuntimeError, match="migration 3 failed"), engine.begin() as conn:
         migrate(conn, v3)
     with engine.begin() as conn:
-        assert current_version(conn) == 1
+        assert current_version(conn) == latest()
         assert "half_done" not in inspect(conn).get_table_names()
         assert "note" not in [c["name"] for c in inspect(conn).get_columns("databases")]
     engine.dispose()
@@ -390,12 +396,12 @@ def test_a_store_newer_than_this_release_is_refused(tmp_path: Path) -> None:
     url = sqlite_url(tmp_path / "m.db")
     engine = create_catalog_engine(url)
     with engine.begin() as conn:
-        migrate(conn, (*MIGRATIONS, Migration(2, "future", _add_note)))
+        migrate(conn, (*MIGRATIONS, Migration(NEXT, "future", _add_note)))
     engine.dispose()
-    with pytest.raises(MigrationError, match="schema version 2"):
+    with pytest.raises(MigrationError, match=f"schema version {NEXT}"):
         CatalogStore.open(url)
     store = CatalogStore.open(url, migrate=False)
-    with pytest.raises(MigrationError, match="schema version 2"), store.replacing():
+    with pytest.raises(MigrationError, match=f"schema version {NEXT}"), store.replacing():
         pass
     store.close()
 
@@ -403,7 +409,7 @@ def test_a_store_newer_than_this_release_is_refused(tmp_path: Path) -> None:
 def test_migrations_must_be_numbered_without_gaps(tmp_path: Path) -> None:
     engine = create_catalog_engine(sqlite_url(tmp_path / "m.db"))
     with pytest.raises(MigrationError, match="without gaps"), engine.begin() as conn:
-        migrate(conn, (*MIGRATIONS, Migration(3, "skips 2", _add_note)))
+        migrate(conn, (*MIGRATIONS, Migration(NEXT + 1, "skips one", _add_note)))
     engine.dispose()
 
 

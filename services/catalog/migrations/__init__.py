@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from sqlalchemy import Column, DateTime, Integer, MetaData, String, Table, func, select, text
 from sqlalchemy.engine import Connection
 
-from services.catalog.migrations import v0001_initial
+from services.catalog.migrations import v0001_initial, v0002_threads_and_log_tombstones
 
 
 @dataclass(frozen=True)
@@ -35,6 +35,11 @@ class MigrationError(RuntimeError):
 
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "databases, lineages, logs, backups, backup tombstones", v0001_initial.apply),
+    Migration(
+        2,
+        "the threads of each lineage, log tombstones",
+        v0002_threads_and_log_tombstones.apply,
+    ),
 )
 
 # An arbitrary constant: the key of the advisory lock migrations take on PostgreSQL.
