@@ -150,6 +150,9 @@ async def run_until_signal(stack: EmbeddedStack) -> None:
 
 
 def shut_down(stack: EmbeddedStack) -> float:
+    if stack.lock is None or not stack.lock.held:
+        stack.stop()  # never started here (another stack owns the directory): nothing to report
+        return 0.0
     started = time.monotonic()
     with console.status("Stopping services (draining) and nats-server…"):
         stack.stop()
