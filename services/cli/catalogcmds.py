@@ -140,4 +140,8 @@ def render_report(report: RebuildReport) -> None:
 
 
 def _when(value: object) -> str:
-    return "" if value is None else f"{value:%Y-%m-%d %H:%M:%S}Z"
+    from datetime import datetime
+
+    from services.cli.querycmds import show_time
+
+    return show_time(value) if isinstance(value, datetime) else ""

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -43,8 +44,12 @@ from schemas.messages import (
     SetPolicy,
     TargetImmediate,
 )
-from services.cli.querycmds import DatabaseArg, parse_target
-from services.cli.stackcmds import console, resolve_nats
+from services.cli.guardcmds import confirm_in_place
+from services.cli.locate import StateDir, find_state_dir
+from services.cli.output import OutputFormat, OutputOption, emit_json
+from services.cli.querycmds import DatabaseArg, parse_target, show_time
+from services.cli.schedule import next_run
+from services.cli.stackcmds import console, resolve_nats, unreachable
 from services.planner.client import PlannerClient, PlannerError
 from services.planner.cron import CronError, CronSchedule
 from services.settings import NatsSettings
@@ -52,9 +57,6 @@ from services.stack.probe import connect_once
 
 T = TypeVar("T")
 
-StateDir = Annotated[
-    Path, typer.Option("--state-dir", envvar="TIDEMARK_STATE_DIR", help="local state of the stack")
-]
 NatsUrl = Annotated[
     str | None, typer.Option("--nats-url", help="NATS URL (default: the running stack's)")
 ]
@@ -77,7 +79,7 @@ def run_with_planner(bus: NatsSettings, work: Callable[[Client, PlannerClient], 
         try:
             nc = await connect_once(bus)
         except Exception as exc:
-            raise PlannerError(f"cannot reach NATS at {bus.url}: {exc}") from exc
+            raise PlannerError(unreachable(bus, exc)) from exc
         try:
             return await work(nc, PlannerClient(nc))
         finally:
@@ -97,18 +99,10 @@ def render_answer(answer: RequestAccepted | RequestRejected) -> None:
     code = f" ({answer.code})" if answer.code else ""
     console.print(f"[red]✗ rejected{code}[/]: {answer.reason}")
     if answer.nearest_before is not None:
-        when = (
-            f" ({answer.nearest_before_time:%Y-%m-%d %H:%M:%S}Z)"
-            if answer.nearest_before_time
-            else ""
-        )
+        when = f" ({show_time(answer.nearest_before_time)})" if answer.nearest_before_time else ""
         console.print(f"  nearest before: {answer.nearest_before}{when}")
     if answer.nearest_after is not None:
-        when = (
-            f" ({answer.nearest_after_time:%Y-%m-%d %H:%M:%S}Z)"
-            if answer.nearest_after_time
-            else ""
-        )
+        when = f" ({show_time(answer.nearest_after_time)})" if answer.nearest_after_time else ""
         console.print(f"  nearest after:  {answer.nearest_after}{when}")
 
 
@@ -160,73 +154,139 @@ async def follow(
                     progress.update(task, description=f"{label}: {data.phase}")
 
 
+#: What `policy set` may change, by option name; a flag not given keeps the stored value.
+_CLEARED = ("none", "never")
+
+
 @policy_app.command("set")
 def policy_set(
     database: DatabaseArg,
-    full_cron: Annotated[str, typer.Option(help="full backups, 5 cron fields UTC")] = "0 1 * * *",
-    incremental_cron: Annotated[
-        str | None, typer.Option(help="incrementals (Oracle level 1)")
+    full_cron: Annotated[
+        str | None, typer.Option(help="full backups, 5 cron fields UTC (new policy: 0 1 * * *)")
     ] = None,
-    window_days: Annotated[float, typer.Option(help="recovery window in days")] = 7.0,
+    incremental_cron: Annotated[
+        str | None, typer.Option(help="incrementals (Oracle level 1); 'none' to turn off")
+    ] = None,
+    window_days: Annotated[
+        float | None, typer.Option(help="recovery window in days (new policy: 7)")
+    ] = None,
     verify_cron: Annotated[
-        str | None, typer.Option(help="verify the newest backup; 'never' to turn off")
-    ] = "0 3 * * *",
-    node: Annotated[str | None, typer.Option(help="run backups on this node")] = None,
-    compression: Annotated[Compression, typer.Option()] = Compression.NONE,
-    state_dir: StateDir = Path(".state"),
+        str | None,
+        typer.Option(help="verify the newest backup (new policy: 0 3 * * *); 'never' to turn off"),
+    ] = None,
+    node: Annotated[
+        str | None, typer.Option(help="run backups on this node; 'none': the one hosting it")
+    ] = None,
+    compression: Annotated[Compression | None, typer.Option()] = None,
+    state_dir: StateDir = None,
     nats_url: NatsUrl = None,
 ) -> None:
-    """Set DATABASE's backup policy."""
+    """Change DATABASE's backup policy: only the fields given change, the others keep their
+    stored value (a database with no policy yet starts from the defaults)."""
+    changes: dict[str, Any] = {}
+    if full_cron is not None:
+        changes["full_cron"] = full_cron
+    if incremental_cron is not None:
+        changes["incremental_cron"] = None if incremental_cron in _CLEARED else incremental_cron
+    if window_days is not None:
+        changes["recovery_window_days"] = window_days
+    if verify_cron is not None:
+        changes["verify_cron"] = None if verify_cron in _CLEARED else verify_cron
+    if node is not None:
+        changes["node"] = None if node in _CLEARED else node
+    if compression is not None:
+        changes["compression"] = compression
     try:
-        policy = BackupPolicy(
-            full_cron=full_cron,
-            incremental_cron=incremental_cron,
-            recovery_window_days=window_days,
-            verify_cron=None if verify_cron in (None, "never") else verify_cron,
-            node=node,
-            compression=compression,
-        )
+        BackupPolicy.model_validate({**BackupPolicy().model_dump(), **changes})
     except ValidationError as exc:
         raise typer.BadParameter(_problems(exc)) from None
-    _check_crons(policy)
-    bus = resolve_nats(nats_url, state_dir)
-    answer = run_with_planner(bus, lambda _nc, p: p.request(SetPolicy(policy=policy), database))
+    for name in ("full_cron", "incremental_cron", "verify_cron"):
+        _check_cron(name, changes.get(name))
+    bus = resolve_nats(nats_url, find_state_dir(state_dir))
+
+    async def work(_nc: Client, planner: PlannerClient) -> tuple[BackupPolicy, Any]:
+        # Read, then write the merged whole: the command carries a full policy, and a field
+        # the user did not name must not fall back to its default.
+        current = (await planner.policy(database)).policy or BackupPolicy()
+        merged = BackupPolicy.model_validate({**current.model_dump(), **changes})
+        return merged, await planner.request(SetPolicy(policy=merged), database)
+
+    merged, answer = run_with_planner(bus, work)
     render_answer(answer)
     if isinstance(answer, RequestRejected):
         raise typer.Exit(1)
+    _render_policy(database, merged, None)
 
 
-def _check_crons(policy: BackupPolicy) -> None:
-    for name in ("full_cron", "incremental_cron", "verify_cron"):
-        expression = getattr(policy, name)
-        if expression is None:
-            continue
-        try:
-            CronSchedule.parse(expression)
-        except CronError as exc:
-            raise typer.BadParameter(f"--{name.replace('_', '-')}: {exc}") from None
+def _check_cron(name: str, expression: str | None) -> None:
+    if expression is None:
+        return
+    try:
+        CronSchedule.parse(expression)
+    except CronError as exc:
+        raise typer.BadParameter(f"--{name.replace('_', '-')}: {exc}") from None
+
+
+def policy_document(database: str, policy: BackupPolicy, revision: int | None) -> dict[str, Any]:
+    now = datetime.now(UTC)
+    return {
+        "database": database,
+        "revision": revision,
+        "policy": policy.model_dump(mode="json"),
+        "next_runs": {
+            "full": _iso(next_run(policy.full_cron, now)),
+            "incremental": _iso(next_run(policy.incremental_cron, now)),
+            "verification": _iso(next_run(policy.verify_cron, now)),
+        },
+    }
+
+
+def _iso(at: datetime | None) -> str | None:
+    return None if at is None else at.isoformat()
+
+
+def _render_policy(database: str, policy: BackupPolicy, revision: int | None) -> None:
+    now = datetime.now(UTC)
+
+    def upcoming(expression: str | None) -> str:
+        at = next_run(expression, now)
+        return "" if at is None else f"   next {at.isoformat()}"
+
+    shown = "" if revision is None else f" (revision {revision})"
+    console.print(f"[bold]{database}[/]{shown}", highlight=False)
+    console.print(f"  full backups:     {policy.full_cron} UTC{upcoming(policy.full_cron)}")
+    console.print(
+        f"  incrementals:     {policy.incremental_cron or 'none'}"
+        f"{upcoming(policy.incremental_cron)}"
+    )
+    console.print(f"  recovery window:  {policy.recovery_window_days:g} days")
+    console.print(
+        f"  verification:     {policy.verify_cron or 'never'}{upcoming(policy.verify_cron)}"
+    )
+    console.print(f"  compression:      {policy.compression.value}")
+    console.print(f"  node:             {policy.node or 'the one hosting it'}")
 
 
 @policy_app.command("show")
 def policy_show(
     database: DatabaseArg,
-    state_dir: StateDir = Path(".state"),
+    output: OutputOption = OutputFormat.TEXT,
+    state_dir: StateDir = None,
     nats_url: NatsUrl = None,
 ) -> None:
-    """Show DATABASE's backup policy."""
-    bus = resolve_nats(nats_url, state_dir)
+    """Show DATABASE's backup policy and when each schedule runs next (UTC)."""
+    bus = resolve_nats(nats_url, find_state_dir(state_dir))
     reply = run_with_planner(bus, lambda _nc, p: p.policy(database))
     if reply.policy is None:
-        console.print(f"{database}: no backup policy")
+        if output is OutputFormat.JSON:
+            emit_json({"database": database, "revision": None, "policy": None, "next_runs": {}})
+        else:
+            console.print(f"{database}: no backup policy")
         raise typer.Exit(1)
-    policy = reply.policy
-    console.print(f"[bold]{database}[/] (revision {reply.revision})")
-    console.print(f"  full backups:     {policy.full_cron} UTC")
-    console.print(f"  incrementals:     {policy.incremental_cron or 'none'}")
-    console.print(f"  recovery window:  {policy.recovery_window_days:g} days")
-    console.print(f"  verification:     {policy.verify_cron or 'never'}")
-    console.print(f"  compression:      {policy.compression.value}")
-    console.print(f"  node:             {policy.node or 'the one hosting it'}")
+    if output is OutputFormat.JSON:
+        emit_json(policy_document(database, reply.policy, reply.revision))
+        return
+    _render_policy(database, reply.policy, reply.revision)
 
 
 def register(app: typer.Typer) -> None:
@@ -238,7 +298,7 @@ def register(app: typer.Typer) -> None:
         kind: Annotated[BackupKind, typer.Option(help="full or incremental")] = BackupKind.FULL,
         wait: Wait = True,
         timeout: Timeout = 6 * 3600.0,
-        state_dir: StateDir = Path(".state"),
+        state_dir: StateDir = None,
         nats_url: NatsUrl = None,
     ) -> None:
         """Ask the planner for a backup of DATABASE now."""
@@ -246,7 +306,7 @@ def register(app: typer.Typer) -> None:
             request = RequestBackup(spec=BackupSpec(kind=kind), reason="tidemark backup")
         except ValidationError as exc:
             raise typer.BadParameter(_problems(exc)) from None
-        bus = resolve_nats(nats_url, state_dir)
+        bus = resolve_nats(nats_url, find_state_dir(state_dir))
 
         async def work(nc: Client, planner: PlannerClient) -> int:
             async with watching(nc, database) as queue:
@@ -297,9 +357,16 @@ def register(app: typer.Typer) -> None:
         ] = None,
         port: Annotated[int | None, typer.Option(help="the clone's port")] = None,
         node: Annotated[str | None, typer.Option(help="the clone's node")] = None,
+        in_place: Annotated[
+            bool,
+            typer.Option("--in-place", help="replace DATABASE itself (stops it; needs --yes)"),
+        ] = False,
+        yes: Annotated[
+            bool, typer.Option("--yes", help="confirm an --in-place restore without a prompt")
+        ] = False,
         wait: Wait = True,
         timeout: Timeout = 6 * 3600.0,
-        state_dir: StateDir = Path(".state"),
+        state_dir: StateDir = None,
         nats_url: NatsUrl = None,
     ) -> None:
         """Restore DATABASE to a time, a position, or the earliest consistent moment."""
@@ -324,7 +391,11 @@ def register(app: typer.Typer) -> None:
             )
         except ValidationError as exc:
             raise typer.BadParameter(_problems(exc)) from None
-        bus = resolve_nats(nats_url, state_dir)
+        if clone is not None and in_place:
+            raise typer.BadParameter("--in-place replaces DATABASE; --into makes a clone: not both")
+        if clone is None:
+            confirm_in_place(database, in_place=in_place, yes=yes, target=_shown_target(target))
+        bus = resolve_nats(nats_url, find_state_dir(state_dir))
 
         async def work(nc: Client, planner: PlannerClient) -> int:
             async with watching(nc, database) as queue:
@@ -347,7 +418,7 @@ def register(app: typer.Typer) -> None:
                 )
             if isinstance(done.data, RestoreCompleted):
                 data = done.data
-                when = f" ({data.reached_time:%Y-%m-%d %H:%M:%S}Z)" if data.reached_time else ""
+                when = f" ({show_time(data.reached_time)})" if data.reached_time else ""
                 console.print(
                     f"[green]✓ restored[/] to {data.reached}{when}, open on {data.lineage.key}"
                 )
@@ -356,6 +427,15 @@ def register(app: typer.Typer) -> None:
             return 1
 
         raise typer.Exit(_run_work(bus, work))
+
+
+def _shown_target(target: RestoreTarget) -> str:
+    if isinstance(target, TargetImmediate):
+        return "the end of its base backup"
+    at = getattr(target, "at", None)
+    if isinstance(at, datetime):
+        return show_time(at)
+    return str(getattr(target, "position", target))
 
 
 def _run_work(bus: NatsSettings, work: Callable[[Client, PlannerClient], Awaitable[int]]) -> int:
