@@ -98,10 +98,8 @@ def rebuild(
         catalog = await asyncio.to_thread(CatalogStore.open, url, password_file=secret)
         try:
             before = await asyncio.to_thread(catalog.counts)
-            guard = None if allow_empty else RebuildGuard(before.logs + before.backups)
-            return await run_rebuild(
-                blobs, catalog, key_prefix.strip("/"), accept=None if guard is None else guard.accept
-            )
+            accept = None if allow_empty else RebuildGuard(before.logs + before.backups).accept
+            return await run_rebuild(blobs, catalog, key_prefix.strip("/"), accept=accept)
         finally:
             catalog.close()
             await blobs.close()

@@ -83,7 +83,8 @@ async def test_a_rebuild_from_the_wrong_prefix_is_refused_and_the_catalog_keeps_
     wrong = _rebuild(tmp_path, tmp_path / "store", "prd")
     assert wrong.returncode == 1, wrong.stdout + wrong.stderr
     assert "refused; the store is unchanged" in wrong.stdout
-    assert "found 0 objects" in wrong.stdout and "indexes 7 logs and backups" in wrong.stdout
+    assert "found 0 objects" in wrong.stdout
+    assert "indexes 7 logs and backups" in wrong.stdout
     assert _counts(tmp_path) == full
 
     # A bucket holding far less than the catalog knows (a copy of one day, say).

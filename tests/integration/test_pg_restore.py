@@ -538,7 +538,8 @@ async def test_restore_in_place_to_an_lsn(source: Source) -> None:
     kept = leftovers(source)
     assert len(kept) == 1 and ".tidemark-old-" in kept[0], kept
     old = cluster.data_dir.parent / kept[0]
-    assert (old / "PG_VERSION").is_file() and (old / "global" / "pg_control").is_file()
+    assert (old / "PG_VERSION").is_file()
+    assert (old / "global" / "pg_control").is_file()
     from services.cli.leftovers import find_leftovers, remove_leftover
 
     (found,) = find_leftovers([cluster.data_dir])

@@ -44,7 +44,8 @@ def test_a_second_up_on_a_running_stack_is_refused_and_deletes_nothing(tmp_path:
 
         assert (tmp_path / STACK_FILE).read_text() == stack_file
         assert {path: path.read_text() for path in passwords} == passwords
-        assert first.nats is not None and first.nats.process is not None
+        assert first.nats is not None
+        assert first.nats.process is not None
         assert first.nats.process.poll() is None, "the first stack's nats-server was stopped"
     finally:
         first.stop()
