@@ -536,7 +536,8 @@ async def test_restore_in_place_to_an_lsn(source: Source) -> None:
     assert cluster.psql("SHOW restore_command") == ""
     # The pre-restore directory is kept aside, whole, until the user removes it.
     kept = leftovers(source)
-    assert len(kept) == 1 and ".tidemark-old-" in kept[0], kept
+    assert len(kept) == 1, kept
+    assert ".tidemark-old-" in kept[0]
     old = cluster.data_dir.parent / kept[0]
     assert (old / "PG_VERSION").is_file()
     assert (old / "global" / "pg_control").is_file()
