@@ -9,6 +9,7 @@ tidemark demo      the guided tour on the embedded default
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import sys
 import tempfile
@@ -21,6 +22,7 @@ import typer
 from services.cli import guardcmds, plannercmds, querycmds
 from services.cli.catalogcmds import app as catalog_app
 from services.cli.locate import StateDir, find_state_dir
+from services.cli.output import OutputFormat, OutputOption, emit_json
 from services.cli.stackcmds import (
     bring_up,
     console,
@@ -38,7 +40,7 @@ app = typer.Typer(
     name="tidemark",
     help="Tidemark: stream redo/WAL to object storage, know every restorable moment, restore.",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,
     pretty_exceptions_enable=False,
 )
 app.add_typer(catalog_app, name="catalog")
@@ -106,8 +108,36 @@ def up(
     raise typer.Exit(code)
 
 
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            shown = version("tidemark")
+        except PackageNotFoundError:
+            shown = "unknown (not installed)"
+        print(f"tidemark {shown}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _options(
+    _version_flag: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_version, is_eager=True, help="print the version and exit"
+        ),
+    ] = False,
+) -> None:
+    """Tidemark: stream redo/WAL to object storage, know every restorable moment, restore."""
+
+
 @app.command()
-def status(state_dir: StateDir = None, nats_url: NatsUrl = None) -> None:
+def status(
+    output: OutputOption = OutputFormat.TEXT,
+    state_dir: StateDir = None,
+    nats_url: NatsUrl = None,
+) -> None:
     """Show each service, stream depths, consumers and dead letters."""
     bus = resolve_nats(nats_url, find_state_dir(state_dir))
     try:
@@ -116,11 +146,15 @@ def status(state_dir: StateDir = None, nats_url: NatsUrl = None) -> None:
         console.print(f"[red]✗ {unreachable(bus, exc)}[/]")
         console.print("Is the stack running? Start it with `tidemark up`.")
         raise typer.Exit(1) from None
+    if output is OutputFormat.JSON:
+        emit_json(dataclasses.asdict(view))
+        return
     render_status(view)
 
 
 @app.command()
 def dlq(
+    output: OutputOption = OutputFormat.TEXT,
     state_dir: StateDir = None,
     nats_url: NatsUrl = None,
     limit: Annotated[int, typer.Option(help="how many, newest first")] = 20,
@@ -132,6 +166,9 @@ def dlq(
     except Exception as exc:
         console.print(f"[red]✗ {unreachable(bus, exc)}[/]")
         raise typer.Exit(1) from None
+    if output is OutputFormat.JSON:
+        emit_json({"count": view.dead_letter_count, "dead_letters": view.dead_letters})
+        return
     render_dead_letters(view)
 
 
