@@ -19,7 +19,7 @@ from typing import Annotated
 
 import typer
 
-from services.cli import guardcmds, plannercmds, querycmds
+from services.cli import guardcmds, plannercmds, protect, querycmds
 from services.cli.catalogcmds import app as catalog_app
 from services.cli.locate import StateDir, find_state_dir
 from services.cli.output import OutputFormat, OutputOption, emit_json
@@ -231,6 +231,7 @@ def demo_base_dir() -> str | None:
 querycmds.register(app)
 plannercmds.register(app)
 guardcmds.register(app)
+protect.register(app)
 
 
 def main() -> None:

@@ -29,6 +29,7 @@ from pathlib import Path
 from services.bus.permissions import Role
 from services.settings import NatsSettings
 from services.stack.credentials import client_env, client_settings, write_passwords
+from services.stack.declarations import services_env
 from services.stack.lock import StateDirLock
 from services.stack.natsserver import NatsServer, free_port
 from services.stack.probe import read_health
@@ -130,6 +131,9 @@ class EmbeddedStack:
                 "TIDEMARK_CATALOG__HTTP_PORT": str(self.timeline_port or 0),
             }
         )
+        if name in ("archiver", "executor"):
+            # Read at each start: a restart after `tidemark protect` sees the new database.
+            env.update(services_env(self.state_dir))
         env.update(self.extra_env)
         return env
 
