@@ -9,15 +9,18 @@
 
 from __future__ import annotations
 
+import socket
 import sys
 from pathlib import Path
 from typing import Annotated
+from urllib.parse import urlsplit
 
 import typer
 
 from services.cli.leftovers import Leftover, NotALeftover, find_leftovers, remove_leftover
 from services.cli.output import OutputFormat, OutputOption, emit_json
 from services.cli.stackcmds import console
+from services.settings import NatsSettings
 
 
 def confirm_in_place(database: str, *, in_place: bool, yes: bool, target: str) -> None:
@@ -46,6 +49,30 @@ def confirm_in_place(database: str, *, in_place: bool, yes: bool, target: str) -
     typed = typer.prompt(f"Type the database uid ({database}) to replace it")
     if typed.strip() != database:
         console.print("[red]✗ not confirmed; nothing was changed[/]")
+        raise typer.Exit(1)
+
+
+def refuse_taken_port(bus: NatsSettings, port: int, node: str | None) -> None:
+    """Refuse a clone on a port something already listens on, before the request is sent.
+
+    Only answerable where the clone will run: with a NATS on loopback (the embedded stack) and no
+    other node named, the executor runs on this host, so a port taken here is taken there."""
+    host = urlsplit(bus.url).hostname or ""
+    if node is not None or host not in ("127.0.0.1", "localhost", "::1"):
+        return
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            taken = True
+        else:
+            taken = False
+    if taken:
+        console.print(
+            f"[red]✗ refused[/]: a clone on port {port}: something on this host already listens "
+            "there; choose a free --port. Nothing was sent.",
+            highlight=False,
+        )
         raise typer.Exit(1)
 
 

@@ -44,7 +44,7 @@ from schemas.messages import (
     SetPolicy,
     TargetImmediate,
 )
-from services.cli.guardcmds import confirm_in_place
+from services.cli.guardcmds import confirm_in_place, refuse_taken_port
 from services.cli.locate import StateDir, find_state_dir
 from services.cli.output import OutputFormat, OutputOption, emit_json
 from services.cli.querycmds import DatabaseArg, parse_target, show_time
@@ -396,6 +396,8 @@ def register(app: typer.Typer) -> None:
         if clone is None:
             confirm_in_place(database, in_place=in_place, yes=yes, target=_shown_target(target))
         bus = resolve_nats(nats_url, find_state_dir(state_dir))
+        if clone is not None and port is not None:
+            refuse_taken_port(bus, port, node)
 
         async def work(nc: Client, planner: PlannerClient) -> int:
             async with watching(nc, database) as queue:

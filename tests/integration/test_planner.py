@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import subprocess
 import sys
 import uuid
@@ -489,6 +490,16 @@ async def test_cli_guards_refuse_before_anything_is_sent(rig: Rig, catalog: Cata
         assert refused.returncode == 1, refused.stdout + refused.stderr
         assert "refused" in refused.stdout
         assert "replaces its data directory" in refused.stdout
+    # A clone on a port already taken on this host is refused before it is sent.
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        clash = await tidemark(
+            "restore", rig.uid, "--lsn", "0/4000000", "--into", "/var/tmp/x", "--port", port
+        )
+    assert clash.returncode == 1, clash.stdout + clash.stderr
+    assert f"a clone on port {port}" in clash.stdout
     assert not host.of(RunRestore)
 
     # policy set changes only what it is given.
