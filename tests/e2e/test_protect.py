@@ -122,6 +122,15 @@ def test_protect_takes_a_fresh_cluster_to_archiving_proven_and_a_first_backup(
     assert len(reply["backups"]) == 1
     assert reply["last_archived_at"] is not None
 
+    info = _tidemark("info", UID, "-o", "json", "--state-dir", str(stack))
+    assert info.returncode == 0, info.stdout + info.stderr
+    (page,) = json.loads(info.stdout)["databases"]
+    assert page["database"]["uid"] == UID
+    assert [b["backup_id"] for b in page["backups"]] == [b["backup_id"] for b in reply["backups"]]
+    assert page["archiving"]["last_archived_at"] is not None
+    text = _tidemark("info", "--state-dir", str(stack))
+    assert f"backup {reply['backups'][0]['backup_id']}" in " ".join(text.stdout.split())
+
     # The guard on the real database: no --in-place --yes, no terminal: refused, nothing lost.
     restore = _tidemark("restore", UID, "--immediate", "--state-dir", str(stack))
     assert restore.returncode == 1, restore.stdout + restore.stderr
