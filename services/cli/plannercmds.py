@@ -21,7 +21,7 @@ from nats.aio.msg import Msg
 from pydantic import ValidationError
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-from schemas import ContractError, Envelope, decode
+from schemas import ContractError, Envelope, Position, Timeline, decode
 from schemas.messages import (
     BackupCompleted,
     BackupFailed,
@@ -43,11 +43,12 @@ from schemas.messages import (
     RestoreTarget,
     SetPolicy,
     TargetImmediate,
+    TargetPosition,
 )
 from services.cli.guardcmds import confirm_in_place, refuse_taken_port
 from services.cli.locate import StateDir, find_state_dir
 from services.cli.output import OutputFormat, OutputOption, emit_json
-from services.cli.querycmds import DatabaseArg, parse_target, show_time
+from services.cli.querycmds import DatabaseArg, ask, parse_target, show_time
 from services.cli.schedule import next_run
 from services.cli.stackcmds import console, resolve_nats, unreachable
 from services.planner.client import PlannerClient, PlannerError
@@ -346,7 +347,9 @@ def register(app: typer.Typer) -> None:
     @app.command()
     def restore(
         database: DatabaseArg,
-        to: Annotated[str | None, typer.Option("--to", help="a time (ISO 8601; UTC)")] = None,
+        to: Annotated[
+            str | None, typer.Option("--to", help="a time (ISO 8601; UTC), or latest")
+        ] = None,
         scn: Annotated[int | None, typer.Option("--scn", help="an Oracle SCN")] = None,
         lsn: Annotated[str | None, typer.Option("--lsn", help="a PostgreSQL LSN, X/Y")] = None,
         immediate: Annotated[
@@ -357,6 +360,13 @@ def register(app: typer.Typer) -> None:
         ] = None,
         port: Annotated[int | None, typer.Option(help="the clone's port")] = None,
         node: Annotated[str | None, typer.Option(help="the clone's node")] = None,
+        timeline: Annotated[
+            int | None, typer.Option("--timeline", help="PostgreSQL: restore along this timeline")
+        ] = None,
+        lineage: Annotated[
+            str | None,
+            typer.Option("--lineage", help="the lineage's key as `windows` prints it (tl-…)"),
+        ] = None,
         in_place: Annotated[
             bool,
             typer.Option("--in-place", help="replace DATABASE itself (stops it; needs --yes)"),
@@ -369,12 +379,19 @@ def register(app: typer.Typer) -> None:
         state_dir: StateDir = None,
         nats_url: NatsUrl = None,
     ) -> None:
-        """Restore DATABASE to a time, a position, or the earliest consistent moment."""
+        """Restore DATABASE to a time, a position (--to latest: the end of the archive), or the
+        earliest consistent moment; --timeline/--lineage when the window is on another one."""
         target: RestoreTarget
+        latest = to == "latest"
+        chosen = parse_lineage(lineage, timeline)
         if immediate:
             if any(v is not None for v in (to, scn, lsn)):
                 raise typer.BadParameter("--immediate takes no --to, --scn or --lsn")
             target = TargetImmediate()
+        elif latest:
+            if scn is not None or lsn is not None:
+                raise typer.BadParameter("--to latest takes no --scn or --lsn")
+            target = TargetImmediate()  # replaced below by the archive's end, from the catalog
         else:
             target = parse_target(to, scn, lsn)
         try:
@@ -385,6 +402,7 @@ def register(app: typer.Typer) -> None:
                 clone = CloneSpec(data_dir=str(into.absolute()), port=port, node=node)
             request = RequestRestore(
                 target=target,
+                lineage=chosen,
                 mode=RestoreMode.CLONE if clone else RestoreMode.IN_PLACE,
                 clone=clone,
                 reason="tidemark restore",
@@ -394,8 +412,15 @@ def register(app: typer.Typer) -> None:
         if clone is not None and in_place:
             raise typer.BadParameter("--in-place replaces DATABASE; --into makes a clone: not both")
         if clone is None:
-            confirm_in_place(database, in_place=in_place, yes=yes, target=_shown_target(target))
+            shown = "the end of its archive" if latest else _shown_target(target)
+            confirm_in_place(database, in_place=in_place, yes=yes, target=shown)
         bus = resolve_nats(nats_url, find_state_dir(state_dir))
+        if latest:
+            end, on = archive_end(bus, database, chosen)
+            console.print(f"latest: {end} on {on.key}", highlight=False)
+            request = request.model_copy(
+                update={"target": TargetPosition(position=end), "lineage": on}
+            )
         if clone is not None and port is not None:
             refuse_taken_port(bus, port, node)
 
@@ -429,6 +454,44 @@ def register(app: typer.Typer) -> None:
             return 1
 
         raise typer.Exit(_run_work(bus, work))
+
+
+def parse_lineage(key: str | None, timeline: int | None) -> Timeline | None:
+    """`--timeline N` or `--lineage tl-0000000N` (the key `windows` prints), not both."""
+    if key is not None and timeline is not None:
+        raise typer.BadParameter("give --timeline or --lineage, not both")
+    if timeline is not None:
+        if timeline < 1:
+            raise typer.BadParameter("--timeline counts from 1")
+        return Timeline(id=timeline)
+    if key is None:
+        return None
+    if not key.startswith("tl-"):
+        raise typer.BadParameter(
+            f"--lineage {key!r}: a PostgreSQL timeline key, e.g. tl-00000002 (Oracle "
+            "incarnations are chosen by the planner from the target)"
+        )
+    try:
+        return Timeline(id=int(key[3:], 16))
+    except ValueError:
+        raise typer.BadParameter(f"--lineage {key!r} is not a timeline key") from None
+
+
+def archive_end(bus: NatsSettings, database: str, on: Timeline | None) -> tuple[Position, Timeline]:
+    """The end of the newest restorable window (on `on` if given): what `latest` means."""
+    reply = ask(bus, lambda c: c.windows(database))
+    windows = [w for w in reply.windows if on is None or w.lineage == on.key]
+    if not windows:
+        where = f" on {on.key}" if on is not None else ""
+        console.print(
+            f"[red]✗ {database} has no restorable window{where}: no latest to restore to[/]"
+        )
+        raise typer.Exit(1)
+    newest = max(windows, key=lambda w: (w.end_time is not None, w.end_time, w.end.value))
+    if not newest.lineage.startswith("tl-"):
+        console.print("[red]✗ --to latest is for PostgreSQL timelines; give --scn for Oracle[/]")
+        raise typer.Exit(1)
+    return newest.end, Timeline(id=int(newest.lineage[3:], 16))
 
 
 def _shown_target(target: RestoreTarget) -> str:

@@ -562,6 +562,16 @@ async def test_cli_policy_backup_and_restore(rig: Rig, catalog: CatalogClient) -
     inside = await tidemark("restore", rig.uid, "--lsn", "0/4000000", "--in-place", "--yes")
     assert inside.returncode == 0, inside.stdout + inside.stderr
     assert "restored to 0/4000000" in inside.stdout
+    latest = await tidemark("restore", rig.uid, "--to", "latest", "--in-place", "--yes")
+    assert latest.returncode == 0, latest.stdout + latest.stderr
+    # The end of the newest window (the rig's catalog has two on tl-1, the later up to E000000).
+    assert "latest: 0/E000000 on tl-00000001" in latest.stdout
+    assert "accepted" in latest.stdout
+    elsewhere = await tidemark(
+        "restore", rig.uid, "--to", "latest", "--timeline", "7", "--in-place", "--yes"
+    )
+    assert elsewhere.returncode == 1, elsewhere.stdout + elsewhere.stderr
+    assert "no restorable window on tl-00000007" in elsewhere.stdout
     queued = await tidemark("backup", rig.uid, "--no-wait")
     assert queued.returncode == 0, queued.stdout + queued.stderr
     assert "accepted" in queued.stdout
