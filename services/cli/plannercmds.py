@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -48,6 +49,7 @@ from schemas.messages import (
 from services.cli.guardcmds import confirm_in_place, refuse_taken_port
 from services.cli.locate import StateDir, find_state_dir
 from services.cli.output import OutputFormat, OutputOption, emit_json
+from services.cli.progressview import transfer_detail
 from services.cli.querycmds import DatabaseArg, ask, parse_target, show_time
 from services.cli.schedule import next_run
 from services.cli.stackcmds import console, resolve_nats, unreachable
@@ -136,10 +138,12 @@ async def follow(
         TextColumn("{task.description}"),
         BarColumn(),
         TextColumn("{task.percentage:>5.1f}%"),
+        TextColumn("{task.fields[detail]}"),
         TimeElapsedColumn(),
         console=console,
     ) as progress:
-        task = progress.add_task(label, total=100)
+        task = progress.add_task(label, total=100, detail="")
+        first: tuple[float, int] | None = None  # (when, done) of the first amount reported
         async with asyncio.timeout(timeout):
             while True:
                 event = await queue.get()
@@ -153,6 +157,13 @@ async def follow(
                     if data.percent is not None:
                         progress.update(task, completed=data.percent)
                     progress.update(task, description=f"{label}: {data.phase}")
+                if isinstance(data, JobProgress) and data.done is not None:
+                    now = time.monotonic()
+                    first = first or (now, data.done)
+                    detail = transfer_detail(
+                        data.done, data.total, data.unit, now - first[0], first_done=first[1]
+                    )
+                    progress.update(task, detail=detail)
 
 
 #: What `policy set` may change, by option name; a flag not given keeps the stored value.
