@@ -98,3 +98,22 @@ def test_a_stack_that_is_not_running_is_named_as_such(tmp_path: Path) -> None:
     result = _run("status", "--state-dir", str(state), cwd=tmp_path)
     assert result.returncode == 1
     assert "is not running" in " ".join(result.stdout.split())
+
+
+def test_up_takes_a_settings_file_and_keeps_its_timeline_port(tmp_path: Path) -> None:
+    port = free_port()
+    settings = tmp_path / "conf" / "tidemark.toml"
+    settings.parent.mkdir()
+    settings.write_text(f'state_dir = "state"\n[catalog]\nhttp_port = {port}\n')
+    result = _run(
+        "up",
+        "--until-healthy",
+        "--config",
+        str(settings),
+        "--nats-port",
+        str(free_port()),
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"timeline page: http://127.0.0.1:{port}/" in result.stdout
+    assert (tmp_path / "conf" / "state" / "logs" / "catalog.log").is_file()
