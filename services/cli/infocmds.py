@@ -105,6 +105,8 @@ def render(page: dict[str, Any]) -> None:
 
 
 def register(app: typer.Typer) -> None:
+    app.add_typer(backups_app, name="backups")
+
     @app.command()
     def info(
         database: Annotated[str | None, typer.Argument(help="database uid (default: all)")] = None,
@@ -128,3 +130,35 @@ def register(app: typer.Typer) -> None:
             render(page)
         if not pages:
             console.print("no databases in the catalog yet")
+
+
+backups_app = typer.Typer(help="A database's backups, as the catalog indexes them.")
+
+
+@backups_app.command("list")
+def backups_list(
+    database: Annotated[str, typer.Argument(help="database uid")],
+    output: OutputOption = OutputFormat.TEXT,
+    state_dir: StateDir = None,
+    nats_url: Annotated[str | None, typer.Option("--nats-url", help="NATS URL")] = None,
+) -> None:
+    """Each backup: id, kind, lineage, start and consistent positions, completion time."""
+    check_uid(database)
+    bus = resolve_nats(nats_url, find_state_dir(state_dir))
+    try:
+        pages = asyncio.run(gather(bus, database))
+    except CatalogError as exc:
+        console.print(f"[red]✗ {exc.error}[/]")
+        raise typer.Exit(2 if exc.status in (400, 404) else 1) from None
+    backups = pages[0]["backups"]
+    if output is OutputFormat.JSON:
+        emit_json({"database": database, "backups": backups})
+        return
+    for b in backups:
+        console.print(
+            f"{b['backup_id']}  {b['kind']}  {b['lineage']}  {b['start']} .. {b['consistent_at']}"
+            f"  completed {b['completed_at']}",
+            highlight=False,
+        )
+    if not backups:
+        console.print(f"{database}: no backups")

@@ -131,6 +131,10 @@ def test_protect_takes_a_fresh_cluster_to_archiving_proven_and_a_first_backup(
     text = _tidemark("info", "--state-dir", str(stack))
     assert f"backup {reply['backups'][0]['backup_id']}" in " ".join(text.stdout.split())
 
+    listed = _tidemark("backups", "list", UID, "-o", "json", "--state-dir", str(stack))
+    assert listed.returncode == 0, listed.stdout + listed.stderr
+    assert json.loads(listed.stdout)["backups"] == reply["backups"]
+
     # The guard on the real database: no --in-place --yes, no terminal: refused, nothing lost.
     restore = _tidemark("restore", UID, "--immediate", "--state-dir", str(stack))
     assert restore.returncode == 1, restore.stdout + restore.stderr
