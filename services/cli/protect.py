@@ -17,7 +17,7 @@ The steps, in order (each printed as it ends; the first three only look):
                (the catalog answers for it): what `pgbackrest check` proves.
     backup     the first base backup through the planner (--no-backup skips it).
 
-`restore_command` needs no helper of its own: a restore writes the one it needs (wal-fetch on
+`restore_command` is not set here: a restore writes the one it needs (wal-fetch on
 the restore's own fetch server) and removes it afterwards.
 
 Oracle: the engine cannot run here; `protect --engine oracle` prints the commands it would run.

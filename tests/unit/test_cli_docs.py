@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from services.cli.main import app
 
 ROOT = Path(__file__).parents[2]
-DOCS = (ROOT / "README.md", ROOT / "docs" / "cli.md")
+DOCS = (ROOT / "README.md", ROOT / "docs" / "cli.md", ROOT / "docs" / "planner.md")
 runner = CliRunner()
 
 
@@ -22,7 +22,10 @@ def _command_lines() -> list[str]:
     for doc in DOCS:
         text = doc.read_text()
         lines += re.findall(r"`(?:\.venv/bin/)?(tidemark [^`]+)`", text)
-        lines += re.findall(r"^(tidemark [^\n]+)$", text, flags=re.MULTILINE)
+        lines += [
+            line.split("  #")[0].strip()
+            for line in re.findall(r"^(tidemark [^\n]+)$", text, flags=re.MULTILINE)
+        ]
     return sorted(set(lines))
 
 
