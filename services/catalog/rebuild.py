@@ -320,8 +320,18 @@ def _write_logs(writer: Writer, batch: list[tuple[DatabaseRef, LogArchived]]) ->
     return [str(result) for result in writer.record_logs(batch) if isinstance(result, Exception)]
 
 
-async def rebuild(blobs: BlobStore, store: CatalogStore, prefix: str = "") -> RebuildReport:
+async def rebuild(
+    blobs: BlobStore,
+    store: CatalogStore,
+    prefix: str = "",
+    *,
+    accept: Callable[[RebuildReport], None] | None = None,
+) -> RebuildReport:
     """Empty `store` and refill it from every object under `prefix` in `blobs`.
+
+    `accept` sees the report once the listing is read and before the transaction commits;
+    raising there rolls the store back to its old contents (`catalog rebuild`'s refusal of a
+    bucket that holds far less than the catalog).
 
     Returns the counts, the warnings (objects skipped and why) and an index loaded from the
     rebuilt store, for showing its windows.
@@ -329,5 +339,7 @@ async def rebuild(blobs: BlobStore, store: CatalogStore, prefix: str = "") -> Re
     report = RebuildReport()
     async with _StoreThread(store) as txn:
         await _Rebuild(blobs, prefix, txn, report).run()
+        if accept is not None:
+            accept(report)
     report.stored = await asyncio.to_thread(store.load_into, report.index)
     return report

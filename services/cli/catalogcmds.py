@@ -6,6 +6,7 @@ tidemark catalog rebuild   recreate the catalog's store from the bucket alone
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -60,11 +61,21 @@ def rebuild(
         typer.Option("--state-dir", envvar="TIDEMARK_STATE_DIR", help="local state directory"),
     ] = None,
     config: Annotated[Path | None, typer.Option(help="TOML settings file")] = None,
+    allow_empty: Annotated[
+        bool,
+        typer.Option(
+            "--allow-empty",
+            help="replace the store even when the bucket holds nothing, or under half of the "
+            "logs and backups the store indexes now",
+        ),
+    ] = False,
 ) -> None:
     """Recreate the catalog's store from the bucket: every log's metadata, every manifest.
 
-    The store is replaced in one transaction. Restart a running catalog afterwards so that it
-    loads the rebuilt store.
+    The store is replaced in one transaction, and only once the new index is complete. A
+    bucket listing that finds nothing, or under half of what the store indexes now (a wrong
+    --store or --prefix, most likely), is refused and the store left as it was, unless
+    --allow-empty. Restart a running catalog afterwards so that it loads the rebuilt store.
     """
     # Imported here: the other commands should not pay for SQLAlchemy and the blob drivers.
     from services.blobstore import open_store
@@ -86,7 +97,9 @@ def rebuild(
         blobs = open_store(store_url)
         catalog = await asyncio.to_thread(CatalogStore.open, url, password_file=secret)
         try:
-            return await run_rebuild(blobs, catalog, key_prefix.strip("/"))
+            before = await asyncio.to_thread(catalog.counts)
+            accept = None if allow_empty else RebuildGuard(before.logs + before.backups).accept
+            return await run_rebuild(blobs, catalog, key_prefix.strip("/"), accept=accept)
         finally:
             catalog.close()
             await blobs.close()
@@ -94,10 +107,43 @@ def rebuild(
     console.print(f"rebuilding {_shown(url)} from {store_url} (prefix {key_prefix or '-'!s})")
     try:
         report = asyncio.run(main())
+    except RebuildRefused as exc:
+        console.print(f"[red]✗ refused; the store is unchanged[/]: {exc}", highlight=False)
+        raise typer.Exit(1) from None
     except Exception as exc:
         console.print(f"[red]✗ rebuild failed; the store is unchanged: {exc}[/]")
         raise typer.Exit(1) from None
     render_report(report)
+
+
+#: A rebuild that indexes fewer than this share of what the store holds is refused.
+FAR_FEWER = 0.5
+
+
+class RebuildRefused(RuntimeError):
+    """The bucket holds far less than the store indexes: most likely the wrong place."""
+
+
+@dataclass
+class RebuildGuard:
+    """Refuses, before the transaction commits, a rebuild that would empty the catalog."""
+
+    indexed_before: int
+
+    def accept(self, report: RebuildReport) -> None:
+        indexed = report.objects - report.other_objects - report.skipped
+        if report.objects == 0 or indexed == 0:
+            raise RebuildRefused(
+                f"the listing found {report.objects} objects and {indexed} to index, the store "
+                f"indexes {self.indexed_before} logs and backups now; check --store and "
+                "--prefix, or give --allow-empty to empty the catalog"
+            )
+        if self.indexed_before and indexed < self.indexed_before * FAR_FEWER:
+            raise RebuildRefused(
+                f"the listing found {indexed} objects to index ({report.objects} in all), the "
+                f"store indexes {self.indexed_before} logs and backups now: under "
+                f"{FAR_FEWER:.0%}; check --store and --prefix, or give --allow-empty"
+            )
 
 
 def _shown(url: str) -> str:
@@ -140,4 +186,8 @@ def render_report(report: RebuildReport) -> None:
 
 
 def _when(value: object) -> str:
-    return "" if value is None else f"{value:%Y-%m-%d %H:%M:%S}Z"
+    from datetime import datetime
+
+    from services.cli.querycmds import show_time
+
+    return show_time(value) if isinstance(value, datetime) else ""

@@ -9,6 +9,7 @@ tidemark demo      the guided tour on the embedded default
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import sys
 import tempfile
@@ -18,8 +19,10 @@ from typing import Annotated
 
 import typer
 
-from services.cli import plannercmds, querycmds
+from services.cli import guardcmds, infocmds, plannercmds, protect, querycmds
 from services.cli.catalogcmds import app as catalog_app
+from services.cli.locate import StateDir, find_state_dir
+from services.cli.output import OutputFormat, OutputOption, emit_json
 from services.cli.stackcmds import (
     bring_up,
     console,
@@ -28,6 +31,7 @@ from services.cli.stackcmds import (
     resolve_nats,
     run_until_signal,
     shut_down,
+    unreachable,
 )
 from services.stack.embedded import EmbeddedStack
 from services.stack.probe import read_stack
@@ -36,15 +40,11 @@ app = typer.Typer(
     name="tidemark",
     help="Tidemark: stream redo/WAL to object storage, know every restorable moment, restore.",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,
     pretty_exceptions_enable=False,
 )
 app.add_typer(catalog_app, name="catalog")
 
-StateDir = Annotated[
-    Path,
-    typer.Option("--state-dir", envvar="TIDEMARK_STATE_DIR", help="local state of the stack"),
-]
 NatsUrl = Annotated[
     str | None, typer.Option("--nats-url", help="NATS URL (default: the running stack's)")
 ]
@@ -52,7 +52,7 @@ NatsUrl = Annotated[
 
 @app.command()
 def up(
-    state_dir: StateDir = Path(".state"),
+    state_dir: StateDir = None,
     nats_port: Annotated[
         int | None, typer.Option(help="NATS port (default 4222 if free, else any free port)")
     ] = None,
@@ -61,9 +61,33 @@ def up(
         bool, typer.Option("--until-healthy", help="stop again as soon as all are healthy")
     ] = False,
     timeout: Annotated[float, typer.Option(help="seconds to wait for health")] = 60.0,
+    config: Annotated[
+        Path | None,
+        typer.Option("--config", help="TOML settings file for every service (TIDEMARK_CONFIG)"),
+    ] = None,
 ) -> None:
     """Start the embedded stack: nats-server (JetStream) and the four services."""
-    stack = EmbeddedStack(state_dir=state_dir, node=node, nats_port=nats_port)
+    from services.settings import load_settings
+
+    if config is not None:
+        if not config.is_file():
+            console.print(f"[red]✗ no settings file at {config}[/]")
+            raise typer.Exit(2)
+        config = config.absolute()
+    try:
+        settings = load_settings(config)  # also hands the file to the services (TIDEMARK_CONFIG)
+    except (ValueError, OSError) as exc:
+        console.print(f"[red]✗ the settings do not load: {exc}[/]")
+        raise typer.Exit(2) from None
+    stack = EmbeddedStack(
+        state_dir=find_state_dir(state_dir, config),
+        node=node,
+        nats_port=nats_port,
+        # A port the settings name is the user's choice: the stack must not pick another.
+        timeline_port=settings.catalog.http_port
+        if "http_port" in settings.catalog.model_fields_set
+        else None,
+    )
 
     async def main() -> int:
         try:
@@ -84,32 +108,67 @@ def up(
     raise typer.Exit(code)
 
 
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            shown = version("tidemark")
+        except PackageNotFoundError:
+            shown = "unknown (not installed)"
+        print(f"tidemark {shown}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _options(
+    _version_flag: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_version, is_eager=True, help="print the version and exit"
+        ),
+    ] = False,
+) -> None:
+    """Tidemark: stream redo/WAL to object storage, know every restorable moment, restore."""
+
+
 @app.command()
-def status(state_dir: StateDir = Path(".state"), nats_url: NatsUrl = None) -> None:
+def status(
+    output: OutputOption = OutputFormat.TEXT,
+    state_dir: StateDir = None,
+    nats_url: NatsUrl = None,
+) -> None:
     """Show each service, stream depths, consumers and dead letters."""
-    bus = resolve_nats(nats_url, state_dir)
+    bus = resolve_nats(nats_url, find_state_dir(state_dir))
     try:
         view = asyncio.run(read_stack(bus))
     except Exception as exc:
-        console.print(f"[red]✗ cannot reach NATS at {bus.url}: {exc}[/]")
+        console.print(f"[red]✗ {unreachable(bus, exc)}[/]")
         console.print("Is the stack running? Start it with `tidemark up`.")
         raise typer.Exit(1) from None
+    if output is OutputFormat.JSON:
+        emit_json(dataclasses.asdict(view))
+        return
     render_status(view)
 
 
 @app.command()
 def dlq(
-    state_dir: StateDir = Path(".state"),
+    output: OutputOption = OutputFormat.TEXT,
+    state_dir: StateDir = None,
     nats_url: NatsUrl = None,
     limit: Annotated[int, typer.Option(help="how many, newest first")] = 20,
 ) -> None:
     """List the newest dead letters with their reasons."""
-    bus = resolve_nats(nats_url, state_dir)
+    bus = resolve_nats(nats_url, find_state_dir(state_dir))
     try:
         view = asyncio.run(read_stack(bus, dead_letter_limit=limit))
     except Exception as exc:
-        console.print(f"[red]✗ cannot reach NATS at {bus.url}: {exc}[/]")
+        console.print(f"[red]✗ {unreachable(bus, exc)}[/]")
         raise typer.Exit(1) from None
+    if output is OutputFormat.JSON:
+        emit_json({"count": view.dead_letter_count, "dead_letters": view.dead_letters})
+        return
     render_dead_letters(view)
 
 
@@ -171,6 +230,9 @@ def demo_base_dir() -> str | None:
 
 querycmds.register(app)
 plannercmds.register(app)
+guardcmds.register(app)
+protect.register(app)
+infocmds.register(app)
 
 
 def main() -> None:

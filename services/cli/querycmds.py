@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Annotated, TypeVar
 
 import typer
@@ -16,15 +15,14 @@ from schemas import DatabaseUid, Lsn, Scn
 from schemas.catalog import CheckReply, WindowsReply
 from schemas.messages import RestoreTarget, TargetPosition, TargetTime
 from services.catalog.client import CatalogClient, CatalogError
-from services.cli.stackcmds import console, resolve_nats
+from services.cli.locate import StateDir, find_state_dir
+from services.cli.output import OutputFormat, OutputOption, emit_json
+from services.cli.stackcmds import console, resolve_nats, unreachable
 from services.settings import NatsSettings
 from services.stack.probe import connect_once
 
 T = TypeVar("T")
 
-StateDir = Annotated[
-    Path, typer.Option("--state-dir", envvar="TIDEMARK_STATE_DIR", help="local state of the stack")
-]
 NatsUrl = Annotated[
     str | None, typer.Option("--nats-url", help="NATS URL (default: the running stack's)")
 ]
@@ -87,7 +85,7 @@ def ask(bus: NatsSettings, question: Callable[[CatalogClient], Awaitable[T]]) ->
         try:
             nc = await connect_once(bus)
         except Exception as exc:
-            raise CatalogError(503, f"cannot reach NATS at {bus.url}: {exc}") from exc
+            raise CatalogError(503, unreachable(bus, exc)) from exc
         try:
             return await question(CatalogClient(nc))
         finally:
@@ -100,8 +98,14 @@ def ask(bus: NatsSettings, question: Callable[[CatalogClient], Awaitable[T]]) ->
         raise typer.Exit(2 if exc.status in (400, 404) else 1) from None
 
 
+def show_time(value: datetime) -> str:
+    """A time as the CLI prints it: full precision, UTC, and accepted back by `--to` exactly
+    (a window start shown to the second would be refused as before the window)."""
+    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
 def _t(value: datetime | None) -> str:
-    return f"{value:%Y-%m-%d %H:%M:%S}Z" if value else "?"
+    return show_time(value) if value else "?"
 
 
 def render_windows(reply: WindowsReply) -> None:
@@ -147,12 +151,17 @@ def register(app: typer.Typer) -> None:
     @app.command()
     def windows(
         database: DatabaseArg,
-        state_dir: StateDir = Path(".state"),
+        output: OutputOption = OutputFormat.TEXT,
+        state_dir: StateDir = None,
         nats_url: NatsUrl = None,
     ) -> None:
-        """Show a database's restorable windows, gaps and RPO lag."""
-        bus = resolve_nats(nats_url, state_dir)
-        render_windows(ask(bus, lambda c: c.windows(database)))
+        """Show a database's restorable windows, gaps, backups and RPO lag."""
+        bus = resolve_nats(nats_url, find_state_dir(state_dir))
+        reply = ask(bus, lambda c: c.windows(database))
+        if output is OutputFormat.JSON:
+            emit_json(reply)
+            return
+        render_windows(reply)
 
     @app.command()
     def check(
@@ -161,13 +170,19 @@ def register(app: typer.Typer) -> None:
         scn: Annotated[int | None, typer.Option("--scn", help="an Oracle SCN")] = None,
         lsn: Annotated[str | None, typer.Option("--lsn", help="a PostgreSQL LSN, X/Y")] = None,
         lineage: Annotated[str | None, typer.Option(help="incarnation or timeline key")] = None,
-        state_dir: StateDir = Path(".state"),
+        output: OutputOption = OutputFormat.TEXT,
+        state_dir: StateDir = None,
         nats_url: NatsUrl = None,
     ) -> None:
-        """Can DATABASE be restored to this point? If not, why, and what is nearest."""
+        """Can DATABASE be restored to this point? If not, why, and what is nearest.
+
+        Asks the catalog only; it does not test archiving (that is `tidemark protect`'s proof)."""
         target = parse_target(to, scn, lsn)
-        bus = resolve_nats(nats_url, state_dir)
+        bus = resolve_nats(nats_url, find_state_dir(state_dir))
         reply = ask(bus, lambda c: c.check(database, target, lineage))
+        if output is OutputFormat.JSON:
+            emit_json(reply)
+            raise typer.Exit(0 if reply.restorable else 1)
         render_check(reply)
         if not reply.restorable:
             raise typer.Exit(1)

@@ -14,10 +14,26 @@ from rich.console import Console
 from rich.table import Table
 
 from services.settings import NatsSettings
-from services.stack.embedded import EmbeddedStack, read_stack_file
+from services.stack.embedded import STACK_FILE, EmbeddedStack, read_stack_file
+from services.stack.lock import LOCK_FILE, owner_of
 from services.stack.probe import StackView, payload_preview
 
 console = Console()
+
+
+def unreachable(bus: NatsSettings, exc: BaseException) -> str:
+    """Why a connection failed, in words that say what to fix: a refused identity is not a
+    stack that is down."""
+    text = str(exc) or type(exc).__name__
+    if "authorization" in text.lower() or "authentication" in text.lower():
+        who = bus.user or ("the credentials file" if bus.credentials_file else "no user")
+        where = f" (password file {bus.password_file})" if bus.password_file else ""
+        return (
+            f"NATS at {bus.url} refused the identity {who}{where}: authentication failed. "
+            "A stack started by `tidemark up` makes new passwords at each start: use its "
+            "--state-dir, or set TIDEMARK_NATS__USER and TIDEMARK_NATS__PASSWORD_FILE"
+        )
+    return f"cannot reach NATS at {bus.url}: {text}"
 
 
 def resolve_nats(nats_url: str | None, state_dir: Path) -> NatsSettings:
@@ -30,6 +46,8 @@ def resolve_nats(nats_url: str | None, state_dir: Path) -> NatsSettings:
     """
     env = _nats_env()
     info = read_stack_file(state_dir) or {}
+    if nats_url is None and "url" not in env:
+        _require_stack(state_dir, info)
     stack_url = info.get("nats_url") if isinstance(info.get("nats_url"), str) else None
     url = nats_url or env.pop("url", None) or stack_url or "nats://127.0.0.1:4222"
     identity = {"user", "password_file", "credentials_file"}
@@ -38,6 +56,24 @@ def resolve_nats(nats_url: str | None, state_dir: Path) -> NatsSettings:
         if isinstance(user, str) and isinstance(password_file, str):
             env.update(user=user, password_file=password_file)
     return NatsSettings.model_validate({**env, "url": url})
+
+
+def _require_stack(state_dir: Path, info: dict[str, object]) -> None:
+    """Stop with "no stack found at X" when nothing says where NATS is."""
+    if not info:
+        console.print(
+            f"[red]✗ no stack found at {state_dir}[/] (no {STACK_FILE} there). Start one with "
+            f"`tidemark up --state-dir {state_dir}`, or name it: --state-dir, TIDEMARK_STATE_DIR, "
+            "state_dir in the settings file, or --nats-url for a NATS of your own."
+        )
+        raise SystemExit(1)
+    if owner_of(state_dir) is None and (state_dir / LOCK_FILE).exists():
+        console.print(
+            f"[red]✗ the stack at {state_dir} is not running[/] ({STACK_FILE} is left from "
+            f"pid {info.get('supervisor_pid')}). Start it with `tidemark up --state-dir "
+            f"{state_dir}`."
+        )
+        raise SystemExit(1)
 
 
 def _nats_env() -> dict[str, str]:
@@ -150,6 +186,9 @@ async def run_until_signal(stack: EmbeddedStack) -> None:
 
 
 def shut_down(stack: EmbeddedStack) -> float:
+    if stack.lock is None or not stack.lock.held:
+        stack.stop()  # never started here (another stack owns the directory): nothing to report
+        return 0.0
     started = time.monotonic()
     with console.status("Stopping services (draining) and nats-server…"):
         stack.stop()

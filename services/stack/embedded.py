@@ -29,6 +29,8 @@ from pathlib import Path
 from services.bus.permissions import Role
 from services.settings import NatsSettings
 from services.stack.credentials import client_env, client_settings, write_passwords
+from services.stack.declarations import services_env
+from services.stack.lock import StateDirLock
 from services.stack.natsserver import NatsServer, free_port
 from services.stack.probe import read_health
 
@@ -78,13 +80,16 @@ class EmbeddedStack:
     auth: bool = True
     """Users and permissions on the stack's nats-server (off: anyone may do anything)."""
     passwords: dict[Role, Path] = field(default_factory=dict)
+    lock: StateDirLock | None = None
 
     @property
     def logs_dir(self) -> Path:
         return self.state_dir / "logs"
 
     def start_nats(self) -> NatsServer:
-        self.state_dir.mkdir(parents=True, exist_ok=True)
+        # Before anything in the directory is touched: another stack may own it (StateDirLocked).
+        self.lock = StateDirLock(self.state_dir)
+        self.lock.acquire()
         self.logs_dir.mkdir(exist_ok=True)
         port = self.nats_port
         if port is None:
@@ -126,6 +131,9 @@ class EmbeddedStack:
                 "TIDEMARK_CATALOG__HTTP_PORT": str(self.timeline_port or 0),
             }
         )
+        if name in ("archiver", "executor"):
+            # Read at each start: a restart after `tidemark protect` sees the new database.
+            env.update(services_env(self.state_dir))
         env.update(self.extra_env)
         return env
 
@@ -202,12 +210,15 @@ class EmbeddedStack:
                 entry.process.wait()
         if self.nats is not None:
             self.nats.stop()
+        if self.lock is None or not self.lock.held:
+            return  # not ours: stack.json and the passwords belong to the stack that holds it
         with contextlib.suppress(FileNotFoundError):
             (self.state_dir / STACK_FILE).unlink()
         # The passwords die with the server that knew them; the next start makes new ones.
         for path in self.passwords.values():
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
+        self.lock.release()
 
     def exit_codes(self) -> dict[str, int | None]:
         return {

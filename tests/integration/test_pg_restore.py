@@ -534,4 +534,16 @@ async def test_restore_in_place_to_an_lsn(source: Source) -> None:
     assert cluster.psql("SELECT timeline_id FROM pg_control_checkpoint()") == str(result.lineage.id)
     assert result.lineage.id >= 2
     assert cluster.psql("SHOW restore_command") == ""
-    assert leftovers(source) == [], "the old data directory is deleted after success"
+    # The pre-restore directory is kept aside, whole, until the user removes it.
+    kept = leftovers(source)
+    assert len(kept) == 1, kept
+    assert ".tidemark-old-" in kept[0]
+    old = cluster.data_dir.parent / kept[0]
+    assert (old / "PG_VERSION").is_file()
+    assert (old / "global" / "pg_control").is_file()
+    from services.cli.leftovers import find_leftovers, remove_leftover
+
+    (found,) = find_leftovers([cluster.data_dir])
+    assert found.path == old
+    remove_leftover(found, [cluster.data_dir])
+    assert leftovers(source) == []

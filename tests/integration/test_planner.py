@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import subprocess
 import sys
 import uuid
@@ -472,6 +473,66 @@ async def test_a_backup_during_a_restore_is_refused(rig: Rig, catalog: CatalogCl
     assert not host.of(RunBackup)
 
 
+async def test_cli_guards_refuse_before_anything_is_sent(rig: Rig, catalog: CatalogClient) -> None:
+    host = await rig.executor(unique("node"), rig.db)
+    await rig.planner()
+
+    async def tidemark(*args: str) -> subprocess.CompletedProcess[str]:
+        return await asyncio.to_thread(
+            subprocess.run,
+            [sys.executable, "-m", "services.cli.main", *args, "--nats-url", rig.nats_url],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            stdin=subprocess.DEVNULL,  # no terminal: an in-place restore must not be confirmed
+        )
+
+    # An in-place restore is refused without --in-place --yes: nothing reaches the executor.
+    for flags in ((), ("--in-place",)):
+        refused = await tidemark("restore", rig.uid, "--lsn", "0/4000000", *flags)
+        assert refused.returncode == 1, refused.stdout + refused.stderr
+        assert "refused" in refused.stdout
+        assert "replaces its data directory" in refused.stdout
+    # A clone on a port already taken on this host is refused before it is sent.
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        clash = await tidemark(
+            "restore", rig.uid, "--lsn", "0/4000000", "--into", "/var/tmp/x", "--port", port
+        )
+    assert clash.returncode == 1, clash.stdout + clash.stderr
+    assert f"a clone on port {port}" in clash.stdout
+    assert not host.of(RunRestore)
+
+    # policy set changes only what it is given.
+    first = await tidemark(
+        "policy", "set", rig.uid, "--full-cron", "30 2 * * *", "--compression", "zstd"
+    )
+    assert first.returncode == 0, first.stdout + first.stderr
+    second = await tidemark("policy", "set", rig.uid, "--window-days", "30")
+    assert second.returncode == 0, second.stdout + second.stderr
+    shown = await tidemark("policy", "show", rig.uid, "--output", "json")
+    assert shown.returncode == 0, shown.stdout + shown.stderr
+    document = json.loads(shown.stdout)
+    assert document["policy"]["full_cron"] == "30 2 * * *"
+    assert document["policy"]["compression"] == "zstd"
+    assert document["policy"]["recovery_window_days"] == 30
+    assert document["policy"]["verify_cron"] == "0 3 * * *"
+    next_full = datetime.fromisoformat(document["next_runs"]["full"])
+    assert (next_full.hour, next_full.minute) == (2, 30)
+    assert next_full > datetime.now(UTC)
+    text = await tidemark("policy", "show", rig.uid)
+    assert f"next {document['next_runs']['full']}" in text.stdout
+
+    # An incremental PostgreSQL backup is rejected at intake, with the reason.
+    incremental = await tidemark("backup", rig.uid, "--kind", "incremental")
+    assert incremental.returncode == 1, incremental.stdout + incremental.stderr
+    assert "rejected (TM-PLAN-UNSUPPORTED)" in incremental.stdout
+    assert "full base backups only" in incremental.stdout
+    assert not host.of(RunBackup)
+
+
 async def test_cli_policy_backup_and_restore(rig: Rig, catalog: CatalogClient) -> None:
     await rig.executor(unique("node"), rig.db)
     await rig.planner()
@@ -497,13 +558,23 @@ async def test_cli_policy_backup_and_restore(rig: Rig, catalog: CatalogClient) -
     shown = await tidemark("policy", "show", rig.uid)
     assert shown.returncode == 0, shown.stdout + shown.stderr
     assert "30 2 * * *" in shown.stdout
-    outside = await tidemark("restore", rig.uid, "--lsn", "0/9800000")
+    outside = await tidemark("restore", rig.uid, "--lsn", "0/9800000", "--in-place", "--yes")
     assert outside.returncode == 1, outside.stdout + outside.stderr
     assert "rejected" in outside.stdout
     assert "nearest before: 0/9000000" in outside.stdout
-    inside = await tidemark("restore", rig.uid, "--lsn", "0/4000000")
+    inside = await tidemark("restore", rig.uid, "--lsn", "0/4000000", "--in-place", "--yes")
     assert inside.returncode == 0, inside.stdout + inside.stderr
     assert "restored to 0/4000000" in inside.stdout
+    latest = await tidemark("restore", rig.uid, "--to", "latest", "--in-place", "--yes")
+    assert latest.returncode == 0, latest.stdout + latest.stderr
+    # The end of the newest window (the rig's catalog has two on tl-1, the later up to E000000).
+    assert "latest: 0/E000000 on tl-00000001" in latest.stdout
+    assert "accepted" in latest.stdout
+    elsewhere = await tidemark(
+        "restore", rig.uid, "--to", "latest", "--timeline", "7", "--in-place", "--yes"
+    )
+    assert elsewhere.returncode == 1, elsewhere.stdout + elsewhere.stderr
+    assert "no restorable window on tl-00000007" in elsewhere.stdout
     queued = await tidemark("backup", rig.uid, "--no-wait")
     assert queued.returncode == 0, queued.stdout + queued.stderr
     assert "accepted" in queued.stdout

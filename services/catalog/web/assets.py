@@ -41,6 +41,8 @@ td.num { text-align: right; }
 #timeline .lane-label { font-weight: 600; font-size: 12px; fill: var(--ink); }
 #timeline .coverage { stroke: #a0aec0; stroke-width: 2; }
 #timeline .window { fill: var(--band); fill-opacity: 0.75; }
+#timeline .unprotected { fill: var(--gap); fill-opacity: 0.18; stroke: var(--gap);
+  stroke-dasharray: 3 3; }
 #timeline .window.hot, #timeline .window:focus { fill: var(--band-hot); fill-opacity: 1; }
 #timeline .backup path { fill: var(--backup); stroke: #fff; stroke-width: 1.5; }
 #timeline .gap line { stroke: var(--gap); stroke-width: 3; }

@@ -112,8 +112,12 @@ def _axis(scale: _Scale, height: int) -> list[str]:
     return out
 
 
-def _window(w: WindowView, y: float, scale: _Scale, lane: LineageView) -> str:
-    x1 = scale.x(w.start_time or lane.first_time)
+def _window(
+    w: WindowView, y: float, scale: _Scale, lane: LineageView, floor: float | None = None
+) -> str:
+    # A child lineage's window starts, for a reader, at its branch point: its base backup is
+    # older (it was taken on the parent), and a band from there looks older than the restore.
+    x1 = max(scale.x(w.start_time or lane.first_time), floor or 0.0)
     x2 = max(scale.x(w.end_time or lane.last_time, default=x1), x1 + 2)
     title = (
         f"restorable window on {w.lineage}\n"
@@ -130,6 +134,30 @@ def _window(w: WindowView, y: float, scale: _Scale, lane: LineageView) -> str:
         f"{attrs(data_bases=' '.join(w.bases))}>"
         f"<title>{esc(title)}</title></rect>"
     )
+
+
+def _unprotected(reply: WindowsReply, ys: dict[str, float], scale: _Scale) -> list[str]:
+    """The stretch from the newest restorable moment to now: what a failure now would lose."""
+    timed = [w for w in reply.windows if w.end_time is not None and w.lineage in ys]
+    if not timed:
+        return []
+    newest = max(timed, key=lambda w: (w.end_time, w.end.value))
+    assert newest.end_time is not None
+    x1, x2 = scale.x(newest.end_time), scale.x(reply.now)
+    if x2 <= x1:
+        return []
+    y = ys[newest.lineage]
+    title = (
+        f"not restorable yet: from {when(newest.end_time)} to now "
+        f"(RPO lag {lag_text(reply.rpo_lag_s)})"
+    )
+    return [
+        f"<rect{attrs(x=x1, y=y - BAND / 2, width=round(x2 - x1, 2), height=BAND)}"
+        f' class="unprotected"'
+        f"{attrs(data_key='unprotected', data_lineage=newest.lineage)}"
+        f"{attrs(data_start_time=iso(newest.end_time), data_end_time=iso(reply.now))}>"
+        f"<title>{esc(title)}</title></rect>"
+    ]
 
 
 def _backup(b: BackupView, y: float, scale: _Scale) -> str:
@@ -245,7 +273,10 @@ def render_timeline(reply: WindowsReply) -> str:
     by_key = {lane.key: lane for lane in lanes}
     for w in reply.windows:
         if w.lineage in by_key:
-            out.append(_window(w, ys[w.lineage], scale, by_key[w.lineage]))
+            lane = by_key[w.lineage]
+            floor = scale.x(_branch_time(lane, reply)) if lane.parent in by_key else None
+            out.append(_window(w, ys[w.lineage], scale, lane, floor))
+    out.extend(_unprotected(reply, ys, scale))
     # Over the bands, so the point where a branch leaves its parent stays visible.
     for lane in lanes:
         if lane.parent in ys:

@@ -28,11 +28,11 @@ Phases, each reported through ``ctx.progress``:
     ``postgresql.auto.conf`` (they name a socket that is about to disappear) and the server
     reloaded.
 
-In place, the old data directory is deleted only after the restore succeeded; on any failure the
-new one is removed, the old one put back and, if it was running, started again — a failed restore
-leaves the database as it found it. Deleting on success (not keeping the old directory) is
-deliberate: the restore's whole point is that the old state is abandoned, and a second copy of a
-large database on the same volume is what makes the next restore fail for space.
+In place, on any failure the new data directory is removed, the old one put back and, if it was
+running, started again — a failed restore leaves the database as it found it. On success the old
+directory stays aside, never deleted by the restore: it is the only copy of whatever the restore
+abandoned (a wrong target is a mistake found only later). `tidemark leftovers` lists such
+directories and removes them when told (they hold a second copy of the database's volume).
 
 The phases live in their own modules; this one holds the sequence, the rollback and the
 translation of the plan's target into ``recovery_target*`` settings:
@@ -332,8 +332,8 @@ async def _restore_in_place(inst: Instance, job: _Rebuild) -> RestoreResult:
             with contextlib.suppress(Exception):
                 await inst.start(data_dir / "log" / f"tidemark-rollback-{job.tag}.log")
         raise
-    # Only now is the old directory garbage (see the module docstring).
-    await asyncio.to_thread(shutil.rmtree, aside, True)
+    # Kept, not deleted (see the module docstring): `tidemark leftovers` removes it when told.
+    log.info("restore %s: the previous data directory is kept at %s", job.tag, aside)
     return _result(outcome, job.stats, job.tag)
 
 

@@ -26,6 +26,7 @@ from services.bus import Delivery, Handler
 from services.planner.backups import Backups
 from services.planner.context import PlannerContext, require_database
 from services.planner.errors import NOT_FOUND, Refusal, Refused
+from services.planner.feasibility import refuse_what_the_engine_cannot
 from services.planner.keys import step_id
 from services.planner.locks import held_lock
 from services.planner.policies import Policies
@@ -60,6 +61,7 @@ class Intake:
         async def handler(message: Envelope[Any], delivery: Delivery) -> None:
             database = require_database(message)
             try:
+                refuse_what_the_engine_cannot(message, database)
                 await handle(message)
             except Refused as refused:
                 await self.ctx.reject(

@@ -1,0 +1,96 @@
+"""The databases `tidemark protect` declared for one stack: `<state>/protected.json`.
+
+Each protected database is declared once, here, as the facts the user gave (`Protected`); the
+archiver's and the executor's sections are derived from it at each service start, joined to any
+the settings file declares. A service restarted after `protect` (or `unprotect`) sees the change;
+nothing else rewrites the user's own settings file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+PROTECTED_FILE = "protected.json"
+
+
+@dataclass(frozen=True)
+class Protected:
+    """One PostgreSQL database protected by this stack."""
+
+    uid: str
+    name: str
+    system_id: int
+    data_dir: str
+    port: int
+    socket_dir: str
+    os_user: str
+    spool_dir: str
+
+    def archived(self) -> dict[str, Any]:
+        return {
+            "uid": self.uid,
+            "engine": "postgres",
+            "name": self.name,
+            "system_id": self.system_id,
+            "spool_dir": self.spool_dir,
+            "pg_wal_dir": str(Path(self.data_dir) / "pg_wal"),
+        }
+
+    def hosted(self) -> dict[str, Any]:
+        return {
+            "uid": self.uid,
+            "engine": "postgres",
+            "name": self.name,
+            "system_id": self.system_id,
+            "postgres": {
+                "data_dir": self.data_dir,
+                "port": self.port,
+                "socket_dir": self.socket_dir,
+                "os_user": self.os_user,
+            },
+        }
+
+
+def read_protected(state_dir: Path) -> list[Protected]:
+    try:
+        raw = json.loads((state_dir / PROTECTED_FILE).read_text())
+    except FileNotFoundError:
+        return []
+    return [Protected(**entry) for entry in raw.get("databases", [])]
+
+
+def write_protected(state_dir: Path, entries: list[Protected]) -> None:
+    path = state_dir / PROTECTED_FILE
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"databases": [asdict(e) for e in entries]}, indent=2))
+    os.replace(tmp, path)  # a reader sees the old list or the new one, never half of one
+
+
+def services_env(state_dir: Path) -> dict[str, str]:
+    """The environment that declares the protected databases to the archiver and executor,
+    joined to those of the settings file (an environment variable would hide them)."""
+    entries = read_protected(state_dir)
+    if not entries:
+        return {}
+    from services.settings import load_settings
+
+    settings = load_settings()
+    mine = {e.uid for e in entries}
+    archived = [
+        d.model_dump(mode="json", exclude_none=True)
+        for d in settings.archiver.databases
+        if d.uid not in mine
+    ]
+    hosted = [
+        d.model_dump(mode="json", exclude_none=True)
+        for d in settings.executor.databases
+        if d.uid not in mine
+    ]
+    return {
+        "TIDEMARK_ARCHIVER__DATABASES": json.dumps(archived + [e.archived() for e in entries]),
+        "TIDEMARK_EXECUTOR__DATABASES": json.dumps(hosted + [e.hosted() for e in entries]),
+    }
