@@ -15,8 +15,9 @@ from schemas import Engine, Incarnation, Scn
 from schemas.messages import BackupSpec, RunRestore
 from schemas.messages.backups import BackupKind
 from schemas.messages.common import ProgressUnit
-from schemas.messages.restores import RestoreMode, RestorePlan, TargetTime
+from schemas.messages.restores import RestoreMode, RestorePlan, TargetPosition, TargetTime
 from services.blobstore import MemoryStore
+from services.engines.oracle.backup import run_backup
 from services.engines.oracle.engine import OracleEngine, home_of
 from services.executor.settings import ExecutorSettings, HostedDatabase, OracleInstance
 from tests.oracle_sim.db import SimulatedOracle
@@ -150,3 +151,42 @@ async def _rman(rig: _Rig, script: str) -> Any:
 
     assert rig.hosted.oracle is not None
     return await run_tool(home_of(rig.hosted.oracle), Tool.RMAN, script)
+
+
+async def test_the_autobackup_piece_has_no_tag_line_and_is_uploaded_and_restored_from(
+    tmp_path: Path,
+) -> None:
+    rig = _Rig(tmp_path)
+    for i in range(4):
+        rig.db.insert(f"a{i}", thread=1 + i % 2)
+    assert rig.hosted.oracle is not None
+    manifest = await run_backup(
+        home_of(rig.hosted.oracle),
+        SimulatedViews(rig.db),
+        uid="ora1",
+        backup_id="b1",
+        spec=BackupSpec(kind=BackupKind.FULL),
+        level=0,
+        channels=1,
+        stage_root=tmp_path / "stage",
+        store=rig.store,
+        prefix="tm",
+        ctx=_Ctx(),
+        controlfile="autobackup",
+    )
+    controlfiles = [p for p in manifest.oracle.pieces if p.controlfile]
+    assert [p.name[:2] for p in controlfiles] == ["c-"]
+    assert controlfiles[0].tag is None
+
+    for i in range(4):
+        rig.db.insert(f"b{i}", thread=1 + i % 2)
+    logs = rig.db.archive_log_current()
+    until = min(x.next_scn for x in logs) - 1
+    expected = rig.db.expected_contents(until)
+    command = rig.command(
+        TargetPosition(position=Scn(value=until)),
+        manifest.backup.manifest_key,
+        await rig.store_logs(),
+    )
+    await rig.restore(command)
+    assert rig.db.table_contents() == expected

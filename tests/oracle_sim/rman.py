@@ -511,6 +511,8 @@ def _write_piece(
     piece_no: int,
     tag: str,
     content: dict[str, Any],
+    *,
+    autobackup: bool = False,
 ) -> None:
     handle = _piece_name(fmt, st, bset.stamp, piece_no)
     piece = BackupPiece(
@@ -531,7 +533,12 @@ def _write_piece(
     Path(handle).write_bytes(data)
     s.say(f"channel {channel}: starting piece {piece_no} at {_fmt(st.now())}")
     s.say(f"channel {channel}: finished piece {piece_no} at {_fmt(st.now())}")
-    s.say(f"piece handle={handle} tag={tag} comment=NONE")
+    # A control file autobackup's line carries no tag, as real RMAN prints it.
+    s.say(
+        f"piece handle={handle} comment=NONE"
+        if autobackup
+        else f"piece handle={handle} tag={tag} comment=NONE"
+    )
 
 
 def _fmt(when: datetime) -> str:
@@ -734,7 +741,9 @@ def _autobackup(s: Session, st: State) -> None:
         )
     ]
     st.controlfile.backup_sets.append(bset)
-    _write_piece(s, st, "ORA_DISK_1", name, bset, 1, f"TAG{day}", _controlfile_content(st))
+    _write_piece(
+        s, st, "ORA_DISK_1", name, bset, 1, f"TAG{day}", _controlfile_content(st), autobackup=True
+    )
     s.say(f"Finished Control File and SPFILE Autobackup at {_fmt(st.now())}")
 
 
