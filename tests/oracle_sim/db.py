@@ -270,6 +270,9 @@ class Injection(_Model):
 class State(_Model):
     format: Literal[1] = 1
     current_scn: int
+    time_zone: str = "UTC"
+    """The server's zone (IANA): RMAN reads `SET UNTIL TIME` as a time of this zone, as a real
+    server reads it in its own; the model keeps every time in UTC."""
     open_mode: Literal["READ WRITE", "MOUNTED", "STARTED", "SHUTDOWN"] = "READ WRITE"
     controlfile: ControlFile
     datafiles: list[Datafile]
@@ -377,7 +380,14 @@ class SimulatedOracle:
     # -- lifecycle -----------------------------------------------------------------------------
 
     @classmethod
-    def create(cls, root: Path, *, threads: int = 2, dbid: int = 1_234_567_890) -> SimulatedOracle:
+    def create(
+        cls,
+        root: Path,
+        *,
+        threads: int = 2,
+        dbid: int = 1_234_567_890,
+        time_zone: str = "UTC",
+    ) -> SimulatedOracle:
         """A new simulated database at `root`, open READ WRITE, every thread at sequence 1."""
         if threads not in (1, 2):
             raise ValueError("the simulator models one or two redo threads")
@@ -395,6 +405,7 @@ class SimulatedOracle:
         files = [(1, "SYSTEM"), (2, "SYSAUX"), (3, "UNDOTBS1"), (USERS_FILE, "USERS")]
         state = State(
             current_scn=FIRST_SCN,
+            time_zone=time_zone,
             controlfile=ControlFile(
                 dbid=dbid,
                 incarnations=[first],

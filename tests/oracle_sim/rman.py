@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from tests.oracle_sim.db import (
     DB_NAME,
@@ -417,7 +418,7 @@ def _run_block(s: Session, block: Block) -> None:
             s.autobackup_format = a[0]
             s.say("executing command: SET CONTROLFILE AUTOBACKUP FORMAT")
         elif stmt.kind.startswith("until_"):
-            s.until = (stmt.kind, tuple(_until_args(stmt)))
+            s.until = (stmt.kind, tuple(_until_args(stmt, s.db.read().time_zone)))
             s.say("executing command: SET until clause")
         else:
             with s.db.transaction() as st:
@@ -425,10 +426,30 @@ def _run_block(s: Session, block: Block) -> None:
                 _RUN_ACTIONS[stmt.kind](s, st, a)
 
 
-def _until_args(stmt: Statement) -> list[int]:
+_DATE_FIELDS = (
+    # (field, bounds check, the ORA code TO_DATE raises when it is out of range)
+    ("month", lambda y, mo, d, h, mi, se: 1 <= mo <= 12, "ORA-01843: not a valid month"),
+    (
+        "day",
+        lambda y, mo, d, h, mi, se: 1 <= d <= calendar.monthrange(y, mo)[1],
+        "ORA-01847: day of month must be between 1 and last day of month",
+    ),
+    ("hour", lambda y, mo, d, h, mi, se: h <= 23, "ORA-01850: hour must be between 0 and 23"),
+    ("minute", lambda y, mo, d, h, mi, se: mi <= 59, "ORA-01851: minutes must be between 0 and 59"),
+    ("second", lambda y, mo, d, h, mi, se: se <= 59, "ORA-01852: seconds must be between 0 and 59"),
+)
+
+
+def _until_args(stmt: Statement, zone: str) -> list[int]:
     if stmt.kind == "until_time":
-        when = datetime.strptime(stmt.args[0] or "", "%Y-%m-%d %H:%M:%S")
-        return [calendar.timegm(when.timetuple())]
+        # TO_DATE('...') is a DATE of the server's zone, not UTC (a real server reads it so).
+        text = stmt.args[0] or ""
+        parts = [int(x) for x in re.split(r"[- :]", text)]
+        for _, fits, error in _DATE_FIELDS:
+            if not fits(*parts):
+                raise RmanError("RMAN-03002: failure of set command", error)
+        local = datetime(*parts, tzinfo=ZoneInfo(zone))  # type: ignore[misc]
+        return [int(local.timestamp())]
     return [int(x or 0) for x in stmt.args]
 
 
@@ -490,6 +511,8 @@ def _write_piece(
     piece_no: int,
     tag: str,
     content: dict[str, Any],
+    *,
+    autobackup: bool = False,
 ) -> None:
     handle = _piece_name(fmt, st, bset.stamp, piece_no)
     piece = BackupPiece(
@@ -510,7 +533,12 @@ def _write_piece(
     Path(handle).write_bytes(data)
     s.say(f"channel {channel}: starting piece {piece_no} at {_fmt(st.now())}")
     s.say(f"channel {channel}: finished piece {piece_no} at {_fmt(st.now())}")
-    s.say(f"piece handle={handle} tag={tag} comment=NONE")
+    # A control file autobackup's line carries no tag, as real RMAN prints it.
+    s.say(
+        f"piece handle={handle} comment=NONE"
+        if autobackup
+        else f"piece handle={handle} tag={tag} comment=NONE"
+    )
 
 
 def _fmt(when: datetime) -> str:
@@ -713,7 +741,9 @@ def _autobackup(s: Session, st: State) -> None:
         )
     ]
     st.controlfile.backup_sets.append(bset)
-    _write_piece(s, st, "ORA_DISK_1", name, bset, 1, f"TAG{day}", _controlfile_content(st))
+    _write_piece(
+        s, st, "ORA_DISK_1", name, bset, 1, f"TAG{day}", _controlfile_content(st), autobackup=True
+    )
     s.say(f"Finished Control File and SPFILE Autobackup at {_fmt(st.now())}")
 
 
@@ -731,7 +761,6 @@ def _target_scn(s: Session, st: State) -> int:
     if kind == "until_scn":
         return args[0]
     if kind == "until_time":
-        # The simulated host's clock is UTC, so the script's naive time is a UTC time.
         return st.scn_at(datetime.fromtimestamp(args[0], UTC), cf.incarnation().resetlogs_id)
     sequence, thread = args
     rid_path = {i.resetlogs_id for i in cf.path()[:1]}

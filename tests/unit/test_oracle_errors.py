@@ -52,7 +52,8 @@ STACK = [
                 'ORA-19505: failed to identify file "x"',
                 "ORA-27037: unable to obtain file status",
             ],
-            Verdict.RETRYABLE,
+            # RMAN failed over to every older backup already: the same script again cannot help.
+            Verdict.FATAL,
             "ORA-19505",
         ),
         (
@@ -115,3 +116,47 @@ def test_driver_codes_keep_their_four_digits() -> None:
     verdict = classify(["DPY-6005: cannot connect to database"])
     assert verdict.code == "DPY-6005"
     assert verdict.retryable
+
+
+@pytest.mark.parametrize(
+    "code",
+    [
+        "ORA-01033",
+        "ORA-01089",
+        "ORA-00020",
+        "ORA-12516",
+        "ORA-12520",
+        "ORA-12528",
+        "ORA-12170",
+        "ORA-03114",
+        "ORA-12537",
+        "ORA-12547",
+    ],
+)
+def test_a_transient_connection_code_is_retryable(code: str) -> None:
+    assert classify([f"{code}: x"]).verdict is Verdict.RETRYABLE
+
+
+@pytest.mark.parametrize(
+    "code",
+    [
+        "RMAN-06059",
+        "ORA-19505",
+        "ORA-39151",
+        "RMAN-20208",
+        "RMAN-06180",
+        "RMAN-06496",
+        "ORA-19573",
+        "ORA-01124",
+        "ORA-01843",
+    ],
+)
+def test_a_code_the_same_run_cannot_get_past_is_known_and_fatal(code: str) -> None:
+    assert code in _known()
+    assert classify([f"{code}: x"]).verdict is Verdict.FATAL
+
+
+def _known() -> set[str]:
+    from services.engines.oracle.errors import _TABLE
+
+    return set(_TABLE)

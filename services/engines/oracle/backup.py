@@ -38,8 +38,11 @@ from services.engines.oracle.runner import OracleHome, Tool, run_tool
 from services.engines.oracle.scripts import BackupScript, Channels
 
 MANIFEST_FORMAT: Final = "tidemark.oracle-rman/1"
-PIECE_RE = re.compile(r"^piece handle=(\S+) tag=(\S+) comment=")
-"""The line RMAN prints when a piece is complete."""
+PIECE_RE = re.compile(r"^piece handle=(\S+)(?: tag=(\S+))? comment=")
+"""The line RMAN prints when a piece is complete. A control file autobackup's piece line has no
+tag (`piece handle=<path> comment=NONE`): a parser that required one would never upload it."""
+AUTOBACKUP_START = "Starting Control File and SPFILE Autobackup"
+AUTOBACKUP_END = "Finished Control File and SPFILE Autobackup"
 
 
 @dataclass(frozen=True)
@@ -99,7 +102,7 @@ class Piece(StrictModel):
     key: str
     size: int = Field(ge=0)
     crc32c: str
-    tag: str
+    tag: str | None = Field(default=None, description="None: an autobackup piece (no tag line)")
     controlfile: bool = Field(default=False, description="holds the control file backup")
 
 
@@ -167,22 +170,29 @@ class _Uploader:
     limit: asyncio.Semaphore
 
     controlfile_next: bool = False
+    in_autobackup: bool = False
 
     async def on_line(self, line: str) -> None:
         if "including current control file in backup set" in line:
             self.controlfile_next = True
+        if line.startswith(AUTOBACKUP_START):
+            self.in_autobackup = True
+        elif line.startswith(AUTOBACKUP_END):
+            self.in_autobackup = False
         match = PIECE_RE.match(line)
         if match is None:
             return
         handle, tag = Path(match.group(1)), match.group(2)
-        controlfile, self.controlfile_next = self.controlfile_next, False
+        controlfile, self.controlfile_next = self.controlfile_next or self.in_autobackup, False
         self.tasks.append(asyncio.create_task(self._upload(handle, tag, controlfile)))
         await self.ctx.progress("backup", done=len(self.tasks), message=f"piece {handle.name}")
 
-    async def _upload(self, path: Path, tag: str, controlfile: bool) -> None:
+    async def _upload(self, path: Path, tag: str | None, controlfile: bool) -> None:
         async with self.limit:
             info = await self.store.put_file(
-                self.key_prefix + "pieces/" + path.name, path, {"engine": "oracle", "tag": tag}
+                self.key_prefix + "pieces/" + path.name,
+                path,
+                {"engine": "oracle", "tag": tag or ""},
             )
             self.pieces.append(
                 Piece(
@@ -211,6 +221,7 @@ async def run_backup(
     store: BlobStore,
     prefix: str,
     ctx: JobContext,
+    controlfile: Literal["explicit", "autobackup"] = "explicit",
 ) -> OracleManifest:
     """Back up the database with RMAN, stream the pieces to the store, write the manifest."""
     started_at = datetime.now(UTC)
@@ -224,6 +235,7 @@ async def run_backup(
         cumulative=spec.cumulative,
         channels=Channels(count=channels, stage_dir=str(stage)),
         compression=None if spec.compression.value == "none" else _algorithm(spec),
+        controlfile=controlfile,
     )
     uploader = _Uploader(store, key_prefix, ctx, [], [], asyncio.Semaphore(channels))
     try:

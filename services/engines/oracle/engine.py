@@ -84,7 +84,9 @@ def instance_of(db: HostedDatabase) -> OracleInstance:
 
 
 def home_of(instance: OracleInstance) -> OracleHome:
-    return OracleHome(oracle_home=instance.oracle_home, sid=instance.oracle_sid)
+    return OracleHome(
+        oracle_home=instance.oracle_home, sid=instance.oracle_sid, time_zone=instance.time_zone
+    )
 
 
 class OracleEngine:
@@ -263,6 +265,7 @@ class OracleEngine:
                 store=store,
                 stage_root=instance.staging_dir,
                 ctx=ctx,
+                time_zone=instance.time_zone,
             )
         return await run_restore(
             home_of(instance),
@@ -271,6 +274,7 @@ class OracleEngine:
             store=store,
             stage_root=instance.staging_dir,
             ctx=ctx,
+            time_zone=instance.time_zone,
         )
 
     async def verify(

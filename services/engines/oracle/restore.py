@@ -26,8 +26,8 @@ from __future__ import annotations
 import asyncio
 import shutil
 from collections.abc import Callable
-from datetime import UTC
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 from pydantic import ValidationError
 
@@ -52,21 +52,29 @@ from services.engines.oracle.scripts import (
 )
 
 
-def until_of(command: RunRestore, manifest: OracleManifest) -> Until:
+def until_of(command: RunRestore, manifest: OracleManifest, time_zone: str = "UTC") -> Until:
     """The `SET UNTIL` for a restore target; refuses targets RMAN cannot express."""
-    return until_for(command, lambda: recovery_points(manifest.oracle.datafiles)[1])
+    return until_for(
+        command, lambda: recovery_points(manifest.oracle.datafiles)[1], time_zone=time_zone
+    )
 
 
-def until_for(command: RunRestore, consistent_at: Callable[[], int]) -> Until:
-    """`until_of` for any base: `consistent_at` is its M_B, which an immediate target passes."""
+def until_for(
+    command: RunRestore, consistent_at: Callable[[], int], *, time_zone: str = "UTC"
+) -> Until:
+    """`until_of` for any base: `consistent_at` is its M_B, which an immediate target passes.
+
+    RMAN reads `SET UNTIL TIME` as the database server's local time (its TO_DATE has no zone),
+    so a UTC target is written in `time_zone`, the server's zone the session checks on
+    connecting: written in UTC on a server at UTC-5, a restore would land five hours late."""
     target = command.target
     if isinstance(target, TargetPosition):
         if not isinstance(target.position, Scn):
             raise EngineError.of("an Oracle restore target is an SCN", code="TM-ORA-020")
         return UntilScn(scn=target.position.value)
     if isinstance(target, TargetTime):
-        # The simulated and the supported hosts keep the database clock in UTC (see README).
-        return UntilTime(at=target.at.astimezone(UTC).replace(tzinfo=None))
+        local = target.at.astimezone(ZoneInfo(time_zone))
+        return UntilTime(at=local.replace(tzinfo=None))
     if isinstance(target, TargetSequence):
         return UntilSequence(sequence=target.sequence, thread=target.thread)
     if isinstance(target, TargetImmediate):
@@ -153,6 +161,7 @@ async def run_restore(
     store: BlobStore,
     stage_root: Path,
     ctx: JobContext,
+    time_zone: str = "UTC",
 ) -> RestoreResult:
     manifest = OracleManifest.model_validate_json(
         await store.get_bytes(command.plan.base_manifest_key)
@@ -160,7 +169,7 @@ async def run_restore(
     lineage = command.plan.lineage
     if not isinstance(lineage, Incarnation):
         raise EngineError.of("an Oracle restore plan must name an incarnation", code="TM-ORA-023")
-    until = until_of(command, manifest)
+    until = until_of(command, manifest, time_zone)
     reset_to = incarnation_to_reset(manifest, lineage)
     chain = await restore_chain(store, manifest)
     stage = await asyncio.to_thread(make_stage, stage_root, "restore-")

@@ -93,6 +93,11 @@ class OracleHome:
     tns_admin: Path | None = None
     work_dir: Path | None = None
     """Where script directories are made (default: the system temporary directory)."""
+    time_zone: str | None = None
+    """The database server's zone (IANA), passed as TZ: RMAN prints and reads times in its
+    process's zone, and a runner that strips TZ would make it UTC on a server that is not."""
+    oracle_base: Path | None = None
+    """ORACLE_BASE (diagnostic destination, read-only homes); default: the node's own."""
 
     def binary(self, tool: Tool) -> Path:
         return self.oracle_home / "bin" / tool.value
@@ -112,6 +117,12 @@ class OracleHome:
         home = os.environ.get("HOME")
         if home:
             env["HOME"] = home
+        tz = self.time_zone or os.environ.get("TZ")
+        if tz:
+            env["TZ"] = tz
+        base = str(self.oracle_base) if self.oracle_base else os.environ.get("ORACLE_BASE")
+        if base:
+            env["ORACLE_BASE"] = base
         return env
 
 

@@ -415,6 +415,7 @@ async def restore_from_snapshots(
     store: BlobStore,
     stage_root: Path,
     ctx: JobContext,
+    time_zone: str = "UTC",
 ) -> RestoreResult:
     lineage = command.plan.lineage
     if not isinstance(lineage, Incarnation):
@@ -427,7 +428,7 @@ async def restore_from_snapshots(
             f"({getattr(base, 'resetlogs_id', '?')}), not {lineage.resetlogs_id}",
             code="TM-ORA-022",
         )
-    until = until_for(command, lambda: manifest.snapshot.end_scn)
+    until = until_for(command, lambda: manifest.snapshot.end_scn, time_zone=time_zone)
     restore_id = str(command.restore_id)
     for n, volume in enumerate(manifest.snapshot.volumes, 1):
         body = restored_pvc(manifest, volume, restore_id)
