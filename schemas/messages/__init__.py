@@ -1,5 +1,15 @@
 """Every command and event payload, one model per subject."""
 
+from schemas.messages.advice import (
+    Advice,
+    AdviceConstraints,
+    AdviceRequest,
+    Endianness,
+    MethodAdvice,
+    MigrationFacts,
+    RuledOut,
+    Scope,
+)
 from schemas.messages.alarms import AlarmReason, ArchiveAlarm
 from schemas.messages.backups import (
     BackupCompleted,
@@ -101,6 +111,9 @@ __all__ = [
     "AbortMigration",
     "AbsPath",
     "AcknowledgeCutover",
+    "Advice",
+    "AdviceConstraints",
+    "AdviceRequest",
     "AlarmReason",
     "ArchiveAlarm",
     "BackupCompleted",
@@ -123,6 +136,7 @@ __all__ = [
     "CutoverStarting",
     "CutoverStep",
     "CutoverWindow",
+    "Endianness",
     "ErrorCode",
     "Failure",
     "JobAccepted",
@@ -135,7 +149,9 @@ __all__ = [
     "LogArchived",
     "LogDeleted",
     "LogIndexed",
+    "MethodAdvice",
     "MigrationCompleted",
+    "MigrationFacts",
     "MigrationFailed",
     "MigrationMethod",
     "MigrationPhase",
@@ -165,6 +181,7 @@ __all__ = [
     "RestoreTarget",
     "ResumeMigration",
     "RollbackMigration",
+    "RuledOut",
     "RunBackup",
     "RunMigrationCopy",
     "RunMigrationFence",
@@ -176,6 +193,7 @@ __all__ = [
     "RunMigrationUnfence",
     "RunRestore",
     "RunVerify",
+    "Scope",
     "SetPolicy",
     "TargetImmediate",
     "TargetInstance",
