@@ -38,6 +38,11 @@ class Payload(StrictModel):
     SUBJECT: ClassVar[str]
     SUMMARY: ClassVar[str] = ""
 
+    def subject_values(self) -> dict[str, str]:
+        """Subject tokens the payload itself fills (beyond `{node}` and `{database}`), e.g. a
+        migration's `{target}` database."""
+        return {}
+
 
 class Command(Payload):
     """Something a service is asked to do. Delivered once to one worker (work-queue stream)."""

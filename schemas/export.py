@@ -44,6 +44,8 @@ PARAMETERS = {
     "node": "The node's name as one subject token (dots become `_`), or `any` when whichever "
     "worker is free may take the command.",
     "database": "The database uid (`DatabaseRef.uid`); `tm.evt.*.*.<uid>` follows one database.",
+    "target": "A migration's target database uid; migration subjects end `<source>.<target>`, "
+    "so `tm.*.*.*.migration.*.<uid>.*` follows every migration out of one database.",
     "subject": "The subject the message was first published on (several tokens).",
 }
 

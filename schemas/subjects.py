@@ -5,7 +5,9 @@
     tm.dlq.<original subject>              dead letters  stream TM_DLQ
 
 A node name becomes one subject token with `node_token` (dots → `_`). Events end with the
-database uid so a consumer can follow one database (`tm.evt.*.*.orders-db`).
+database uid so a consumer can follow one database (`tm.evt.*.*.orders-db`). Migration
+subjects end with two: the source, then the target (`tm.evt.migration.phase.<source>.<target>`,
+`tm.cmd.planner.any.migration.pause.<source>.<target>`), so permissions can scope them.
 """
 
 from __future__ import annotations
@@ -51,7 +53,11 @@ from schemas.messages import (
     SetPolicy,
     WindowChanged,
 )
+from schemas.messages.migrations import MIGRATION_COMMANDS, MIGRATION_EVENTS, MIGRATION_STEPS
 from schemas.records import DLQ_SUBJECT_PREFIX
+
+TOKENS: tuple[str, ...] = ("node", "database", "target")
+"""Placeholders a subject template may hold; `target` is a migration's target database."""
 
 COMMAND_PREFIX = "tm.cmd"
 EVENT_PREFIX = "tm.evt"
@@ -83,6 +89,8 @@ COMMANDS: tuple[type[Payload], ...] = (
     SetPolicy,
     CancelRequest,
     CancelJob,
+    *MIGRATION_COMMANDS,
+    *MIGRATION_STEPS,
 )
 EVENTS: tuple[type[Payload], ...] = (
     BackupRequested,
@@ -106,6 +114,7 @@ EVENTS: tuple[type[Payload], ...] = (
     PolicyChanged,
     RequestAccepted,
     RequestRejected,
+    *MIGRATION_EVENTS,
 )
 MESSAGE_TYPES: dict[str, type[Payload]] = {m.TYPE: m for m in (*COMMANDS, *EVENTS)}
 
@@ -128,21 +137,25 @@ def subject_for(envelope: Envelope[Any], *, node: str | None = None) -> str:
         if envelope.database is None:
             raise ContractError(f"{envelope.type} must name its database")
         values["database"] = envelope.database.uid
+    values.update(envelope.data.subject_values())
     return template.format(**values)
 
 
 @cache
 def subject_pattern(model: type[Payload]) -> re.Pattern[str]:
     """A regex matching every concrete subject of a message type."""
-    escaped = (
-        re.escape(model.SUBJECT).replace(r"\{node\}", "[^.]+").replace(r"\{database\}", "[^.]+")
-    )
+    escaped = re.escape(model.SUBJECT)
+    for token in TOKENS:
+        escaped = escaped.replace(re.escape(f"{{{token}}}"), "[^.]+")
     return re.compile(f"^{escaped}$")
 
 
 def wildcard(model: type[Payload]) -> str:
     """The NATS wildcard subject for a message type (placeholders become `*`)."""
-    return model.SUBJECT.replace("{node}", "*").replace("{database}", "*")
+    subject = model.SUBJECT
+    for token in TOKENS:
+        subject = subject.replace(f"{{{token}}}", "*")
+    return subject
 
 
 def _explain(error: ValidationError) -> str:

@@ -1,16 +1,19 @@
 """Who may publish and subscribe to what on the bus: the one permissions matrix.
 
     role       publishes (besides the JetStream API)              subscribes
-    planner    executor commands, its own backup command,          replies, tm.qry.planner.>,
-               backup/restore/policy/request events, catalog       $SRV.> (its micro service)
+    planner    executor commands (migration steps too), its own    replies, tm.qry.planner.>,
+               backup command, backup/restore/policy/request/      $SRV.> (its micro service)
+               migration events, catalog
                queries, dead letters, KV tm_plans + tm_health
-    executor   job/backup/restore events, dead letters,            replies
+    executor   job/backup/restore events, migration progress and   replies
+               step failures, dead letters,
                KV tm_nodes + tm_health
     archiver   log.archived and archive alarms, dead letters,      replies
                KV tm_health
     catalog    log.indexed/log.deleted/window.changed,             replies, tm.qry.catalog.>,
                dead letters, KV tm_health                          $SRV.>
-    tool       the planner's commands (tm.cmd.planner.any.*),      replies, tm.evt.>
+    tool       the planner's commands (tm.cmd.planner.any.*,       replies, tm.evt.>
+               migration commands and cutover acks),
                queries (tm.qry.>); JetStream reads only
     admin      everything                                          everything
 
@@ -71,6 +74,13 @@ from schemas.messages import (
     RunVerify,
     SetPolicy,
     WindowChanged,
+)
+from schemas.messages.migrations import (
+    MIGRATION_COMMANDS,
+    MIGRATION_EVENTS,
+    MIGRATION_STEPS,
+    MigrationFailed,
+    MigrationPhaseChanged,
 )
 from schemas.records import DLQ_SUBJECT_PREFIX
 
@@ -152,6 +162,8 @@ SENDS: dict[Role, tuple[type[Payload], ...]] = {
         PolicyChanged,
         RequestAccepted,
         RequestRejected,
+        *MIGRATION_STEPS,  # the engine steps of a migration saga
+        *MIGRATION_EVENTS,
     ),
     Role.EXECUTOR: (
         JobAccepted,
@@ -164,10 +176,20 @@ SENDS: dict[Role, tuple[type[Payload], ...]] = {
         RestoreProgress,
         RestoreCompleted,
         RestoreFailed,
+        # Progress of a long step (bytes copied, lag) and a step's own failure are reported by
+        # the executor that runs it; the saga's other events are the planner's alone.
+        MigrationPhaseChanged,
+        MigrationFailed,
     ),
     Role.ARCHIVER: (LogArchived, ArchiveAlarm),
     Role.CATALOG: (LogIndexed, LogDeleted, WindowChanged),
-    Role.TOOL: (RequestBackup, RequestRestore, SetPolicy, CancelRequest),
+    Role.TOOL: (
+        RequestBackup,
+        RequestRestore,
+        SetPolicy,
+        CancelRequest,
+        *MIGRATION_COMMANDS,  # request, pause, resume, cutover, abort, rollback, cutover_ack
+    ),
 }
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from schemas import COMMANDS, EVENTS, wildcard
+from schemas.messages.migrations import MIGRATION_COMMANDS
 from services.bus.permissions import (
     MATRIX,
     SENDS,
@@ -47,6 +48,7 @@ def test_the_tool_commands_only_the_planner_and_reads_events() -> None:
         "tm.cmd.planner.any.restore",
         "tm.cmd.planner.any.policy",
         "tm.cmd.planner.any.cancel",
+        *(wildcard(model) for model in MIGRATION_COMMANDS),
     }
     assert publishes(Role.TOOL, "tm.evt.") == []
     assert "tm.evt.>" in MATRIX[Role.TOOL].subscribe_allow

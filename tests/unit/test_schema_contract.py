@@ -85,6 +85,7 @@ from schemas.messages import (
     WindowChanged,
     WindowSummary,
 )
+from tests.unit.migration_examples import MIGRATION_EXAMPLES
 
 pytestmark = pytest.mark.unit
 
@@ -325,6 +326,8 @@ EXAMPLES: dict[str, Callable[[], tuple[Payload, DatabaseRef]]] = {
     ),
 }
 
+EXAMPLES.update(MIGRATION_EXAMPLES)
+
 
 def example(message_type: str) -> Envelope[Any]:
     data, database = EXAMPLES[message_type]()
@@ -420,6 +423,24 @@ def _items(value: Any, sub: dict[str, Any], _: Any, root: Any, at: str) -> list[
     return [p for i, item in enumerate(value) for p in violations(item, sub, root, f"{at}[{i}]")]
 
 
+def _property_names(value: Any, sub: dict[str, Any], _: Any, root: Any, at: str) -> list[str]:
+    if not isinstance(value, dict):
+        return []
+    return [p for name in value for p in violations(name, sub, root, f"{at}[{name!r}]")]
+
+
+def _pattern_properties(value: Any, subs: dict[str, Any], _: Any, root: Any, at: str) -> list[str]:
+    if not isinstance(value, dict):
+        return []
+    return [
+        p
+        for name, item in value.items()
+        for pattern, sub in subs.items()
+        if re.search(pattern, name)
+        for p in violations(item, sub, root, f"{at}.{name}")
+    ]
+
+
 def _check(test: Callable[[Any, Any], bool], what: str) -> Callable[..., list[str]]:
     def keyword(value: Any, argument: Any, _schema: Any, _root: Any, at: str) -> list[str]:
         return [] if test(value, argument) else [f"{at}: {value!r} fails {what} {argument!r}"]
@@ -446,6 +467,10 @@ _KEYWORDS: dict[str, Callable[..., list[str]]] = {
     "format": _check(_applies(str, lambda v, a: _FORMATS[a](v)), "format"),
     "minLength": _check(_applies(str, lambda v, a: len(v) >= a), "minLength"),
     "maxLength": _check(_applies(str, lambda v, a: len(v) <= a), "maxLength"),
+    "maxItems": _check(_applies(list, lambda v, a: len(v) <= a), "maxItems"),
+    "maxProperties": _check(_applies(dict, lambda v, a: len(v) <= a), "maxProperties"),
+    "propertyNames": _property_names,
+    "patternProperties": _pattern_properties,
     "minimum": _check(_applies((int, float), lambda v, a: v >= a), "minimum"),
     "maximum": _check(_applies((int, float), lambda v, a: v <= a), "maximum"),
     "exclusiveMinimum": _check(_applies((int, float), lambda v, a: v > a), "exclusiveMinimum"),

@@ -1,0 +1,89 @@
+"""The method advisor's question and answer (`tm.qry.planner.advise`, request/reply).
+
+The question is what the preflight gathers about both sides (facts) and what the user can
+accept (constraints); the answer ranks the methods that fit, with estimates, and says why each
+other method is ruled out.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Annotated
+
+from pydantic import Field, StringConstraints
+
+from schemas._base import StrictModel
+from schemas.database import Engine
+from schemas.messages.migrations import MAX_DOWNTIME_BUDGET_S, MigrationMethod
+
+
+class Endianness(StrEnum):
+    LITTLE = "little"
+    BIG = "big"
+
+
+class Scope(StrEnum):
+    """What moves: one database (a PostgreSQL database, an Oracle PDB) or the whole cluster/CDB."""
+
+    DATABASE = "database"
+    CLUSTER = "cluster"
+
+
+Version = Annotated[int, Field(ge=7, le=99, description="major release (PostgreSQL 15, Oracle 19)")]
+Charset = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{1,40}$")]
+
+
+class MigrationFacts(StrictModel):
+    """What the preflight found. Rates are bytes per second; sizes include indexes."""
+
+    engine: Engine
+    source_version: Version
+    target_version: Version
+    size_bytes: int = Field(ge=0)
+    write_rate_bytes_s: float = Field(ge=0, description="redo/WAL generated per second")
+    bandwidth_bytes_s: float = Field(gt=0, description="usable throughput source → target")
+    source_endianness: Endianness = Endianness.LITTLE
+    target_endianness: Endianness = Endianness.LITTLE
+    source_charset: Charset
+    target_charset: Charset
+    encrypted: bool = Field(default=False, description="TDE (Oracle) or an encrypting fork")
+    multitenant: bool = Field(default=False, description="Oracle CDB with PDBs")
+    databases_in_cluster: int = Field(
+        default=1, ge=1, description="PostgreSQL databases, or Oracle PDBs, in the source cluster"
+    )
+    managed_source: bool = Field(
+        default=False,
+        description="a managed cloud database (RDS and the like): no physical replication, "
+        "no archive_command, no RMAN access from outside",
+    )
+
+
+class AdviceConstraints(StrictModel):
+    downtime_budget_s: float = Field(gt=0, le=MAX_DOWNTIME_BUDGET_S)
+    window_s: float | None = Field(
+        default=None, gt=0, description="length of the cutover window; none: no window"
+    )
+    scope: Scope = Scope.DATABASE
+
+
+class AdviceRequest(StrictModel):
+    facts: MigrationFacts
+    constraints: AdviceConstraints
+
+
+class MethodAdvice(StrictModel):
+    method: MigrationMethod
+    rank: int = Field(ge=1)
+    estimated_duration_s: float = Field(ge=0, description="request to ready, before cutover")
+    estimated_downtime_s: float = Field(ge=0, description="fence to the target accepting writes")
+    why: str
+
+
+class RuledOut(StrictModel):
+    method: MigrationMethod
+    reasons: list[str] = Field(min_length=1)
+
+
+class Advice(StrictModel):
+    ranked: list[MethodAdvice]
+    ruled_out: list[RuledOut]

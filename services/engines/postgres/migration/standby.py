@@ -1,0 +1,117 @@
+"""Build the target as a streaming standby of the source, and read how far behind it is."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from schemas.positions import format_lsn, parse_lsn
+from services.engines.postgres.migration.instance import MigrationStepError, PgInstance
+
+SLOT_PATTERN = re.compile(r"^[a-z0-9_]{1,63}$")
+
+
+def slot_name(migration: str) -> str:
+    """The physical slot of a migration: it keeps the source's WAL until the target has it."""
+    name = "tidemark_mig_" + re.sub(r"[^a-z0-9]", "_", migration.lower())
+    return name[:63]
+
+
+def _quote(value: str) -> str:
+    return "'" + value.replace("\\", "\\\\").replace("'", "''") + "'"
+
+
+def build_standby(source: PgInstance, target: PgInstance, *, slot: str) -> int:
+    """Copy the source into the target's empty data directory as a standby and start it.
+
+    Rerunnable: a target that already runs as a standby of the slot is left alone; a slot left
+    by an interrupted copy is reused (pg_basebackup -C would fail on it). Returns the bytes copied.
+    """
+    if not SLOT_PATTERN.fullmatch(slot):
+        raise ValueError(f"not a slot name: {slot!r}")
+    if (target.data_dir / "PG_VERSION").exists():
+        if (target.data_dir / "standby.signal").exists():
+            target.start()
+            return 0
+        raise MigrationStepError(
+            f"{target.data_dir} already holds a cluster that is not this migration's standby; "
+            "refusing to overwrite it"
+        )
+    if target.data_dir.exists() and any(target.data_dir.iterdir()):
+        # A half-finished copy (the executor died mid-copy): only ours can be here, but a
+        # directory we cannot prove is ours is never emptied. The step fails with the reason.
+        raise MigrationStepError(f"{target.data_dir} is not empty and holds no cluster")
+    exists = source.value(
+        "SELECT count(*) FROM pg_replication_slots WHERE slot_name = :'slot'", {"slot": slot}
+    )
+    args = [
+        "-D",
+        str(target.data_dir),
+        "-h",
+        str(source.socket_dir),
+        "-p",
+        str(source.port),
+        "-U",
+        source.role,
+        "-X",
+        "stream",
+        "-R",
+        "-S",
+        slot,
+        "--checkpoint=fast",
+    ]
+    if exists == "0":
+        args.append("-C")
+    source.run("pg_basebackup", args, timeout=6 * 3600)
+    # The copy carries the source's settings; the target's own port and socket win (last).
+    with (target.data_dir / "postgresql.auto.conf").open("a", encoding="utf-8") as conf:
+        conf.write(
+            f"port = {target.port}\nunix_socket_directories = {_quote(str(target.socket_dir))}\n"
+        )
+    size = sum(p.stat().st_size for p in target.data_dir.rglob("*") if p.is_file())
+    target.start()
+    return size
+
+
+@dataclass(frozen=True)
+class Lag:
+    """How far the target is behind, from both sides.
+
+    `bytes` is the source's current WAL position minus what the target has replayed; `seconds`
+    is the source's own measure (pg_stat_replication.replay_lag) when it has one, else the age
+    of the target's last replayed commit when bytes remain (zero when nothing remains).
+    """
+
+    source_lsn: int
+    received_lsn: int
+    replayed_lsn: int
+    bytes: int
+    seconds: float
+
+    def __str__(self) -> str:
+        return (
+            f"source {format_lsn(self.source_lsn)}, received {format_lsn(self.received_lsn)}, "
+            f"replayed {format_lsn(self.replayed_lsn)}: {self.bytes} bytes, {self.seconds:.3f} s"
+        )
+
+
+def measure_lag(source: PgInstance, target: PgInstance, *, slot: str) -> Lag:
+    # The target first, then the source: the source can only have moved on meanwhile, so the
+    # lag read is never less than the truth (the gate may wait a little longer, never open early).
+    got = target.rows(
+        "SELECT coalesce(pg_last_wal_receive_lsn(), '0/0'), coalesce(pg_last_wal_replay_lsn(), "
+        "'0/0'), coalesce(extract(epoch FROM now() - pg_last_xact_replay_timestamp()), 0)"
+    )[0]
+    row = source.rows(
+        "SELECT pg_current_wal_lsn(), coalesce(extract(epoch FROM r.replay_lag), -1) "
+        "FROM (SELECT 1) one LEFT JOIN pg_stat_replication r ON r.pid = "
+        "(SELECT active_pid FROM pg_replication_slots WHERE slot_name = :'slot')",
+        {"slot": slot},
+    )[0]
+    current, source_seconds = parse_lsn(row[0]), float(row[1])
+    received, replayed, age = parse_lsn(got[0]), parse_lsn(got[1]), float(got[2])
+    behind = max(0, current - replayed)
+    # The source's replay_lag goes null once the standby has caught up and WAL is idle.
+    fallback = age if behind else 0.0
+    seconds = source_seconds if source_seconds >= 0 else fallback
+    return Lag(current, received, replayed, behind, max(0.0, seconds))

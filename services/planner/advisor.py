@@ -1,0 +1,319 @@
+"""The method advisor: which way to move a database, from the facts and the user's constraints.
+
+    tm.qry.planner.advise   AdviceRequest → Advice
+
+`advise` is a pure function. Each method has a row in `RULES`: the conditions that rule it out
+(each a question with the sentence given when the answer is no) and how its duration and
+downtime are estimated. The table in docs/migration.md is this table; a test holds them equal.
+A method survives when no condition rules it out and its estimated downtime fits both the
+budget and the window; survivors are ranked by downtime, then duration.
+
+Estimates are first-order and say so: copy time is size over bandwidth, catch-up needs the
+bandwidth to exceed the write rate, and each method's fixed cutover cost is a named constant
+below (PostgreSQL's are bounds over what `bench/migrate` measures; Oracle's are Oracle's published
+expectations per technology). They rank methods; they are not promises.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from nats.micro.request import Request
+from nats.micro.service import Service
+from pydantic import ValidationError
+
+from schemas.messages.advice import (
+    Advice,
+    AdviceConstraints,
+    AdviceRequest,
+    MethodAdvice,
+    MigrationFacts,
+    RuledOut,
+    Scope,
+)
+from schemas.messages.migrations import METHOD_ENGINE, MigrationMethod
+
+__all__ = [
+    "ADVISE_SUBJECT",
+    "RULES",
+    "Condition",
+    "MethodRule",
+    "advise",
+    "rules_table",
+    "serve_advice",
+]
+
+ADVISE_SUBJECT = "tm.qry.planner.advise"
+
+STREAM_CUTOVER_S = 5.0
+"""Physical standby promote: fence, final replay, promote (a bound; see docs/migration.md)."""
+ARCHIVE_CUTOVER_S = 30.0
+"""Roll-forward from the archive: log switch, upload, fetch and replay of the last segment."""
+LOGICAL_CUTOVER_S = 60.0
+"""Logical replication: final catch-up, sequences set, subscription dropped."""
+DATAGUARD_CUTOVER_S = 300.0
+"""Oracle's expectation for a Data Guard switchover: under 5 minutes."""
+RMAN_CUTOVER_S = 1800.0
+"""RMAN roll-forward: the last archived logs, recovery, OPEN RESETLOGS."""
+XTTS_METADATA_S = 1800.0
+"""XTTS: the final incremental is small; the FTEX metadata import dominates (object count)."""
+XTTS_INCREMENT_S = 3600.0
+"""Changes accumulated between XTTS incrementals (one an hour)."""
+REBUILD_FACTOR = 2.0
+"""Logical copies: export then import, indexes rebuilt: about twice the transfer time."""
+
+
+@dataclass(frozen=True)
+class Condition:
+    """One requirement of a method: `holds` answers it; `refusal` is said when it does not."""
+
+    holds: Callable[[MigrationFacts, AdviceConstraints], bool]
+    refusal: Callable[[MigrationFacts, AdviceConstraints], str]
+    rule: str
+    """The requirement as the docs' table states it."""
+
+
+@dataclass(frozen=True)
+class MethodRule:
+    method: MigrationMethod
+    conditions: tuple[Condition, ...]
+    duration_s: Callable[[MigrationFacts], float]
+    downtime_s: Callable[[MigrationFacts], float]
+    estimate: str
+    """How duration and downtime are estimated, as the docs' table states it."""
+
+
+def _copy_s(f: MigrationFacts) -> float:
+    return f.size_bytes / f.bandwidth_bytes_s
+
+
+def _catch_up_s(f: MigrationFacts) -> float:
+    # While the copy ran, the source wrote write_rate * copy_s more; the target gains on it at
+    # bandwidth - write_rate. `_catches_up` rules the method out before this divides by <= 0.
+    return f.write_rate_bytes_s * _copy_s(f) / (f.bandwidth_bytes_s - f.write_rate_bytes_s)
+
+
+NOT_MANAGED = Condition(
+    lambda f, c: not f.managed_source,
+    lambda f, c: (
+        "a managed cloud source allows no physical replication, archive command or "
+        "RMAN access from outside: only the logical methods reach it"
+    ),
+    "source is not a managed cloud database",
+)
+SAME_VERSION = Condition(
+    lambda f, c: f.source_version == f.target_version,
+    lambda f, c: (
+        f"a physical copy keeps the release: source is {f.source_version}, target "
+        f"{f.target_version}"
+    ),
+    "same major release on both sides",
+)
+SAME_ENDIAN = Condition(
+    lambda f, c: f.source_endianness == f.target_endianness,
+    lambda f, c: (
+        f"a physical copy keeps the byte order: source is {f.source_endianness} endian, "
+        f"target {f.target_endianness}"
+    ),
+    "same endianness (platform)",
+)
+SAME_CHARSET = Condition(
+    lambda f, c: f.source_charset.upper() == f.target_charset.upper(),
+    lambda f, c: (
+        f"a physical copy keeps the character set: source is {f.source_charset}, target "
+        f"{f.target_charset}"
+    ),
+    "same character set",
+)
+CATCHES_UP = Condition(
+    lambda f, c: f.bandwidth_bytes_s > f.write_rate_bytes_s,
+    lambda f, c: (
+        f"the source writes {f.write_rate_bytes_s:.0f} B/s and the link carries "
+        f"{f.bandwidth_bytes_s:.0f} B/s: the target would never catch up"
+    ),
+    "bandwidth exceeds the write rate (the target catches up)",
+)
+WHOLE_CLUSTER = Condition(
+    lambda f, c: c.scope is Scope.CLUSTER or f.databases_in_cluster == 1,
+    lambda f, c: (
+        f"a physical copy moves the whole cluster; {f.databases_in_cluster} databases "
+        "are in it and one was asked for"
+    ),
+    "whole cluster, or the only database in it",
+)
+NOT_NEWER_SOURCE = Condition(
+    lambda f, c: f.target_version >= f.source_version,
+    lambda f, c: f"the target ({f.target_version}) is older than the source ({f.source_version})",
+    "target release not older than the source",
+)
+PG_LOGICAL = Condition(
+    lambda f, c: f.source_version >= 10,
+    lambda f, c: (
+        f"logical replication needs PostgreSQL 10 or later; the source is {f.source_version}"
+    ),
+    "source PostgreSQL 10 or later (logical replication)",
+)
+PER_DATABASE = Condition(
+    lambda f, c: c.scope is Scope.DATABASE or f.databases_in_cluster == 1,
+    lambda f, c: (
+        "logical replication moves one database at a time, not a whole cluster (roles "
+        "and other databases are not carried)"
+    ),
+    "one database (not a whole cluster)",
+)
+WHOLE_CDB = Condition(
+    lambda f, c: not f.multitenant or c.scope is Scope.CLUSTER,
+    lambda f, c: (
+        "Data Guard and RMAN restores work on whole CDBs; one PDB out of a shared CDB "
+        "moves with XTTS"
+    ),
+    "non-CDB, or the whole CDB",
+)
+XTTS_TDE = Condition(
+    lambda f, c: not (f.encrypted and f.source_endianness != f.target_endianness),
+    lambda f, c: (
+        "encrypted tablespaces cross endianness only decrypted: XTTS with TDE is same-endian only"
+    ),
+    "not encrypted across an endian change",
+)
+
+RULES: tuple[MethodRule, ...] = (
+    MethodRule(
+        MigrationMethod.PHYSICAL_STREAM,
+        (NOT_MANAGED, SAME_VERSION, SAME_ENDIAN, SAME_CHARSET, WHOLE_CLUSTER, CATCHES_UP),
+        lambda f: _copy_s(f) + _catch_up_s(f),
+        lambda f: STREAM_CUTOVER_S,
+        "copy = size / bandwidth, then catch-up; downtime = promote (5 s)",
+    ),
+    MethodRule(
+        MigrationMethod.PHYSICAL_ARCHIVE,
+        (NOT_MANAGED, SAME_VERSION, SAME_ENDIAN, SAME_CHARSET, WHOLE_CLUSTER, CATCHES_UP),
+        lambda f: _copy_s(f) + _catch_up_s(f),
+        lambda f: ARCHIVE_CUTOVER_S,
+        "restore = size / bandwidth, then roll forward; downtime = last segment through the "
+        "bucket (30 s)",
+    ),
+    MethodRule(
+        MigrationMethod.LOGICAL_UPGRADE,
+        (PG_LOGICAL, NOT_NEWER_SOURCE, PER_DATABASE, CATCHES_UP),
+        lambda f: REBUILD_FACTOR * _copy_s(f) + _catch_up_s(f),
+        lambda f: LOGICAL_CUTOVER_S,
+        "copy = 2 * size / bandwidth (indexes rebuilt); downtime = final catch-up and "
+        "sequences (60 s)",
+    ),
+    MethodRule(
+        MigrationMethod.DUMP,
+        (NOT_NEWER_SOURCE,),
+        lambda f: 0.0,
+        lambda f: REBUILD_FACTOR * _copy_s(f),
+        "no copy before cutover; downtime = dump + restore = 2 * size / bandwidth",
+    ),
+    MethodRule(
+        MigrationMethod.DATAGUARD,
+        (NOT_MANAGED, SAME_VERSION, SAME_ENDIAN, SAME_CHARSET, WHOLE_CDB, CATCHES_UP),
+        lambda f: _copy_s(f) + _catch_up_s(f),
+        lambda f: DATAGUARD_CUTOVER_S,
+        "duplicate = size / bandwidth, then apply; downtime = switchover (300 s)",
+    ),
+    MethodRule(
+        MigrationMethod.RMAN,
+        (NOT_MANAGED, SAME_VERSION, SAME_ENDIAN, WHOLE_CDB, CATCHES_UP),
+        lambda f: _copy_s(f) + _catch_up_s(f),
+        lambda f: RMAN_CUTOVER_S,
+        "restore = size / bandwidth, then logs; downtime = last logs, recover, open (1800 s)",
+    ),
+    MethodRule(
+        MigrationMethod.XTTS,
+        (NOT_MANAGED, NOT_NEWER_SOURCE, XTTS_TDE, CATCHES_UP),
+        lambda f: _copy_s(f) + _catch_up_s(f),
+        lambda f: f.write_rate_bytes_s * XTTS_INCREMENT_S / f.bandwidth_bytes_s + XTTS_METADATA_S,
+        "copy = size / bandwidth; downtime = final incremental (an hour of writes) + "
+        "metadata import (1800 s)",
+    ),
+    MethodRule(
+        MigrationMethod.DATAPUMP,
+        (NOT_NEWER_SOURCE,),
+        lambda f: 0.0,
+        lambda f: REBUILD_FACTOR * _copy_s(f),
+        "no copy before cutover; downtime = export + import = 2 * size / bandwidth",
+    ),
+)
+
+
+def _fmt(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.0f} min"
+
+
+def advise(request: AdviceRequest) -> Advice:
+    """Rank the engine's methods for these facts and constraints; say why the rest are out."""
+    facts, limits = request.facts, request.constraints
+    fits: list[tuple[float, float, MethodRule]] = []
+    ruled_out: list[RuledOut] = []
+    for rule in RULES:
+        if METHOD_ENGINE[rule.method] is not facts.engine:
+            continue
+        reasons = [c.refusal(facts, limits) for c in rule.conditions if not c.holds(facts, limits)]
+        if not reasons:
+            downtime = rule.downtime_s(facts)
+            if downtime > limits.downtime_budget_s:
+                reasons.append(
+                    f"estimated downtime {_fmt(downtime)} exceeds the budget of "
+                    f"{_fmt(limits.downtime_budget_s)}"
+                )
+            if limits.window_s is not None and downtime > limits.window_s:
+                reasons.append(
+                    f"estimated downtime {_fmt(downtime)} does not fit the "
+                    f"{_fmt(limits.window_s)} window"
+                )
+        if reasons:
+            ruled_out.append(RuledOut(method=rule.method, reasons=reasons))
+        else:
+            fits.append((rule.downtime_s(facts), rule.duration_s(facts), rule))
+    fits.sort(key=lambda item: (item[0], item[1]))
+    ranked = [
+        MethodAdvice(
+            method=rule.method,
+            rank=rank,
+            estimated_duration_s=duration,
+            estimated_downtime_s=downtime,
+            why=rule.estimate,
+        )
+        for rank, (downtime, duration, rule) in enumerate(fits, start=1)
+    ]
+    return Advice(ranked=ranked, ruled_out=ruled_out)
+
+
+def rules_table() -> list[tuple[str, str, str, str]]:
+    """(method, engine, requirements, estimate) per row, as docs/migration.md shows them."""
+    return [
+        (
+            rule.method.value,
+            METHOD_ENGINE[rule.method].value,
+            "; ".join(c.rule for c in rule.conditions),
+            rule.estimate,
+        )
+        for rule in RULES
+    ]
+
+
+async def serve_advice(service: Service) -> None:
+    """Add `tm.qry.planner.advise` to the planner's micro service (`nats.micro.Service`).
+
+    A malformed request is answered `400` with what is wrong; the answer is pure, so any
+    replica gives the same one.
+    """
+
+    async def handler(request: Request) -> None:
+        try:
+            asked = AdviceRequest.model_validate_json(request.data or b"{}")
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"{'.'.join(str(p) for p in e['loc']) or 'request'}: {e['msg']}"
+                for e in exc.errors()[:5]
+            )
+            await request.respond_error("400", f"bad AdviceRequest: {problems}")
+            return
+        await request.respond(advise(asked).model_dump_json().encode())
+
+    await service.add_endpoint(name="advise", subject=ADVISE_SUBJECT, handler=handler)

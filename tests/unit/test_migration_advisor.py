@@ -1,0 +1,174 @@
+"""The method advisor: one test per rule, ranking, and the docs' table is the code's."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from schemas import Engine
+from schemas.messages import (
+    AdviceConstraints,
+    AdviceRequest,
+    Endianness,
+    MigrationFacts,
+    MigrationMethod,
+    Scope,
+)
+from services.planner.advisor import RULES, advise, rules_table
+
+pytestmark = pytest.mark.unit
+
+GIB = 1 << 30
+M = MigrationMethod
+
+
+def facts(**changes: Any) -> MigrationFacts:
+    base: dict[str, Any] = {
+        "engine": Engine.POSTGRES,
+        "source_version": 15,
+        "target_version": 15,
+        "size_bytes": 100 * GIB,
+        "write_rate_bytes_s": 2e6,
+        "bandwidth_bytes_s": 200e6,
+        "source_charset": "UTF8",
+        "target_charset": "UTF8",
+    }
+    return MigrationFacts(**(base | changes))
+
+
+def ask(budget: float = 600.0, **changes: Any) -> tuple[list[M], dict[M, list[str]]]:
+    scope = changes.pop("scope", Scope.DATABASE)
+    window = changes.pop("window_s", None)
+    advice = advise(
+        AdviceRequest(
+            facts=facts(**changes),
+            constraints=AdviceConstraints(downtime_budget_s=budget, window_s=window, scope=scope),
+        )
+    )
+    return [a.method for a in advice.ranked], {r.method: r.reasons for r in advice.ruled_out}
+
+
+def test_same_release_postgres_with_minutes_ranks_streaming_first_then_archive() -> None:
+    ranked, out = ask()
+    assert ranked[:3] == [M.PHYSICAL_STREAM, M.PHYSICAL_ARCHIVE, M.LOGICAL_UPGRADE]
+    assert "exceeds the budget" in out[M.DUMP][0]  # 100 GiB dump+restore is not 10 minutes
+    assert not set(ranked) & {M.DATAGUARD, M.RMAN, M.XTTS, M.DATAPUMP}  # another engine's
+
+
+def test_estimates_are_copy_plus_catch_up_and_the_method_cutover() -> None:
+    advice = advise(
+        AdviceRequest(
+            facts=facts(size_bytes=200_000_000, write_rate_bytes_s=1e6, bandwidth_bytes_s=2e6),
+            constraints=AdviceConstraints(downtime_budget_s=600),
+        )
+    )
+    stream = advice.ranked[0]
+    assert stream.method is M.PHYSICAL_STREAM
+    # 100 s copy; 1e8 bytes written meanwhile, gained on at 1e6 B/s: 100 s more.
+    assert stream.estimated_duration_s == pytest.approx(200.0)
+    assert stream.estimated_downtime_s == 5.0
+
+
+def test_a_managed_source_leaves_only_the_logical_methods() -> None:
+    ranked, out = ask(budget=3600 * 24, managed_source=True)
+    assert set(ranked) == {M.LOGICAL_UPGRADE, M.DUMP}
+    assert "managed cloud source" in out[M.PHYSICAL_STREAM][0]
+    assert "managed cloud source" in out[M.PHYSICAL_ARCHIVE][0]
+
+
+def test_a_major_version_jump_rules_out_physical_copies() -> None:
+    ranked, out = ask(target_version=17)
+    assert ranked[0] is M.LOGICAL_UPGRADE
+    assert "keeps the release: source is 15, target 17" in out[M.PHYSICAL_STREAM][0]
+
+
+def test_a_target_older_than_the_source_rules_out_everything() -> None:
+    ranked, out = ask(target_version=14)
+    assert ranked == []
+    assert any("older than the source" in r for r in out[M.DUMP])
+
+
+def test_logical_replication_needs_postgres_10() -> None:
+    _, out = ask(source_version=9, target_version=15)
+    assert "PostgreSQL 10 or later" in " ".join(out[M.LOGICAL_UPGRADE])
+
+
+def test_an_endian_or_charset_change_rules_out_physical_copies() -> None:
+    _, out = ask(target_endianness=Endianness.BIG)
+    assert "byte order" in out[M.PHYSICAL_STREAM][0]
+    _, out = ask(target_charset="LATIN1")
+    assert "character set" in out[M.PHYSICAL_ARCHIVE][0]
+
+
+def test_writes_faster_than_the_link_never_catch_up() -> None:
+    ranked, out = ask(budget=3600 * 24 * 7, write_rate_bytes_s=300e6)
+    assert ranked == [M.DUMP]
+    assert "never catch up" in out[M.PHYSICAL_STREAM][0]
+
+
+def test_one_database_of_many_is_not_a_physical_copy_and_a_cluster_is_not_logical() -> None:
+    ranked, out = ask(databases_in_cluster=3)
+    assert M.PHYSICAL_STREAM in out and "whole cluster" in out[M.PHYSICAL_STREAM][0]
+    assert ranked[0] is M.LOGICAL_UPGRADE
+    ranked, out = ask(databases_in_cluster=3, scope=Scope.CLUSTER)
+    assert ranked[0] is M.PHYSICAL_STREAM
+    assert "one database at a time" in out[M.LOGICAL_UPGRADE][0]
+
+
+def test_a_short_window_rules_out_what_does_not_fit_it() -> None:
+    ranked, out = ask(window_s=10.0)
+    assert ranked == [M.PHYSICAL_STREAM]
+    assert "does not fit the 10 s window" in out[M.PHYSICAL_ARCHIVE][0]
+
+
+def oracle(**changes: Any) -> dict[str, Any]:
+    base: dict[str, Any] = {
+        "engine": Engine.ORACLE,
+        "source_version": 19,
+        "target_version": 19,
+        "source_charset": "AL32UTF8",
+        "target_charset": "AL32UTF8",
+        "size_bytes": 2048 * GIB,
+    }
+    return base | changes
+
+
+def test_oracle_same_platform_whole_database_prefers_data_guard() -> None:
+    ranked, _ = ask(budget=3600 * 4, **oracle())
+    assert ranked[:3] == [M.DATAGUARD, M.RMAN, M.XTTS]
+
+
+def test_oracle_one_pdb_out_of_a_shared_cdb_or_an_endian_change_is_xtts() -> None:
+    ranked, out = ask(budget=3600 * 4, **oracle(multitenant=True, databases_in_cluster=65))
+    assert ranked[0] is M.XTTS
+    assert "whole CDBs" in out[M.DATAGUARD][0]
+    assert "whole CDBs" in out[M.RMAN][0]
+    ranked, out = ask(budget=3600 * 4, **oracle(source_endianness=Endianness.BIG))
+    assert ranked[0] is M.XTTS
+    assert "byte order" in out[M.RMAN][0]
+
+
+def test_oracle_tde_across_an_endian_change_rules_out_xtts() -> None:
+    _, out = ask(budget=3600 * 48, **oracle(source_endianness=Endianness.BIG, encrypted=True))
+    assert "same-endian only" in out[M.XTTS][0]
+
+
+def test_oracle_charset_change_or_managed_source_is_data_pump() -> None:
+    ranked, _ = ask(budget=3600 * 48, **oracle(target_charset="UTF8"))
+    assert M.DATAGUARD not in ranked and M.DATAPUMP in ranked
+    ranked, out = ask(budget=3600 * 48, **oracle(managed_source=True))
+    assert ranked == [M.DATAPUMP]
+    assert "RMAN access" in out[M.XTTS][0]
+
+
+def test_every_method_has_one_rule() -> None:
+    assert sorted(r.method for r in RULES) == sorted(MigrationMethod)
+
+
+def test_the_docs_table_is_the_codes_table() -> None:
+    text = (Path(__file__).parents[2] / "docs" / "migration.md").read_text(encoding="utf-8")
+    rows = re.findall(r"^\| `([a-z-]+)` \| (\w+) \| (.+?) \| (.+?) \|$", text, flags=re.M)
+    assert rows == rules_table(), "regenerate the advisor table in docs/migration.md"
