@@ -192,9 +192,9 @@ async def _protect(
     backup: bool,
     timeout: float,
 ) -> None:
-    from services.archiver.spool import Spool, install_walpush
     from services.engines.base import EngineError
     from services.engines.postgres.oscmd import check_traversable, run_as, system_python
+    from services.engines.postgres.spool import Spool, install_walpush
 
     if read_stack_file(state) is None:
         raise ProtectRefused(f"no stack found at {state}: start it with `tidemark up` first")
@@ -375,8 +375,8 @@ async def _prove(
 
 
 async def _unprotect(state: Path, uid: str, *, restart: bool) -> None:
-    from services.archiver.spool import Spool
     from services.engines.postgres.oscmd import run_as
+    from services.engines.postgres.spool import Spool
 
     entries = read_protected(state)
     entry = next((e for e in entries if e.uid == uid), None)

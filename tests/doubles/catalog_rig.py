@@ -17,8 +17,8 @@ from nats.aio.msg import Msg
 
 from schemas import DatabaseRef, Envelope, Payload, envelope
 from schemas.messages import BackupCompleted, LogArchived
-from services.archiver.owner import claim_prefix
 from services.blobstore import MemoryStore
+from services.blobstore.owner import claim_prefix
 from services.bus import Delivery, Publisher
 from services.catalog.index import CatalogIndex
 from services.catalog.ingest import Ingest

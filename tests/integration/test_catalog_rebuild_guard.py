@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from schemas import DatabaseRef, Engine, Timeline
-from services.archiver.owner import claim_prefix
 from services.blobstore import open_store
+from services.blobstore.owner import claim_prefix
 from services.catalog.settings import sqlite_url
 from services.catalog.store import CatalogStore, StoreCounts
 from tests.doubles.catalog_events import SEG, backup, wal, write_log_object, write_manifest

@@ -98,21 +98,6 @@ FLOOR.update(dict.fromkeys(TOP, 4))
 
 KNOWN: dict[str, str] = {
     # Each entry is a violation that exists today, with why; the list only shrinks.
-    "services/engines/base.py -> services.executor.settings": "engine settings in the executor",
-    "services/engines/oracle/engine.py -> services.executor.settings": "engine settings",
-    "services/engines/oracle/snapshot.py -> services.executor.settings": "engine settings",
-    "services/engines/postgres/archiving.py -> services.archiver.errors": "push side in archiver",
-    "services/engines/postgres/archiving.py -> services.archiver.owner": "push side in archiver",
-    "services/engines/postgres/archiving.py -> services.archiver.settings": "push side",
-    "services/engines/postgres/archiving.py -> services.archiver.spool": "push side in archiver",
-    "services/engines/postgres/engine.py -> services.executor.settings": "engine settings",
-    "services/engines/postgres/fetchserver.py -> services.archiver.keys": "key layout",
-    "services/engines/postgres/manifest.py -> services.archiver.keys": "key layout",
-    "services/engines/postgres/restore.py -> services.executor.settings": "engine settings",
-    "services/engines/postgres/sql.py -> services.executor.settings": "engine settings",
-    "services/engines/postgres/verify.py -> services.executor.settings": "engine settings",
-    "services/engines/registry.py -> services.executor.settings": "engine settings",
-    "services/executor/settings.py -> services.archiver.settings": "two declarations of a db",
     "services/runtime/service.py -> services.settings": (
         "the service base loads the whole settings file, which composes every service's section"
     ),

@@ -48,7 +48,6 @@ translation of the plan's target into ``recovery_target*`` settings:
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import os
