@@ -235,6 +235,37 @@ async def test_time_position_and_immediate_targets_each_restore_the_ledger_exact
     await pitr.wait_covered(db, entry.lsn)  # and still archives: a new segment was catalogued
 
 
+async def test_the_window_ends_by_time_and_by_lsn_each_restore_to_the_last_archived_commit(
+    history: History,
+) -> None:
+    """A window's end is where the archive ends, not a commit: PostgreSQL needs a record past a
+    target to stop at it, and there is none past the end. A target there (or just past the
+    last commit) must land on the last archived commit, never on a FATAL after "restorable"."""
+    pitr, db, ledger = history.stack, history.db, history.ledger
+    await asyncio.to_thread(db.switch_wal)
+    last = ledger.entries[-1]
+    view = await pitr.wait_covered(db, last.lsn)
+    [window] = [w for w in view.windows if w.lineage == "tl-00000001" and w.end >= last.lsn]
+    assert window.end_time is not None
+    archived = [e for e in ledger.entries if e.lsn <= window.end]
+    expected = archived[-1]
+    targets: list[tuple[str, Any]] = [
+        ("end-time", TargetTime(at=window.end_time)),
+        ("end-lsn", TargetPosition(position=window.end)),
+        ("after-last-commit", TargetTime(at=expected.committed_at + timedelta(microseconds=1))),
+    ]
+    for name, target in targets:
+        check = await pitr.catalog.check(db.uid, target)
+        assert check.restorable, f"{name}: the catalog says {check.reason}"
+        restored = await pitr.restore(db, target, clone=f"window-{name}")
+        try:
+            assert await asyncio.to_thread(restored.table) == _shows(expected), (
+                f"{name} target {target}: the clone is not the last archived commit"
+            )
+        finally:
+            await asyncio.to_thread(restored.stop_clone)
+
+
 # -- 4. targets outside the window ---------------------------------------------------------------
 
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from services.blobstore import BlobStore
-from services.engines.base import JobContext
+from services.engines.base import EngineError, JobContext
 from services.engines.postgres.fetchserver import FetchStats, serve_wal
 from services.engines.postgres.instance import POLL_S, Instance, _fail
 from services.engines.postgres.oscmd import chown_to
@@ -30,6 +30,21 @@ __all__ = ["RecoveryOutcome", "read_outcome", "recover", "reload", "wait_for_rec
 log = logging.getLogger("services.engines.postgres.restore")
 
 # -- recovery --------------------------------------------------------------------------------------
+
+_RAN_OUT = "recovery ended before configured recovery target was reached"
+"""PostgreSQL's FATAL when the WAL it was given ends before the target (PostgreSQL 13+)."""
+
+_PAST_END_TARGETS = frozenset({"recovery_target_time", "recovery_target_lsn"})
+"""The targets for which the end of the archive is the target's state when no record lies
+after them: a time or a position. Never an xid or a restore point's name: one that is not in
+the archive is a target that does not exist, and recovering to the end would hide that."""
+
+_PAST_END_DROPPED = _PAST_END_TARGETS | {"recovery_target_inclusive"}
+
+
+def _ran_out_before(exc: Exception, recovery: Mapping[str, str]) -> bool:
+    """Did recovery stop at the end of the archived WAL short of a time or position target?"""
+    return _RAN_OUT in str(exc) and bool(_PAST_END_TARGETS & set(recovery))
 
 
 @dataclass
@@ -152,7 +167,31 @@ async def recover(
             chown_to(log_dir, inst.user)
             await ctx.progress("recover", message="starting PostgreSQL in archive recovery")
             await inst.start(log_dir / f"tidemark-restore-{tag}.log")
-            await wait_for_recovery(inst, ctx, stats, start_lsn, goal_lsn)
+            try:
+                await wait_for_recovery(inst, ctx, stats, start_lsn, goal_lsn)
+            except EngineError as exc:
+                if not _ran_out_before(exc, recovery) or stats.errors:
+                    raise
+                # The target lies past the last record in the archive (a window's end is
+                # where the archive ends, not a commit). Every planned log was replayed and
+                # no record after the target exists in them, so the end of the archived WAL
+                # is the database as it was at the target: recover to there, and say so.
+                recovery = {k: v for k, v in recovery.items() if k not in _PAST_END_DROPPED}
+                log.info(
+                    "restore %s: the target lies past the last archived record; recovering to "
+                    "the end of the planned WAL instead",
+                    tag,
+                )
+                await ctx.progress(
+                    "recover",
+                    message="the target lies past the last archived record: recovering to "
+                    "the end of the archived WAL, which is the database at the target",
+                )
+                write_auto_conf(
+                    inst.data_dir, {**recovery, **overrides}, inst.user, f"tidemark restore {tag}"
+                )
+                await inst.start(log_dir / f"tidemark-restore-{tag}-to-end.log")
+                await wait_for_recovery(inst, ctx, stats, start_lsn, goal_lsn)
             outcome = await read_outcome(inst)
         if stats.errors:
             raise _fail(
