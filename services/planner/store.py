@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar, cast
+from typing import Generic, TypeVar
 
 from nats.js import JetStreamContext
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NoKeysError
@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from schemas import DatabaseRef, node_token
 from services.bus import NODES_BUCKET, PLANS_BUCKET
+from services.bus.keys import live_keys
 
 log = logging.getLogger("tidemark.planner")
 
@@ -95,18 +96,9 @@ class PlanStore:
             await self.kv.purge(key)
 
     async def keys(self, prefix: str) -> list[str]:
-        """Live keys under `prefix` (which ends with a dot). A watch filtered on the server,
-        not `kv.keys()`: that one lists the whole bucket and filters in the client."""
-        watcher = await self.kv.watch(f"{prefix}>", ignore_deletes=True, meta_only=True)
-        keys = []
-        try:
-            async for entry in watcher:
-                if entry is None:
-                    break  # caught up with the bucket
-                keys.append(entry.key)
-        finally:
-            await cast(Any, watcher).stop()  # untyped in nats-py
-        return keys
+        """Live keys under `prefix` (which ends with a dot), listed by the server: see
+        `services/bus/keys.py` for why not `kv.keys()` or a watch."""
+        return await live_keys(self.kv, prefix)
 
 
 class HostedDatabase(BaseModel):
@@ -140,10 +132,7 @@ class Nodes:
         return cls(await js.key_value(NODES_BUCKET.name))
 
     async def heartbeats(self) -> list[NodeHeartbeat]:
-        try:
-            keys = await self.kv.keys()
-        except NoKeysError:
-            return []
+        keys = await live_keys(self.kv)
         beats = []
         for key in keys:
             try:

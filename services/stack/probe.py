@@ -15,6 +15,7 @@ from nats.js.errors import BucketNotFoundError, NoKeysError, NotFoundError
 from schemas import STREAMS, DeadLetter
 from services.bus import ADVISORY_STREAM, HEALTH_BUCKET
 from services.bus.connection import credential_options
+from services.bus.keys import live_keys
 from services.settings import NatsSettings
 
 
@@ -48,7 +49,7 @@ async def read_health(target: str | NatsSettings) -> dict[str, dict[str, Any]]:
         js = nc.jetstream()
         try:
             kv = await js.key_value(HEALTH_BUCKET.name)
-            keys = await kv.keys()
+            keys = await live_keys(kv)
         except (BucketNotFoundError, NotFoundError, NoKeysError):
             return {}
         out: dict[str, dict[str, Any]] = {}

@@ -29,6 +29,7 @@ from services.bus import (
     TerminalError,
     ensure_topology,
 )
+from services.bus.keys import live_keys
 from services.settings import BusSettings
 from services.telemetry import tracer
 from tests.integration.bus_helpers import FAST, dead_letters, run_backup, unique, wait_for
@@ -430,3 +431,39 @@ async def test_publish_all_waits_for_every_ack_and_stores_each_id_once(harness: 
     assert [ack.duplicate for ack in again] == [True, True, True]  # same ids: stored once
     info = await harness.js.stream_info("TM_CMD", subjects_filter=harness.subject)
     assert info.state.subjects == {harness.subject: 50}
+
+
+async def test_live_keys_lists_every_value_under_a_prefix_and_no_delete_marker(
+    js: JetStreamContext,
+) -> None:
+    bucket = unique("keys")
+    kv = await js.create_key_value(bucket=bucket, history=1)
+    try:
+        for i in range(40):
+            await kv.put(f"node.n{i:02d}", b"{}")
+        await kv.put("other.x", b"{}")
+        await kv.delete("node.n03")
+        await kv.purge("node.n04")
+        want = [f"node.n{i:02d}" for i in range(40) if i not in (3, 4)]
+        assert await live_keys(kv, "node.") == want
+        assert await live_keys(kv) == sorted([*want, "other.x"])
+        assert await live_keys(kv, "none.") == []
+
+        # Listed while every key is being rewritten: each listing still holds every key (a
+        # watch read to its first None can end the replay early and list fewer).
+        stop = asyncio.Event()
+
+        async def rewrite() -> None:
+            while not stop.is_set():
+                for key in want:
+                    await kv.put(key, b"{}")
+
+        writer = asyncio.create_task(rewrite())
+        try:
+            for _ in range(30):
+                assert await live_keys(kv, "node.") == want
+        finally:
+            stop.set()
+            await writer
+    finally:
+        await js.delete_key_value(bucket)
