@@ -29,6 +29,7 @@ from schemas.positions import (
     Scn,
     Timeline,
     format_lsn,
+    lineage_from_key,
     parse_lsn,
 )
 from schemas.records import DeadLetter, NodeHeartbeat, ServiceHealth, ServiceState
@@ -78,6 +79,7 @@ __all__ = [
     "decode",
     "envelope",
     "format_lsn",
+    "lineage_from_key",
     "node_from_token",
     "node_token",
     "parse_lsn",

@@ -125,26 +125,17 @@ class PlannedObject(StrictModel):
     crc32c: str | None = None
 
 
-class RecoverySettings(StrictModel):
-    """The exact recovery target, in the engine's own words."""
-
-    engine: Literal["oracle", "postgres"]
-    # Oracle: the RMAN clause, e.g. `SET UNTIL SCN 9000251` (UNTIL is exclusive), and the
-    # incarnation to reset to when the target is not on the current one.
-    rman_until: str | None = None
-    reset_to_incarnation: str | None = None
-    # PostgreSQL: recovery_target_* settings, e.g. {"recovery_target_lsn": "0/3000060",
-    # "recovery_target_timeline": "2", "recovery_target_action": "promote"}.
-    postgres: dict[str, str] = Field(default_factory=dict)
-
-
 class RestorePlanReply(StrictModel):
+    """Exactly what a restore to `target` needs, as typed facts: the base, every log object in
+    order, the lineage and the target. Only the engine turns them into its own words (RMAN's
+    `SET UNTIL`, PostgreSQL's `recovery_target_*`): the catalog knows positions and lineages,
+    not recovery syntax."""
+
     database: DatabaseUid
     target: RestoreTarget
     lineage: str
     base: BackupView
     objects: list[PlannedObject]
-    recovery: RecoverySettings
     total_bytes: int
 
 

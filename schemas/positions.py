@@ -131,6 +131,22 @@ Lineage = Annotated[Incarnation | Timeline, Field(discriminator="kind")]
 """Which history a position belongs to: an Oracle incarnation or a PostgreSQL timeline."""
 
 
+_LINEAGE_KEY = re.compile(r"tl-([0-9A-Fa-f]{1,8})|inc-([0-9]{1,10})")
+
+
+def lineage_from_key(key: str, *, branch_at: Scn | Lsn | None = None) -> Incarnation | Timeline:
+    """The lineage a key names (`tl-0000000A`, `inc-N`): the one parser of a lineage key. An
+    incarnation's key holds only its RESETLOGS id; its RESETLOGS SCN is where it branched
+    (`branch_at`), 0 when the caller does not know it."""
+    match = _LINEAGE_KEY.fullmatch(key)
+    if match is None:
+        raise ValueError(f"{key!r} is not a lineage key (tl-XXXXXXXX or inc-N)")
+    if match.group(1) is not None:
+        return Timeline(id=int(match.group(1), 16))
+    scn = branch_at.value if isinstance(branch_at, Scn) else 0
+    return Incarnation(resetlogs_id=int(match.group(2)), resetlogs_scn=Scn(value=scn))
+
+
 def check_on_lineage(lineage: Incarnation | Timeline, *positions: Scn | Lsn | None) -> None:
     """Refuse an LSN on an Oracle incarnation or an SCN on a PostgreSQL timeline."""
     expected = "scn" if isinstance(lineage, Incarnation) else "lsn"

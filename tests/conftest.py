@@ -18,10 +18,9 @@ pytest_plugins = [
 ]
 
 # Never a default port: a user's own `tidemark up` (NATS 4222, timeline page 8470) may run beside
-# the suite. A catalog started by a test serves no page unless the test asks for one on a free
-# port, and an embedded stack started by a test takes free ports. Inherited by every service
-# process a test starts.
-os.environ["TIDEMARK_CATALOG__HTTP_PORT"] = "0"
+# the suite. An embedded stack started by a test takes free ports (inherited by every process a
+# test starts); a catalog a test starts itself serves no page unless the test asks for one
+# (`tests/integration/test_catalog_ingest.catalog_settings`).
 os.environ["TIDEMARK_STACK_DEFAULT_PORTS"] = "0"
 
 settings.register_profile("ci", derandomize=True, print_blob=True)

@@ -87,8 +87,9 @@ class RestorePlan(StrictModel):
     lineage: Lineage
     recovery: dict[str, Annotated[str, StringConstraints(max_length=200)]] = Field(
         default_factory=dict,
-        description="the catalog's recovery settings in the engine's words, e.g. PostgreSQL "
-        "recovery_target_lsn / recovery_target_timeline, or Oracle rman_until",
+        description="PostgreSQL recovery settings that override the engine's own translation "
+        "of the target (recovery_target_* names only); empty from the planner, which leaves "
+        "the translation of the target and lineage to the engine",
     )
 
     @model_validator(mode="after")

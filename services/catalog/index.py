@@ -22,7 +22,6 @@ from schemas.catalog import (
     DatabaseSummary,
     GapView,
     LineageView,
-    RecoverySettings,
     RestorePlanReply,
     RetentionPreview,
     VerdictCode,
@@ -120,8 +119,30 @@ class DatabaseIndex:
     backups_json: bytes | None = None
     """Every backup's view, serialized in backup id order (`CatalogIndex.windows_json`)."""
     lineage_files: set[str] = field(default_factory=set)
-    last_archived_at: datetime | None = None
-    current_lineage: str | None = None
+    newest: tuple[datetime, str, int, int] | None = None
+    """The newest live log: (archived at, lineage, thread, sequence), a total order so the answer
+    does not depend on the order events arrived in, or on a restart."""
+
+    @property
+    def last_archived_at(self) -> datetime | None:
+        return self.newest[0] if self.newest else None
+
+    @property
+    def current_lineage(self) -> str | None:
+        """The newest live log's lineage; with no log, the newest backup's."""
+        if self.newest is not None:
+            return self.newest[1]
+        if not self.backups:
+            return None
+        backup = max(self.backups.values(), key=lambda b: (b.completed_at, b.backup_id))
+        return backup.lineage.key
+
+    def forget_log(self, lineage: str, thread: int, sequence: int) -> None:
+        gone = self.objects.pop((lineage, thread, sequence), None)
+        if gone is not None and self.newest == (gone.archived_at, lineage, thread, sequence):
+            self.newest = max(
+                ((o.archived_at, *at) for at, o in self.objects.items()), default=None
+            )
 
     def position(self, value: int) -> Scn | Lsn:
         return Scn(value=value) if self.ref.engine is Engine.ORACLE else Lsn(value=value)
@@ -171,6 +192,9 @@ class CatalogIndex:
         elif ref.system_id is not None and db.ref.system_id is None:
             db.ref = ref
         return db
+
+    def learn_lineage(self, database: DatabaseRef, lineage: Incarnation | Timeline) -> None:
+        self._learn_lineage(self._ensure(database), lineage)
 
     def _learn_lineage(self, db: DatabaseIndex, lineage: Incarnation | Timeline) -> None:
         entry = _lineage_entry(lineage)
@@ -264,14 +288,14 @@ class CatalogIndex:
             db.objects[(key, log.thread, log.sequence)] = LogObject(
                 log.object_key, log.size_bytes, log.crc32c, log.archived_at
             )
-            if db.last_archived_at is None or log.archived_at >= db.last_archived_at:
-                db.last_archived_at = log.archived_at
-                db.current_lineage = key
+            newest = (log.archived_at, key, log.thread, log.sequence)
+            if db.newest is None or newest > db.newest:
+                db.newest = newest
         return added
 
     def remove_log(self, database_uid: str, lineage: str, thread: int, sequence: int) -> bool:
         db = self.database(database_uid)
-        db.objects.pop((lineage, thread, sequence), None)
+        db.forget_log(lineage, thread, sequence)
         return db.history.remove_log(lineage, thread, sequence)
 
     def apply_backup(self, database: DatabaseRef, backup: BackupCompleted) -> bool:
@@ -292,8 +316,6 @@ class CatalogIndex:
                 parent=backup.parent_backup_id,
             )
         )
-        if db.current_lineage is None:
-            db.current_lineage = backup.lineage.key
         return True
 
     def remove_backup(self, database_uid: str, backup_id: str) -> bool:
@@ -703,7 +725,6 @@ class CatalogIndex:
             "lineage": key,
             "base": self._backup_view(db, base_id),
             "objects": objects,
-            "recovery": self._recovery(db, key, target),
             "total_bytes": total,
         }
 
@@ -725,38 +746,6 @@ class CatalogIndex:
             if reached is not None:
                 return min(reached, verdict.window.end.value)
         return verdict.window.end.value
-
-    def _recovery(self, db: DatabaseIndex, lineage: str, target: RestoreTarget) -> RecoverySettings:
-        on_current = lineage == db.current_lineage
-        if db.ref.engine is Engine.ORACLE:
-            if isinstance(target, TargetPosition):
-                until = f"SET UNTIL SCN {target.position.value}"
-            elif isinstance(target, TargetTime):
-                stamp = target.at.strftime("%Y-%m-%d %H:%M:%S")
-                until = f"SET UNTIL TIME \"TO_DATE('{stamp}','YYYY-MM-DD HH24:MI:SS')\""
-            elif isinstance(target, TargetSequence):
-                until = f"SET UNTIL SEQUENCE {target.sequence} THREAD {target.thread}"
-            else:
-                until = None
-            return RecoverySettings(
-                engine="oracle",
-                rman_until=until,
-                reset_to_incarnation=None if on_current else lineage,
-            )
-        settings: dict[str, str] = {"recovery_target_action": "promote"}
-        if lineage.startswith("tl-"):
-            settings["recovery_target_timeline"] = str(int(lineage[3:], 16))
-        if isinstance(target, TargetPosition):
-            settings["recovery_target_lsn"] = str(target.position)
-        elif isinstance(target, TargetTime):
-            settings["recovery_target_time"] = target.at.isoformat(sep=" ")
-        elif isinstance(target, TargetXid):
-            settings["recovery_target_xid"] = str(target.xid)
-        elif isinstance(target, TargetName):
-            settings["recovery_target_name"] = target.name
-        elif isinstance(target, TargetImmediate):
-            settings["recovery_target"] = "immediate"
-        return RecoverySettings(engine="postgres", postgres=settings)
 
     # -- retention ------------------------------------------------------------------------------
 

@@ -51,6 +51,7 @@ from schemas import (
     Position,
     Scn,
     Timeline,
+    lineage_from_key,
     parse_lsn,
 )
 from schemas.messages import BackupCompleted, LogArchived
@@ -114,12 +115,10 @@ def _threads(text: str) -> tuple[int, ...] | None:
 
 
 def _lineage_from_key(key: str, first: Position | None) -> Lineage:
-    if key.startswith("tl-"):
-        return Timeline(id=int(key.removeprefix("tl-"), 16))
-    if key.startswith("inc-"):
-        scn = first.value if isinstance(first, Scn) else 0
-        return Incarnation(resetlogs_id=int(key.removeprefix("inc-")), resetlogs_scn=Scn(value=scn))
-    raise Skipped(f"{key!r} is not a lineage (tl-XXXXXXXX or inc-N)")
+    try:
+        return lineage_from_key(key, branch_at=first)
+    except ValueError as exc:
+        raise Skipped(str(exc)) from None
 
 
 def parse_history(timeline: int, text: str) -> Timeline:

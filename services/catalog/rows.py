@@ -11,7 +11,7 @@ from typing import Any
 from sqlalchemy.engine import Row
 
 from schemas import Engine as DbEngine
-from schemas import Incarnation, Lineage, Lsn, Position, Scn, Timeline
+from schemas import Incarnation, Lineage, Lsn, Position, Scn, Timeline, lineage_from_key
 from schemas.messages import BackupCompleted, BackupKind, BackupSpec, Compression, LogArchived
 
 #: The node a log row names when it was rebuilt from the bucket (objects do not say who wrote
@@ -52,15 +52,29 @@ def lineage_model(row: Row[Any] | dict[str, Any]) -> Lineage:
     if values["kind"] == "timeline":
         return Timeline(
             id=values["ident"],
-            parent=None if parent is None else int(parent.removeprefix("tl-"), 16),
+            parent=None if parent is None else _timeline_id(parent),
             branch_lsn=None if values["branch_at"] is None else Lsn(value=values["branch_at"]),
         )
     return Incarnation(
         resetlogs_id=values["ident"],
         resetlogs_scn=Scn(value=values["branch_at"]),
         number=values["number"],
-        prior_resetlogs_id=None if parent is None else int(parent.removeprefix("inc-")),
+        prior_resetlogs_id=None if parent is None else _resetlogs_id(parent),
     )
+
+
+def _timeline_id(key: str) -> int:
+    lineage = lineage_from_key(key)
+    if not isinstance(lineage, Timeline):
+        raise ValueError(f"a timeline's parent {key!r} is not a timeline")
+    return lineage.id
+
+
+def _resetlogs_id(key: str) -> int:
+    lineage = lineage_from_key(key)
+    if not isinstance(lineage, Incarnation):
+        raise ValueError(f"an incarnation's prior {key!r} is not an incarnation")
+    return lineage.resetlogs_id
 
 
 def position(engine: DbEngine, value: int | None) -> Position | None:

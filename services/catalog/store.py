@@ -800,6 +800,10 @@ class CatalogStore:
                 (row.database_uid, row.key): lineage_model(row)
                 for row in conn.execute(select(lineages))
             }
+            # Every lineage it was told of, also one whose logs and backups are all gone since:
+            # the running catalog still knows it, so must a restarted one.
+            for (uid, _), lineage in sorted(known.items()):
+                index.learn_lineage(refs[uid], lineage)
             for row in conn.execute(select(lineage_threads)):
                 index.learn_threads(
                     refs[row.database_uid],

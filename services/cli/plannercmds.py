@@ -22,7 +22,7 @@ from nats.aio.msg import Msg
 from pydantic import ValidationError
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-from schemas import ContractError, Envelope, Position, Timeline, decode
+from schemas import ContractError, Envelope, Position, Timeline, decode, lineage_from_key
 from schemas.messages import (
     BackupCompleted,
     BackupFailed,
@@ -483,9 +483,11 @@ def parse_lineage(key: str | None, timeline: int | None) -> Timeline | None:
             "incarnations are chosen by the planner from the target)"
         )
     try:
-        return Timeline(id=int(key[3:], 16))
+        lineage = lineage_from_key(key)
     except ValueError:
         raise typer.BadParameter(f"--lineage {key!r} is not a timeline key") from None
+    assert isinstance(lineage, Timeline)
+    return lineage
 
 
 def archive_end(bus: NatsSettings, database: str, on: Timeline | None) -> tuple[Position, Timeline]:

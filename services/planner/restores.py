@@ -25,7 +25,7 @@ import logging
 import uuid
 from typing import Any
 
-from schemas import DatabaseRef, Envelope, Incarnation, Lineage, Position, Scn, Timeline
+from schemas import DatabaseRef, Envelope, Lineage, Position, lineage_from_key
 from schemas.catalog import CheckReply, RestorePlanReply
 from schemas.messages import (
     CancelJob,
@@ -69,27 +69,19 @@ def job_id_for(restore_id: uuid.UUID) -> uuid.UUID:
     return step_id(restore_id, "job")
 
 
-def lineage_from_key(key: str, branch_at: Position | None = None) -> Lineage:
-    """The contract's `Lineage` for a catalog lineage key (`tl-0000000A`, `inc-N`). An Oracle
-    incarnation's resetlogs SCN is where it branched (the catalog's `LineageView.branch_at`)."""
-    if key.startswith("tl-"):
-        return Timeline(id=int(key.removeprefix("tl-"), 16))
-    if key.startswith("inc-"):
-        scn = branch_at.value if isinstance(branch_at, Scn) else 0
-        return Incarnation(resetlogs_id=int(key.removeprefix("inc-")), resetlogs_scn=Scn(value=scn))
-    raise Refused(Refusal(f"the catalog's lineage {key!r} is not tl-X or inc-N", NOT_RESTORABLE))
+def lineage_of(key: str, branch_at: Position | None = None) -> Lineage:
+    """The contract's `Lineage` for the catalog's lineage key; an Oracle incarnation's
+    RESETLOGS SCN is where it branched (the catalog's `LineageView.branch_at`)."""
+    try:
+        return lineage_from_key(key, branch_at=branch_at)
+    except ValueError as exc:
+        raise Refused(Refusal(f"the catalog's lineage: {exc}", NOT_RESTORABLE)) from None
 
 
 def plan_from(reply: RestorePlanReply, branch_at: Position | None = None) -> RestorePlan:
     """The catalog's RestorePlanReply as the executor's RestorePlan: the base's manifest, every
-    log object in order, and the recovery settings in the engine's own words (PostgreSQL
-    `recovery_target_*`; Oracle `rman_until` and `reset_to_incarnation`)."""
-    recovery = reply.recovery
-    settings: dict[str, str] = dict(recovery.postgres)
-    if recovery.rman_until:
-        settings["rman_until"] = recovery.rman_until
-    if recovery.reset_to_incarnation:
-        settings["reset_to_incarnation"] = recovery.reset_to_incarnation
+    log object in order, and the lineage, typed. The target travels beside it in `restore.run`;
+    the engine alone writes it in its own words."""
     if reply.base.manifest_key is None:
         raise Refused(
             Refusal(
@@ -102,8 +94,7 @@ def plan_from(reply: RestorePlanReply, branch_at: Position | None = None) -> Res
         base_backup_id=reply.base.backup_id,
         base_manifest_key=reply.base.manifest_key,
         log_keys=[o.key for o in reply.objects],
-        lineage=lineage_from_key(reply.lineage, branch_at),
-        recovery=settings,
+        lineage=lineage_of(reply.lineage, branch_at),
     )
 
 

@@ -120,7 +120,9 @@ async def test_restore_plan_and_refusal(api: Api) -> None:
     status, body = await api.get("/api/databases/orders/restore-plan?scn=2300&lineage=inc-2000")
     assert status == 200
     assert body["base"]["backup_id"] == "B3"
-    assert body["recovery"]["rman_until"] == "SET UNTIL SCN 2300"
+    assert "recovery" not in body, "the catalog answers in positions, not RMAN's words"
+    assert body["target"]["position"] == {"kind": "scn", "value": 2300}
+    assert body["lineage"] == "inc-2000"
     assert {(o["thread"], o["sequence"]) for o in body["objects"]} >= {(1, 3), (2, 5)}
 
     status, body = await api.get("/api/databases/orders/restore-plan?scn=1550&lineage=inc-1000")

@@ -48,7 +48,8 @@ async def test_windows_check_and_plan_over_nats(catalog: CatalogClient) -> None:
     assert ok.base == "b1"
     plan = await catalog.restore_plan("orders", TargetTime(at=T0 + timedelta(minutes=12)))
     assert plan.base.backup_id == "b2"
-    assert plan.recovery.postgres["recovery_target_time"].startswith("2026-03-01 12:12:00")
+    assert plan.target == TargetTime(at=T0 + timedelta(minutes=12))
+    assert plan.lineage == "tl-00000001"
     summaries = await catalog.databases()
     assert [s.database.uid for s in summaries.databases] == ["orders"]
 

@@ -412,7 +412,9 @@ async def test_restore_in_the_window_completes(rig: Rig, catalog: CatalogClient)
     [run] = host.of(RunRestore)
     assert run.plan.base_backup_id == "b1"
     assert run.plan.base_manifest_key.endswith("/backups/b1/manifest.json")
-    assert run.plan.recovery["recovery_target_lsn"] == "0/4000000"
+    assert run.target == target
+    assert run.plan.recovery == {}, "the target reaches the engine typed, untranslated"
+    assert run.plan.lineage == Timeline(id=1)
     assert run.plan.log_keys
     ref_id = answer.ref_id
 

@@ -108,7 +108,7 @@ def test_postgres_check_by_lsn_and_time(pg_index: CatalogIndex) -> None:
     assert pg_index.check("nope", TargetTime(at=T0)).code == "unknown_database"
 
 
-def test_postgres_restore_plan_lists_objects_and_recovery_settings(pg_index: CatalogIndex) -> None:
+def test_postgres_restore_plan_lists_objects_and_its_typed_target(pg_index: CatalogIndex) -> None:
     plan = pg_index.restore_plan("orders", TargetPosition(position=Lsn.parse("0/5000010")))
     assert plan.base.backup_id == "b1"
     assert [o.sequence for o in plan.objects] == [2, 3, 4, 5]
@@ -124,11 +124,8 @@ def test_postgres_restore_plan_lists_objects_and_recovery_settings(pg_index: Cat
         size_bytes=SEG,
         crc32c="AAAAAA==",
     )
-    assert plan.recovery.postgres == {
-        "recovery_target_action": "promote",
-        "recovery_target_timeline": "1",
-        "recovery_target_lsn": "0/5000010",
-    }
+    assert plan.lineage == "tl-00000001"
+    assert plan.target == TargetPosition(position=Lsn.parse("0/5000010"))
     with pytest.raises(NotRestorable, match="sequence 9"):
         pg_index.restore_plan("orders", TargetPosition(position=Lsn.parse("0/9800000")))
     # A target the check refuses is refused by the plan too, for the same reason.
@@ -203,7 +200,7 @@ def test_timeline_branch_continues_windows() -> None:
         ("tl-00000002", 6),
         ("tl-00000002", 7),
     ]
-    assert plan.recovery.postgres["recovery_target_timeline"] == "2"
+    assert plan.lineage == "tl-00000002"
 
 
 def redo(thread: int, seq: int, first: int, nxt: int) -> LogArchived:
@@ -237,13 +234,13 @@ def test_oracle_rac_until_scn_and_sequence() -> None:
     assert verdict.code == "gap"
     assert verdict.reason == "gap at thread 2 sequence 6 (from position 650)"
     plan = index.restore_plan("ledger", TargetPosition(position=Scn(value=400)))
-    assert plan.recovery.rman_until == "SET UNTIL SCN 400"
-    assert plan.recovery.reset_to_incarnation is None
+    assert plan.target == TargetPosition(position=Scn(value=400))
+    assert plan.lineage == inc.key
     assert index.restore_plan_json("ledger", TargetPosition(position=Scn(value=400))) == (
         plan.model_dump_json().encode()
     )
     by_seq = index.restore_plan("ledger", TargetSequence(thread=1, sequence=4))
-    assert by_seq.recovery.rman_until == "SET UNTIL SEQUENCE 4 THREAD 1"
+    assert by_seq.target == TargetSequence(thread=1, sequence=4)
     assert index.check("ledger", TargetSequence(thread=1, sequence=4)).restorable
 
 

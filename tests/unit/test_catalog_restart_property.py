@@ -301,3 +301,20 @@ def test_the_histories_reach_windows_deletions_and_restarts() -> None:
 
 
 _ = UTC
+
+
+# Two histories the property found, kept as plain tests so they run on every seed.
+
+
+def test_a_deleted_newest_log_is_not_the_last_archived_after_a_restart_nor_before() -> None:
+    logs = [make_log("inc-1000", 1, 1, None)]
+    backup = make_backup("B0", "inc-1000", 1, None, False)
+    ops = [("archive", 0), ("backup", 0), ("delete", 0)]
+    assert play({"logs": logs, "backups": [backup], "ops": ops}, rebuilds=False) == 1
+
+
+def test_a_lineage_whose_only_backup_was_deleted_is_still_known_after_a_restart() -> None:
+    logs = [make_log("inc-1000", 1, 1, None)]
+    backup = make_backup("B0", "inc-2000", 5, None, False)
+    ops = [("archive", 0), ("backup", 0), ("delete_backup", 0)]
+    assert play({"logs": logs, "backups": [backup], "ops": ops}, rebuilds=False) == 1

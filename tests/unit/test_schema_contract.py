@@ -28,6 +28,7 @@ from schemas import (
     Timeline,
     decode,
     envelope,
+    lineage_from_key,
     subject_for,
     uuid7,
     wildcard,
@@ -723,3 +724,27 @@ def test_contract_page_example_decodes() -> None:
     assert str(message.data.first) == "16/B3000000"
     schema = json_schemas()["log.archived"]
     assert violations(json.loads(block.group(1)), schema, schema) == []
+
+
+@pytest.mark.parametrize(
+    ("key", "expected"),
+    [
+        ("tl-00000001", Timeline(id=1)),
+        ("tl-0000000A", Timeline(id=10)),
+        ("inc-2000", Incarnation(resetlogs_id=2000, resetlogs_scn=Scn(value=0))),
+    ],
+)
+def test_a_lineage_key_has_one_parser(key: str, expected: object) -> None:
+    assert lineage_from_key(key) == expected
+    assert lineage_from_key(key).key == key
+
+
+@pytest.mark.parametrize("key", ["tl-", "tl-xyz", "inc-", "inc-1a", "tl1", "", "x-1"])
+def test_a_malformed_lineage_key_is_refused(key: str) -> None:
+    with pytest.raises(ValueError, match="is not a lineage key"):
+        lineage_from_key(key)
+
+
+def test_an_incarnation_key_takes_where_it_branched() -> None:
+    lineage = lineage_from_key("inc-7", branch_at=Scn(value=4242))
+    assert lineage == Incarnation(resetlogs_id=7, resetlogs_scn=Scn(value=4242))
