@@ -489,6 +489,54 @@ class MigrationRolledBack(_Migration, Event):
     endpoint: ConnectionEndpoint
 
 
+# --- the planner's query: `tm.qry.planner.migration` ----------------------------------------
+
+
+class MigrationStatusRequest(StrictModel):
+    """`tm.qry.planner.migration`: migrations of `source` (and `target`), or every one."""
+
+    source: DatabaseUid | None = None
+    target: DatabaseUid | None = None
+    migration_id: uuid.UUID | None = None
+    include_finished: bool = Field(default=True, description="terminal phases too")
+
+
+class PhaseVisit(StrictModel):
+    """One entry of a migration's phase history."""
+
+    phase: MigrationPhase
+    step: CutoverStep | None = None
+    at: UtcDateTime
+    message: Annotated[str, StringConstraints(max_length=500)] = ""
+
+
+class MigrationView(StrictModel):
+    """A migration as its saga record holds it."""
+
+    migration_id: uuid.UUID
+    source: DatabaseUid
+    target: DatabaseUid
+    method: MigrationMethod
+    phase: MigrationPhase
+    step: CutoverStep | None = None
+    paused: bool = False
+    waiting: Annotated[str, StringConstraints(max_length=500)] | None = Field(
+        default=None, description="what it waits for: a gate, a window, an ack, a job"
+    )
+    point_of_no_return_passed: bool = False
+    progress: MigrationProgress = Field(default_factory=MigrationProgress)
+    downtime_estimate_s: float | None = Field(default=None, ge=0)
+    downtime_budget_s: float = Field(gt=0, le=MAX_DOWNTIME_BUDGET_S)
+    windows: list[CutoverWindow] = Field(default_factory=list, max_length=MAX_WINDOWS)
+    history: list[PhaseVisit] = Field(default_factory=list)
+    requested_at: UtcDateTime
+    updated_at: UtcDateTime
+
+
+class MigrationStatusReply(StrictModel):
+    migrations: list[MigrationView]
+
+
 # --- planner → executor: one command per engine step ----------------------------------------
 
 StepSide = Literal["source", "target"]
