@@ -128,7 +128,16 @@ class Instance:
         return code == 0
 
     async def start(self, log_file: Path) -> None:
-        """``pg_ctl start`` without waiting (recovery may take hours); :meth:`alive` follows it."""
+        """``pg_ctl start`` without waiting (recovery may take hours); :meth:`alive` follows it.
+
+        A second start of the same instance (recovery started again after a FATAL) first waits
+        for the previous postmaster to be gone, and follows the new one, not the old pid."""
+        deadline = time.monotonic() + START_GRACE_S
+        while self.alive():
+            if time.monotonic() > deadline:
+                raise _fail(f"PostgreSQL (pid {self.pid}) is still running; cannot start it again")
+            await asyncio.sleep(0.05)
+        self.pid = None
         self.log_file = log_file
         if not log_file.parent.exists():
             log_file.parent.mkdir(mode=0o700, parents=True)

@@ -188,7 +188,11 @@ async def recover(
                     "the end of the archived WAL, which is the database at the target",
                 )
                 write_auto_conf(
-                    inst.data_dir, {**recovery, **overrides}, inst.user, f"tidemark restore {tag}"
+                    inst.data_dir,
+                    {**recovery, **overrides},
+                    inst.user,
+                    f"tidemark restore {tag}",
+                    drop=_PAST_END_DROPPED,
                 )
                 await inst.start(log_dir / f"tidemark-restore-{tag}-to-end.log")
                 await wait_for_recovery(inst, ctx, stats, start_lsn, goal_lsn)
