@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from services.engines.oracle.session import (
+from services.engines.oracle.rows import (
     ArchivedLogRow,
     BackupDatafileRow,
     BackupPieceRow,
