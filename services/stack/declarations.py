@@ -40,6 +40,23 @@ class Protected:
             "pg_wal_dir": str(Path(self.data_dir) / "pg_wal"),
         }
 
+    def declared(self) -> dict[str, Any]:
+        """This database as one `[[databases]]` entry."""
+        return {
+            "uid": self.uid,
+            "engine": "postgres",
+            "name": self.name,
+            "system_id": self.system_id,
+            "postgres": {
+                "data_dir": self.data_dir,
+                "port": self.port,
+                "socket_dir": self.socket_dir,
+                "os_user": self.os_user,
+                "spool_dir": self.spool_dir,
+                "pg_wal_dir": str(Path(self.data_dir) / "pg_wal"),
+            },
+        }
+
     def hosted(self) -> dict[str, Any]:
         return {
             "uid": self.uid,
@@ -72,7 +89,9 @@ def write_protected(state_dir: Path, entries: list[Protected]) -> None:
 
 def services_env(state_dir: Path) -> dict[str, str]:
     """The environment that declares the protected databases to the archiver and executor,
-    joined to those of the settings file (an environment variable would hide them)."""
+    joined to those of the settings file (an environment variable would hide them): one
+    `TIDEMARK_DATABASES` declaration. A settings file still in the old per-section form keeps
+    that form here too, since a mix of both is refused."""
     entries = read_protected(state_dir)
     if not entries:
         return {}
@@ -80,6 +99,13 @@ def services_env(state_dir: Path) -> dict[str, str]:
 
     settings = load_settings()
     mine = {e.uid for e in entries}
+    if settings.databases or not (settings.archiver.databases or settings.executor.databases):
+        declared = [
+            d.model_dump(mode="json", exclude_none=True)
+            for d in settings.databases
+            if d.uid not in mine
+        ]
+        return {"TIDEMARK_DATABASES": json.dumps(declared + [e.declared() for e in entries])}
     archived = [
         d.model_dump(mode="json", exclude_none=True)
         for d in settings.archiver.databases

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -42,9 +43,42 @@ the archive is a target that does not exist, and recovering to the end would hid
 _PAST_END_DROPPED = _PAST_END_TARGETS | {"recovery_target_inclusive"}
 
 
-def _ran_out_before(exc: Exception, recovery: Mapping[str, str]) -> bool:
-    """Did recovery stop at the end of the archived WAL short of a time or position target?"""
-    return _RAN_OUT in str(exc) and bool(_PAST_END_TARGETS & set(recovery))
+def _ran_out_before(exc: Exception, recovery: Mapping[str, str], inst: Instance) -> bool:
+    """Did recovery stop at the end of the archived WAL short of a time or position target
+    that lies no further than the end of the segment it replayed last?
+
+    A position is checked here against that end: a position beyond the planned WAL is a target
+    the archive does not reach, and recovering to the end would hide that. A time cannot be
+    compared with WAL; the catalog's check (the window, whose end is the last segment's archive
+    time) is what admits it."""
+    if _RAN_OUT not in str(exc) or not (_PAST_END_TARGETS & set(recovery)):
+        return False
+    target = recovery.get("recovery_target_lsn")
+    if target is None:
+        return True
+    end = _replayed_segment_end(inst)
+    return end is not None and parse_lsn(target) <= end
+
+
+_REDO_DONE = re.compile(r"redo done at ([0-9A-Fa-f]+/[0-9A-Fa-f]+)")
+
+
+def _replayed_segment_end(inst: Instance) -> int | None:
+    """The end of the WAL segment holding the last record replayed (from the server's "redo
+    done at" line), or None if the log does not say."""
+    found = _REDO_DONE.findall(inst.log_tail(200))
+    if not found:
+        return None
+    sizes = {
+        p.stat().st_size
+        for p in (inst.data_dir / "pg_wal").iterdir()
+        if p.is_file() and len(p.name) == 24 and all(c in "0123456789ABCDEF" for c in p.name)
+    }
+    if len(sizes) != 1:
+        return None
+    [size] = sizes
+    done = parse_lsn(found[-1])
+    return (done // size + 1) * size
 
 
 @dataclass
@@ -170,7 +204,7 @@ async def recover(
             try:
                 await wait_for_recovery(inst, ctx, stats, start_lsn, goal_lsn)
             except EngineError as exc:
-                if not _ran_out_before(exc, recovery) or stats.errors:
+                if not _ran_out_before(exc, recovery, inst) or stats.errors:
                     raise
                 # The target lies past the last record in the archive (a window's end is
                 # where the archive ends, not a commit). Every planned log was replayed and
