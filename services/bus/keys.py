@@ -17,21 +17,26 @@ from nats.js.errors import KeyDeletedError, KeyNotFoundError
 from nats.js.kv import KeyValue
 
 
-async def live_keys(kv: KeyValue, prefix: str = "") -> list[str]:
-    """Every key of `kv` under `prefix` whose latest entry is a value, sorted. `prefix` is a
-    plain string prefix ending at a token boundary (`"backup."`), or empty for the whole bucket."""
+async def live_entries(kv: KeyValue, prefix: str = "") -> list[KeyValue.Entry]:
+    """The latest entry of every key of `kv` under `prefix` that holds a value, by key.
+    `prefix` is a plain string prefix ending at a token boundary (`"backup."`), or empty for
+    the whole bucket."""
     raw = cast(Any, kv)  # nats-py keeps the stream's name and subject prefix private
     stream: str = raw._stream
     subject_prefix: str = raw._pre  # "$KV.<bucket>."
     info = await raw._js.stream_info(stream, subjects_filter=f"{subject_prefix}{prefix}>")
     subjects = info.state.subjects or {}
-    keys = []
+    entries = []
     for subject in sorted(subjects):
-        key = subject[len(subject_prefix) :]
         try:
-            entry = await kv.get(key)
+            entry = await kv.get(subject[len(subject_prefix) :])
         except (KeyDeletedError, KeyNotFoundError):
             continue  # a delete or purge marker, or gone since the listing
         if entry.value is not None:
-            keys.append(key)
-    return keys
+            entries.append(entry)
+    return entries
+
+
+async def live_keys(kv: KeyValue, prefix: str = "") -> list[str]:
+    """Every key of `kv` under `prefix` whose latest entry is a value, sorted."""
+    return [entry.key for entry in await live_entries(kv, prefix)]

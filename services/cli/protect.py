@@ -56,9 +56,8 @@ class ProtectRefused(RuntimeError):
 
 def _hosted_target(entry: Protected) -> Any:
     from services.engines.postgres.sql import PgTarget
-    from services.executor.settings import HostedDatabase
 
-    return PgTarget.of(HostedDatabase.model_validate(entry.hosted()))
+    return PgTarget.of(entry.declaration().hosted())
 
 
 async def _sql(target: Any, text: str, **variables: str) -> list[list[str]]:

@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from schemas import DatabaseRef, node_token
 from services.bus import NODES_BUCKET, PLANS_BUCKET
-from services.bus.keys import live_keys
+from services.bus.keys import live_entries, live_keys
 
 log = logging.getLogger("tidemark.planner")
 
@@ -132,19 +132,14 @@ class Nodes:
         return cls(await js.key_value(NODES_BUCKET.name))
 
     async def heartbeats(self) -> list[NodeHeartbeat]:
-        keys = await live_keys(self.kv)
         beats = []
-        for key in keys:
-            try:
-                entry = await self.kv.get(key)
-            except KeyNotFoundError:
-                continue
+        for entry in await live_entries(self.kv):
             if not entry.value:
                 continue
             try:
                 beats.append(NodeHeartbeat.model_validate_json(entry.value))
             except ValidationError as exc:
-                log.warning("ignoring unreadable heartbeat of %s: %s", key, exc)
+                log.warning("ignoring unreadable heartbeat of %s: %s", entry.key, exc)
         return beats
 
     async def hosting(self, uid: str) -> list[NodeHeartbeat]:

@@ -12,7 +12,12 @@ import json
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel
+
+if TYPE_CHECKING:
+    from services.settings.databases import DeclaredDatabase
 
 PROTECTED_FILE = "protected.json"
 
@@ -29,16 +34,6 @@ class Protected:
     socket_dir: str
     os_user: str
     spool_dir: str
-
-    def archived(self) -> dict[str, Any]:
-        return {
-            "uid": self.uid,
-            "engine": "postgres",
-            "name": self.name,
-            "system_id": self.system_id,
-            "spool_dir": self.spool_dir,
-            "pg_wal_dir": str(Path(self.data_dir) / "pg_wal"),
-        }
 
     def declared(self) -> dict[str, Any]:
         """This database as one `[[databases]]` entry."""
@@ -57,19 +52,11 @@ class Protected:
             },
         }
 
-    def hosted(self) -> dict[str, Any]:
-        return {
-            "uid": self.uid,
-            "engine": "postgres",
-            "name": self.name,
-            "system_id": self.system_id,
-            "postgres": {
-                "data_dir": self.data_dir,
-                "port": self.port,
-                "socket_dir": self.socket_dir,
-                "os_user": self.os_user,
-            },
-        }
+    def declaration(self) -> DeclaredDatabase:
+        """The declaration as the settings read it; `hosted()`/`archived()` are its views."""
+        from services.settings.databases import DeclaredDatabase
+
+        return DeclaredDatabase.model_validate(self.declared())
 
 
 def read_protected(state_dir: Path) -> list[Protected]:
@@ -100,23 +87,16 @@ def services_env(state_dir: Path) -> dict[str, str]:
     settings = load_settings()
     mine = {e.uid for e in entries}
     if settings.databases or not (settings.archiver.databases or settings.executor.databases):
-        declared = [
-            d.model_dump(mode="json", exclude_none=True)
-            for d in settings.databases
-            if d.uid not in mine
-        ]
+        declared = [_json(d) for d in settings.databases if d.uid not in mine]
         return {"TIDEMARK_DATABASES": json.dumps(declared + [e.declared() for e in entries])}
-    archived = [
-        d.model_dump(mode="json", exclude_none=True)
-        for d in settings.archiver.databases
-        if d.uid not in mine
-    ]
-    hosted = [
-        d.model_dump(mode="json", exclude_none=True)
-        for d in settings.executor.databases
-        if d.uid not in mine
-    ]
+    archived = [_json(d) for d in settings.archiver.databases if d.uid not in mine]
+    hosted = [_json(d) for d in settings.executor.databases if d.uid not in mine]
+    views = [e.declaration() for e in entries]
     return {
-        "TIDEMARK_ARCHIVER__DATABASES": json.dumps(archived + [e.archived() for e in entries]),
-        "TIDEMARK_EXECUTOR__DATABASES": json.dumps(hosted + [e.hosted() for e in entries]),
+        "TIDEMARK_ARCHIVER__DATABASES": json.dumps(archived + [_json(v.archived()) for v in views]),
+        "TIDEMARK_EXECUTOR__DATABASES": json.dumps(hosted + [_json(v.hosted()) for v in views]),
     }
+
+
+def _json(model: BaseModel) -> dict[str, Any]:
+    return model.model_dump(mode="json", exclude_none=True)

@@ -10,12 +10,12 @@ from typing import Any
 
 import nats
 from nats.aio.client import Client
-from nats.js.errors import BucketNotFoundError, NoKeysError, NotFoundError
+from nats.js.errors import BucketNotFoundError, NotFoundError
 
 from schemas import STREAMS, DeadLetter
 from services.bus import ADVISORY_STREAM, HEALTH_BUCKET
 from services.bus.connection import credential_options
-from services.bus.keys import live_keys
+from services.bus.keys import live_entries
 from services.settings import NatsSettings
 
 
@@ -49,15 +49,13 @@ async def read_health(target: str | NatsSettings) -> dict[str, dict[str, Any]]:
         js = nc.jetstream()
         try:
             kv = await js.key_value(HEALTH_BUCKET.name)
-            keys = await live_keys(kv)
-        except (BucketNotFoundError, NotFoundError, NoKeysError):
+            entries = await live_entries(kv)
+        except (BucketNotFoundError, NotFoundError):
             return {}
         out: dict[str, dict[str, Any]] = {}
-        for key in keys:
-            with contextlib.suppress(Exception):
-                entry = await kv.get(key)
-                if entry.value:
-                    out[key] = json.loads(entry.value)
+        for entry in entries:
+            with contextlib.suppress(ValueError):  # a record that is not JSON is no health
+                out[entry.key] = json.loads(entry.value or b"")
         return out
     finally:
         await nc.close()
