@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: help venv test lint typecheck unit integration e2e demo up status schemas bench bench-archive bench-catalog bench-restore chaos clean
+.PHONY: help venv test lint typecheck unit integration e2e demo up status schemas bench bench-archive bench-catalog bench-migrate bench-restore chaos clean
 
 help:
 	@echo "make demo   - start the embedded stack (NATS, four services) and show it healthy"
@@ -13,6 +13,7 @@ help:
 	@echo "make bench  - benchmarks (ratios against a baseline measured in the same run)"
 	@echo "make bench-archive - WAL archiving vs pgBackRest, barman-cloud and the limits (docs/benchmarks.md)"
 	@echo "make bench-catalog - catalog ingest, queries and rebuild over 1M logs (docs/benchmarks.md)"
+	@echo "make bench-migrate - physical-stream/archive cutover downtime, lost commits, copy vs pg_basebackup (docs/benchmarks.md)"
 	@echo "make bench-restore - restore to the latest point vs pgbackrest restore (docs/benchmarks.md)"
 	@echo "make chaos  - soak under faults (kills, NATS restarts, store errors), checked against ground truth; CHAOS_MINUTES=$(CHAOS_MINUTES) CHAOS_RESTORES=$(CHAOS_RESTORES) (docs/guarantees.md)"
 
@@ -63,6 +64,9 @@ bench-archive: $(STAMP)
 
 bench-catalog: $(STAMP)
 	$(BIN)/python -m bench catalog
+
+bench-migrate: $(STAMP)
+	$(BIN)/python -m bench migrate
 
 bench-restore: $(STAMP)
 	$(BIN)/python -m bench restore

@@ -12,6 +12,7 @@ from collections.abc import Callable
 BENCHMARKS: dict[str, str] = {
     "archive": "bench.archive.run",
     "catalog": "bench.catalog.run",
+    "migrate": "bench.migrate.run",
     "restore": "bench.restore.run",
     "walpush-startup": "bench.walpush_startup",
 }

@@ -1,0 +1,61 @@
+"""`python -m bench migrate`: physical-stream (and physical-archive, when its engine steps exist)
+migrations of a pgbench database under a steady write load, against `pg_basebackup`.
+
+    load the source once ─▶ for each round: [load] baseline pg_basebackup ─▶ build_standby ─▶
+    catch up ─▶ cutover (timed from the fence's start to the first write on the target) ─▶
+    ledger checked ─▶ target dropped, source unfenced ─▶ (physical-archive likewise) ─▶ report
+
+What is measured and how: `rounds.py` (the round), `downtime.py` (downtime and the ledger),
+`source.py` (the data and the load), docs/benchmarks.md (`bench-migrate`).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from bench.migrate import archive_method
+from bench.migrate.report import Results, print_report
+from bench.migrate.rounds import Round, log, stream_run, time_baseline
+from bench.migrate.settings import MigrateBenchSettings, load_settings
+from bench.migrate.source import MIB, loaded_source
+from tests.fixtures.postgres import _subreaper
+
+
+def run(settings: MigrateBenchSettings) -> Results:
+    unavailable = archive_method.unavailable_reason()
+    if unavailable is not None:
+        log(f"physical-archive: {unavailable}")
+    rounds: list[Round] = []
+    log(f"loading pgbench scale {settings.scale}")
+    with loaded_source(settings) as source:
+        log(f"  {source.size_bytes / MIB:.0f} MiB in {source.load_seconds:.0f} s")
+        for number in range(1, settings.rounds + 1):
+            load_average = os.getloadavg()[0]
+            log(f"round {number} of {settings.rounds} (load average {load_average:.2f})")
+            baseline_s, stream = stream_run(source, settings, number, lambda: time_baseline(source))
+            runs = {stream.method: stream}
+            if unavailable is None:
+                archived = archive_method.archive_run(source, settings, number)
+                runs[archived.method] = archived
+            rounds.append(Round(number, load_average, baseline_s, runs))
+        return Results(settings, source.size_bytes, source.load_seconds, rounds, unavailable)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the migration benchmark (`--help` for its settings)."""
+    settings = load_settings(argv)
+    log(
+        f"migration benchmark: pgbench scale {settings.scale}, {settings.rounds} rounds, "
+        f"load pgbench -R {settings.load_tps} + ledger writer"
+    )
+    # pg_ctl start (build_standby, unfence) orphans the postmasters it forks; as their
+    # subreaper we reap them, where this machine's PID 1 may never do it.
+    with _subreaper():
+        results = run(settings)
+    print_report(results)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
