@@ -19,7 +19,7 @@ from typing import Annotated
 
 import typer
 
-from services.cli import guardcmds, infocmds, plannercmds, protect, querycmds
+from services.cli import guardcmds, infocmds, migratecmds, plannercmds, protect, querycmds
 from services.cli.catalogcmds import app as catalog_app
 from services.cli.locate import StateDir, find_state_dir
 from services.cli.output import OutputFormat, OutputOption, emit_json
@@ -233,6 +233,7 @@ plannercmds.register(app)
 guardcmds.register(app)
 protect.register(app)
 infocmds.register(app)
+migratecmds.register(app)
 
 
 def main() -> None:
