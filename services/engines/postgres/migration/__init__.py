@@ -5,6 +5,9 @@
     standby.py     build the target as a streaming standby (pg_basebackup -R, a physical slot)
                    and read the lag from both sides
     cutover.py     fence the source, wait for the final position, promote, verify, unfence
+    archive.py     the `physical-archive` method: the target restored from Tidemark's base
+                   backup and fed by the archive (`restore_command`), and its fence, which
+                   closes the segment holding the final position so the archive holds it
     rollback.py    make the old source follow the new primary (pg_rewind where needed)
 
 Each step is a function of the instances it touches (`PgInstance`: where a cluster lives and
@@ -13,6 +16,15 @@ idempotent, so a step interrupted by a restart is rerun from its start. Everythi
 cluster's OS user over the local socket (peer/trust), as the rest of the PostgreSQL engine does.
 """
 
+from services.engines.postgres.migration.archive import (
+    ArchiveFeed,
+    ArchiveLag,
+    build_from_archive,
+    fence_archived_source,
+    follow_archive,
+    measure_archive_lag,
+    unfence_archived_source,
+)
 from services.engines.postgres.migration.cutover import (
     Fence,
     fence_source,
@@ -27,17 +39,24 @@ from services.engines.postgres.migration.rollback import follow_new_primary
 from services.engines.postgres.migration.standby import Lag, build_standby, measure_lag
 
 __all__ = [
+    "ArchiveFeed",
+    "ArchiveLag",
     "Fence",
     "Lag",
     "MigrationStepError",
     "PgFacts",
     "PgInstance",
+    "build_from_archive",
     "build_standby",
+    "fence_archived_source",
     "fence_source",
+    "follow_archive",
     "follow_new_primary",
     "gather_facts",
+    "measure_archive_lag",
     "measure_lag",
     "promote_target",
+    "unfence_archived_source",
     "unfence_source",
     "verify_positions",
     "wait_replayed",
