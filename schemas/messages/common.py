@@ -41,6 +41,8 @@ class Operation(StrEnum):
     BACKUP = "backup"
     RESTORE = "restore"
     VERIFY = "verify"
+    MIGRATION = "migration"
+    """One step of a migration saga (`migration.<step>`); the result says which."""
 
 
 class Compression(StrEnum):

@@ -10,6 +10,7 @@ from pydantic import Field, StringConstraints
 from schemas._base import NodeName, ObjectKey, StrictModel, UtcDateTime
 from schemas.envelope import Command, Event
 from schemas.messages.common import BackupId, Failure, Operation, Percent, ProgressUnit, Reason
+from schemas.messages.migrations import ConnectionEndpoint
 from schemas.positions import Lineage, Position
 
 Phase = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z_]{0,39}$")]
@@ -37,7 +38,43 @@ class VerifyResult(StrictModel):
     checks: list[Annotated[str, StringConstraints(max_length=200)]] = Field(default_factory=list)
 
 
-JobResult = Annotated[BackupResult | RestoreResult | VerifyResult, Field(discriminator="kind")]
+MigrationStepName = Literal[
+    "preflight", "copy", "lag", "fence", "unfence", "final_sync", "promote", "rewind"
+]
+FactValue = Annotated[str, StringConstraints(max_length=500)]
+
+
+class MigrationStepResult(StrictModel):
+    """What one migration step found or did. Only the fields of its step are set; the saga
+    reads them (`services/planner/migrations.py`). Times are the executor's clock."""
+
+    kind: Literal["migration"] = "migration"
+    step: MigrationStepName
+    facts: dict[Annotated[str, StringConstraints(max_length=64)], FactValue] = Field(
+        default_factory=dict, max_length=64, description="preflight: what the side is"
+    )
+    problems: list[FactValue] = Field(
+        default_factory=list, max_length=32, description="preflight: why it cannot take part"
+    )
+    bytes_copied: int | None = Field(default=None, ge=0)
+    lag_bytes: int | None = Field(default=None, ge=0)
+    lag_seconds: float | None = Field(default=None, ge=0)
+    source_position: Position | None = Field(
+        default=None, description="lag: the source's current position; fence: its final one"
+    )
+    target_position: Position | None = Field(
+        default=None, description="what the target has replayed (or was opened at)"
+    )
+    at: UtcDateTime | None = Field(
+        default=None, description="fence: when it was raised; promote: when writes were accepted"
+    )
+    endpoint: ConnectionEndpoint | None = Field(default=None, description="promote, rewind")
+
+
+JobResult = Annotated[
+    BackupResult | RestoreResult | VerifyResult | MigrationStepResult,
+    Field(discriminator="kind"),
+]
 
 
 class JobAccepted(Event):

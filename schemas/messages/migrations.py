@@ -549,6 +549,7 @@ class _Step(_Migration, Command):
     SIDE: ClassVar[StepSide]
 
     job_id: uuid.UUID
+    source: DatabaseUid = Field(description="the source's uid (also the envelope's database)")
     method: MigrationMethod
     target_instance: TargetInstance
 
@@ -614,6 +615,9 @@ class RunMigrationRewind(_Step):
     SUMMARY: ClassVar[str] = "Rollback: make the old source follow the new primary."
     SIDE: ClassVar[StepSide] = "source"
 
+
+MigrationStep = _Step
+"""Any of the executor's migration steps (the type the engines' `Migrates` takes)."""
 
 MIGRATION_COMMANDS: tuple[type[Command], ...] = (
     RequestMigration,

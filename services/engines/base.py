@@ -1,5 +1,6 @@
 """The engine Protocols: what the executor asks of a database engine, one capability each
-(describe, archiving, backups, restores, verification), and `Engine`, all of them.
+(describe, archiving, backups, restores, verification, migration steps), and `Engine`, the
+first five (`Migrates` is declared by the engines that have migration methods).
 
 An engine runs one operation for one database on this node and reports as it goes through a
 `JobContext`. It returns typed results and raises `EngineError` with a `Failure` when it cannot
@@ -21,6 +22,8 @@ from schemas import Lineage, Position
 from schemas.messages import (
     BackupSpec,
     Failure,
+    MigrationStep,
+    MigrationStepResult,
     RestoreResult,
     RunRestore,
     VerifyResult,
@@ -143,6 +146,23 @@ class Verifies(Protocol):
         scratch_dir: str,
         ctx: JobContext,
     ) -> VerifyResult: ...
+
+
+@runtime_checkable
+class Migrates(Protocol):
+    """The engine half of a migration: one step (`migration.<step>`) of one method, run on the
+    node of the step's side. Steps are idempotent: a step rerun from its start after a restart
+    or a retry finds what its first run did and goes on (ZDM's rule for resumable phases)."""
+
+    async def migration_step(
+        self,
+        db: HostedDatabase,
+        command: MigrationStep,
+        *,
+        store: BlobStore,
+        prefix: str,
+        ctx: JobContext,
+    ) -> MigrationStepResult: ...
 
 
 @runtime_checkable

@@ -27,6 +27,7 @@ from schemas.messages import (
     JobFailed,
     JobResult,
     JobSucceeded,
+    MigrationStep,
     Operation,
     RunBackup,
     RunRestore,
@@ -37,7 +38,7 @@ from services.executor.operations import backup_result, spec_of
 
 __all__ = ["Events", "JobCommand", "backup_result", "event_id", "operation_of"]
 
-JobCommand = RunBackup | RunRestore | RunVerify
+JobCommand = RunBackup | RunRestore | RunVerify | MigrationStep
 
 
 def operation_of(command: JobCommand) -> Operation:
@@ -91,6 +92,7 @@ class Events:
     ) -> list[Envelope[Any]]:
         """The domain event, then `job.succeeded`."""
         domain = self._domain_success(result, finished_at=finished_at, backup=backup)
+        events = [] if domain is None else [self._wrap(domain, finished_at)]
         job = JobSucceeded(
             job_id=self.data.job_id,
             operation=operation_of(self.data),
@@ -98,7 +100,7 @@ class Events:
             started_at=started_at,
             finished_at=finished_at,
         )
-        return [self._wrap(domain, finished_at), self._wrap(job, finished_at)]
+        return [*events, self._wrap(job, finished_at)]
 
     def failed(
         self, failure: Failure, *, finished_at: datetime, interrupted: bool = False
@@ -121,5 +123,5 @@ class Events:
 
     def _domain_success(
         self, result: JobResult, *, finished_at: datetime, backup: BackupOutcome | None
-    ) -> Payload:
+    ) -> Payload | None:
         return spec_of(self.data).completed(self.data, result, finished_at, backup)

@@ -1,6 +1,7 @@
 """The executor's consumers: jobs and cancels for this node, on two durables.
 
     executor-<node>          tm.cmd.executor.<node>.backup|restore|verify   → JobRunner.run
+                             tm.cmd.executor.<node>.migration.<step>.>      → JobRunner.run
     executor-<node>-cancel   tm.cmd.executor.<node>.cancel                  → JobRunner.cancel
 
 Cancels have their own consumer so a node whose job slots are all taken by long backups still
@@ -46,7 +47,12 @@ JOB_ACTIONS = tuple(spec.action for spec in OPERATIONS)
 
 
 def job_subjects(node: str) -> list[str]:
-    return [f"tm.cmd.executor.{node_token(node)}.{action}" for action in JOB_ACTIONS]
+    """One filter per operation; a migration step's subject goes on with its databases."""
+    token = node_token(node)
+    return [
+        f"tm.cmd.executor.{token}.{action}" + (".>" if "." in action else "")
+        for action in JOB_ACTIONS
+    ]
 
 
 def cancel_subject(node: str) -> str:

@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from schemas import Envelope, utcnow
-from schemas.messages import Failure, JobResult, Operation
+from schemas.messages import Failure, JobResult, MigrationStep, Operation
 from services.blobstore import BlobStore
 from services.bus import RetryableError, TerminalError
 from services.engines.base import BackupOutcome, EngineError
@@ -131,10 +131,10 @@ class JobRunner:
     # -- commands -----------------------------------------------------------------------------
 
     async def run(self, message: Envelope[Any], keepalive: KeepAlive) -> None:
-        """Handle one delivery of a RunBackup / RunRestore / RunVerify. Returns when the job's
-        outcome is journaled and published (ack); raises `TerminalError` for a refusal and
-        `RetryableError` when the outcome could not be published yet (nak: the redelivery
-        publishes the recorded events)."""
+        """Handle one delivery of a job command (backup, restore, verify, migration step).
+        Returns when the job's outcome is journaled and published (ack); raises
+        `TerminalError` for a refusal and `RetryableError` when the outcome could not be
+        published yet (nak: the redelivery publishes the recorded events)."""
         command: JobCommand = message.data
         if message.database is None:
             raise TerminalError(
@@ -204,7 +204,7 @@ class JobRunner:
                     self._interrupt(record, "no executor was running the job any more")
                 )
                 return
-        db = self.settings.database(active.database)
+        db = self._hosted(command, active.database)
         if db is None:
             hosted = ", ".join(d.uid for d in self.settings.databases) or "none"
             await self._refuse(
@@ -255,6 +255,16 @@ class JobRunner:
         record = self._record_outcome(active, work, events)
         await self._publish_outcome(record)
 
+    def _hosted(self, command: JobCommand, uid: str) -> HostedDatabase | None:
+        """The database a job runs for: the envelope's. A migration step on the target's side
+        runs for the target when this node declares it, else for the source when the target is
+        built on the source's own node (the engine reads the target from the command)."""
+        if isinstance(command, MigrationStep) and command.SIDE == "target":
+            target = self.settings.database(command.target)
+            if target is not None:
+                return target
+        return self.settings.database(uid)
+
     async def _work(
         self,
         active: _Active,
@@ -263,7 +273,10 @@ class JobRunner:
         command: JobCommand,
         reporter: JobReporter,
     ) -> tuple[JobResult, BackupOutcome | None]:
-        lock = self._locks.setdefault(db.uid, asyncio.Lock())
+        # One job at a time per database; a migration's steps queue per migration instead (the
+        # saga sends one at a time), so a lag reading never waits behind the source's backup.
+        key = f"migration {command.migration_id}" if isinstance(command, MigrationStep) else db.uid
+        lock = self._locks.setdefault(key, asyncio.Lock())
         if lock.locked():
             await reporter.progress("waiting", message=f"another job is running on {db.uid}")
         async with lock:

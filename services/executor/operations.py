@@ -26,17 +26,34 @@ from schemas.messages import (
     BackupVerified,
     Failure,
     JobResult,
+    MigrationStep,
+    MigrationStepResult,
     Operation,
     RestoreCompleted,
     RestoreFailed,
     RestoreResult,
     RunBackup,
+    RunMigrationCopy,
+    RunMigrationFence,
+    RunMigrationFinalSync,
+    RunMigrationLag,
+    RunMigrationPreflight,
+    RunMigrationPromote,
+    RunMigrationRewind,
+    RunMigrationUnfence,
     RunRestore,
     RunVerify,
     VerifyResult,
 )
 from services.blobstore import BlobStore
-from services.engines.base import BackupOutcome, Backups, JobContext, Restores, Verifies
+from services.engines.base import (
+    BackupOutcome,
+    Backups,
+    JobContext,
+    Migrates,
+    Restores,
+    Verifies,
+)
 from services.executor.settings import HostedDatabase
 
 
@@ -58,13 +75,15 @@ class OperationSpec:
     operation: Operation
     command: type[Any]
     action: str
-    """The last token of its subject: `tm.cmd.executor.<node>.<action>`."""
+    """The action tokens of its subject: `tm.cmd.executor.<node>.<action>` (a migration
+    step's subject goes on with its two database tokens: `<action>.<source>.<target>`)."""
     result: type[Any]
     capability: type[Any]
     """The engine Protocol (`engines/base.py`) a driver must satisfy to run it."""
     run: Callable[[Any, HostedDatabase, Any, Call], Awaitable[Outcome]]
-    completed: Callable[[Any, Any, datetime, BackupOutcome | None], Payload]
-    """The domain event of a success, published before `job.succeeded`."""
+    completed: Callable[[Any, Any, datetime, BackupOutcome | None], Payload | None]
+    """The domain event of a success, published before `job.succeeded` (None: there is none;
+    a migration step's result is the saga's to announce)."""
     failed: Callable[[Any, Failure], Payload | None]
     """The domain event of a failure (None: there is none), published before `job.failed`."""
 
@@ -188,6 +207,50 @@ def _verify_failed(command: RunVerify, failure: Failure) -> None:
     return None
 
 
+# -- migration steps ---------------------------------------------------------------------------
+
+
+async def _migration_step(
+    driver: Migrates, db: HostedDatabase, command: MigrationStep, call: Call
+) -> Outcome:
+    result = await driver.migration_step(
+        db, command, store=call.store, prefix=call.prefix, ctx=call.ctx
+    )
+    expected = command.TYPE.removeprefix("migration.")
+    if result.step != expected:
+        raise TypeError(f"the engine answered a {expected} step with a {result.step} result")
+    return result, None
+
+
+def _no_domain_event(*_: Any) -> None:
+    # The planner's migration saga reads the job's result and announces the migration itself.
+    return None
+
+
+def _migration_row(command: type[MigrationStep]) -> OperationSpec:
+    return OperationSpec(
+        Operation.MIGRATION,
+        command,
+        command.TYPE,
+        MigrationStepResult,
+        Migrates,
+        _migration_step,
+        _no_domain_event,
+        _no_domain_event,
+    )
+
+
+MIGRATION_STEP_COMMANDS: tuple[type[MigrationStep], ...] = (
+    RunMigrationPreflight,
+    RunMigrationCopy,
+    RunMigrationLag,
+    RunMigrationFence,
+    RunMigrationUnfence,
+    RunMigrationFinalSync,
+    RunMigrationPromote,
+    RunMigrationRewind,
+)
+
 OPERATIONS: tuple[OperationSpec, ...] = (
     OperationSpec(
         Operation.BACKUP,
@@ -219,6 +282,7 @@ OPERATIONS: tuple[OperationSpec, ...] = (
         _verify_completed,
         _verify_failed,
     ),
+    *(_migration_row(command) for command in MIGRATION_STEP_COMMANDS),
 )
 
 BY_COMMAND: dict[type[Any], OperationSpec] = {spec.command: spec for spec in OPERATIONS}

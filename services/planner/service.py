@@ -8,6 +8,8 @@ drives each as a durable state machine in the `tm_plans` bucket.
     retention.py     every interval          recovery windows enforced in the blob store
     sagas/           the saga machinery every workflow runs on (record, driver, gates, windows)
     restores.py      the restore saga kind; phases.py its phases; locks.py one job per database
+    migrations.py    the migration saga kind, its control commands and status query; its
+                     clock (lag samples, windows, drain deadlines) ticks every tick_s
 
 On start, after the topology exists and before the consumers bind, every non-final saga is
 advanced from its recorded phase (`sagas/driver.py`), then the scheduler and retention loops
@@ -34,6 +36,7 @@ from services.planner.handlers.intake import INTAKE_DURABLE, INTAKE_SUBJECT, Int
 from services.planner.handlers.job_events import EVENT_SUBJECTS, EVENTS_DURABLE, Events
 from services.planner.handlers.queries import serve_queries
 from services.planner.metrics import planner_metrics
+from services.planner.migrations import Migrations
 from services.planner.policies import Policies
 from services.planner.restores import Restores
 from services.planner.retention import Retention
@@ -57,6 +60,7 @@ class PlannerService(Service):
     scheduler: Scheduler | None = field(default=None, init=False)
     retention: Retention | None = field(default=None, init=False)
     restores: Restores | None = field(default=None, init=False)
+    migrations: Migrations | None = field(default=None, init=False)
     verification: Verification | None = field(default=None, init=False)
     queries: MicroService | None = field(default=None, init=False)
     store: BlobStore | None = field(default=None, init=False)
@@ -79,24 +83,41 @@ class PlannerService(Service):
         self.ctx.sagas.register(backups)
         self.restores = Restores(self.ctx)
         self.ctx.sagas.register(self.restores)
+        migrations = self.migrations = Migrations(self.ctx)
+        self.ctx.sagas.register(migrations)
         verification = self.verification = Verification(self.ctx)
         self.ctx.sagas.register(verification)
         await verification.prime()
         planner_metrics().watch(verification.verified)
-        self.intake = Intake(self.ctx, policies, backups, self.restores)
-        self.events = Events(self.ctx, backups, self.restores, verification)
+        self.intake = Intake(self.ctx, policies, backups, self.restores, migrations)
+        self.events = Events(self.ctx, backups, self.restores, verification, migrations)
         self.scheduler = Scheduler(self.ctx, policies, verification.run)
         url = settings.store_url or self.settings.archiver.store_url_for(self.settings.state_dir)
         self.store = open_store(url)
         self.retention = Retention(self.ctx, policies, self.store)
         await self.ctx.sagas.resume_all()
-        self.queries = await serve_queries(self.nc, policies)
+        self.queries = await serve_queries(self.nc, policies, migrations)
         self._stop_loops = asyncio.Event()
-        self._loops = [asyncio.create_task(self.scheduler.run(self._stop_loops), name="scheduler")]
+        self._loops = [
+            asyncio.create_task(self.scheduler.run(self._stop_loops), name="scheduler"),
+            asyncio.create_task(self._migration_clock(migrations), name="migrations"),
+        ]
         if self.run_retention:
             self._loops.append(
                 asyncio.create_task(self.retention.run(self._stop_loops), name="retention")
             )
+
+    async def _migration_clock(self, migrations: Migrations) -> None:
+        """Advance migrations whose wait may be over; every decision is compare-and-set, so
+        replicas ticking together decide the same thing once."""
+        tick = self.settings.planner.tick_s
+        while not self._stop_loops.is_set():
+            try:
+                await migrations.tick()
+            except Exception as exc:  # NATS away for a moment: the next tick tries again
+                log.warning("migration clock: %s", exc)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop_loops.wait(), tick)
 
     def consumers(self, publisher: Publisher) -> Sequence[ConsumerSpec]:
         if self.intake is None or self.events is None:

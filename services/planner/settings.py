@@ -6,6 +6,8 @@ how often it applies retention.
     catchup_grace_s = 3600          # after a restart, a slot missed by less than this still runs
     retention_interval_s = 3600     # retention is applied this often (one replica does it)
     request_timeout_s = 30          # how long PlannerClient waits for accepted/rejected
+    migration_lag_interval_s = 5    # a catching-up migration's lag is measured this often
+    migration_ready_interval_s = 30 # and a ready one's, while it waits for its cutover
     store_url = "gs://archive/tidemark"   # default: the archiver's store
 
 This module imports nothing from `services/` (the settings model imports it).
@@ -44,4 +46,16 @@ class PlannerSettings(BaseModel):
     )
     store_url: str | None = Field(
         default=None, description="blob store retention deletes from; default: the archiver's"
+    )
+    migration_lag_interval_s: float = Field(
+        default=5.0,
+        gt=0,
+        le=3600,
+        description="a catching-up migration measures its lag this often (each is one job)",
+    )
+    migration_ready_interval_s: float = Field(
+        default=30.0,
+        gt=0,
+        le=3600,
+        description="a ready migration waiting for its cutover measures its lag this often",
     )

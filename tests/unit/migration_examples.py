@@ -55,6 +55,7 @@ STEP = {
     "migration_id": MIGRATION,
     "target": TARGET.uid,
     "job_id": JOB,
+    "source": SOURCE.uid,
     "method": MigrationMethod.PHYSICAL_STREAM,
     "target_instance": INSTANCE,
 }

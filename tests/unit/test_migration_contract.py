@@ -115,6 +115,7 @@ def test_every_migration_subject_ends_with_source_then_target() -> None:
         migration_id=MIGRATION,
         target=TARGET.uid,
         job_id=MIGRATION,
+        source=SOURCE.uid,
         method=MigrationMethod.PHYSICAL_STREAM,
         target_instance=INSTANCE,
     )

@@ -4,6 +4,7 @@
     setup_archiving  archive_command = walpush into the database's spool      (archiving.py)
     backup           pg_basebackup streamed into the store in parts, manifest last (basebackup.py)
     restore, verify  delegated to restore.py and verify.py
+    migration_step   one step of a migration method, delegated to migration/steps.py
 
 Construct it the way the executor's registry does, with the executor's settings, plus the
 node's walpush setup for ``setup_archiving``::
@@ -39,6 +40,8 @@ from schemas.messages import (
     BackupKind,
     BackupSpec,
     Compression,
+    MigrationStep,
+    MigrationStepResult,
     RestoreResult,
     RunRestore,
     VerifyResult,
@@ -62,6 +65,7 @@ from services.engines.postgres.manifest import (
     backup_prefix,
     manifest_key,
 )
+from services.engines.postgres.migration.steps import run_step
 from services.engines.postgres.sql import CODE_NOT_POSTGRES, PgTarget, query_row
 from services.engines.settings import EngineSettings, HostedDatabase
 
@@ -275,6 +279,18 @@ class PostgresEngine:
         return await restore(
             db, command, store=store, prefix=prefix, ctx=ctx, settings=self.settings
         )
+
+    async def migration_step(
+        self,
+        db: HostedDatabase,
+        command: MigrationStep,
+        *,
+        store: BlobStore,
+        prefix: str,
+        ctx: JobContext,
+    ) -> MigrationStepResult:
+        """One step of a PostgreSQL migration method (`migration/steps.py`)."""
+        return await run_step(self.settings, db, command, store=store, prefix=prefix, ctx=ctx)
 
     async def verify(
         self,

@@ -6,6 +6,9 @@
     restore.request  the restore saga (restores.py)               accepted at dispatch,
                                                                   ref = restore id
     request.cancel   job.cancel to the node running it            accepted, ref = target id
+    migration.request  the migration saga (migrations.py)         accepted once the preflight
+                                                                  passed, ref = migration id
+    migration.pause|resume|cutover|abort|rollback|cutover_ack     accepted, ref = migration id
 
 Ack policy: a command is acked once its effect is durable in KV/JetStream and it has been
 answered. A refusal (`Refused`) is an answer — `request.rejected` with the reason (and, for a
@@ -21,7 +24,20 @@ import logging
 from typing import Any
 
 from schemas import Envelope
-from schemas.messages import CancelJob, CancelRequest, RequestBackup, RequestRestore, SetPolicy
+from schemas.messages import (
+    AbortMigration,
+    AcknowledgeCutover,
+    CancelJob,
+    CancelRequest,
+    CutoverMigration,
+    PauseMigration,
+    RequestBackup,
+    RequestMigration,
+    RequestRestore,
+    ResumeMigration,
+    RollbackMigration,
+    SetPolicy,
+)
 from services.bus import Delivery, Handler
 from services.planner.backups import Backups
 from services.planner.context import PlannerContext, require_database
@@ -29,6 +45,7 @@ from services.planner.errors import NOT_FOUND, Refusal, Refused
 from services.planner.feasibility import refuse_what_the_engine_cannot
 from services.planner.keys import step_id
 from services.planner.locks import held_lock
+from services.planner.migrations import Migrations
 from services.planner.policies import Policies
 from services.planner.restores import Restores
 
@@ -40,12 +57,18 @@ INTAKE_DURABLE = "planner-intake"
 
 class Intake:
     def __init__(
-        self, ctx: PlannerContext, policies: Policies, backups: Backups, restores: Restores
+        self,
+        ctx: PlannerContext,
+        policies: Policies,
+        backups: Backups,
+        restores: Restores,
+        migrations: Migrations,
     ) -> None:
         self.ctx = ctx
         self.policies = policies
         self.backups = backups
         self.restores = restores
+        self.migrations = migrations
 
     def handlers(self) -> dict[Any, Handler]:
         return {
@@ -53,6 +76,18 @@ class Intake:
             RequestBackup: self._answering(self.on_backup),
             RequestRestore: self._answering(self.on_restore),
             CancelRequest: self._answering(self.on_cancel),
+            RequestMigration: self._answering(self.migrations.request),
+            **{
+                control: self._answering(self.migrations.control)
+                for control in (
+                    PauseMigration,
+                    ResumeMigration,
+                    CutoverMigration,
+                    AbortMigration,
+                    RollbackMigration,
+                    AcknowledgeCutover,
+                )
+            },
         }
 
     def _answering(self, handle: Any) -> Handler:

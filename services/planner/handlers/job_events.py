@@ -2,6 +2,7 @@
 backup that waits for it.
 
     job.accepted / job.progress   → the restore holding the database's lock: running, progress
+    job.* of a migration step     → the migration saga that sent it (by job id)
     job.succeeded / job.failed    → that restore ends, or that backup's lock is released
     backup.completed / .failed    → the backup's lock is released (if the job event was lost)
     restore.completed             → recorded on the restore (and ends it, if first)
@@ -35,6 +36,7 @@ from services.bus import Delivery, Handler
 from services.planner.backups import Backups
 from services.planner.context import PlannerContext
 from services.planner.locks import held_lock
+from services.planner.migrations import Migrations
 from services.planner.restores import Restores
 from services.planner.verification import Verification
 
@@ -55,11 +57,13 @@ class Events:
         backups: Backups,
         restores: Restores,
         verification: Verification,
+        migrations: Migrations,
     ) -> None:
         self.ctx = ctx
         self.backups = backups
         self.restores = restores
         self.verification = verification
+        self.migrations = migrations
 
     def handlers(self) -> dict[Any, Handler]:
         return {
@@ -77,6 +81,9 @@ class Events:
         owner = await self.ctx.sagas.owner_of(event.data.job_id)
         if owner is not None and owner.kind == Restores.kind:
             await self.restores.on_job(event, owner.id)
+            return
+        if owner is not None and owner.kind == Migrations.kind:
+            await self.migrations.on_job(event, owner.id)
             return
         if owner is not None and owner.kind == Verification.kind:
             if isinstance(event.data, JobFailed):

@@ -1,0 +1,369 @@
+"""The executor's migration steps on PostgreSQL: a `migration.<step>` command in, the step's
+functions (standby.py, cutover.py, rollback.py, archive.py) run as the cluster's OS user, a
+`MigrationStepResult` out.
+
+Which clusters a step touches:
+
+- the **source** is a database this node hosts (`[[databases]]`, by the command's `source`);
+- the **target** is the command's `target_instance`: its data directory and port, with the
+  socket directory, binaries and OS user of its own declaration when this node declares the
+  target's uid, else of the source (a target built beside its source, on the source's node).
+
+A source on another node than its target (pg_basebackup over the network, with a replication
+credential) is not a path Tidemark has yet: the preflight says so rather than trying.
+
+Every blocking step runs in a worker thread; a long copy reports its bytes as it goes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
+
+from schemas import Lsn, utcnow
+from schemas.messages import (
+    ConnectionEndpoint,
+    MigrationMethod,
+    MigrationStep,
+    MigrationStepResult,
+    RunMigrationCopy,
+    RunMigrationFence,
+    RunMigrationFinalSync,
+    RunMigrationLag,
+    RunMigrationPreflight,
+    RunMigrationPromote,
+    RunMigrationRewind,
+    RunMigrationUnfence,
+)
+from schemas.positions import parse_lsn
+from services.blobstore import BlobStore
+from services.engines.base import EngineError, JobContext
+from services.engines.postgres.migration.cutover import (
+    FENCE_SETTING,
+    fence_source,
+    promote_target,
+    unfence_source,
+    verify_positions,
+    wait_replayed,
+)
+from services.engines.postgres.migration.instance import MigrationStepError, PgInstance
+from services.engines.postgres.migration.preflight import gather_facts
+from services.engines.postgres.migration.rollback import follow_new_primary
+from services.engines.postgres.migration.standby import build_standby, measure_lag, slot_name
+from services.engines.postgres.sql import PgTarget
+from services.engines.settings import EngineSettings, HostedDatabase
+
+CODE_STEP = "TM-PG-MIGRATION"
+CODE_UNSUPPORTED = "TM-PG-MIGRATION-UNSUPPORTED"
+
+METHODS = frozenset({MigrationMethod.PHYSICAL_STREAM})
+"""The methods whose steps this module runs (physical-archive joins when its steps exist)."""
+
+T = TypeVar("T")
+
+
+def _instance(target: PgTarget, data_dir: Path, port: int) -> PgInstance:
+    return PgInstance(
+        data_dir=data_dir,
+        socket_dir=target.socket_dir,
+        port=port,
+        bindir=target.bindir,
+        user=target.user,
+        role=target.role,
+    )
+
+
+class Sides:
+    """The source and target instances of one step, from the node's declarations."""
+
+    def __init__(
+        self, settings: EngineSettings, db: HostedDatabase, command: MigrationStep
+    ) -> None:
+        self.command = command
+        source = db if db.uid == command.source else settings.database(command.source)
+        self.source_db = source
+        if source is not None and source.postgres is not None:
+            pg = PgTarget.of(source)
+            self.source: PgInstance | None = _instance(pg, source.postgres.data_dir, pg.port)
+        else:
+            self.source = None
+        declared = db if db.uid == command.target else settings.database(command.target)
+        basis = declared if declared is not None and declared.postgres is not None else source
+        self.target: PgInstance | None = None
+        spec = command.target_instance
+        if basis is not None and basis.postgres is not None:
+            pg = PgTarget.of(basis)
+            data_dir = spec.data_dir or (
+                declared.postgres.data_dir if declared is basis and declared.postgres else None
+            )
+            port = spec.port or (
+                declared.postgres.port if declared is basis and declared.postgres else None
+            )
+            if data_dir is not None and port is not None:
+                self.target = _instance(pg, Path(data_dir), port)
+        self.slot = slot_name(str(command.migration_id))
+
+    def need_source(self) -> PgInstance:
+        if self.source is None:
+            raise EngineError.of(
+                f"the source {self.command.source} is not hosted on this node: a target on "
+                "another node than its source is not supported yet",
+                code=CODE_UNSUPPORTED,
+            )
+        return self.source
+
+    def need_target(self) -> PgInstance:
+        if self.target is None:
+            raise EngineError.of(
+                f"target {self.command.target}: a PostgreSQL target needs a data directory and "
+                "a port (target_instance.data_dir/port, or its own declaration on this node)",
+                code=CODE_UNSUPPORTED,
+            )
+        return self.target
+
+
+async def _blocking(fn: Callable[[], T]) -> T:
+    try:
+        return await asyncio.to_thread(fn)
+    except MigrationStepError as exc:
+        raise EngineError.of(exc.reason, code=CODE_STEP, retryable=exc.retryable) from None
+
+
+def _lsn(value: int) -> Lsn:
+    return Lsn(value=value)
+
+
+def _endpoint(node: str, port: int) -> ConnectionEndpoint:
+    host = node if all(c.isalnum() or c in ".-" for c in node) else socket.gethostname()
+    return ConnectionEndpoint(host=host, port=port, database="postgres")
+
+
+async def run_step(
+    settings: EngineSettings,
+    db: HostedDatabase,
+    command: MigrationStep,
+    *,
+    store: BlobStore,
+    prefix: str,
+    ctx: JobContext,
+) -> MigrationStepResult:
+    if command.method not in METHODS:
+        raise EngineError.of(
+            f"the PostgreSQL engine has no {command.method.value} steps yet "
+            f"(it has: {', '.join(sorted(m.value for m in METHODS))})",
+            code=CODE_UNSUPPORTED,
+        )
+    sides = Sides(settings, db, command)
+    if isinstance(command, RunMigrationPreflight):
+        return await _preflight(sides, command)
+    if isinstance(command, RunMigrationCopy):
+        return await _copy(sides, ctx)
+    if isinstance(command, RunMigrationLag):
+        source, target = sides.need_source(), sides.need_target()
+        lag = await _blocking(lambda: measure_lag(source, target, slot=sides.slot))
+        return MigrationStepResult(
+            step="lag",
+            lag_bytes=lag.bytes,
+            lag_seconds=lag.seconds,
+            source_position=_lsn(lag.source_lsn),
+            target_position=_lsn(lag.replayed_lsn),
+        )
+    if isinstance(command, RunMigrationFence):
+        source = sides.need_source()
+        at = utcnow()
+        fence = await _blocking(lambda: fence_source(source))
+        return MigrationStepResult(step="fence", source_position=_lsn(fence.final_lsn), at=at)
+    if isinstance(command, RunMigrationUnfence):
+        await _blocking(lambda: _unfence(sides))
+        return MigrationStepResult(step="unfence")
+    if isinstance(command, RunMigrationFinalSync):
+        target = sides.need_target()
+        final = command.source_final.value
+        replayed = await _blocking(lambda: wait_replayed(target, final))
+        await _blocking(lambda: verify_positions(target, final))
+        return MigrationStepResult(
+            step="final_sync", source_position=command.source_final, target_position=_lsn(replayed)
+        )
+    if isinstance(command, RunMigrationPromote):
+        target = sides.need_target()
+        final = command.source_final.value
+        opened = await _blocking(lambda: promote_target(target, final))
+        return MigrationStepResult(
+            step="promote",
+            source_position=command.source_final,
+            target_position=_lsn(opened),
+            at=utcnow(),
+            facts=await _blocking(lambda: _identity(target)),
+            endpoint=_endpoint(command.target_instance.node, target.port),
+        )
+    if isinstance(command, RunMigrationRewind):
+        return await _rewind(sides, command)
+    raise EngineError.of(f"unknown migration step {command.TYPE}", code=CODE_UNSUPPORTED)
+
+
+def _identity(instance: PgInstance) -> dict[str, str]:
+    row = instance.rows(
+        "SELECT system_identifier, current_setting('server_version_num') FROM pg_control_system()"
+    )[0]
+    return {"system_identifier": row[0], "version_num": row[1]}
+
+
+async def _preflight(sides: Sides, command: RunMigrationPreflight) -> MigrationStepResult:
+    """Facts of one side, and why it cannot take part. Changes nothing."""
+    if command.side == "source":
+        source = sides.need_source()
+        facts = await _blocking(lambda: gather_facts(source))
+        identity = await _blocking(lambda: _identity(source))
+        return MigrationStepResult(
+            step="preflight",
+            facts={
+                **identity,
+                "major": str(facts.major),
+                "size_bytes": str(facts.size_bytes),
+                "encoding": facts.encoding,
+                "collate": facts.collate,
+                "data_checksums": str(facts.data_checksums).lower(),
+                "wal_log_hints": str(facts.wal_log_hints).lower(),
+                "extensions": ",".join(f"{k}={v}" for k, v in sorted(facts.extensions.items())),
+            },
+            problems=facts.problems_as_source(),
+        )
+    return await _blocking(lambda: _target_preflight(sides))
+
+
+def _target_preflight(sides: Sides) -> MigrationStepResult:
+    problems: list[str] = []
+    if sides.source is None:
+        problems.append(
+            f"the source {sides.command.source} is not hosted on the target's node: a target on "
+            "another node than its source is not supported yet"
+        )
+    target = sides.target
+    if target is None:
+        problems.append(
+            "a PostgreSQL target needs a data directory and a port (--data-dir, --port)"
+        )
+        return MigrationStepResult(step="preflight", problems=problems)
+    facts = {"data_dir": str(target.data_dir), "port": str(target.port)}
+    ours = (target.data_dir / "standby.signal").exists() and _follows_slot(target, sides.slot)
+    if target.data_dir.exists() and any(target.data_dir.iterdir()) and not ours:
+        problems.append(
+            f"the target directory {target.data_dir} is not empty; a migration never writes "
+            "over existing files (give an empty or new directory)"
+        )
+    elif not target.data_dir.exists() and not target.data_dir.parent.is_dir():
+        problems.append(f"the target directory's parent {target.data_dir.parent} does not exist")
+    if not ours and _port_in_use(target):
+        problems.append(f"port {target.port} is already in use on this node")
+    if sides.source is not None and sides.source.port == target.port:
+        problems.append("the target's port is the source's")
+    version = target.run("postgres", ["--version"]) if (target.bindir / "postgres").exists() else ""
+    facts["server"] = version.strip()
+    return MigrationStepResult(step="preflight", facts=facts, problems=problems)
+
+
+def _follows_slot(target: PgInstance, slot: str) -> bool:
+    auto = target.data_dir / "postgresql.auto.conf"
+    try:
+        return slot in auto.read_text(encoding="utf-8")
+    except OSError:
+        return False
+
+
+def _port_in_use(target: PgInstance) -> bool:
+    if (target.socket_dir / f".s.PGSQL.{target.port}").exists():
+        return True
+    with socket.socket() as probe:
+        probe.settimeout(0.5)
+        return probe.connect_ex(("127.0.0.1", target.port)) == 0
+
+
+async def _copy(sides: Sides, ctx: JobContext) -> MigrationStepResult:
+    source, target = sides.need_source(), sides.need_target()
+    total = int(
+        await _blocking(lambda: source.value("SELECT sum(pg_database_size(oid)) FROM pg_database"))
+    )
+    await ctx.progress("copying", done=0, total=total, unit="bytes")
+    work = asyncio.create_task(_blocking(lambda: build_standby(source, target, slot=sides.slot)))
+    while not work.done():
+        await asyncio.wait({work}, timeout=1.0)
+        if not work.done():
+            done = await asyncio.to_thread(_size_of, target.data_dir)
+            await ctx.progress("copying", done=done, total=max(total, done), unit="bytes")
+    copied = await work
+    await ctx.progress("copying", done=copied, total=max(total, copied), unit="bytes")
+    return MigrationStepResult(step="copy", bytes_copied=copied)
+
+
+def _size_of(path: Path) -> int:
+    total = 0
+    for child in path.rglob("*"):
+        with contextlib.suppress(OSError):
+            if child.is_file():
+                total += child.stat().st_size
+    return total
+
+
+def _unfence(sides: Sides) -> None:
+    """Abort before the point of no return: the source serves as before, the migration's slot
+    is dropped (it would keep the source's WAL forever), and a target standby on this node is
+    stopped (its directory is kept: nothing is deleted)."""
+    source = sides.need_source()
+    target = sides.target
+    if target is not None and target.is_running():
+        if target.value("SELECT pg_is_in_recovery()") != "t":
+            raise MigrationStepError(
+                "the target accepts writes (it was promoted): unfencing the source now would "
+                "make two writable primaries; roll back instead"
+            )
+        target.pg_ctl("stop", "-m", "fast")
+    if not source.is_running() or source.value(f"SHOW {FENCE_SETTING}") == "on":
+        unfence_source(source)
+    source.rows(
+        "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots "
+        "WHERE slot_name = :'slot' AND NOT active",
+        {"slot": sides.slot},
+    )
+
+
+async def _rewind(sides: Sides, command: RunMigrationRewind) -> MigrationStepResult:
+    """Rollback after the point of no return, as a second switchover: the old source follows
+    the new primary (pg_rewind where its history diverged) and catches up with every commit
+    the target took; then the target is fenced, the old source replays through the target's
+    final position and is promoted, and the target follows it in turn. Rerunnable from any
+    point: each part finds what an earlier run did."""
+    old, new = sides.need_source(), sides.need_target()
+    slot = (sides.slot + "_back")[:63]
+
+    def primary(instance: PgInstance) -> bool:
+        return instance.is_running() and instance.value("SELECT pg_is_in_recovery()") == "f"
+
+    def switch_back() -> tuple[int | None, int]:
+        final: int | None = None
+        if not primary(old):
+            follow_new_primary(old, new, slot=slot)
+            fence = fence_source(new)
+            final = fence.final_lsn
+            wait_replayed(old, final)
+            promote_target(old, final)
+        elif primary(new):
+            raise MigrationStepError(
+                "both the old source and the target accept writes: two primaries; stop one and "
+                "decide which side's commits to keep"
+            )
+        follow_new_primary(new, old)
+        return final, parse_lsn(old.value("SELECT pg_current_wal_lsn()"))
+
+    final, position = await _blocking(switch_back)
+    return MigrationStepResult(
+        step="rewind",
+        source_position=_lsn(position),
+        target_position=None if final is None else _lsn(final),
+        at=utcnow(),
+        endpoint=_endpoint(command.target_instance.node, old.port),
+        facts={"target_following": "true"},
+    )
