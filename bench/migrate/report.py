@@ -8,11 +8,11 @@ import os
 import statistics
 from dataclasses import dataclass
 
+from bench.migrate.archive_method import ARCHIVE
 from bench.migrate.rounds import STREAM, MethodRun, Round
 from bench.migrate.settings import MigrateBenchSettings
 from bench.migrate.source import MIB
 
-ARCHIVE = "physical-archive"
 DOWNTIME_TARGET_S = 5.0
 COPY_RATIO_TARGET = 1.1
 
@@ -44,10 +44,12 @@ def _round_line(r: Round) -> str:
     parts.append(f"pg_basebackup {r.baseline_s:.2f} s")
     for run in r.runs.values():
         c = run.cutover
-        lag = "" if run.lag_at_fence is None else f"; lag at the fence {run.lag_at_fence}"
+        note = f"; {run.note}" if run.note else ""
         parts.append(
-            f"{run.method}: copy {run.copy_s:.2f} s ({run.copied_bytes / MIB:.0f} MiB), "
-            f"catch-up {run.catch_up_s:.2f} s{lag}; from the fence's start: fenced "
+            f"{run.method}: copy {run.copy_s:.2f} s ({run.copied_bytes / MIB:.0f} MiB, the "
+            f"target's start {run.start_s:.2f} s of it), "
+            f"catch-up {run.catch_up_s:.2f} s; lag at the fence {run.lag_at_fence}{note}; from the "
+            "fence's start: fenced "
             f"{c.fenced_s:.2f} s, replayed {c.replayed_s:.2f} s, promoted {c.promoted_s:.2f} s, "
             f"first write {c.downtime_s:.3f} s; ledger: {c.acked} commits acknowledged "
             f"({run.ledger_rate:.0f}/s) "

@@ -11,12 +11,13 @@ What is measured and how: `rounds.py` (the round), `downtime.py` (downtime and t
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 
 from bench.migrate import archive_method
 from bench.migrate.report import Results, print_report
-from bench.migrate.rounds import Round, log, stream_run, time_baseline
+from bench.migrate.rounds import STREAM, Round, log, stream_run, time_baseline
 from bench.migrate.settings import MigrateBenchSettings, load_settings
 from bench.migrate.source import MIB, loaded_source
 from tests.fixtures.postgres import _subreaper
@@ -28,15 +29,22 @@ def run(settings: MigrateBenchSettings) -> Results:
         log(f"physical-archive: {unavailable}")
     rounds: list[Round] = []
     log(f"loading pgbench scale {settings.scale}")
-    with loaded_source(settings) as source:
+    with loaded_source(settings) as source, contextlib.ExitStack() as stack:
         log(f"  {source.size_bytes / MIB:.0f} MiB in {source.load_seconds:.0f} s")
+        archiving = None
+        if unavailable is None:
+            timeout = settings.archive_timeout_s
+            log(f"archiving the source through Tidemark (archive_timeout {timeout} s)")
+            archiving = stack.enter_context(archive_method.archiving_source(source, settings))
         for number in range(1, settings.rounds + 1):
             load_average = os.getloadavg()[0]
             log(f"round {number} of {settings.rounds} (load average {load_average:.2f})")
+            log(f"  {STREAM}")
             baseline_s, stream = stream_run(source, settings, number, lambda: time_baseline(source))
             runs = {stream.method: stream}
-            if unavailable is None:
-                archived = archive_method.archive_run(source, settings, number)
+            if archiving is not None:
+                log(f"  {archive_method.ARCHIVE}")
+                archived = archive_method.archive_run(source, archiving, settings, number)
                 runs[archived.method] = archived
             rounds.append(Round(number, load_average, baseline_s, runs))
         return Results(settings, source.size_bytes, source.load_seconds, rounds, unavailable)

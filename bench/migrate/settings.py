@@ -26,6 +26,10 @@ class MigrateBenchSettings:
     """Seconds the caught-up standby streams under the load before the cutover starts."""
     shared_buffers: str
     """The source's (and so the target's): what the fence's shutdown checkpoint may flush."""
+    archive_timeout_s: int
+    """The source's `archive_timeout` while it archives (physical-archive measured): how long
+    a segment may stay incomplete, so unarchived (it bounds that method's lag, not its
+    cutover, whose fence closes the last segment itself)."""
 
 
 @dataclass(frozen=True)
@@ -45,6 +49,7 @@ _KNOBS = (
     _Knob("load_tps", 200, "pgbench -R: the steady write load, transactions per second"),
     _Knob("steady_s", 5.0, "seconds streaming under load between catch-up and cutover"),
     _Knob("shared_buffers", "128MB", "the source's shared_buffers"),
+    _Knob("archive_timeout_s", 5, "the source's archive_timeout while it archives"),
 )
 
 
@@ -61,7 +66,7 @@ def load_settings(argv: Sequence[str] | None = None) -> MigrateBenchSettings:
         )
     args = parser.parse_args(argv)
     settings = MigrateBenchSettings(**vars(args))
-    for name in ("scale", "rounds", "load_tps"):
+    for name in ("scale", "rounds", "load_tps", "archive_timeout_s"):
         if getattr(settings, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
     if settings.steady_s < 0:
