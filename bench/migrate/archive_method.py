@@ -39,6 +39,7 @@ from services.engines.postgres.archiving import WalPushArchiving
 from services.engines.postgres.engine import PostgresEngine
 from services.engines.postgres.migration import PgInstance
 from services.engines.postgres.migration.cutover import promote_target, wait_replayed
+from services.engines.postgres.spool import Spool
 from services.engines.settings import HostedDatabase, PostgresInstance
 from services.stack.natsserver import NatsServer
 from tests.integration.migration_rig import empty_target, ids_on
@@ -78,6 +79,29 @@ class Archiving:
     store_url: str
     db: HostedDatabase
     engine: PostgresEngine
+    spool: Spool
+
+
+def wait_drained(source: Source, archiving: Archiving, timeout: float = 3600.0) -> float:
+    """Until everything the source wrote is archived and uploaded: no segment waits for
+    `archive_command`, none waits in the spool. Returns the seconds waited.
+
+    A backlog being uploaded would share the machine with whatever the next round times (the
+    load's WAL, kept while `archive_command` was empty, arrives all at once at the setup)."""
+    started = time.monotonic()
+    source.cluster.psql("SELECT pg_switch_wal()")
+    deadline = started + timeout
+    while True:
+        ready = int(
+            source.cluster.psql(
+                "SELECT count(*) FROM pg_ls_archive_statusdir() WHERE name LIKE '%.ready'"
+            )
+        )
+        if ready == 0 and not archiving.spool.ready_files():
+            return time.monotonic() - started
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"archive backlog not drained in {timeout:g} s")
+        time.sleep(0.5)
 
 
 @contextlib.contextmanager
@@ -126,7 +150,9 @@ def archiving_source(source: Source, settings: MigrateBenchSettings) -> Iterator
             },
         )
         archiver.start()
-        yield Archiving(store_url, db, engine)
+        archiving = Archiving(store_url, db, engine, Spool(spool))
+        log(f"  the archive backlog drained in {wait_drained(source, archiving):.1f} s")
+        yield archiving
         archiver.check_alive()
     finally:
         if archiver is not None and archiver.proc is not None:
@@ -196,6 +222,7 @@ async def _archive_run(
             prefix=PREFIX,
             ctx=PhaseClock("base backup"),
         )
+        await asyncio.to_thread(wait_drained, source, archiving)
         with (
             steady_load(source, settings.load_tps) as load,
             empty_target(source.cluster) as empty,

@@ -37,6 +37,9 @@ def run(settings: MigrateBenchSettings) -> Results:
             log(f"archiving the source through Tidemark (archive_timeout {timeout} s)")
             archiving = stack.enter_context(archive_method.archiving_source(source, settings))
         for number in range(1, settings.rounds + 1):
+            if archiving is not None:
+                waited = archive_method.wait_drained(source, archiving)
+                log(f"round {number}: the archive backlog drained in {waited:.1f} s")
             load_average = os.getloadavg()[0]
             log(f"round {number} of {settings.rounds} (load average {load_average:.2f})")
             log(f"  {STREAM}")
