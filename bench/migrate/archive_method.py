@@ -33,13 +33,15 @@ from bench.migrate.rounds import MethodRun, catch_up, log, timed_start
 from bench.migrate.settings import MigrateBenchSettings
 from bench.migrate.source import Source, steady_load
 from bench.restore.ours import PhaseClock
+from schemas import Timeline
 from schemas.messages import BackupSpec
 from services.blobstore import open_store
+from services.blobstore.layout import log_key
 from services.engines.postgres.archiving import WalPushArchiving
 from services.engines.postgres.engine import PostgresEngine
+from services.engines.postgres.fetchserver import THREAD
 from services.engines.postgres.migration import PgInstance
 from services.engines.postgres.migration.cutover import promote_target, wait_replayed
-from services.engines.postgres.spool import Spool
 from services.engines.settings import HostedDatabase, PostgresInstance
 from services.stack.natsserver import NatsServer
 from tests.integration.migration_rig import empty_target, ids_on
@@ -79,29 +81,35 @@ class Archiving:
     store_url: str
     db: HostedDatabase
     engine: PostgresEngine
-    spool: Spool
 
 
 def wait_drained(source: Source, archiving: Archiving, timeout: float = 3600.0) -> float:
-    """Until everything the source wrote is archived and uploaded: no segment waits for
-    `archive_command`, none waits in the spool. Returns the seconds waited.
+    """Until everything the source wrote is in the store: the current segment is closed, and
+    the store holds it (walpush took it and the archiver uploaded it; the archiver uploads in
+    order, so every earlier segment is there too). Returns the seconds waited.
 
     A backlog being uploaded would share the machine with whatever the next round times (the
-    load's WAL, kept while `archive_command` was empty, arrives all at once at the setup)."""
+    load's WAL, kept while `archive_command` was empty, arrives all at once at the setup). The
+    spool's `ready/` is no measure: its files are released only once a catalog has indexed
+    them, and no catalog runs here."""
     started = time.monotonic()
-    source.cluster.psql("SELECT pg_switch_wal()")
+    segment = source.cluster.psql("SELECT pg_walfile_name(pg_switch_wal())")
+    timeline = Timeline(id=int(segment[:8], 16))
+    key = log_key(PREFIX, DATABASE_UID, timeline, THREAD, segment)
     deadline = started + timeout
-    while True:
-        ready = int(
-            source.cluster.psql(
-                "SELECT count(*) FROM pg_ls_archive_statusdir() WHERE name LIKE '%.ready'"
-            )
-        )
-        if ready == 0 and not archiving.spool.ready_files():
-            return time.monotonic() - started
+    while not asyncio.run(_stored(archiving.store_url, key)):
         if time.monotonic() > deadline:
-            raise TimeoutError(f"archive backlog not drained in {timeout:g} s")
+            raise TimeoutError(f"{segment} not in the store after {timeout:g} s")
         time.sleep(0.5)
+    return time.monotonic() - started
+
+
+async def _stored(store_url: str, key: str) -> bool:
+    store = open_store(store_url)
+    try:
+        return any([info.key == key async for info in store.list(key)])
+    finally:
+        await store.close()
 
 
 @contextlib.contextmanager
@@ -150,7 +158,7 @@ def archiving_source(source: Source, settings: MigrateBenchSettings) -> Iterator
             },
         )
         archiver.start()
-        archiving = Archiving(store_url, db, engine, Spool(spool))
+        archiving = Archiving(store_url, db, engine)
         log(f"  the archive backlog drained in {wait_drained(source, archiving):.1f} s")
         yield archiving
         archiver.check_alive()

@@ -1,4 +1,5 @@
-"""One round: the baseline copy, then a migration per method, each back to a serving source.
+"""A round's baseline copy and its physical-stream migration, back to a serving source (the
+physical-archive migration that follows it is `archive_method.py`'s).
 
     [load starts] ─▶ [timed] pg_basebackup into an empty directory (removed) ─▶ [timed]
     build_standby ─▶ catch up ─▶ stream `steady_s` ─▶ [timed] fence → replay → promote → first
