@@ -151,10 +151,10 @@ def stream_run(
                 f"  build_standby: {copy_s:.2f} s ({copied / (1 << 20):.0f} MiB; "
                 f"the target's start {start_s:.2f} s of it)"
             )
-            # Untimed. build_standby keeps the source's archive_command on the copy: promoted, the
-            # target would archive its new timeline into the *source's* archive (walpush into the
-            # source's spool), and the next physical-archive round would restore onto a timeline
-            # forked from before its backup. Not the benchmark's to fix; it must not spill over.
+            # Untimed. The copy carries the source's archive_command: promoted, the target would
+            # archive its new timeline into the *source's* archive (walpush into its spool), and
+            # the next physical-archive round would restore onto a timeline forked before its
+            # base backup. Whatever build_standby writes, one method must not spill into another.
             target.rows("ALTER SYSTEM SET archive_command = ''")
             target.rows("SELECT pg_reload_conf()")
             caught_up = catch_up(source.instance, target)
