@@ -46,7 +46,7 @@ from typing import Any, ClassVar
 
 from pydantic import Field
 
-from schemas import DatabaseRef, Envelope, Payload
+from schemas import DatabaseRef, Envelope, Payload, uuid7
 from schemas.messages import (
     AbortMigration,
     AcknowledgeCutover,
@@ -389,7 +389,7 @@ class Migrations:
         if phase is P.VALIDATING:
             return await self._validating(record)
         if phase is P.PREPARING:
-            return self._done(record, {})
+            return await self._done(record, {})
         if phase is P.COPYING:
             copied = await self._need(record, "copy", RunMigrationCopy, record.target_node)
             if not isinstance(copied, MigrationStepResult):
@@ -397,7 +397,7 @@ class Migrations:
             progress = record.progress.model_copy(
                 update={"bytes_copied": copied.bytes_copied, "bytes_total": copied.bytes_copied}
             )
-            return self._done(record, {"progress": progress})
+            return await self._done(record, {"progress": progress})
         if phase is P.CATCHING_UP:
             return await self._catching_up(record)
         if phase is P.READY:
@@ -408,16 +408,27 @@ class Migrations:
             return await self._verifying(record)
         return Idle()
 
-    def _done(self, record: MigrationRecord, changes: dict[str, Any]) -> Outcome:
-        """The phase's work is done: move on, or pause first if asked to pause after it."""
+    async def _done(self, record: MigrationRecord, changes: dict[str, Any]) -> Outcome:
+        """The phase's work is done: move on, or pause first if asked to pause after it (the
+        paused state is announced here: a paused saga takes no step until resumed)."""
         after = _next_phase(record.phase)
         if record.pause_point is record.phase and record.paused_for is not record.phase:
+            paused = record.model_copy(
+                update={
+                    **changes,
+                    "paused": True,
+                    "paused_for": record.phase,
+                    "visits": self._visit(record, f"paused after {record.phase}"),
+                }
+            )
+            await self._announce_phase(paused)
             return Update(
                 {
                     **changes,
                     "paused": True,
                     "paused_for": record.phase,
-                    "visits": self._visit(record, f"paused after {record.phase}"),
+                    "visits": paused.visits,
+                    "announced": f"{record.phase}/{record.step}/True",
                 }
             )
         assert after is not None
@@ -472,7 +483,7 @@ class Migrations:
             return Update({"accepted": True})
         size = int(source.facts.get("size_bytes", "0") or 0)
         progress = record.progress.model_copy(update={"bytes_total": size or None})
-        return self._done(record, {"progress": progress})
+        return await self._done(record, {"progress": progress})
 
     async def _lag(self, record: MigrationRecord) -> MigrationStepResult | Outcome:
         got = await self._need(record, "lag", RunMigrationLag, record.target_node)
@@ -535,7 +546,7 @@ class Migrations:
                 ),
                 "ready",
             )
-            return self._done(record, changes)
+            return await self._done(record, changes)
         interval = timedelta(seconds=self.settings.migration_lag_interval_s)
         return Wait(
             f"{self._lag_text(record, lag)}; under budget for "
@@ -656,7 +667,7 @@ class Migrations:
         )
         if not isinstance(promoted, MigrationStepResult):
             return promoted
-        return self._done(record, {})
+        return await self._done(record, {})
 
     def _next_step(self, record: MigrationRecord, step: CutoverStep, message: str) -> Outcome:
         return Update({"step": step, "visits": self._visit(record, message, step=step)})
@@ -742,7 +753,7 @@ class Migrations:
             return Update(
                 {"failing": Failure(reason="parity: " + "; ".join(problems), code=CODE_PARITY)}
             )
-        return self._done(record, {})
+        return await self._done(record, {})
 
     # -- abort, failure, rollback --------------------------------------------------------------
 
@@ -1179,7 +1190,7 @@ class Migrations:
                 message=message[:500],
             ),
             record.source,
-            message_id=uuid.uuid4(),
+            message_id=uuid7(),
             correlation_id=record.correlation_id,
             causation_id=event_id or record.command_id,
         )

@@ -64,9 +64,11 @@ def build_standby(source: PgInstance, target: PgInstance, *, slot: str) -> int:
         args.append("-C")
     source.run("pg_basebackup", args, timeout=6 * 3600)
     # The copy carries the source's settings; the target's own port and socket win (last).
+    # It never archives into the source's archive: the new primary is protected as itself.
     with (target.data_dir / "postgresql.auto.conf").open("a", encoding="utf-8") as conf:
         conf.write(
             f"port = {target.port}\nunix_socket_directories = {_quote(str(target.socket_dir))}\n"
+            "archive_mode = off\n"
         )
     size = sum(p.stat().st_size for p in target.data_dir.rglob("*") if p.is_file())
     target.start()

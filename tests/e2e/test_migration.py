@@ -1,0 +1,439 @@
+"""Migration through the whole stack on real PostgreSQL: a platform tool asks the planner, the
+saga drives the executor's steps, and a writer keeps a ledger of every commit the source (and
+then the target) acknowledged.
+
+One stack (nats-server + planner, executor, archiver, catalog as child processes) serves the
+module, with two real PostgreSQL clusters hosted by its executor; each migration builds its
+target beside its source, in a fresh directory. What each test proves:
+- bad requests are rejected with the reason before anything changes;
+- abort before the cutover leaves the source serving (and its slot dropped);
+- the cutover loses no acknowledged commit, accepts none on the source after the target took
+  writes, reports its downtime, and the planner survives a SIGKILL while catching up;
+- rollback after the point of no return brings the old source back with the target's commits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import tempfile
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_asyncio
+
+from schemas import DatabaseRef, Engine, Envelope, utcnow
+from schemas.messages import (
+    AbortMigration,
+    CutoverMigration,
+    CutoverWindow,
+    LagBudget,
+    MigrationCompleted,
+    MigrationFailed,
+    MigrationMethod,
+    MigrationPhase,
+    MigrationPhaseChanged,
+    MigrationReady,
+    MigrationRolledBack,
+    MigrationStatusReply,
+    MigrationStatusRequest,
+    MigrationView,
+    RequestAccepted,
+    RequestMigration,
+    RequestRejected,
+    ResumeMigration,
+    RollbackMigration,
+    TargetInstance,
+)
+from services.demo.cluster import free_port
+from services.engines.postgres.oscmd import chown_to
+from tests.e2e.pitr_stack import PitrStack, Protected, StackFailed, protect
+from tests.integration.migration_rig import Writer
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
+
+KEEP = os.environ.get("TIDEMARK_E2E_KEEP") == "1"
+NODE = "e2e-pitr"
+
+
+def _trust_local(db: Protected) -> None:
+    """The test's writer connects as root over the socket: trust local connections (the
+    clusters listen on no TCP port). The target copies this file with the data."""
+    hba = db.cluster.data_dir / "pg_hba.conf"
+    hba.write_text("local all all trust\n" + hba.read_text(encoding="utf-8"), encoding="utf-8")
+    db.cluster.psql("SELECT pg_reload_conf()")
+    db.cluster.psql("CREATE TABLE IF NOT EXISTS ledger (id bigint PRIMARY KEY)")
+
+
+def _dsn(socket_dir: Path, port: int) -> str:
+    return f"host={socket_dir} port={port} user=postgres dbname=postgres"
+
+
+@pytest.fixture(scope="module")
+def root() -> Iterator[Path]:
+    path = Path(tempfile.mkdtemp(prefix="tm-e2e-mig-", dir="/var/tmp"))
+    os.chmod(path, 0o711)  # noqa: S103 (the database OS user traverses it)
+    try:
+        yield path
+    finally:
+        if KEEP:
+            print(f"kept {path}")
+        else:
+            shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest_asyncio.fixture(scope="module")
+async def stack(root: Path) -> AsyncIterator[PitrStack]:
+    dbs = [protect(root, "mig-a"), protect(root, "mig-b")]
+    env = {
+        "TIDEMARK_PLANNER__MIGRATION_LAG_INTERVAL_S": "0.3",
+        "TIDEMARK_PLANNER__MIGRATION_READY_INTERVAL_S": "1",
+        "TIDEMARK_PLANNER__TICK_S": "0.2",
+    }
+    try:
+        for db in dbs:
+            _trust_local(db)
+        started = await PitrStack.start(root, dbs, extra_env=env)
+    except BaseException:
+        for db in dbs:
+            with contextlib.suppress(Exception):
+                db.cluster.stop()
+        raise
+    try:
+        yield started
+    finally:
+        for target in sorted(root.glob("*-new*/data")):
+            with contextlib.suppress(Exception):
+                _stop(target)
+        await started.close()
+
+
+def _stop(data_dir: Path) -> None:
+    from services.engines.postgres.oscmd import database_os_user, pg_bindir, run_as
+
+    if (data_dir / "postmaster.pid").exists():
+        run_as(
+            database_os_user(),
+            [pg_bindir() / "pg_ctl", "-D", data_dir, "-m", "immediate", "stop"],
+            cwd=data_dir.parent,
+            timeout=60,
+        )
+
+
+def _db(stack: PitrStack, uid: str) -> Protected:
+    return next(d for d in stack.dbs if d.uid == uid)
+
+
+def _target_dir(root: Path, name: str) -> Path:
+    parent = root / name
+    parent.mkdir(mode=0o700)
+    chown_to(parent, _user())
+    return parent / "data"
+
+
+def _user() -> Any:
+    from services.engines.postgres.oscmd import database_os_user
+
+    return database_os_user()
+
+
+def _request(
+    target_uid: str,
+    data_dir: Path,
+    port: int,
+    **changes: Any,
+) -> RequestMigration:
+    fields: dict[str, Any] = {
+        "migration_id": uuid.uuid4(),
+        "target_instance": TargetInstance(
+            database=DatabaseRef(uid=target_uid, engine=Engine.POSTGRES, name=target_uid),
+            node=NODE,
+            data_dir=str(data_dir),
+            port=port,
+        ),
+        "method": MigrationMethod.PHYSICAL_STREAM,
+        "downtime_budget_s": 30.0,
+        "lag": LagBudget(max_bytes=16 << 20, hold_s=1.0),
+        "reason": "e2e",
+    }
+    fields.update(changes)
+    return RequestMigration(**fields)
+
+
+async def _ask(stack: PitrStack, payload: Any, db: Protected) -> RequestAccepted:
+    answer = await stack.planner.request(payload, db.ref)
+    if isinstance(answer, RequestRejected):
+        raise StackFailed(f"the planner refused {payload.TYPE}: {answer.code} {answer.reason}")
+    return answer
+
+
+async def _wait(
+    stack: PitrStack,
+    mark: int,
+    match: Callable[[Any], bool],
+    what: str,
+    timeout: float = 180.0,
+) -> Envelope[Any]:
+    """The first event since `mark` that `match`es, of the migration `mark` was taken for;
+    a `migration.failed` of it ends the wait with its reason."""
+    migration_id = MARKED[mark]
+
+    def ours(event: Envelope[Any]) -> bool:
+        return getattr(event.data, "migration_id", None) == migration_id
+
+    def failed(event: Envelope[Any]) -> bool:
+        return isinstance(event.data, MigrationFailed)
+
+    found = await stack.recorder.wait_for(
+        lambda e: ours(e) and (match(e.data) or failed(e)), since=mark, timeout=timeout, what=what
+    )
+    if isinstance(found.data, MigrationFailed) and not match(found.data):
+        raise StackFailed(f"the migration failed while waiting for {what}: {found.data.failure}")
+    return found
+
+
+async def _status(stack: PitrStack, migration_id: uuid.UUID) -> MigrationView:
+    asked = MigrationStatusRequest(migration_id=migration_id)
+    reply = await stack.nc.request(
+        "tm.qry.planner.migration", asked.model_dump_json().encode(), timeout=10
+    )
+    views = MigrationStatusReply.model_validate_json(reply.data).migrations
+    assert len(views) == 1, views
+    return views[0]
+
+
+MARKED: dict[int, uuid.UUID] = {}
+
+
+def _mark(stack: PitrStack, request: RequestMigration) -> int:
+    mark = stack.recorder.mark()
+    MARKED[mark] = request.migration_id
+    return mark
+
+
+async def _status_until(
+    stack: PitrStack, migration_id: uuid.UUID, holds: Callable[[MigrationView], bool], what: str
+) -> MigrationView:
+    deadline = time.monotonic() + 60
+    while True:
+        view = await _status(stack, migration_id)
+        if holds(view):
+            return view
+        if time.monotonic() > deadline:
+            raise StackFailed(f"the migration's status never showed {what}: {view}")
+        await asyncio.sleep(0.2)
+
+
+def _phase(migration_id: uuid.UUID, phase: MigrationPhase) -> Callable[[Any], bool]:
+    return lambda d: (
+        isinstance(d, MigrationPhaseChanged) and d.migration_id == migration_id and d.phase is phase
+    )
+
+
+def _ids(db_socket: Path, port: int) -> set[int]:
+    import psycopg
+
+    with psycopg.connect(_dsn(db_socket, port), autocommit=True) as conn:
+        return {row[0] for row in conn.execute("SELECT id FROM ledger").fetchall()}
+
+
+# -- tests ------------------------------------------------------------------------------------
+
+
+async def test_bad_requests_are_rejected_with_the_reason_before_anything_changes(
+    stack: PitrStack, root: Path
+) -> None:
+    db = _db(stack, "mig-a")
+    data_dir = _target_dir(root, "bad-new")
+    cases: list[tuple[RequestMigration, DatabaseRef, str]] = [
+        (
+            _request("ghost-new", data_dir, free_port()),
+            DatabaseRef(uid="ghost", engine=Engine.POSTGRES, name="ghost"),
+            "unknown source database 'ghost'",
+        ),
+        (_request("mig-a", data_dir, free_port()), db.ref, "source and target are the same"),
+        (
+            _request("mig-b", data_dir, free_port()),
+            db.ref,
+            "already a database an executor hosts",
+        ),
+        (
+            _request(
+                "mig-a-new",
+                data_dir,
+                free_port(),
+                windows=[
+                    CutoverWindow(
+                        start=utcnow() - timedelta(hours=2), end=utcnow() - timedelta(hours=1)
+                    )
+                ],
+            ),
+            db.ref,
+            "every cutover window is in the past",
+        ),
+        (
+            _request("mig-a-new", data_dir, free_port(), method=MigrationMethod.DUMP),
+            db.ref,
+            "not built yet",
+        ),
+    ]
+    for request, source, reason in cases:
+        answer = await stack.planner.request(request, source)
+        assert isinstance(answer, RequestRejected), (reason, answer)
+        assert reason in answer.reason, answer.reason
+    # A target directory that is not empty: refused by the preflight, nothing written to it.
+    data_dir.mkdir(mode=0o700)
+    (data_dir / "precious.txt").write_text("not ours", encoding="utf-8")
+    answer = await stack.planner.request(_request("mig-a-new", data_dir, free_port()), db.ref)
+    assert isinstance(answer, RequestRejected), answer
+    assert "is not empty" in answer.reason, answer.reason
+    assert [p.name for p in data_dir.iterdir()] == ["precious.txt"]
+    # A lag budget that cannot be met within the downtime budget never reaches the planner.
+    with pytest.raises(ValueError, match="exceeds the downtime budget"):
+        _request("x", data_dir, 1, lag=LagBudget(max_seconds=60), downtime_budget_s=10)
+
+
+async def test_abort_before_the_cutover_leaves_the_source_serving_and_drops_its_slot(
+    stack: PitrStack, root: Path
+) -> None:
+    db = _db(stack, "mig-a")
+    data_dir = _target_dir(root, "abort-new")
+    request = _request("mig-a-new", data_dir, free_port())
+    mark = _mark(stack, request)
+    await _ask(stack, request, db)
+    await _wait(stack, mark, lambda d: isinstance(d, MigrationReady), "migration.ready")
+    view = await _status_until(
+        stack,
+        request.migration_id,
+        lambda v: "waiting for a cutover command" in (v.waiting or ""),
+        "a wait for the cutover command",
+    )
+    assert view.phase is MigrationPhase.READY
+    assert (view.progress.bytes_copied or 0) > 1 << 20
+    await _ask(stack, AbortMigration(migration_id=request.migration_id, target="mig-a-new"), db)
+    await _wait(stack, mark, _phase(request.migration_id, MigrationPhase.ABORTED), "aborted")
+    db.cluster.psql("INSERT INTO ledger (id) VALUES (-1)")
+    assert db.cluster.psql("SELECT count(*) FROM pg_replication_slots") == "0"
+    assert db.cluster.psql("SHOW default_transaction_read_only") == "off"
+    assert (data_dir / "PG_VERSION").exists()  # the copy is kept, never deleted
+    assert not (data_dir / "postmaster.pid").exists()  # but its server is stopped
+    view = await _status(stack, request.migration_id)
+    phases = [v.phase for v in view.history]
+    assert phases[0] is MigrationPhase.VALIDATING
+    assert phases[-1] is MigrationPhase.ABORTED
+    assert MigrationPhase.CUTTING_OVER not in phases
+
+
+async def test_the_cutover_loses_no_commit_and_survives_a_planner_killed_while_catching_up(
+    stack: PitrStack, root: Path
+) -> None:
+    db = _db(stack, "mig-a")
+    data_dir = _target_dir(root, "a-new")
+    port = free_port()
+    request = _request("mig-a-new2", data_dir, port, lag=LagBudget(max_bytes=16 << 20, hold_s=3))
+    writer = Writer(_dsn(db.cluster.base, db.cluster.port), start_id=1).start()
+    defiant = Writer(_dsn(db.cluster.base, db.cluster.port), defiant=True, start_id=2).start()
+    try:
+        mark = _mark(stack, request)
+        await _ask(stack, request, db)
+        await _wait(
+            stack, mark, _phase(request.migration_id, MigrationPhase.CATCHING_UP), "catching_up"
+        )
+        old = stack.kill("planner")
+        await stack.wait_restarted("planner", old)
+        await _wait(stack, mark, lambda d: isinstance(d, MigrationReady), "migration.ready")
+        assert len(writer.acked) > 10, "the writer wrote nothing while the target was copied"
+        await _ask(
+            stack, CutoverMigration(migration_id=request.migration_id, target="mig-a-new2"), db
+        )
+        done = await _wait(
+            stack, mark, lambda d: isinstance(d, MigrationCompleted), "migration.completed"
+        )
+    finally:
+        writer.stop()
+        defiant.stop()
+    completed: MigrationCompleted = done.data
+    acked = set(writer.acked) | set(defiant.acked)
+    on_target = _ids(db.cluster.base, port)
+    assert acked <= on_target, f"lost {len(acked - on_target)} acknowledged commits"
+    wall = time.time() - time.monotonic()
+    writable = completed.target_writable_at.timestamp()
+    late = [i for w in (writer, defiant) for i, at in w.acked.items() if at + wall > writable]
+    assert late == [], f"the source acknowledged {late} after the target accepted writes"
+    assert 0 < completed.downtime_s < request.downtime_budget_s
+    assert completed.target_final > completed.source_final
+    assert completed.endpoint.port == port
+    print(f"physical-stream cutover downtime {completed.downtime_s:.2f} s, {len(acked)} commits")
+    view = await _status(stack, request.migration_id)
+    assert view.phase is MigrationPhase.COMPLETED
+    assert view.point_of_no_return_passed
+    steps = [v.step for v in view.history if v.step is not None]
+    assert [s.value for s in steps] == [
+        "drain",
+        "fence_source",
+        "final_sync",
+        "verify_positions",
+        "open_target",
+    ]
+    assert view.downtime_estimate_s == pytest.approx(completed.downtime_s)
+
+
+async def test_rollback_after_the_point_of_no_return_brings_back_the_old_source_with_every_commit(
+    stack: PitrStack, root: Path
+) -> None:
+    db = _db(stack, "mig-b")
+    data_dir = _target_dir(root, "b-new")
+    port = free_port()
+    request = _request("mig-b-new", data_dir, port, pause_after=MigrationPhase.VERIFYING)
+    source_dsn = _dsn(db.cluster.base, db.cluster.port)
+    before = Writer(source_dsn, start_id=1).start()
+    mark = _mark(stack, request)
+    try:
+        await _ask(stack, request, db)
+        await _wait(stack, mark, lambda d: isinstance(d, MigrationReady), "migration.ready")
+        await _ask(
+            stack, CutoverMigration(migration_id=request.migration_id, target="mig-b-new"), db
+        )
+        await _wait(
+            stack,
+            mark,
+            lambda d: (
+                isinstance(d, MigrationPhaseChanged)
+                and d.phase is MigrationPhase.VERIFYING
+                and d.paused
+            ),
+            "paused after verifying",
+        )
+    finally:
+        before.stop()
+    view = await _status(stack, request.migration_id)
+    assert view.paused
+    assert view.point_of_no_return_passed
+    after = Writer(_dsn(db.cluster.base, port), start_id=100_001).start()
+    time.sleep(1.0)
+    after.stop()
+    assert len(after.acked) > 5
+    with pytest.raises(StackFailed, match="point of no return"):
+        await _ask(stack, AbortMigration(migration_id=request.migration_id, target="mig-b-new"), db)
+    await _ask(stack, RollbackMigration(migration_id=request.migration_id, target="mig-b-new"), db)
+    done = await _wait(
+        stack, mark, lambda d: isinstance(d, MigrationRolledBack), "migration.rolled_back"
+    )
+    back: MigrationRolledBack = done.data
+    assert back.target_following
+    assert back.endpoint.port == db.cluster.port
+    on_source = _ids(db.cluster.base, db.cluster.port)
+    missing = (set(before.acked) | set(after.acked)) - on_source
+    assert not missing, f"{len(missing)} acknowledged commits are not on the old source"
+    db.cluster.psql("INSERT INTO ledger (id) VALUES (-2)")  # the old source takes writes again
+    with pytest.raises(StackFailed, match="already rolled_back"):
+        await _ask(
+            stack, ResumeMigration(migration_id=request.migration_id, target="mig-b-new"), db
+        )
