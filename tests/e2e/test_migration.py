@@ -427,7 +427,9 @@ async def test_rollback_after_the_point_of_no_return_brings_back_the_old_source_
         stack, mark, lambda d: isinstance(d, MigrationRolledBack), "migration.rolled_back"
     )
     back: MigrationRolledBack = done.data
-    assert back.target_following
+    assert not back.target_following  # the target is stopped, its directory kept
+    assert not (data_dir / "postmaster.pid").exists()
+    assert (data_dir / "PG_VERSION").exists()
     assert back.endpoint.port == db.cluster.port
     on_source = _ids(db.cluster.base, db.cluster.port)
     missing = (set(before.acked) | set(after.acked)) - on_source

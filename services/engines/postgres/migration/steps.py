@@ -333,9 +333,10 @@ def _unfence(sides: Sides) -> None:
 async def _rewind(sides: Sides, command: RunMigrationRewind) -> MigrationStepResult:
     """Rollback after the point of no return, as a second switchover: the old source follows
     the new primary (pg_rewind where its history diverged) and catches up with every commit
-    the target took; then the target is fenced, the old source replays through the target's
-    final position and is promoted, and the target follows it in turn. Rerunnable from any
-    point: each part finds what an earlier run did."""
+    the target took; then the target is fenced (stopped cleanly, its directory kept), and the
+    old source replays through the target's final position and is promoted. Rerunnable from
+    any point: each part finds what an earlier run did. The target is left stopped rather
+    than made to follow the old source again: a second migration builds a fresh one."""
     old, new = sides.need_source(), sides.need_target()
     slot = (sides.slot + "_back")[:63]
 
@@ -355,7 +356,6 @@ async def _rewind(sides: Sides, command: RunMigrationRewind) -> MigrationStepRes
                 "both the old source and the target accept writes: two primaries; stop one and "
                 "decide which side's commits to keep"
             )
-        follow_new_primary(new, old)
         return final, parse_lsn(old.value("SELECT pg_current_wal_lsn()"))
 
     final, position = await _blocking(switch_back)
@@ -365,5 +365,5 @@ async def _rewind(sides: Sides, command: RunMigrationRewind) -> MigrationStepRes
         target_position=None if final is None else _lsn(final),
         at=utcnow(),
         endpoint=_endpoint(command.target_instance.node, old.port),
-        facts={"target_following": "true"},
+        facts={"target_following": "false"},
     )
