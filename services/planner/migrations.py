@@ -126,7 +126,9 @@ CODE_PARITY = "TM-MIG-PARITY"
 CODE_WINDOW = "TM-MIG-WINDOW-PASSED"
 CODE_DRAIN = "TM-MIG-DRAIN"
 
-METHODS_BUILT: frozenset[MigrationMethod] = frozenset({MigrationMethod.PHYSICAL_STREAM})
+METHODS_BUILT: frozenset[MigrationMethod] = frozenset(
+    {MigrationMethod.PHYSICAL_STREAM, MigrationMethod.PHYSICAL_ARCHIVE}
+)
 """The methods the saga can run today; the others are refused at intake with the reason."""
 
 STEP_ATTEMPTS = 5

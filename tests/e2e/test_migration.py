@@ -91,7 +91,7 @@ def root() -> Iterator[Path]:
 
 @pytest_asyncio.fixture(scope="module")
 async def stack(root: Path) -> AsyncIterator[PitrStack]:
-    dbs = [protect(root, "mig-a"), protect(root, "mig-b")]
+    dbs = [protect(root, "mig-a"), protect(root, "mig-b"), protect(root, "mig-c")]
     env = {
         "TIDEMARK_PLANNER__MIGRATION_LAG_INTERVAL_S": "0.3",
         "TIDEMARK_PLANNER__MIGRATION_READY_INTERVAL_S": "1",
@@ -438,4 +438,43 @@ async def test_rollback_after_the_point_of_no_return_brings_back_the_old_source_
     with pytest.raises(StackFailed, match="already rolled_back"):
         await _ask(
             stack, ResumeMigration(migration_id=request.migration_id, target="mig-b-new"), db
+        )
+
+
+async def test_physical_archive_builds_the_target_from_the_bucket_and_loses_no_commit(
+    stack: PitrStack, root: Path
+) -> None:
+    db = _db(stack, "mig-c")
+    await stack.backup(db)
+    data_dir = _target_dir(root, "c-new")
+    port = free_port()
+    request = _request(
+        "mig-c-new",
+        data_dir,
+        port,
+        method=MigrationMethod.PHYSICAL_ARCHIVE,
+        lag=LagBudget(max_bytes=48 << 20, hold_s=1.0),
+    )
+    writer = Writer(_dsn(db.cluster.base, db.cluster.port), start_id=1).start()
+    try:
+        mark = _mark(stack, request)
+        await _ask(stack, request, db)
+        await _wait(stack, mark, lambda d: isinstance(d, MigrationReady), "migration.ready")
+        await _ask(
+            stack, CutoverMigration(migration_id=request.migration_id, target="mig-c-new"), db
+        )
+        done = await _wait(
+            stack, mark, lambda d: isinstance(d, MigrationCompleted), "migration.completed"
+        )
+    finally:
+        writer.stop()
+    completed: MigrationCompleted = done.data
+    on_target = _ids(db.cluster.base, port)
+    assert len(writer.acked) > 10
+    assert set(writer.acked) <= on_target, f"lost {len(set(writer.acked) - on_target)} commits"
+    assert 0 < completed.downtime_s < request.downtime_budget_s
+    print(f"physical-archive cutover downtime {completed.downtime_s:.2f} s")
+    with pytest.raises(StackFailed, match="keeps no way back|already completed"):
+        await _ask(
+            stack, RollbackMigration(migration_id=request.migration_id, target="mig-c-new"), db
         )

@@ -42,6 +42,15 @@ from schemas.messages import (
 from schemas.positions import parse_lsn
 from services.blobstore import BlobStore
 from services.engines.base import EngineError, JobContext
+from services.engines.postgres.migration.archive import (
+    ArchiveFeed,
+    build_from_archive,
+    fence_archived_source,
+    follow_archive,
+    latest_base_backup,
+    measure_archive_lag,
+    unfence_archived_source,
+)
 from services.engines.postgres.migration.cutover import (
     FENCE_SETTING,
     fence_source,
@@ -60,8 +69,61 @@ from services.engines.settings import EngineSettings, HostedDatabase
 CODE_STEP = "TM-PG-MIGRATION"
 CODE_UNSUPPORTED = "TM-PG-MIGRATION-UNSUPPORTED"
 
-METHODS = frozenset({MigrationMethod.PHYSICAL_STREAM})
-"""The methods whose steps this module runs (physical-archive joins when its steps exist)."""
+STREAM = MigrationMethod.PHYSICAL_STREAM
+ARCHIVE = MigrationMethod.PHYSICAL_ARCHIVE
+METHODS = frozenset({STREAM, ARCHIVE})
+"""The methods whose steps this module runs."""
+
+REPLICATION_ONLY = ("replication", "wal_senders", "slots")
+"""Preflight problems that matter only when the target streams from the source."""
+
+
+class ArchiveFeeds:
+    """The fetch servers of this node's `physical-archive` targets, one per migration, each
+    held open by its own task from the copy to the promote (or the abort), across jobs. After an
+    executor restart the next step opens it again (`follow_archive` re-attaches the target)."""
+
+    def __init__(self) -> None:
+        self._feeds: dict[str, tuple[asyncio.Task[None], asyncio.Event, ArchiveFeed]] = {}
+
+    async def ensure(
+        self, target: PgInstance, *, store: BlobStore, prefix: str, uid: str, migration: str
+    ) -> ArchiveFeed:
+        held = self._feeds.get(migration)
+        if held is not None and not held[0].done():
+            return held[2]
+        ready: asyncio.Future[ArchiveFeed] = asyncio.get_running_loop().create_future()
+        stop = asyncio.Event()
+
+        async def hold() -> None:
+            try:
+                async with follow_archive(
+                    target, store=store, prefix=prefix, uid=uid, migration=migration
+                ) as feed:
+                    ready.set_result(feed)
+                    await stop.wait()
+            except BaseException as exc:
+                if not ready.done():
+                    ready.set_exception(exc)
+                raise
+
+        task = asyncio.create_task(hold(), name=f"archive feed {migration}")
+        feed = await ready
+        self._feeds[migration] = (task, stop, feed)
+        return feed
+
+    async def close(self, migration: str) -> None:
+        held = self._feeds.pop(migration, None)
+        if held is None:
+            return
+        task, stop, _ = held
+        stop.set()
+        with contextlib.suppress(Exception):
+            await task
+
+
+FEEDS = ArchiveFeeds()
+"""This process's feeds (the engine has one instance per node; so has this)."""
 
 T = TypeVar("T")
 
@@ -158,8 +220,10 @@ async def run_step(
             code=CODE_UNSUPPORTED,
         )
     sides = Sides(settings, db, command)
+    if command.method is ARCHIVE and not isinstance(command, RunMigrationPreflight):
+        return await _archive_step(sides, command, store=store, prefix=prefix, ctx=ctx)
     if isinstance(command, RunMigrationPreflight):
-        return await _preflight(sides, command)
+        return await _preflight(sides, command, store=store, prefix=prefix)
     if isinstance(command, RunMigrationCopy):
         return await _copy(sides, ctx)
     if isinstance(command, RunMigrationLag):
@@ -205,6 +269,106 @@ async def run_step(
     raise EngineError.of(f"unknown migration step {command.TYPE}", code=CODE_UNSUPPORTED)
 
 
+async def _archive_step(
+    sides: Sides,
+    command: MigrationStep,
+    *,
+    store: BlobStore,
+    prefix: str,
+    ctx: JobContext,
+) -> MigrationStepResult:
+    """A `physical-archive` step: the target fed by the archive through this node's feed."""
+    migration = str(command.migration_id)
+
+    async def feed() -> ArchiveFeed:
+        target = sides.need_target()
+        return await FEEDS.ensure(
+            target, store=store, prefix=prefix, uid=command.source, migration=migration
+        )
+
+    if isinstance(command, RunMigrationCopy):
+        source_db = sides.source_db
+        if source_db is None:
+            sides.need_source()
+        assert source_db is not None
+        target = sides.need_target()
+        try:
+            copied = await build_from_archive(
+                source_db, target, await feed(), store=store, prefix=prefix, ctx=ctx
+            )
+        except MigrationStepError as exc:
+            raise EngineError.of(exc.reason, code=CODE_STEP, retryable=exc.retryable) from None
+        return MigrationStepResult(step="copy", bytes_copied=copied)
+    if isinstance(command, RunMigrationLag):
+        target = sides.need_target()
+        await feed()
+        try:
+            lag = await measure_archive_lag(
+                target, store=store, prefix=prefix, uid=command.source, source=sides.source
+            )
+        except MigrationStepError as exc:
+            raise EngineError.of(exc.reason, code=CODE_STEP, retryable=True) from None
+        return MigrationStepResult(
+            step="lag",
+            lag_bytes=lag.bytes,
+            lag_seconds=lag.seconds,
+            source_position=_lsn(
+                lag.source_lsn if lag.source_lsn is not None else lag.archived_lsn
+            ),
+            target_position=_lsn(lag.replayed_lsn),
+        )
+    if isinstance(command, RunMigrationFence):
+        source = sides.need_source()
+        at = utcnow()
+        fence = await _blocking(lambda: fence_archived_source(source))
+        return MigrationStepResult(step="fence", source_position=_lsn(fence.final_lsn), at=at)
+    if isinstance(command, RunMigrationUnfence):
+        source = sides.need_source()
+        standby = sides.target
+
+        def undo() -> None:
+            if standby is not None and standby.is_running():
+                if standby.value("SELECT pg_is_in_recovery()") != "t":
+                    raise MigrationStepError(
+                        "the target accepts writes (it was promoted): unfencing the source now "
+                        "would make two writable primaries"
+                    )
+                standby.pg_ctl("stop", "-m", "fast")
+            unfence_archived_source(source)
+
+        await _blocking(undo)
+        await FEEDS.close(migration)
+        return MigrationStepResult(step="unfence")
+    if isinstance(command, RunMigrationFinalSync):
+        target = sides.need_target()
+        await feed()
+        final = command.source_final.value
+        replayed = await _blocking(lambda: wait_replayed(target, final))
+        await _blocking(lambda: verify_positions(target, final))
+        return MigrationStepResult(
+            step="final_sync", source_position=command.source_final, target_position=_lsn(replayed)
+        )
+    if isinstance(command, RunMigrationPromote):
+        target = sides.need_target()
+        await feed()
+        final = command.source_final.value
+        opened = await _blocking(lambda: promote_target(target, final))
+        at = utcnow()
+        await FEEDS.close(migration)
+        return MigrationStepResult(
+            step="promote",
+            source_position=command.source_final,
+            target_position=_lsn(opened),
+            at=at,
+            facts=await _blocking(lambda: _identity(target)),
+            endpoint=_endpoint(command.target_instance.node, target.port),
+        )
+    raise EngineError.of(
+        f"physical-archive has no {command.TYPE} step: it keeps no way back after the cutover",
+        code=CODE_UNSUPPORTED,
+    )
+
+
 def _identity(instance: PgInstance) -> dict[str, str]:
     row = instance.rows(
         "SELECT system_identifier, current_setting('server_version_num') FROM pg_control_system()"
@@ -212,12 +376,27 @@ def _identity(instance: PgInstance) -> dict[str, str]:
     return {"system_identifier": row[0], "version_num": row[1]}
 
 
-async def _preflight(sides: Sides, command: RunMigrationPreflight) -> MigrationStepResult:
+async def _preflight(
+    sides: Sides, command: RunMigrationPreflight, *, store: BlobStore, prefix: str
+) -> MigrationStepResult:
     """Facts of one side, and why it cannot take part. Changes nothing."""
     if command.side == "source":
         source = sides.need_source()
         facts = await _blocking(lambda: gather_facts(source))
         identity = await _blocking(lambda: _identity(source))
+        problems = facts.problems_as_source()
+        if command.method is ARCHIVE:
+            problems = [p for p in problems if not any(w in p for w in REPLICATION_ONLY)]
+            assert sides.source_db is not None
+            try:
+                base = await latest_base_backup(store, prefix, sides.source_db)
+            except EngineError as exc:
+                problems.append(
+                    "physical-archive starts from a base backup in the archive: "
+                    + exc.failure.reason
+                )
+            else:
+                identity["base_backup"] = base.backup.backup_id
         return MigrationStepResult(
             step="preflight",
             facts={
@@ -230,7 +409,7 @@ async def _preflight(sides: Sides, command: RunMigrationPreflight) -> MigrationS
                 "wal_log_hints": str(facts.wal_log_hints).lower(),
                 "extensions": ",".join(f"{k}={v}" for k, v in sorted(facts.extensions.items())),
             },
-            problems=facts.problems_as_source(),
+            problems=problems,
         )
     return await _blocking(lambda: _target_preflight(sides))
 
