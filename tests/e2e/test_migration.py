@@ -32,8 +32,12 @@ import pytest_asyncio
 from schemas import DatabaseRef, Engine, Envelope, utcnow
 from schemas.messages import (
     AbortMigration,
+    AcknowledgeCutover,
     CutoverMigration,
+    CutoverStarting,
     CutoverWindow,
+    JobFailed,
+    JobProgress,
     LagBudget,
     MigrationCompleted,
     MigrationFailed,
@@ -50,6 +54,7 @@ from schemas.messages import (
     RequestRejected,
     ResumeMigration,
     RollbackMigration,
+    RunMigrationCopy,
     TargetInstance,
 )
 from services.demo.cluster import free_port
@@ -91,7 +96,7 @@ def root() -> Iterator[Path]:
 
 @pytest_asyncio.fixture(scope="module")
 async def stack(root: Path) -> AsyncIterator[PitrStack]:
-    dbs = [protect(root, "mig-a"), protect(root, "mig-b"), protect(root, "mig-c")]
+    dbs = [protect(root, uid) for uid in ("mig-a", "mig-b", "mig-c", "mig-d", "mig-e")]
     env = {
         "TIDEMARK_PLANNER__MIGRATION_LAG_INTERVAL_S": "0.3",
         "TIDEMARK_PLANNER__MIGRATION_READY_INTERVAL_S": "1",
@@ -474,7 +479,114 @@ async def test_physical_archive_builds_the_target_from_the_bucket_and_loses_no_c
     assert set(writer.acked) <= on_target, f"lost {len(set(writer.acked) - on_target)} commits"
     assert 0 < completed.downtime_s < request.downtime_budget_s
     print(f"physical-archive cutover downtime {completed.downtime_s:.2f} s")
-    with pytest.raises(StackFailed, match="keeps no way back|already completed"):
+    with pytest.raises(StackFailed, match=r"keeps no way back|already completed"):
         await _ask(
             stack, RollbackMigration(migration_id=request.migration_id, target="mig-c-new"), db
         )
+
+
+async def test_an_executor_killed_during_the_copy_copies_again_from_a_clean_directory(
+    stack: PitrStack, root: Path
+) -> None:
+    db = _db(stack, "mig-d")
+    # About 150 MB, so the copy lasts long enough to kill the executor in the middle of it.
+    db.cluster.psql(
+        "CREATE TABLE bulk AS SELECT g AS id, repeat(md5(g::text), 30) AS pad "
+        "FROM generate_series(1, 150000) g"
+    )
+    data_dir = _target_dir(root, "d-new")
+    port = free_port()
+    request = _request("mig-d-new", data_dir, port)
+    writer = Writer(_dsn(db.cluster.base, db.cluster.port), start_id=1).start()
+    try:
+        mark = _mark(stack, request)
+        await _ask(stack, request, db)
+        copying = await stack.recorder.wait_for(
+            lambda e: (
+                isinstance(e.data, RunMigrationCopy) and e.data.migration_id == request.migration_id
+            ),
+            since=mark,
+            timeout=60,
+            what="the copy step",
+        )
+        await stack.recorder.wait_for(
+            lambda e: isinstance(e.data, JobProgress) and e.data.job_id == copying.data.job_id,
+            since=mark,
+            timeout=60,
+            what="the copy's first progress",
+        )
+        old = stack.kill("executor")
+        await stack.wait_restarted("executor", old)
+        await _wait(stack, mark, lambda d: isinstance(d, MigrationReady), "migration.ready")
+        await _ask(
+            stack, CutoverMigration(migration_id=request.migration_id, target="mig-d-new"), db
+        )
+        await _wait(stack, mark, lambda d: isinstance(d, MigrationCompleted), "completed")
+    finally:
+        writer.stop()
+    copies = {
+        e.data.job_id
+        for e in stack.recorder.since(mark)
+        if isinstance(e.data, RunMigrationCopy) and e.data.migration_id == request.migration_id
+    }
+    assert len(copies) == 2, "the interrupted copy was not run again as a new attempt"
+    interrupted = [
+        e.data
+        for e in stack.recorder.since(mark)
+        if isinstance(e.data, JobFailed) and e.data.job_id == copying.data.job_id
+    ]
+    assert interrupted
+    assert interrupted[0].interrupted
+    assert set(writer.acked) <= _ids(db.cluster.base, port)
+    assert _count(db, port) == 150000
+    assert not data_dir.with_name(".data.tidemark-copy").exists()
+
+
+def _count(db: Protected, port: int) -> int:
+    return int(db.cluster.psql("SELECT count(*) FROM bulk", port=port))
+
+
+async def test_a_window_waits_and_participants_drain_before_the_fence(
+    stack: PitrStack, root: Path
+) -> None:
+    db = _db(stack, "mig-e")
+    data_dir = _target_dir(root, "e-new")
+    opens = utcnow() + timedelta(seconds=12)
+    window = CutoverWindow(start=opens, end=opens + timedelta(minutes=10))
+    request = _request(
+        "mig-e-new",
+        data_dir,
+        free_port(),
+        windows=[window],
+        participants=["app-tier"],
+        ack_timeout_s=30.0,
+    )
+    mark = _mark(stack, request)
+    await _ask(stack, request, db)
+    await _wait(stack, mark, lambda d: isinstance(d, MigrationReady), "migration.ready")
+    view = await _status_until(
+        stack,
+        request.migration_id,
+        lambda v: "outside its cutover windows" in (v.waiting or ""),
+        "a wait for the window",
+    )
+    assert view.phase is MigrationPhase.READY
+    # The first call to drain is refused: the cutover is abandoned and nothing is fenced.
+    first = await _wait(
+        stack, mark, lambda d: isinstance(d, CutoverStarting), "cutover_starting", timeout=60
+    )
+    assert utcnow() >= opens
+    ack = AcknowledgeCutover(
+        migration_id=request.migration_id, target="mig-e-new", participant="app-tier"
+    )
+    await _ask(stack, ack.model_copy(update={"ready": False, "message": "batch running"}), db)
+    again = _mark(stack, request)
+    await _wait(stack, again, lambda d: isinstance(d, CutoverStarting), "a second cutover_starting")
+    db.cluster.psql("INSERT INTO ledger (id) VALUES (-5)")  # still serving: never fenced
+    await _ask(stack, ack, db)
+    done = await _wait(stack, mark, lambda d: isinstance(d, MigrationCompleted), "completed")
+    completed: MigrationCompleted = done.data
+    assert completed.fenced_at >= opens
+    assert completed.fenced_at > first.occurred_at
+    view = await _status(stack, request.migration_id)
+    assert any("refused to drain" in v.message for v in view.history), view.history

@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import re
+import shutil
+import signal
+import time
 from dataclasses import dataclass
+from pathlib import Path
 
 from schemas.positions import format_lsn, parse_lsn
 from services.engines.postgres.migration.instance import MigrationStepError, PgInstance
@@ -21,15 +27,54 @@ def _quote(value: str) -> str:
     return "'" + value.replace("\\", "\\\\").replace("'", "''") + "'"
 
 
+def copy_mark(target: PgInstance) -> Path:
+    """Beside the target's directory while a copy runs: which migration's copy it is. A copy
+    interrupted by a crash leaves it, so the rerun knows the half-written files are its own."""
+    return target.data_dir.with_name(f".{target.data_dir.name}.tidemark-copy")
+
+
+def _stop_orphans(data_dir: Path) -> None:
+    """Kill a pg_basebackup still writing into `data_dir` (its executor was killed under it)."""
+    wanted = str(data_dir).encode()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if argv and argv[0].endswith(b"pg_basebackup") and wanted in argv:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(entry.name), signal.SIGKILL)
+            deadline = time.monotonic() + 10
+            while entry.exists() and time.monotonic() < deadline:
+                time.sleep(0.05)
+
+
+def _clear(data_dir: Path) -> None:
+    for child in data_dir.iterdir():
+        if child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child)
+        else:
+            child.unlink()
+
+
 def build_standby(source: PgInstance, target: PgInstance, *, slot: str) -> int:
     """Copy the source into the target's empty data directory as a standby and start it.
 
-    Rerunnable: a target that already runs as a standby of the slot is left alone; a slot left
-    by an interrupted copy is reused (pg_basebackup -C would fail on it). Returns the bytes copied.
+    Rerunnable: a target that already runs as a standby of the slot is left alone; a copy this
+    migration left half-done (its mark names the slot) is stopped, cleared and made again; a
+    slot left by an interrupted copy is reused (pg_basebackup -C would fail on it). Any other
+    non-empty directory is refused, never emptied. Returns the bytes copied.
     """
     if not SLOT_PATTERN.fullmatch(slot):
         raise ValueError(f"not a slot name: {slot!r}")
-    if (target.data_dir / "PG_VERSION").exists():
+    mark = copy_mark(target)
+    ours = mark.exists() and mark.read_text(encoding="utf-8").strip() == slot
+    if ours and target.data_dir.exists():
+        _stop_orphans(target.data_dir)
+        _clear(target.data_dir)
+    elif (target.data_dir / "PG_VERSION").exists():
         if (target.data_dir / "standby.signal").exists():
             target.start()
             return 0
@@ -37,10 +82,9 @@ def build_standby(source: PgInstance, target: PgInstance, *, slot: str) -> int:
             f"{target.data_dir} already holds a cluster that is not this migration's standby; "
             "refusing to overwrite it"
         )
-    if target.data_dir.exists() and any(target.data_dir.iterdir()):
-        # A half-finished copy (the executor died mid-copy): only ours can be here, but a
-        # directory we cannot prove is ours is never emptied. The step fails with the reason.
+    elif target.data_dir.exists() and any(target.data_dir.iterdir()):
         raise MigrationStepError(f"{target.data_dir} is not empty and holds no cluster")
+    mark.write_text(slot + "\n", encoding="utf-8")
     exists = source.value(
         "SELECT count(*) FROM pg_replication_slots WHERE slot_name = :'slot'", {"slot": slot}
     )
@@ -71,6 +115,7 @@ def build_standby(source: PgInstance, target: PgInstance, *, slot: str) -> int:
             "archive_mode = off\n"
         )
     size = sum(p.stat().st_size for p in target.data_dir.rglob("*") if p.is_file())
+    mark.unlink()
     target.start()
     return size
 
