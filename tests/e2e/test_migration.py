@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import os
 import shutil
+import sys
 import tempfile
 import time
 import uuid
@@ -96,7 +97,7 @@ def root() -> Iterator[Path]:
 
 @pytest_asyncio.fixture(scope="module")
 async def stack(root: Path) -> AsyncIterator[PitrStack]:
-    dbs = [protect(root, uid) for uid in ("mig-a", "mig-b", "mig-c", "mig-d", "mig-e")]
+    dbs = [protect(root, uid) for uid in ("mig-a", "mig-b", "mig-c", "mig-d", "mig-e", "mig-f")]
     env = {
         "TIDEMARK_PLANNER__MIGRATION_LAG_INTERVAL_S": "0.3",
         "TIDEMARK_PLANNER__MIGRATION_READY_INTERVAL_S": "1",
@@ -590,3 +591,65 @@ async def test_a_window_waits_and_participants_drain_before_the_fence(
     assert completed.fenced_at > first.occurred_at
     view = await _status(stack, request.migration_id)
     assert any("refused to drain" in v.message for v in view.history), view.history
+
+
+async def _cli(*args: str) -> tuple[int, str]:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "services.cli.main",
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+        env={**os.environ, "COLUMNS": "200"},
+    )
+    out, _ = await asyncio.wait_for(process.communicate(), 300)
+    assert process.returncode is not None
+    return process.returncode, out.decode(errors="replace")
+
+
+async def test_the_cli_starts_follows_and_cuts_over_a_migration(
+    stack: PitrStack, root: Path
+) -> None:
+    db = _db(stack, "mig-f")
+    data_dir = _target_dir(root, "f-new")
+    port = free_port()
+    state = ("--state-dir", str(stack.stack.state_dir))
+    code, out = await _cli(
+        "migrate",
+        "start",
+        "mig-f",
+        "--to",
+        "mig-f-new",
+        "--node",
+        NODE,
+        "--method",
+        "physical-stream",
+        "--data-dir",
+        str(data_dir),
+        "--port",
+        str(port),
+        "--lag-max-bytes",
+        "16MiB",
+        "--lag-hold",
+        "1s",
+        "--downtime-budget",
+        "30s",
+        *state,
+    )
+    assert code == 0, out[-3000:]
+    assert "ready" in out, out
+    code, out = await _cli("migrate", "status", "mig-f", *state)
+    assert code == 0, out
+    assert "ready" in out, out
+    code, out = await _cli("migrate", "cutover", "mig-f", *state)
+    assert code == 0, out[-3000:]
+    deadline = time.monotonic() + 120
+    while True:
+        code, out = await _cli("migrate", "status", "mig-f", "--output", "json", *state)
+        assert code == 0, out
+        if '"completed"' in out:
+            break
+        assert time.monotonic() < deadline, out
+        await asyncio.sleep(1)
+    db.cluster.psql("INSERT INTO ledger (id) VALUES (7)", port=port)
