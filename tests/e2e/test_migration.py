@@ -56,6 +56,8 @@ from schemas.messages import (
     ResumeMigration,
     RollbackMigration,
     RunMigrationCopy,
+    RunMigrationFence,
+    RunMigrationPromote,
     TargetInstance,
 )
 from services.demo.cluster import free_port
@@ -97,7 +99,10 @@ def root() -> Iterator[Path]:
 
 @pytest_asyncio.fixture(scope="module")
 async def stack(root: Path) -> AsyncIterator[PitrStack]:
-    dbs = [protect(root, uid) for uid in ("mig-a", "mig-b", "mig-c", "mig-d", "mig-e", "mig-f")]
+    dbs = [
+        protect(root, uid)
+        for uid in ("mig-a", "mig-b", "mig-c", "mig-d", "mig-e", "mig-f", "mig-g")
+    ]
     env = {
         "TIDEMARK_PLANNER__MIGRATION_LAG_INTERVAL_S": "0.3",
         "TIDEMARK_PLANNER__MIGRATION_READY_INTERVAL_S": "1",
@@ -653,3 +658,43 @@ async def test_the_cli_starts_follows_and_cuts_over_a_migration(
         assert time.monotonic() < deadline, out
         await asyncio.sleep(1)
     db.cluster.psql("INSERT INTO ledger (id) VALUES (7)", port=port)
+
+
+async def test_kills_during_the_cutover_lose_no_commit_and_never_open_two_primaries(
+    stack: PitrStack, root: Path
+) -> None:
+    """The planner is killed as the fence is sent, the executor as the promote is sent: each
+    step runs again from its start (the fence and the promote are idempotent), and the source
+    stays down once the target is open."""
+    db = _db(stack, "mig-g")
+    data_dir = _target_dir(root, "g-new")
+    port = free_port()
+    request = _request("mig-g-new", data_dir, port)
+    writer = Writer(_dsn(db.cluster.base, db.cluster.port), start_id=1).start()
+
+    def sent(kind: type[Any]) -> Callable[[Envelope[Any]], bool]:
+        return lambda e: isinstance(e.data, kind) and e.data.migration_id == request.migration_id
+
+    try:
+        mark = _mark(stack, request)
+        await _ask(stack, request, db)
+        await _wait(stack, mark, lambda d: isinstance(d, MigrationReady), "migration.ready")
+        await _ask(
+            stack, CutoverMigration(migration_id=request.migration_id, target="mig-g-new"), db
+        )
+        await stack.recorder.wait_for(sent(RunMigrationFence), since=mark, timeout=60, what="fence")
+        old = stack.kill("planner")
+        await stack.wait_restarted("planner", old)
+        await stack.recorder.wait_for(
+            sent(RunMigrationPromote), since=mark, timeout=120, what="promote"
+        )
+        old = stack.kill("executor")
+        await stack.wait_restarted("executor", old)
+        done = await _wait(stack, mark, lambda d: isinstance(d, MigrationCompleted), "completed")
+    finally:
+        writer.stop()
+    completed: MigrationCompleted = done.data
+    assert set(writer.acked) <= _ids(db.cluster.base, port)
+    assert completed.target_final > completed.source_final
+    assert not (db.cluster.data_dir / "postmaster.pid").exists(), "the source runs again"
+    db.cluster.psql("INSERT INTO ledger (id) VALUES (-7)", port=port)
