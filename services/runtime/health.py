@@ -2,13 +2,15 @@
 
     GET /healthz   200 while the process serves its event loop (liveness)
     GET /readyz    200 when the service is healthy, 503 while starting, draining or stopped
-    GET /metrics   the lifecycle as Prometheus text: up, ready, state, consumers, start time
+    GET /metrics   the lifecycle as Prometheus text: up, ready, state, consumers, start time;
+                   then the service's own metrics (`[telemetry] prometheus`, the default)
 
 The health record in the `tm_health` bucket stays the source `tidemark status` reads; this
 listener exists because a kubelet or a Prometheus cannot read a KV bucket. Liveness does not
 ask NATS: a NATS outage must make the pods unready, not restart every one of them at once.
-The service's own OTLP metrics go to the collector; `/metrics` carries only what a scrape of
-a pod can say about that pod.
+The service's own metrics go to the collector over OTLP when one is set, and are also scraped
+here by the names a collector would give them (`services/telemetry/prometheus.py`), so a
+Prometheus without a collector sees what the dashboard asks for.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from aiohttp import web
 
 from schemas import ServiceHealth, ServiceState
 from services.runtime.listener import Listener, listen
+from services.telemetry.prometheus import scrape_text
 
 __all__ = ["HealthServer", "make_health_app", "start_health"]
 
@@ -81,7 +84,7 @@ def render_metrics(health: ServiceHealth) -> str:
 
 
 async def _metrics(request: web.Request) -> web.Response:
-    response = _text(render_metrics(request.app[SNAPSHOT]()))
+    response = _text(render_metrics(request.app[SNAPSHOT]()) + scrape_text())
     response.content_type = "text/plain"
     response.charset = "utf-8"
     response.headers["Content-Type"] = "text/plain; version=0.0.4; charset=utf-8"

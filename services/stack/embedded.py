@@ -73,6 +73,8 @@ class EmbeddedStack:
     nats_port: int | None = None
     services: tuple[str, ...] = SERVICES
     extra_env: dict[str, str] = field(default_factory=dict)
+    health_ports: dict[str, int] = field(default_factory=dict)
+    """A service's health port (/healthz, /readyz, /metrics for a Prometheus scrape); none: off."""
     nats: NatsServer | None = None
     procs: dict[str, ServiceProcess] = field(default_factory=dict)
     stopping: bool = False
@@ -135,6 +137,9 @@ class EmbeddedStack:
             # Read at each start: a restart after `tidemark protect` sees the new database.
             env.update(services_env(self.state_dir))
         env.update(self.extra_env)
+        if name in self.health_ports:
+            env["TIDEMARK_HEALTH_PORT"] = str(self.health_ports[name])
+            env["TIDEMARK_HEALTH_HOST"] = "127.0.0.1"
         return env
 
     def spawn(self, name: str) -> None:

@@ -20,3 +20,8 @@ class TelemetrySettings(_Section):
     log_format: Literal["json", "text"] = "json"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     metrics_interval_s: float = Field(default=15.0, gt=0)
+    prometheus: bool = Field(
+        default=True,
+        description="also serve the service's metrics on its health port's /metrics for a "
+        "Prometheus scrape (names as a collector would translate them)",
+    )

@@ -8,11 +8,12 @@ from opentelemetry import metrics as otel_metrics
 from opentelemetry import propagate, trace
 from opentelemetry.context import Context
 from opentelemetry.sdk.metrics import MeterProvider
-from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
+from opentelemetry.sdk.metrics.export import MetricReader, PeriodicExportingMetricReader
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
+from services.telemetry import prometheus
 from services.telemetry.settings import TelemetrySettings
 
 _configured: set[str] = set()
@@ -38,6 +39,9 @@ def setup_telemetry(service: str, settings: TelemetrySettings, *, version: str =
     if not isinstance(provider, TracerProvider):
         provider = TracerProvider(resource=resource)
         trace.set_tracer_provider(provider)
+    readers: list[MetricReader] = []
+    if settings.prometheus:
+        readers.append(prometheus.READER)
     if settings.otlp_endpoint:
         # Imported here: the exporter pulls in HTTP machinery a quiet process never needs.
         from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
@@ -47,11 +51,16 @@ def setup_telemetry(service: str, settings: TelemetrySettings, *, version: str =
         provider.add_span_processor(
             BatchSpanProcessor(OTLPSpanExporter(endpoint=f"{endpoint}/v1/traces"))
         )
-        reader = PeriodicExportingMetricReader(
-            OTLPMetricExporter(endpoint=f"{endpoint}/v1/metrics"),
-            export_interval_millis=int(settings.metrics_interval_s * 1000),
+        readers.append(
+            PeriodicExportingMetricReader(
+                OTLPMetricExporter(endpoint=f"{endpoint}/v1/metrics"),
+                export_interval_millis=int(settings.metrics_interval_s * 1000),
+            )
         )
-        otel_metrics.set_meter_provider(MeterProvider(resource=resource, metric_readers=[reader]))
+    if readers and not isinstance(otel_metrics.get_meter_provider(), MeterProvider):
+        otel_metrics.set_meter_provider(MeterProvider(resource=resource, metric_readers=readers))
+        if settings.prometheus:
+            prometheus.mark_installed()
 
 
 def tracer(name: str = "tidemark") -> trace.Tracer:

@@ -257,6 +257,7 @@ class PitrStack:
         *,
         store_url: str | None = None,
         extra_env: dict[str, str] | None = None,
+        health_ports: dict[str, int] | None = None,
     ) -> PitrStack:
         env = {
             **(extra_env or {}),
@@ -272,6 +273,7 @@ class PitrStack:
             nats_port=free_port(),
             timeline_port=free_port(),
             extra_env=env,
+            health_ports=health_ports or {},
         )
         try:
             stack.start_nats()

@@ -26,6 +26,7 @@ import asyncio
 import contextlib
 import shutil
 import socket
+import tempfile
 import uuid
 from pathlib import Path
 
@@ -103,10 +104,13 @@ async def verify(
     checks.passed("manifest", f"{len(pg.parts)} parts, {pg.tar_bytes} tar bytes, tl {pg.timeline}")
 
     base.mkdir(mode=0o700, parents=True)
+    # The socket lives in a short private directory: a scratch path under a deep state
+    # directory would pass the socket path's 107-byte limit and the server would not start.
+    sockets = Path(tempfile.mkdtemp(prefix="tm-verify-"))
     inst = Instance(
         data_dir=base / "data",
         port=_free_port(),
-        socket_dir=base,
+        socket_dir=sockets,
         user=source.user,
         bindir=source.bindir,
         dbname=source.dbname,
@@ -114,6 +118,7 @@ async def verify(
     )
     try:
         chown_to(base, inst.user)
+        chown_to(sockets, inst.user)
         try:
             check_traversable(base, inst.user)
         except OsCommandError as exc:
@@ -125,6 +130,7 @@ async def verify(
         with contextlib.suppress(Exception):
             await inst.stop("immediate")
         await asyncio.to_thread(shutil.rmtree, base, True)
+        await asyncio.to_thread(shutil.rmtree, sockets, True)
     return VerifyResult(backup_id=backup_id, ok=checks.ok, checks=checks.lines)
 
 
