@@ -12,6 +12,7 @@ from hypothesis import settings
 pytest_plugins = [
     "tests.fixtures.telemetry",
     "tests.fixtures.nats",
+    "tests.fixtures.natscluster",
     "tests.fixtures.gcs",
     "tests.fixtures.postgres",
     "tests.fixtures.browser",

@@ -1,7 +1,8 @@
 """The bus: NATS JetStream through nats-py, with no framework on top.
 
 - `connect` — a client that reconnects;
-- `ensure_topology` — streams (TM_CMD work queue, TM_EVT, TM_DLQ, TM_ADV) and KV buckets;
+- `ensure_topology` — streams (TM_CMD work queue, TM_EVT, TM_DLQ, TM_ADV) and KV buckets,
+  replicas raised to `bus.replicas` and never lowered (`set_replicas` lowers, explicitly);
 - `Publisher` — `Nats-Msg-Id` + `traceparent` on every message, retried safely;
 - `Consumer` — the pull loop whose ack policy is written in `services/bus/consumer.py`;
 - `BatchConsumer` — the same policy per message, for a handler that takes a batch at once;
@@ -20,7 +21,12 @@ from services.bus.topology import (
     HEALTH_BUCKET,
     NODES_BUCKET,
     PLANS_BUCKET,
+    ReplicaChange,
+    ReplicaDrift,
+    TopologyError,
     ensure_topology,
+    set_replicas,
+    topology_replicas,
 )
 
 __all__ = [
@@ -38,10 +44,15 @@ __all__ = [
     "Handler",
     "HandlerError",
     "Publisher",
+    "ReplicaChange",
+    "ReplicaDrift",
     "RetryableError",
     "TerminalError",
+    "TopologyError",
     "backoff_delay",
     "connect",
     "dead_letter",
     "ensure_topology",
+    "set_replicas",
+    "topology_replicas",
 ]

@@ -3,6 +3,7 @@
 tidemark up        start nats-server and the four services; Ctrl-C stops them cleanly
 tidemark status    services, stream depths, consumers, dead letters
 tidemark dlq       the most recent dead letters, with their reasons
+tidemark bus replicas   streams' and buckets' replicas; --set N changes them (lowering: --yes)
 tidemark demo      the guided tour on the embedded default
 """
 
@@ -20,6 +21,7 @@ from typing import Annotated
 import typer
 
 from services.cli import guardcmds, infocmds, migratecmds, plannercmds, protect, querycmds
+from services.cli.buscmds import app as bus_app
 from services.cli.catalogcmds import app as catalog_app
 from services.cli.locate import StateDir, find_state_dir
 from services.cli.output import OutputFormat, OutputOption, emit_json
@@ -44,6 +46,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.add_typer(catalog_app, name="catalog")
+app.add_typer(bus_app, name="bus")
 
 NatsUrl = Annotated[
     str | None, typer.Option("--nats-url", help="NATS URL (default: the running stack's)")
