@@ -120,9 +120,9 @@ def test_one_database_of_many_is_not_a_physical_copy_and_a_cluster_is_not_logica
 
 
 def test_a_short_window_rules_out_what_does_not_fit_it() -> None:
-    ranked, out = ask(window_s=10.0)
+    ranked, out = ask(window_s=8.0)
     assert ranked == [M.PHYSICAL_STREAM]
-    assert "does not fit the 10 s window" in out[M.PHYSICAL_ARCHIVE][0]
+    assert "does not fit the 8 s window" in out[M.PHYSICAL_ARCHIVE][0]
 
 
 def oracle(**changes: Any) -> dict[str, Any]:
