@@ -11,16 +11,26 @@ and each is read back to drop delete and purge markers.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, cast
 
 from nats.js.errors import KeyDeletedError, KeyNotFoundError
 from nats.js.kv import KeyValue
 
 
-async def live_entries(kv: KeyValue, prefix: str = "") -> list[KeyValue.Entry]:
-    """The latest entry of every key of `kv` under `prefix` that holds a value, by key.
-    `prefix` is a plain string prefix ending at a token boundary (`"backup."`), or empty for
-    the whole bucket."""
+@dataclass(frozen=True)
+class Listing:
+    """A bucket's live entries under a prefix, and the stream sequence the listing is as of:
+    a key absent here was absent (or deleted) at `as_of`; one written later may be missing."""
+
+    entries: list[KeyValue.Entry]
+    as_of: int
+
+
+async def list_entries(kv: KeyValue, prefix: str = "") -> Listing:
+    """The latest entry of every key of `kv` under `prefix` that holds a value, by key, with
+    the stream sequence of the listing. `prefix` is a plain string prefix ending at a token
+    boundary (`"backup."`), or empty for the whole bucket."""
     raw = cast(Any, kv)  # nats-py keeps the stream's name and subject prefix private
     stream: str = raw._stream
     subject_prefix: str = raw._pre  # "$KV.<bucket>."
@@ -34,7 +44,12 @@ async def live_entries(kv: KeyValue, prefix: str = "") -> list[KeyValue.Entry]:
             continue  # a delete or purge marker, or gone since the listing
         if entry.value is not None:
             entries.append(entry)
-    return entries
+    return Listing(entries, int(info.state.last_seq))
+
+
+async def live_entries(kv: KeyValue, prefix: str = "") -> list[KeyValue.Entry]:
+    """The latest entry of every key of `kv` under `prefix` that holds a value, by key."""
+    return (await list_entries(kv, prefix)).entries
 
 
 async def live_keys(kv: KeyValue, prefix: str = "") -> list[str]:

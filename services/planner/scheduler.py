@@ -18,6 +18,15 @@ a planner that was down at 01:00 and is back at 01:40 still takes the 01:00 back
 02:05 (grace 1 h) does not, and two missed slots are caught up as one. A scheduled backup is a
 `backup.request` to the planner itself (so it takes the same path as a person's, lock and all);
 a scheduled verification is sent to the executor directly (`verification.py`).
+
+**Reading the policies.** A tick reads them from memory: `run` keeps a `KeyMirror` of
+`policy.*`, one long-lived watch merged with the server's listing and re-listed every
+`policy_resync_s` (`services/bus/mirror.py` says how it catches up and what it does when the
+watch misses). Listing every policy every second in every replica was a JetStream request per
+key per tick, and the first tick after a server loss waited out a 5-second timeout. A policy
+the watch missed is seen at the next re-listing at the latest: well inside the catch-up grace,
+so its slot is still emitted. Without a running mirror (`tick()` called alone, or the watch
+could not be opened yet) a tick lists the policies from the server as before.
 """
 
 from __future__ import annotations
@@ -28,7 +37,10 @@ import logging
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 
+from pydantic import ValidationError
+
 from schemas.messages import BackupKind, BackupSpec, RequestBackup
+from services.bus.mirror import KeyMirror
 from services.planner.context import PlannerContext
 from services.planner.cron import CronError, CronSchedule, latest_match
 from services.planner.keys import minute_stamp, slot_command_id, slot_key
@@ -73,25 +85,54 @@ class Scheduler:
         self.verify = verify
         self._done: set[str] = set()
         """Slots this process knows are emitted: no KV round trip for them every tick."""
+        self.mirror: KeyMirror | None = None
 
     @property
     def grace(self) -> timedelta:
         return timedelta(seconds=self.ctx.settings.catchup_grace_s)
 
     async def run(self, stop: asyncio.Event) -> None:
-        while not stop.is_set():
+        try:
+            while not stop.is_set():
+                if self.mirror is None:
+                    await self._start_mirror()
+                try:
+                    await self.tick()
+                except Exception as exc:  # NATS restarting, catalog away: the next tick retries
+                    log.warning("scheduler tick failed: %s", exc)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), self.ctx.settings.tick_s)
+        finally:
+            if self.mirror is not None:
+                await self.mirror.stop()
+                self.mirror = None
+
+    async def _start_mirror(self) -> None:
+        mirror = KeyMirror(self.ctx.plans.kv, "policy.", resync_s=self.ctx.settings.policy_resync_s)
+        try:
+            await mirror.start()
+        except Exception as exc:  # NATS away: this tick lists, the next one tries again
+            await mirror.stop()
+            log.warning("scheduler: cannot watch the policies yet (%r); listing them", exc)
+            return
+        self.mirror = mirror
+
+    async def _policies(self) -> list[PolicyRecord]:
+        if self.mirror is None or not self.mirror.ready:
+            return await self.policies.all()
+        records = []
+        for key, value in sorted(self.mirror.values().items()):
             try:
-                await self.tick()
-            except Exception as exc:  # NATS restarting, catalog away: the next tick retries
-                log.warning("scheduler tick failed: %s", exc)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), self.ctx.settings.tick_s)
+                records.append(PolicyRecord.model_validate_json(value))
+            except ValidationError as exc:
+                log.error("unreadable policy %s: %s", key, exc)
+        return records
 
     async def tick(self) -> int:
         """Emit every slot due now. Returns how many this replica emitted."""
         now = self.ctx.clock.now()
         emitted = 0
-        for record in await self.policies.all():
+        for record in await self._policies():
             for kind, minute in due_slots(record, now, self.grace):
                 if await self.emit_slot(record, kind, minute):
                     emitted += 1

@@ -3,6 +3,7 @@ how often it applies retention.
 
     [planner]
     tick_s = 1.0                    # the scheduler looks at the clock this often
+    policy_resync_s = 30            # the scheduler's watch of the policies is re-listed this often
     catchup_grace_s = 3600          # after a restart, a slot missed by less than this still runs
     retention_interval_s = 3600     # retention is applied this often (one replica does it)
     request_timeout_s = 30          # how long PlannerClient waits for accepted/rejected
@@ -28,6 +29,13 @@ class PlannerSettings(BaseModel):
         gt=0,
         le=30,
         description="scheduler poll interval; well under a minute so no slot is skipped",
+    )
+    policy_resync_s: float = Field(
+        default=30.0,
+        gt=0,
+        le=600,
+        description="the scheduler re-lists the policies this often, repairing what its watch "
+        "missed; keep it well under catchup_grace_s",
     )
     catchup_grace_s: float = Field(
         default=3600.0,
