@@ -60,6 +60,13 @@ class Delivery:
     publisher: Publisher
     _msg: Msg
 
+    @property
+    def pending(self) -> int | None:
+        """How many messages the consumer had left to deliver after this one (None: unknown)."""
+        if self._msg is None or not self._msg.reply:
+            return None
+        return int(self._msg.metadata.num_pending)
+
     async def in_progress(self) -> None:
         """Extend the ack deadline now (the loop also does this on a timer)."""
         await self._msg.in_progress()
@@ -94,6 +101,8 @@ class Consumer:
         publisher: Publisher,
         concurrency: int = 1,
         deliver_new_only: bool = False,
+        start_sequence: int | None = None,
+        inactive_threshold_s: float | None = None,
     ) -> None:
         self.js = js
         self.stream = stream
@@ -104,6 +113,8 @@ class Consumer:
         self.publisher = publisher
         self.concurrency = concurrency
         self.deliver_new_only = deliver_new_only
+        self.start_sequence = start_sequence
+        self.inactive_threshold_s = inactive_threshold_s
         self.heartbeat_s = settings.heartbeat_s or settings.ack_wait_s / 3
         self._stopping = asyncio.Event()
         self._inflight: set[asyncio.Task[None]] = set()
@@ -116,18 +127,28 @@ class Consumer:
 
     def config(self) -> ConsumerConfig:
         subjects = self.filter_subjects
+        policy = DeliverPolicy.NEW if self.deliver_new_only else DeliverPolicy.ALL
+        if self.start_sequence is not None:
+            policy = DeliverPolicy.BY_START_SEQUENCE
         return ConsumerConfig(
             durable_name=self.durable,
             ack_policy=AckPolicy.EXPLICIT,
             ack_wait=self.settings.ack_wait_s,
             max_deliver=self.settings.max_deliver,
-            deliver_policy=DeliverPolicy.NEW if self.deliver_new_only else DeliverPolicy.ALL,
+            deliver_policy=policy,
+            opt_start_seq=self.start_sequence,
+            inactive_threshold=self.inactive_threshold_s,
             filter_subject=subjects[0] if len(subjects) == 1 else None,
             filter_subjects=subjects if len(subjects) > 1 else None,
             max_ack_pending=max(self.concurrency * 4, 16),
         )
 
     async def start(self) -> None:
+        if self.start_sequence is not None:
+            # Where to start is the caller's to say (the catalog: what its store holds), not
+            # the server's memory of an earlier consumer: that one goes, with its position.
+            with contextlib.suppress(NotFoundError):
+                await self.js.delete_consumer(self.stream, self.durable)
         await self.js.add_consumer(self.stream, self.config())
         self._sub = await self.js.pull_subscribe_bind(durable=self.durable, stream=self.stream)
         reaper = self.durable_for_advisories
@@ -138,6 +159,7 @@ class Consumer:
                 ack_policy=AckPolicy.EXPLICIT,
                 ack_wait=30,
                 filter_subject=f"{MAX_DELIVERIES_ADVISORY}.{self.stream}.{self.durable}",
+                inactive_threshold=self.inactive_threshold_s,
             ),
         )
         self._adv_sub = await self.js.pull_subscribe_bind(durable=reaper, stream=ADVISORY_STREAM)

@@ -1,8 +1,9 @@
 """The catalog's consumer: facts from TM_EVT into the store and the index, and what follows.
 
-One durable consumer (`catalog-ingest`) on `log.archived`, `log.deleted`, `backup.completed` and
-`backup.deleted` of every database, in stream order, up to `catalog.ingest_batch` events at a
-time (a `BatchConsumer`). For each batch:
+One durable consumer per replica (`catalog-ingest-<replica>`: every replica's index must hold
+every fact, and the writes are idempotent, so each replica consumes every event and writes it)
+on `log.archived`, `log.deleted`, `backup.completed` and `backup.deleted` of every database,
+in stream order, up to `catalog.ingest_batch` events at a time (a `BatchConsumer`). For each batch:
 
     store (one transaction for the batch, committed)  →  index, event by event
         →  publish what follows (every `log.indexed` at once, then `window.changed`)  →  ack each
@@ -43,6 +44,13 @@ the last ones published gets a `window.changed` with its whole list (caused by t
 last event in the batch). "Last published" is remembered in memory (primed from the index at
 start-up), so a redelivery after a failed publish sends it then; a crash between commit and
 publish loses that one notice, and the next change of the lineage carries the full state again.
+Replicas each publish their own notices: the same whole state, so a repeat changes nothing.
+
+How far the store has applied TM_EVT (`stream_positions`, see `catchup.py`) is written in each
+batch's transaction, and is the last sequence of the batches *before* it: a batch counts once
+its `log.indexed` are published, so a crash between its commit and its publish replays it on
+the next start. Below a batch that raised (nak'd, to be redelivered) the position does not
+move until that batch is handled: the events after it may be stored already, but it is not.
 """
 
 from __future__ import annotations
@@ -54,6 +62,7 @@ import logging
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, TypeVar
 
 from schemas import DatabaseRef, Envelope, envelope, utcnow, wildcard
@@ -70,12 +79,14 @@ from services.bus import Delivery, Publisher, TerminalError
 from services.catalog.heap import FreezeSchedule
 from services.catalog.history import HistoryConflict
 from services.catalog.index import CatalogIndex, DatabaseIndex, UnknownDatabase
-from services.catalog.store import CatalogStore, Recorded, StoreConflict, Writer
+from services.catalog.store import CatalogStore, Recorded, StoreConflict, StreamPosition, Writer
 from services.runtime import ConsumerSpec
 
 log = logging.getLogger("tidemark.catalog")
 
 DURABLE = "catalog-ingest"
+"""The durable of releases before per-replica durables; now the prefix of each replica's."""
+STREAM = "TM_EVT"
 T = TypeVar("T")
 
 Windows = dict[str, list[WindowSummary]]
@@ -154,12 +165,31 @@ class Ingest:
     """
 
     def __init__(
-        self, store: CatalogStore, index: CatalogIndex, publisher: Publisher, *, batch: int = 1
+        self,
+        store: CatalogStore,
+        index: CatalogIndex,
+        publisher: Publisher,
+        *,
+        batch: int = 1,
+        replica: str | None = None,
+        start_sequence: int | None = None,
+        stream_created: datetime | None = None,
+        idle_s: float | None = None,
     ) -> None:
         self.store = store
         self.index = index
         self.publisher = publisher
         self.batch = batch
+        self.durable = DURABLE if replica is None else f"{DURABLE}-{replica}"
+        self.start_sequence = start_sequence
+        self.stream_created = stream_created
+        self.idle_s = idle_s
+        # The stream position: what is handled through (log.indexed published), what raised.
+        self._done = (start_sequence or 1) - 1
+        self._recorded = self._done
+        self._unsettled: set[int] = set()
+        self.pending: int | None = None
+        """What the consumer had left after the last delivery handled (0: all delivered)."""
         self._heap = FreezeSchedule()
         self._published: dict[str, Windows] = {
             ref.uid: lineage_windows(index.database(ref.uid)) for ref in index.databases()
@@ -181,6 +211,19 @@ class Ingest:
 
         Raises when the store or the bus fails: nothing is acknowledged, all are redelivered.
         """
+        sequences = [d.stream_sequence for d in deliveries]
+        self._unsettled.difference_update(sequences)
+        try:
+            refused = await self._handle(deliveries)
+        except BaseException:
+            self._unsettled.update(sequences)
+            raise
+        if sequences:
+            self._done = max(self._done, *sequences)
+            self.pending = deliveries[-1].pending
+        return refused
+
+    async def _handle(self, deliveries: Sequence[Delivery]) -> list[Exception | None]:
         refused: list[Exception | None] = [None] * len(deliveries)
         events: list[_Event] = []
         for i, delivery in enumerate(deliveries):
@@ -191,7 +234,10 @@ class Ingest:
                 refused[i] = exc
         # Nothing else runs on the loop meanwhile: work done here while the store's thread
         # writes would hold the GIL that thread takes back after every row SQLite steps over.
-        await self._in_store(self._write, events)
+        position = self.position()
+        await self._in_store(self._write, events, position)
+        if position is not None:
+            self._recorded = position.sequence
         forget = [e for e in events if e.refused is None and self._apply(e)]
         if forget:
             await self._in_store(self._forget, forget)
@@ -214,8 +260,28 @@ class Ingest:
 
     # -- the store: one transaction per batch ----------------------------------------------------
 
-    def _write(self, events: list[_Event]) -> None:
+    def position(self) -> StreamPosition | None:
+        """Where the store may say it is, if further than it said: every event through it is
+        handled, none below it is waiting to be redelivered."""
+        through = self._done
+        if self._unsettled:
+            through = min(through, min(self._unsettled) - 1)
+        if through <= self._recorded:
+            return None
+        return StreamPosition(through, self.stream_created)
+
+    def record_position(self) -> None:
+        """Write the position now (at a clean stop: the next start replays nothing handled)."""
+        position = self.position()
+        if position is not None:
+            with self.store.writing() as writer:
+                writer.advance(STREAM, position)
+            self._recorded = position.sequence
+
+    def _write(self, events: list[_Event], position: StreamPosition | None = None) -> None:
         with self.store.writing() as writer:
+            if position is not None:
+                writer.advance(STREAM, position)
             run: list[_Event] = []  # consecutive log.archived: one statement
             for event in events:
                 if event.refused is not None:
@@ -353,7 +419,7 @@ class Ingest:
     # -- the consumer ---------------------------------------------------------------------------
 
     def consumer(
-        self, *, durable: str = DURABLE, databases: Sequence[str] | None = None
+        self, *, durable: str | None = None, databases: Sequence[str] | None = None
     ) -> ConsumerSpec:
         """The consumer spec; `databases` narrows it to some uids (a catalog per shard, tests)."""
         models = (LogArchived, LogDeleted, BackupCompleted, BackupDeleted)
@@ -362,12 +428,14 @@ class Ingest:
         else:
             subjects = [wildcard(m).removesuffix("*") + uid for m in models for uid in databases]
         return ConsumerSpec(
-            stream="TM_EVT",
-            durable=durable,
+            stream=STREAM,
+            durable=durable or self.durable,
             filter_subjects=subjects,
             handlers=dict.fromkeys(models, self.on_event),
             # One at a time: a database's facts are applied in the order they were published.
             concurrency=1,
             batch=self.handle if self.batch > 1 else None,
             batch_size=self.batch,
+            start_sequence=self.start_sequence,
+            inactive_threshold_s=self.idle_s,
         )

@@ -6,11 +6,15 @@
 | tidemark.window.start_timestamp | observable gauge | s | database | first recoverability point |
 | tidemark.window.end_timestamp | observable gauge | s | database | newest restorable time |
 | tidemark.last_backup.timestamp | observable gauge | s | database | newest completed backup |
+| tidemark.catalog.catching_up | observable gauge | 1 | replica | 1 while catching up |
+| tidemark.catalog.replay_left | observable gauge | {event} | replica | events left to replay |
 
 Read from the index at each collection (the current lineage's windows, as `tidemark status`
 shows them); a database without a window reports no window points, one without a backup no
 backup point — "absent" is what an alert on a missing window must see, not a zero (1970).
-The names are stable: dashboards and alerts depend on them (`docs/observability.md`).
+A catalog catching up with its stream (`catchup.py`) refuses its queries meanwhile; the two
+`tidemark.catalog.*` gauges say so per replica. The names are stable: dashboards and alerts
+depend on them (`docs/observability.md`).
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from opentelemetry import metrics as otel_metrics
 from opentelemetry.metrics import CallbackOptions, Meter, Observation
 
 from schemas import utcnow
+from services.catalog.catchup import CatchUp
 from services.catalog.index import CatalogIndex
 
 
@@ -79,6 +84,37 @@ class CatalogMetrics:
             meter.create_observable_gauge(
                 name, callbacks=[self._observer(value)], unit="s", description=description
             )
+        self._catchups: dict[str, CatchUp] = {}
+        meter.create_observable_gauge(
+            "tidemark.catalog.catching_up",
+            callbacks=[self._catching_up],
+            unit="1",
+            description="1 while the catalog catches up with its stream; queries are refused",
+        )
+        meter.create_observable_gauge(
+            "tidemark.catalog.replay_left",
+            callbacks=[self._replay_left],
+            unit="{event}",
+            description="events still to replay while the catalog catches up",
+        )
+
+    def watch_catchup(self, replica: str, catchup: CatchUp) -> None:
+        self._catchups[replica] = catchup
+
+    def unwatch_catchup(self, replica: str) -> None:
+        self._catchups.pop(replica, None)
+
+    def _catching_up(self, options: CallbackOptions) -> Iterable[Observation]:
+        return [
+            Observation(int(not c.caught_up), {"replica": replica})
+            for replica, c in list(self._catchups.items())
+        ]
+
+    def _replay_left(self, options: CallbackOptions) -> Iterable[Observation]:
+        return [
+            Observation(c.left or 0, {"replica": replica})
+            for replica, c in list(self._catchups.items())
+        ]
 
     def watch(self, index: CatalogIndex) -> None:
         self._indexes.append(index)

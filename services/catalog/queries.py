@@ -7,8 +7,10 @@
     tm.qry.catalog.retention     RetentionRequest → RetentionPreview
 
 A refused query gets the services framework's error headers (`Nats-Service-Error-Code` 400,
-404 or 409) and a `QueryError` body saying what was wrong; a target that cannot be restored to
-is a 409 that carries the full `CheckReply` (why, and the nearest restorable points).
+404, 409 or 503) and a `QueryError` body saying what was wrong; a target that cannot be restored
+to is a 409 that carries the full `CheckReply` (why, and the nearest restorable points). Until
+the catalog has caught up with its stream (`catchup.py`) every query is a 503: the answer is
+not known yet, which is not the same as "not restorable".
 Replicas share the queue group, so any catalog instance may answer.
 """
 
@@ -33,6 +35,7 @@ from schemas.catalog import (
     RetentionRequest,
     WindowsRequest,
 )
+from services.catalog.catchup import CatchingUp, CatchUp
 from services.catalog.index import CatalogIndex, NotRestorable, UnknownDatabase
 from services.telemetry import extract_context, tracer
 
@@ -64,8 +67,31 @@ Reply = BaseModel | bytes
 without a model per backup or per object: `CatalogIndex.windows_json`, `restore_plan_json`)."""
 
 
-def handlers(index: CatalogIndex) -> dict[str, Callable[[bytes], Awaitable[Reply]]]:
+Query = Callable[[bytes], Awaitable[Reply]]
+
+
+def _unless_catching_up(catchup: CatchUp, query: Query) -> Query:
+    async def answer(data: bytes) -> Reply:
+        try:
+            catchup.refuse()
+        except CatchingUp as exc:
+            raise _Refused(503, str(exc)) from None
+        return await query(data)
+
+    return answer
+
+
+def handlers(
+    index: CatalogIndex, catchup: CatchUp | None = None
+) -> dict[str, Callable[[bytes], Awaitable[Reply]]]:
     """Each query as bytes → reply; raises `_Refused` for a clear refusal."""
+    answers = _handlers(index)
+    if catchup is None:
+        return answers
+    return {name: _unless_catching_up(catchup, query) for name, query in answers.items()}
+
+
+def _handlers(index: CatalogIndex) -> dict[str, Query]:
 
     async def databases(data: bytes) -> BaseModel:
         _parse(DatabasesRequest, data)
@@ -113,7 +139,9 @@ def handlers(index: CatalogIndex) -> dict[str, Callable[[bytes], Awaitable[Reply
     }
 
 
-async def serve_queries(nc: Client, index: CatalogIndex, *, version: str = "0.1.0") -> Service:
+async def serve_queries(
+    nc: Client, index: CatalogIndex, *, catchup: CatchUp | None = None, version: str = "0.1.0"
+) -> Service:
     """Register the query endpoints; stop them with `await service.stop()`."""
     service = await add_service(
         nc,
@@ -124,7 +152,7 @@ async def serve_queries(nc: Client, index: CatalogIndex, *, version: str = "0.1.
             queue_group=QUERY_QUEUE,
         ),
     )
-    for name, handler in handlers(index).items():
+    for name, handler in handlers(index, catchup).items():
         await service.add_endpoint(
             name=name, subject=f"{QUERY_PREFIX}.{name}", handler=_endpoint(name, handler)
         )

@@ -58,7 +58,13 @@ from schemas.messages import BackupCompleted, LogArchived
 from services.blobstore import BlobStore, BlobStoreError, ObjectInfo
 from services.catalog.index import CatalogIndex
 from services.catalog.rows import UNKNOWN_NODE
-from services.catalog.store import CatalogStore, StoreConflict, StoreCounts, Writer
+from services.catalog.store import (
+    CatalogStore,
+    StoreConflict,
+    StoreCounts,
+    StreamPosition,
+    Writer,
+)
 
 log = logging.getLogger("tidemark.catalog")
 
@@ -315,6 +321,37 @@ class _Rebuild:
             raise Skipped(f"{key}: not an owner record ({exc.errors()[0]['msg']})") from None
 
 
+#: A rebuild that indexes fewer than this share of what the store holds is refused.
+FAR_FEWER = 0.5
+
+
+class RebuildRefused(RuntimeError):
+    """The bucket holds far less than the store indexes: most likely the wrong place."""
+
+
+@dataclass
+class RebuildGuard:
+    """Refuses, before the transaction commits, a rebuild that would empty the catalog."""
+
+    indexed_before: int
+    advice: str = "check --store and --prefix, or give --allow-empty"
+    """What to check, in the words of whoever asked for the rebuild."""
+
+    def accept(self, report: RebuildReport) -> None:
+        indexed = report.objects - report.other_objects - report.skipped
+        if report.objects == 0 or indexed == 0:
+            raise RebuildRefused(
+                f"the listing found {report.objects} objects and {indexed} to index, the store "
+                f"indexes {self.indexed_before} logs and backups now; {self.advice}"
+            )
+        if self.indexed_before and indexed < self.indexed_before * FAR_FEWER:
+            raise RebuildRefused(
+                f"the listing found {indexed} objects to index ({report.objects} in all), the "
+                f"store indexes {self.indexed_before} logs and backups now: under "
+                f"{FAR_FEWER:.0%}; {self.advice}"
+            )
+
+
 def _write_logs(writer: Writer, batch: list[tuple[DatabaseRef, LogArchived]]) -> list[str]:
     return [str(result) for result in writer.record_logs(batch) if isinstance(result, Exception)]
 
@@ -325,12 +362,18 @@ async def rebuild(
     prefix: str = "",
     *,
     accept: Callable[[RebuildReport], None] | None = None,
+    position: tuple[str, StreamPosition] | None = None,
 ) -> RebuildReport:
     """Empty `store` and refill it from every object under `prefix` in `blobs`.
 
     `accept` sees the report once the listing is read and before the transaction commits;
     raising there rolls the store back to its old contents (`catalog rebuild`'s refusal of a
     bucket that holds far less than the catalog).
+
+    `position` (a stream and a position in it, read before the listing began) is recorded in
+    the same transaction: the rebuilt store holds every event up to there, since an object is
+    written before its event is published. Without it the rebuilt store's position is unknown
+    and a catalog starting on it replays what the stream holds (`catchup.py`).
 
     Returns the counts, the warnings (objects skipped and why) and an index loaded from the
     rebuilt store, for showing its windows.
@@ -340,5 +383,8 @@ async def rebuild(
         await _Rebuild(blobs, prefix, txn, report).run()
         if accept is not None:
             accept(report)
+        if position is not None:
+            assert txn.writer is not None
+            await txn.run(txn.writer.advance, *position)
     report.stored = await asyncio.to_thread(store.load_into, report.index)
     return report

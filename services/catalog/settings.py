@@ -8,6 +8,8 @@
     http_host = "0.0.0.0"                                     # default: 127.0.0.1
     http_port = 8470                                          # timeline page + JSON API; 0: off
     ingest_batch = 1024                                       # events per store transaction
+    replica = "catalog-0"                                     # default: the node name
+    replica_idle_s = 86400                                    # an idle replica's durable goes
 
 SQLite (WAL mode) is the embedded default; PostgreSQL is for a replicated catalog. The URL never
 carries a password: settings hold references to secrets, not secrets.
@@ -52,6 +54,19 @@ class CatalogSettings(BaseModel):
         le=1024,
         description="events the catalog's consumer takes at once: one store transaction and one "
         "wait for the stream per batch (1: one event at a time)",
+    )
+
+    replica: str | None = Field(
+        default=None,
+        pattern=r"^[A-Za-z0-9_-]{1,64}$",
+        description="this replica's stable name: its durable is catalog-ingest-<replica>, so "
+        "every replica sees every event; default: the node name (dots as _)",
+    )
+    replica_idle_s: float = Field(
+        default=86400,
+        ge=60,
+        description="the server removes a replica's durable once nobody has pulled from it "
+        "this long (a replica gone for good); a replica that comes back replays from its store",
     )
 
     http_host: str = Field(default="127.0.0.1", description="where the timeline page listens")

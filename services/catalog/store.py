@@ -41,7 +41,8 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Table, bindparam, create_engine, event, func, select
+from sqlalchemy import Table, bindparam, create_engine, event, func, or_, select
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import URL, Connection, Dialect, Engine, make_url
 from sqlalchemy.exc import IntegrityError
 
@@ -75,6 +76,7 @@ from services.catalog.tables import (
     log_tombstones,
     logs,
     metadata,
+    stream_positions,
 )
 
 log = logging.getLogger("tidemark.catalog")
@@ -110,6 +112,16 @@ class StoreCounts:
 
 
 # -- engines ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StreamPosition:
+    """How far into a stream the store has applied: every event the catalog consumes, up to
+    `sequence`, is in the store (`stream_positions`)."""
+
+    sequence: int
+    stream_created: datetime | None = None
+    """The stream's creation time: a stream made again restarts its sequences at 1."""
 
 
 def create_catalog_engine(url: str, *, password_file: Path | None = None) -> Engine:
@@ -614,6 +626,30 @@ class Writer:
         key = (backups.c.database_uid == database_uid) & (backups.c.backup_id == backup_id)
         return self.conn.execute(backups.delete().where(key)).rowcount > 0
 
+    def advance(self, stream: str, position: StreamPosition) -> None:
+        """Record that the store holds every event of `stream` up to `position`; a position
+        already further is kept (replicas sharing the store each record their own), unless it
+        was in another stream of that name."""
+        insert = (postgresql if self.conn.dialect.name == "postgresql" else sqlite).insert
+        row = {
+            "stream": stream,
+            "sequence": position.sequence,
+            "stream_created": position.stream_created,
+            "updated_at": utcnow(),
+        }
+        statement = insert(stream_positions).values(row)
+        excluded = statement.excluded
+        self.conn.execute(
+            statement.on_conflict_do_update(
+                index_elements=[stream_positions.c.stream],
+                set_={name: excluded[name] for name in row if name != "stream"},
+                where=or_(
+                    stream_positions.c.sequence < excluded.sequence,
+                    stream_positions.c.stream_created.is_distinct_from(excluded.stream_created),
+                ),
+            )
+        )
+
     def _insert(self, table: Table, row: dict[str, Any]) -> bool:
         """Insert `row`; False if another writer (a second replica) inserted its key first."""
         if not self._racy:
@@ -786,6 +822,23 @@ class CatalogStore:
                 logs=count(logs),
                 backups=count(backups),
             )
+
+    def position(self, stream: str) -> StreamPosition | None:
+        """How far into `stream` the store has applied; None when it never recorded it (a store
+        from before version 3, or rebuilt by `catalog rebuild`).
+
+        Read it before `load_into`: what is loaded then holds at least everything up to it,
+        also when another replica writes in between."""
+        with self.engine.begin() as conn:
+            row = conn.execute(
+                select(stream_positions).where(stream_positions.c.stream == stream)
+            ).one_or_none()
+        return None if row is None else StreamPosition(row.sequence, row.stream_created)
+
+    def is_empty(self) -> bool:
+        """True when the store knows no database (a new store, or one emptied)."""
+        with self.engine.begin() as conn:
+            return conn.execute(select(databases.c.uid).limit(1)).first() is None
 
     def load_into(self, index: CatalogIndex, *, batch: int = 5000) -> StoreCounts:
         """Apply every stored database, log and backup to `index` (at start-up)."""

@@ -130,3 +130,14 @@ log_tombstones = Table(
     Column("crc32c", String(8)),
     Column("reason", String(2000), nullable=False),
 )
+
+stream_positions = Table(
+    "stream_positions",
+    metadata,
+    Column("stream", String(32), primary_key=True),
+    # Every event of the stream the catalog consumes, up to this sequence, is in the store.
+    Column("sequence", BigInteger, nullable=False),
+    # The stream's creation time: a stream made again restarts at 1 (`v0003`).
+    Column("stream_created", UtcDateTime()),
+    Column("updated_at", UtcDateTime(), nullable=False),
+)

@@ -6,7 +6,6 @@ tidemark catalog rebuild   recreate the catalog's store from the bucket alone
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -79,6 +78,7 @@ def rebuild(
     """
     # Imported here: the other commands should not pay for SQLAlchemy and the blob drivers.
     from services.blobstore import open_store
+    from services.catalog.rebuild import RebuildGuard, RebuildRefused
     from services.catalog.rebuild import rebuild as run_rebuild
     from services.catalog.store import CatalogStore
     from services.settings import load_settings
@@ -114,36 +114,6 @@ def rebuild(
         console.print(f"[red]✗ rebuild failed; the store is unchanged: {exc}[/]")
         raise typer.Exit(1) from None
     render_report(report)
-
-
-#: A rebuild that indexes fewer than this share of what the store holds is refused.
-FAR_FEWER = 0.5
-
-
-class RebuildRefused(RuntimeError):
-    """The bucket holds far less than the store indexes: most likely the wrong place."""
-
-
-@dataclass
-class RebuildGuard:
-    """Refuses, before the transaction commits, a rebuild that would empty the catalog."""
-
-    indexed_before: int
-
-    def accept(self, report: RebuildReport) -> None:
-        indexed = report.objects - report.other_objects - report.skipped
-        if report.objects == 0 or indexed == 0:
-            raise RebuildRefused(
-                f"the listing found {report.objects} objects and {indexed} to index, the store "
-                f"indexes {self.indexed_before} logs and backups now; check --store and "
-                "--prefix, or give --allow-empty to empty the catalog"
-            )
-        if self.indexed_before and indexed < self.indexed_before * FAR_FEWER:
-            raise RebuildRefused(
-                f"the listing found {indexed} objects to index ({report.objects} in all), the "
-                f"store indexes {self.indexed_before} logs and backups now: under "
-                f"{FAR_FEWER:.0%}; check --store and --prefix, or give --allow-empty"
-            )
 
 
 def _shown(url: str) -> str:

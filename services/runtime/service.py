@@ -54,6 +54,13 @@ class ConsumerSpec:
     handlers: Mapping[type[Payload], Handler]
     concurrency: int = 1
     deliver_new_only: bool = False
+    start_sequence: int | None = None
+    """When set, the durable is made anew at start to deliver from this stream sequence on (an
+    existing one is deleted first, with its position): for a service whose own store says how
+    far it got."""
+    inactive_threshold_s: float | None = None
+    """When set, the server removes the durable once nobody has pulled from it this long: for
+    durables named after a replica that may never come back."""
     batch: BatchHandler | None = None
     """When set, messages are fetched up to `batch_size` at a time and handled together by it
     (a `BatchConsumer`); `handlers` then only names the accepted types."""
@@ -107,6 +114,8 @@ class Service:
                 "publisher": self.publisher,
                 "concurrency": spec.concurrency,
                 "deliver_new_only": spec.deliver_new_only,
+                "start_sequence": spec.start_sequence,
+                "inactive_threshold_s": spec.inactive_threshold_s,
             }
             consumer = (
                 Consumer(self.js, **common)

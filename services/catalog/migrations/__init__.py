@@ -19,7 +19,11 @@ from dataclasses import dataclass
 from sqlalchemy import Column, DateTime, Integer, MetaData, String, Table, func, select, text
 from sqlalchemy.engine import Connection
 
-from services.catalog.migrations import v0001_initial, v0002_threads_and_log_tombstones
+from services.catalog.migrations import (
+    v0001_initial,
+    v0002_threads_and_log_tombstones,
+    v0003_stream_positions,
+)
 
 
 @dataclass(frozen=True)
@@ -40,6 +44,7 @@ MIGRATIONS: tuple[Migration, ...] = (
         "the threads of each lineage, log tombstones",
         v0002_threads_and_log_tombstones.apply,
     ),
+    Migration(3, "how far into each stream the store has applied", v0003_stream_positions.apply),
 )
 
 # An arbitrary constant: the key of the advisory lock migrations take on PostgreSQL.

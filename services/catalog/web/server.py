@@ -18,7 +18,8 @@ Routes (every answer `Cache-Control: no-store`; this is live state):
 `<target>` is `time=<ISO 8601 with zone>`, `scn=<N>` or `lsn=<X/Y>`, and optionally `lineage=`.
 API errors are JSON `{"error": <code>, "message": <what is wrong>, "parameter": <name|null>}`:
 400 `bad_request`, 404 `unknown_database` or `not_found`, 405 `method_not_allowed`,
-409 `not_restorable`, 500 `internal`.
+409 `not_restorable`, 500 `internal`, and 503 `catching_up` for every route (pages too) until the
+catalog has caught up with its stream (`catchup.py`): not known yet, rather than a wrong answer.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from aiohttp.abc import AbstractAccessLogger
 from pydantic import BaseModel
 
 from schemas import DatabaseRef
+from services.catalog.catchup import CatchingUp, CatchUp, CatchUpPhase
 from services.catalog.index import CatalogIndex, NotRestorable, UnknownDatabase
 from services.catalog.web.assets import CSP
 from services.catalog.web.pages import database_page, index_page, not_found_page
@@ -49,6 +51,7 @@ __all__ = ["HttpServer", "make_app", "start_http"]
 
 log = logging.getLogger("tidemark.catalog.http")
 INDEX: web.AppKey[CatalogIndex] = web.AppKey("index", CatalogIndex)
+CATCHUP: web.AppKey[CatchUp] = web.AppKey("catchup", CatchUp)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -95,7 +98,13 @@ def _check_lineage(index: CatalogIndex, uid: str, lineage: str | None) -> None:
 async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     api = request.path.startswith("/api/") or request.path == "/healthz"
     try:
+        if request.path != "/favicon.ico":
+            request.app[CATCHUP].refuse()
         return await handler(request)
+    except CatchingUp as exc:
+        if api:
+            return _error(503, "catching_up", str(exc))
+        return web.Response(text=str(exc), status=503, content_type="text/plain")
     except BadRequest as exc:
         return _error(400, "bad_request", exc.message, exc.parameter)
     except UnknownDatabase as exc:
@@ -195,9 +204,10 @@ async def favicon(request: web.Request) -> web.Response:
     return web.Response(status=204)
 
 
-def make_app(index: CatalogIndex) -> web.Application:
+def make_app(index: CatalogIndex, catchup: CatchUp | None = None) -> web.Application:
     app = web.Application(middlewares=[_errors])
     app[INDEX] = index
+    app[CATCHUP] = catchup or CatchUp(CatchUpPhase.CAUGHT_UP)
     app.on_response_prepare.append(_headers)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/api/databases", list_databases)
@@ -214,8 +224,12 @@ def make_app(index: CatalogIndex) -> web.Application:
 HttpServer = Listener
 
 
-async def start_http(index: CatalogIndex, host: str, port: int) -> HttpServer:
+async def start_http(
+    index: CatalogIndex, host: str, port: int, *, catchup: CatchUp | None = None
+) -> HttpServer:
     """Serve the API and pages on host:port (port 0: any free port, see `HttpServer.port`)."""
-    server = await listen(make_app(index), host, port, access_log_class=_AccessLog, access_log=log)
+    server = await listen(
+        make_app(index, catchup), host, port, access_log_class=_AccessLog, access_log=log
+    )
     log.info("catalog HTTP on %s", server.url)
     return server
