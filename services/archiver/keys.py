@@ -79,8 +79,7 @@ def object_metadata(log: LoggedFile, digest: Digest, compression: str) -> dict[s
 
 def enabled_threads(log: LoggedFile) -> tuple[int, ...] | None:
     """The threads enabled on `log`'s lineage when it was archived: PostgreSQL has one; an
-    Oracle source says what V$THREAD listed (None while it does not say)."""
+    Oracle source says what V$THREAD listed (None when it cannot say)."""
     if log.kind != "redo":
         return (1,)
-    found: tuple[int, ...] | None = getattr(log, "enabled_threads", None)
-    return found
+    return log.enabled_threads

@@ -28,6 +28,17 @@ read, so every report carries the lost SCN range when the control file still has
 turns up later (restored, re-archived), it is archived as usual. Logs before the first sequence
 seen per thread at start are not this source's to judge: they predate its watch.
 
+**Incarnations** are told apart by RESETLOGS_ID, never by RESETLOGS_CHANGE# alone: two
+restores to the same SCN make sibling incarnations that share it, and a watch (or a history
+read) keyed by the SCN would give one sibling's logs and gaps the other's identity.
+
+**Threads.** Every full read also reads V$THREAD: each log of the current incarnation is
+reported with the threads enabled then (ENABLED not DISABLED, whether the instance is OPEN or
+CLOSED), so the catalog bounds a window by a thread that has no log yet on the lineage (RMAN
+would ask for its logs: RMAN-06054) and not by a disabled one. A log of another incarnation, or
+of a thread no longer enabled, is reported without them: V$THREAD describes the current
+incarnation now, not that log's lineage when it was written.
+
 The session (`services.engines.oracle.session`, or the simulated one in tests) is behind
 `ArchivedLogReader`, the part of `OracleSession` this source uses.
 
@@ -60,7 +71,9 @@ from services.engines.oracle.session import (
     ARCHIVED_LOGS_SQL,
     ArchivedLogRow,
     DatabaseInfo,
+    IncarnationRow,
     LogHistoryRow,
+    ThreadRow,
 )
 
 __all__ = [
@@ -86,8 +99,12 @@ class ArchivedLogReader(Protocol):
     async def archived_logs(self, dest_id: int, after_recid: int = 0) -> list[ArchivedLogRow]: ...
 
     async def log_history(
-        self, thread: int, from_sequence: int, *, resetlogs_change: int | None = None
+        self, thread: int, from_sequence: int, *, resetlogs_id: int | None = None
     ) -> list[LogHistoryRow]: ...
+
+    async def incarnations(self) -> list[IncarnationRow]: ...
+
+    async def threads(self) -> list[ThreadRow]: ...
 
     async def close(self) -> None: ...
 
@@ -148,7 +165,12 @@ class OracleArchiveSource:
         self._next_full = -float("inf")
         self._held: dict[int, ArchivedLogRow] = {}
         self._released: set[int] = set()
+        #: (RESETLOGS_ID, thread) -> its watch.
         self._watches: dict[tuple[int, int], _Watch] = {}
+        #: The current incarnation's RESETLOGS_ID and its enabled threads, from the last full
+        #: read (module docstring: Threads).
+        self._current_rid: int | None = None
+        self._enabled: tuple[int, ...] | None = None
 
     def bind_notify(self) -> socket.socket | None:
         return None  # Oracle tells nobody; V$ARCHIVED_LOG is polled
@@ -175,6 +197,7 @@ class OracleArchiveSource:
         if full:
             # History before the view: a switch seen here and archived by the time the view is
             # read is then seen as archived, never as missing.
+            await self._read_threads()
             await self._read_history()
         await self._read(full=full, first=first)
         gaps = self._gaps(now)
@@ -201,7 +224,7 @@ class OracleArchiveSource:
         fresh: dict[tuple[int, int], list[ArchivedLogRow]] = {}
         for row in rows:
             if row.available:
-                fresh.setdefault((row.resetlogs_change, row.thread), []).append(row)
+                fresh.setdefault((row.resetlogs_id, row.thread), []).append(row)
         for key, of_thread in fresh.items():
             watch = self._watches.get(key)
             if watch is None:
@@ -218,11 +241,24 @@ class OracleArchiveSource:
             for r in of_thread:
                 watch.see(r.sequence)
 
+    async def _read_threads(self) -> None:
+        incarnations = await self.reader.incarnations()
+        threads = await self.reader.threads()
+        current = next((i for i in incarnations if i.status == "CURRENT"), None)
+        self._current_rid = None if current is None else current.resetlogs_id
+        self._enabled = tuple(sorted(t.thread for t in threads if t.is_enabled)) or None
+
+    def _enabled_for(self, row: ArchivedLogRow) -> tuple[int, ...] | None:
+        enabled = self._enabled
+        if row.resetlogs_id != self._current_rid or enabled is None or row.thread not in enabled:
+            return None
+        return enabled
+
     async def _read_history(self) -> None:
         for watch in self._watches.values():
             start = 1 if watch.late else watch.checked + 1
             rows = await self.reader.log_history(
-                watch.thread, start, resetlogs_change=watch.resetlogs_change
+                watch.thread, start, resetlogs_id=watch.resetlogs_id
             )
             watch.late = False
             watch.history_read = True
@@ -333,6 +369,7 @@ class OracleArchiveSource:
             first_time=row.first_time,
             next_time=row.next_time,
             fingerprint=fingerprint,
+            enabled_threads=self._enabled_for(row),
         )
 
     def check_header(self, log: LoggedFile, head: bytes) -> None:

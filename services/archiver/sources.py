@@ -63,6 +63,9 @@ class LoggedFile(StrictModel):
     first_time: UtcDateTime | None = None
     next_time: UtcDateTime | None = None
     fingerprint: Fingerprint
+    #: The threads enabled on the lineage when the log was found (Oracle: V$THREAD, for a log
+    #: of the current incarnation); None when the source cannot say. Sorted, holds `thread`.
+    enabled_threads: tuple[int, ...] | None = None
 
     @property
     def wal_file_name(self) -> str | None:

@@ -14,7 +14,12 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from services.archiver.oracle import ArchivedLogRow
-from services.engines.oracle.session import DatabaseInfo, LogHistoryRow
+from services.engines.oracle.session import (
+    DatabaseInfo,
+    IncarnationRow,
+    LogHistoryRow,
+    ThreadRow,
+)
 
 BLOCK_SIZE = 512
 T0 = datetime(2026, 1, 31, 12, 0, tzinfo=UTC)
@@ -35,6 +40,8 @@ class ArchivedLogViewDouble:
     #: The `after_recid` of every V$ARCHIVED_LOG query, in order.
     asked_after: list[int] = field(default_factory=list)
     closed: bool = False
+    #: V$THREAD: (thread, ENABLED) of every thread.
+    thread_states: list[tuple[int, str]] = field(default_factory=lambda: [(1, "PUBLIC")])
 
     async def database(self) -> DatabaseInfo:
         return DatabaseInfo(
@@ -56,13 +63,33 @@ class ArchivedLogViewDouble:
         return [r for r in self.rows if r.recid > after_recid and r.dest_id == dest_id]
 
     async def log_history(
-        self, thread: int, from_sequence: int, *, resetlogs_change: int | None = None
+        self, thread: int, from_sequence: int, *, resetlogs_id: int | None = None
     ) -> list[LogHistoryRow]:
-        change = RESETLOGS_CHANGE if resetlogs_change is None else resetlogs_change
+        if resetlogs_id not in (None, self.resetlogs_id):
+            return []  # one incarnation only
         return [
             h
             for h in self.history
-            if (h.thread, h.resetlogs_change) == (thread, change) and h.sequence >= from_sequence
+            if (h.thread, h.resetlogs_change) == (thread, RESETLOGS_CHANGE)
+            and h.sequence >= from_sequence
+        ]
+
+    async def incarnations(self) -> list[IncarnationRow]:
+        return [
+            IncarnationRow(
+                incarnation=1,
+                resetlogs_change=RESETLOGS_CHANGE,
+                resetlogs_time=T0,
+                resetlogs_id=self.resetlogs_id,
+                prior_incarnation=0,
+                status="CURRENT",
+            )
+        ]
+
+    async def threads(self) -> list[ThreadRow]:
+        return [
+            ThreadRow(thread=t, status="OPEN", enabled=enabled, sequence=1)
+            for t, enabled in self.thread_states
         ]
 
     async def close(self) -> None:

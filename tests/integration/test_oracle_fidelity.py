@@ -190,3 +190,290 @@ async def test_the_autobackup_piece_has_no_tag_line_and_is_uploaded_and_restored
     )
     await rig.restore(command)
     assert rig.db.table_contents() == expected
+
+
+# -- sibling incarnations (issue 17 item 2) -------------------------------------------------------
+
+
+async def _two_siblings(rig: _Rig) -> tuple[int, int, int, int]:
+    """A backup on the first incarnation P, a restore to SCN X (incarnation A, where a backup
+    `bA` is taken and logs are switched), then a second restore to the same X through the
+    current control file (RESET DATABASE TO INCARNATION 1): sibling B. Returns (X, P, A, B)
+    RESETLOGS_IDs after X."""
+    for i in range(4):
+        rig.db.insert(f"a{i}", thread=1 + i % 2)
+    rig.db.archive_log_current()
+    key = await rig.backup()
+    for i in range(4):
+        rig.db.insert(f"b{i}", thread=1 + i % 2)
+    logs = rig.db.archive_log_current()
+    branch = min(x.next_scn for x in logs) - 1
+    parent = int(rig.db.database()["resetlogs_id"])
+    await rig.restore(
+        rig.command(TargetPosition(position=Scn(value=branch)), key, await rig.store_logs())
+    )
+    first = int(rig.db.database()["resetlogs_id"])
+    rig.db.insert("on A", thread=1)
+    rig.db.archive_log_current()
+    await rig.backup("bA")
+    rig.db.archive_log_current()
+    script = await _recover_in_place(rig, until=f"SCN {branch}", reset_to=1)
+    result = await _rman(rig, script)
+    assert result.exit_code == 0, result.coded_lines
+    second = int(rig.db.database()["resetlogs_id"])
+    return branch, parent, first, second
+
+
+async def _recover_in_place(rig: _Rig, *, until: str, reset_to: int | None) -> str:
+    """A restore through the mounted (current) control file: the store's pieces staged again
+    (the engine's stage is gone) and cataloged with the destination's logs."""
+    pieces = rig.tmp / "pieces"
+    pieces.mkdir(exist_ok=True)
+    async for info in rig.store.list("tm/ora1/"):
+        if "/backups/" in info.key and not info.key.endswith(".json"):
+            (pieces / info.key.rsplit("/", 1)[1]).write_bytes(await rig.store.get_bytes(info.key))
+    reset = "" if reset_to is None else f"RESET DATABASE TO INCARNATION {reset_to};\n"
+    return (
+        "STARTUP FORCE MOUNT;\n"
+        f"CATALOG START WITH '{pieces}/' NOPROMPT;\n"
+        f"CATALOG START WITH '{rig.db.arch_dir}/' NOPROMPT;\n"
+        f"{reset}"
+        "RUN {\n"
+        "  ALLOCATE CHANNEL ch1 DEVICE TYPE DISK;\n"
+        f"  SET UNTIL {until};\n"
+        "  RESTORE DATABASE;\n"
+        "  RECOVER DATABASE;\n"
+        "}\n"
+        "ALTER DATABASE OPEN RESETLOGS;\n"
+    )
+
+
+async def test_sibling_incarnations_share_a_resetlogs_scn_and_keep_their_own_ids(
+    tmp_path: Path,
+) -> None:
+    rig = _Rig(tmp_path)
+    branch, _, first, second = await _two_siblings(rig)
+    rig.db.archive_log_current()
+    incs = {i["resetlogs_id"]: i for i in rig.db.incarnations()}
+    assert incs[first]["resetlogs_change#"] == incs[second]["resetlogs_change#"] == branch
+    assert incs[first]["resetlogs_time"] != incs[second]["resetlogs_time"]
+    assert (incs[first]["status"], incs[second]["status"]) == ("ORPHAN", "CURRENT")
+    assert incs[first]["prior_incarnation#"] == incs[second]["prior_incarnation#"] == 1
+
+    # The backup taken on A names A, though B began at the same SCN (by SCN alone: B's id).
+    from services.engines.oracle.views import SessionViews
+    from tests.oracle_sim.session import SimulatedSession
+
+    session = SimulatedSession(rig.db)
+    rows = await SessionViews(session).backup_datafiles("TM_bA")
+    assert rows
+    assert {r.resetlogs_id for r in rows} == {first}
+    # V$LOG_HISTORY per incarnation: A's switches are not B's.
+    history_a = await session.log_history(1, 1, resetlogs_id=first)
+    history_b = await session.log_history(1, 1, resetlogs_id=second)
+    assert history_a
+    assert history_b
+    assert {h.resetlogs_time for h in history_a} == {incs[first]["resetlogs_time"]}
+    assert {h.resetlogs_time for h in history_b} == {incs[second]["resetlogs_time"]}
+    assert [h.sequence for h in await session.log_history(1, 1)] == [h.sequence for h in history_b]
+
+
+async def test_a_gap_on_a_sibling_incarnation_is_reported_on_that_sibling(
+    tmp_path: Path,
+) -> None:
+    from services.archiver.oracle import LogMissing, OracleArchiveSource
+    from services.archiver.settings import ArchivedDatabase
+    from tests.oracle_sim.db import switch_logfile
+    from tests.oracle_sim.session import SimulatedSession
+
+    rig = _Rig(tmp_path)
+    for i in range(4):
+        rig.db.insert(f"a{i}", thread=1 + i % 2)
+    rig.db.archive_log_current()
+    key = await rig.backup()
+    for i in range(4):
+        rig.db.insert(f"b{i}", thread=1 + i % 2)
+    logs = rig.db.archive_log_current()
+    branch = min(x.next_scn for x in logs) - 1
+    await rig.restore(
+        rig.command(TargetPosition(position=Scn(value=branch)), key, await rig.store_logs())
+    )
+    first = int(rig.db.database()["resetlogs_id"])
+    source = OracleArchiveSource(_archived(tmp_path, ArchivedDatabase), SimulatedSession(rig.db))
+    for _ in range(3):
+        rig.db.archive_log_current()
+        await source.discover()
+
+    result = await _rman(rig, await _recover_in_place(rig, until=f"SCN {branch}", reset_to=1))
+    assert result.exit_code == 0, result.coded_lines
+    second = int(rig.db.database()["resetlogs_id"])
+    rig.db.archive_log_current()
+    with rig.db.transaction() as st:  # sequence 2 of thread 1 on B is lost before anyone reads it
+        lost = switch_logfile(st, rig.db.arch_dir, 1)
+        Path(lost.name).unlink()
+        next(x for x in st.controlfile.archived_logs if x.recid == lost.recid).status = "D"
+        switch_logfile(st, rig.db.arch_dir, 1)
+    missing = []
+    for _ in range(2):  # the new thread's history is read on the look after it is first seen
+        found = await source.discover()
+        missing += [p.log for p in found.problems if isinstance(p.error, LogMissing)]
+    assert [(m.thread, m.sequence) for m in missing if m is not None] == [(1, lost.sequence)]
+    lineage = missing[0].lineage if missing[0] is not None else None
+    assert isinstance(lineage, Incarnation)
+    assert lineage.resetlogs_id == second != first
+
+
+def _archived(tmp_path: Path, settings: Any) -> Any:
+    password = tmp_path / "oracle-password"
+    password.write_text("never read: the session is simulated\n")
+    return settings(
+        uid="ora1",
+        engine="oracle",
+        name="TMSIM",
+        system_id=1234567890,
+        archive_dest_id=1,
+        oracle={"dsn": "sim:1521/TMSIM", "user": "C##TIDEMARK", "password_file": password},
+        gap_grace_s=0,
+        full_read_s=1e-6,  # every look reads the view and the history whole
+    )
+
+
+# -- RAC threads (issue 17 item 3) ----------------------------------------------------------------
+
+
+async def test_the_archiver_reports_every_enabled_thread_even_one_with_no_log_yet(
+    tmp_path: Path,
+) -> None:
+    from services.archiver.keys import enabled_threads
+    from services.archiver.oracle import OracleArchiveSource
+    from services.archiver.settings import ArchivedDatabase
+    from tests.oracle_sim.session import SimulatedSession
+
+    db = SimulatedOracle.create(tmp_path / "sim", threads=2)
+    source = OracleArchiveSource(_archived(tmp_path, ArchivedDatabase), SimulatedSession(db))
+    db.insert("one", thread=1)
+    db.switch_logfile(1)  # thread 2 has switched nothing yet: recovery still needs its redo
+    found = await source.discover()
+    assert [(log.thread, enabled_threads(log)) for log in found.logs] == [(1, (1, 2))]
+
+    db.close_thread(2)  # CLOSED is still enabled, and a surviving instance archives its log
+    logs = db.archive_log_current()
+    assert sorted(x.thread for x in logs) == [1, 2]
+    found = await source.discover()
+    assert {(log.thread, log.sequence): log.enabled_threads for log in found.logs} == {
+        (1, 1): (1, 2),
+        (1, 2): (1, 2),
+        (2, 1): (1, 2),
+    }
+    with pytest.raises(Exception, match="ORA-01089"):
+        db.insert("on a closed instance", thread=2)
+
+    db.disable_thread(2)
+    db.switch_logfile(1)
+    found = await source.discover()
+    reported = {(log.thread, log.sequence): log.enabled_threads for log in found.logs}
+    assert reported[(1, 3)] == (1,), "a disabled thread is not reported"
+    assert reported[(2, 2)] is None, "a log of a thread since disabled: V$THREAD cannot say"
+
+
+async def test_an_open_thread_cannot_be_disabled_and_recovery_past_a_disable_needs_none_of_it(
+    tmp_path: Path,
+) -> None:
+    rig = _Rig(tmp_path)
+    for i in range(4):
+        rig.db.insert(f"a{i}", thread=1 + i % 2)
+    rig.db.archive_log_current()
+    key = await rig.backup()
+    rig.db.insert("last on thread 2", thread=2)
+    with pytest.raises(Exception, match="ORA-01615"):
+        rig.db.disable_thread(2)
+    rig.db.close_thread(2)
+    rig.db.disable_thread(2)
+    for i in range(4):
+        rig.db.insert(f"b{i}", thread=1)
+    (log,) = rig.db.archive_log_current()
+    assert log.thread == 1, "a disabled thread is not archived"
+    until = log.next_scn - 1
+    expected = rig.db.expected_contents(until)
+    assert "last on thread 2" in expected.values()
+
+    # The base's control file still lists thread 2 enabled; the redo says it was disabled.
+    await rig.restore(
+        rig.command(TargetPosition(position=Scn(value=until)), key, await rig.store_logs())
+    )
+    assert rig.db.table_contents() == expected
+
+
+# -- RUN-scoped settings (issue 17 item 5) --------------------------------------------------------
+
+
+async def test_set_until_lasts_only_to_the_end_of_its_run_block(tmp_path: Path) -> None:
+    rig = _Rig(tmp_path)
+    rig.db.insert("a", thread=1)
+    rig.db.archive_log_current()
+    await rig.backup()
+    until = int(rig.db.database()["current_scn"])
+    script = (
+        f"RUN {{\n  SET UNTIL SCN {until};\n  RESTORE DATABASE PREVIEW;\n}}\n"
+        "RUN {\n  RESTORE DATABASE PREVIEW;\n}\n"
+    )
+    result = await _rman(rig, script)
+    assert result.exit_code == 1, "the second block has no target of its own"
+    assert result.classification is not None
+    assert result.classification.codes.count("RMAN-06557") == 1
+    assert sum("Recovery must be done beyond SCN" in line for line in result.tail) == 1, (
+        "the first block, with its own target, ran"
+    )
+
+
+async def test_a_channel_allocated_in_one_run_block_is_gone_in_the_next(tmp_path: Path) -> None:
+    rig = _Rig(tmp_path)
+    out = tmp_path / "out"
+    script = (
+        f"RUN {{\n  ALLOCATE CHANNEL ch1 DEVICE TYPE DISK FORMAT '{out}/%U';\n"
+        "  BACKUP CURRENT CONTROLFILE TAG 'FIRST';\n}\n"
+        "RUN {\n  BACKUP CURRENT CONTROLFILE TAG 'SECOND';\n}\n"
+    )
+    result = await _rman(rig, script)
+    assert result.exit_code == 1
+    assert result.classification is not None
+    assert "RMAN-06034" in result.classification.codes
+    tags = {p.tag for s in rig.db.backup_sets() for p in s.pieces}
+    assert tags == {"FIRST"}
+
+
+# -- RECOVER before the current RESETLOGS (issue 17 item 6) ---------------------------------------
+
+
+async def test_a_target_before_the_current_resetlogs_without_reset_database_is_rman_20208(
+    tmp_path: Path,
+) -> None:
+    from services.engines.oracle.errors import Verdict, classify, rule_for
+
+    rig = _Rig(tmp_path)
+    for i in range(4):
+        rig.db.insert(f"a{i}", thread=1 + i % 2)
+    rig.db.archive_log_current()
+    key = await rig.backup()
+    for i in range(4):
+        rig.db.insert(f"b{i}", thread=1 + i % 2)
+    logs = rig.db.archive_log_current()
+    branch = min(x.next_scn for x in logs) - 1
+    await rig.restore(
+        rig.command(TargetPosition(position=Scn(value=branch)), key, await rig.store_logs())
+    )
+    incarnations_before = rig.db.incarnations()
+
+    script = await _recover_in_place(rig, until=f"SCN {branch - 1}", reset_to=None)
+    result = await _rman(rig, script)
+    assert result.exit_code == 1
+    assert classify(result.coded_lines).code == "RMAN-20208"
+    assert rule_for("RMAN-20208").verdict is Verdict.FATAL
+    assert rig.db.incarnations() == incarnations_before, "no incarnation was made"
+
+    # The same target with RESET DATABASE TO INCARNATION 1 is accepted: a sibling of A.
+    script = await _recover_in_place(rig, until=f"SCN {branch - 1}", reset_to=1)
+    result = await _rman(rig, script)
+    assert result.exit_code == 0, result.coded_lines
+    new = next(i for i in rig.db.incarnations() if i["status"] == "CURRENT")
+    assert (new["resetlogs_change#"], new["prior_incarnation#"]) == (branch - 1, 1)

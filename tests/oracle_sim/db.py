@@ -38,7 +38,11 @@ Operations (each one locked transaction; a simulated session and the fake tools 
     advance(scns)                           idle time (SCN and clock move together)
     switch_logfile(thread) -> ArchivedLog   archive the thread's current log (ALTER SYSTEM
                                             SWITCH LOGFILE on that instance)
-    archive_log_current() -> [ArchivedLog]  every enabled thread (ALTER SYSTEM ARCHIVE LOG CURRENT)
+    archive_log_current() -> [ArchivedLog]  every enabled thread, closed ones too (ALTER SYSTEM
+                                            ARCHIVE LOG CURRENT)
+    close_thread(thread)                    the thread's instance shuts down (STATUS CLOSED)
+    disable_thread(thread)                  ALTER DATABASE DISABLE THREAD (a CLOSED one only:
+                                            ORA-01615; recovery needs none of its redo after)
     remove_archived_log(thread, seq, ...)   delete a log's file and mark its record 'D'
     execute(sql)                            the three statements a storage snapshot needs:
                                             ALTER DATABASE BEGIN BACKUP / END BACKUP (every
@@ -139,6 +143,8 @@ class ArchivedLog(_Model):
     sequence: int
     resetlogs_id: int
     resetlogs_scn: int
+    resetlogs_time: datetime | None = None
+    """With RESETLOGS_CHANGE#, the incarnation's identity (siblings share the SCN)."""
     first_scn: int
     next_scn: int
     first_time: datetime
@@ -285,6 +291,10 @@ class State(_Model):
     backup_mode: int | None = None
     """ALTER DATABASE BEGIN BACKUP's SCN while the datafiles are in backup mode: their header
     checkpoints stay there while blocks keep changing."""
+    thread_disabled_at: dict[int, int] = Field(default_factory=dict)
+    """Thread -> the SCN ALTER DATABASE DISABLE THREAD took effect: a marker the redo holds
+    (outside the control file, so a backup control file from before it still learns it during
+    recovery), past which recovery needs none of that thread's redo."""
     backup_mode_ends: dict[int, int] = Field(default_factory=dict)
     """BEGIN BACKUP SCN -> END BACKUP SCN of every backup-mode span: the END BACKUP markers
     the redo holds (outside the control file, like the ledger), which a volume restored from
@@ -339,6 +349,7 @@ _REDO_HEADER_FIELDS = {
     "sequence",
     "resetlogs_id",
     "resetlogs_scn",
+    "resetlogs_time",
     "first_scn",
     "next_scn",
     "first_time",
@@ -482,6 +493,29 @@ class SimulatedOracle:
         with self.transaction() as st:
             return archive_log_current(st, self.arch_dir)
 
+    def close_thread(self, thread: int) -> None:
+        """The thread's instance shuts down cleanly: V$THREAD STATUS CLOSED, still ENABLED. It
+        takes no commits; ARCHIVE LOG CURRENT on a surviving instance still archives its
+        current log, so its chain keeps up with the others."""
+        with self.transaction() as st:
+            _require_open(st)
+            _thread(st, thread).status = "CLOSED"
+
+    def disable_thread(self, thread: int) -> None:
+        """ALTER DATABASE DISABLE THREAD: only a CLOSED thread (else ORA-01615). Its current
+        log is archived first, then V$THREAD says DISABLED and recovery past this point needs
+        none of its redo."""
+        with self.transaction() as st:
+            _require_open(st)
+            ts = _thread(st, thread)
+            if ts.status != "CLOSED":
+                raise SimulatedOracleError(
+                    f"ORA-01615: instance of thread {thread} is mounted - cannot disable"
+                )
+            log = switch_logfile(st, self.arch_dir, thread)
+            ts.enabled = False
+            st.thread_disabled_at[thread] = log.next_scn
+
     def remove_archived_log(
         self, thread: int, sequence: int, resetlogs_id: int | None = None
     ) -> None:
@@ -605,10 +639,14 @@ class SimulatedOracle:
         ]
 
     def archived_logs(self, dest_id: int = 1) -> list[dict[str, Any]]:
-        return [_log_row(x) for x in self.read().controlfile.archived_logs if x.dest_id == dest_id]
+        cf = self.read().controlfile
+        return [_log_row(x, cf) for x in cf.archived_logs if x.dest_id == dest_id]
 
     def log_history(self) -> list[dict[str, Any]]:
-        return [_log_row(x) for x in self.read().controlfile.log_history]
+        """V$LOG_HISTORY rows. The real view has no RESETLOGS_ID: an incarnation is named by
+        RESETLOGS_CHANGE# and RESETLOGS_TIME; `resetlogs_id` is here for the simulator only."""
+        cf = self.read().controlfile
+        return [_log_row(x, cf) for x in cf.log_history]
 
     def backup_sets(self) -> list[BackupSet]:
         return list(self.read().controlfile.backup_sets)
@@ -721,10 +759,20 @@ class SimulatedOracleError(RuntimeError):
     """A simulated ORA-/RMAN- error; the message starts with the code."""
 
 
+def _thread(st: State, thread: int) -> ThreadState:
+    for ts in st.controlfile.threads:
+        if ts.thread == thread:
+            return ts
+    raise SimulatedOracleError(f"ORA-01507: thread {thread} is not enabled in the simulation")
+
+
 def insert_row(st: State, value: str, *, thread: int = 1) -> Change:
     _require_open(st)
     if thread not in st.online:
         raise SimulatedOracleError(f"ORA-01507: thread {thread} is not enabled in the simulation")
+    ts = _thread(st, thread)
+    if ts.status != "OPEN" or not ts.enabled:
+        raise SimulatedOracleError(f"ORA-01089: the instance of thread {thread} is not open")
     change = Change(
         id=st.next_row_id,
         value=value,
@@ -744,7 +792,9 @@ def switch_logfile(st: State, arch_dir: Path, thread: int) -> ArchivedLog:
     """Archive `thread`'s current log as [first, current SCN) and start the next sequence."""
     _require_open(st)
     cf = st.controlfile
-    ts = next(t for t in cf.threads if t.thread == thread)
+    ts = _thread(st, thread)
+    if not ts.enabled:
+        raise SimulatedOracleError(f"ORA-01507: thread {thread} is disabled")
     inc = cf.incarnation()
     next_scn = st.current_scn
     name = arch_dir / f"{thread}_{ts.sequence}_{inc.resetlogs_id}.arc"
@@ -755,6 +805,7 @@ def switch_logfile(st: State, arch_dir: Path, thread: int) -> ArchivedLog:
         sequence=ts.sequence,
         resetlogs_id=inc.resetlogs_id,
         resetlogs_scn=inc.resetlogs_scn,
+        resetlogs_time=inc.resetlogs_time,
         first_scn=ts.first_scn,
         next_scn=next_scn,
         first_time=st.time_of(ts.first_scn),
@@ -773,6 +824,8 @@ def switch_logfile(st: State, arch_dir: Path, thread: int) -> ArchivedLog:
 
 
 def archive_log_current(st: State, arch_dir: Path) -> list[ArchivedLog]:
+    # Every enabled thread, CLOSED ones too: a surviving instance archives a closed thread's
+    # current log (what keeps a RAC database's threads' chains level).
     return [switch_logfile(st, arch_dir, t.thread) for t in st.controlfile.threads if t.enabled]
 
 
@@ -785,7 +838,11 @@ def new_resetlogs_id(when: datetime) -> int:
     return _resetlogs_id(when)
 
 
-def _log_row(x: ArchivedLog) -> dict[str, Any]:
+def _log_row(x: ArchivedLog, cf: ControlFile) -> dict[str, Any]:
+    when = x.resetlogs_time
+    if when is None:
+        known = [i for i in cf.incarnations if i.resetlogs_id == x.resetlogs_id]
+        when = known[0].resetlogs_time if known else None
     return {
         "recid": x.recid,
         "name": x.name,
@@ -794,6 +851,7 @@ def _log_row(x: ArchivedLog) -> dict[str, Any]:
         "sequence#": x.sequence,
         "resetlogs_id": x.resetlogs_id,
         "resetlogs_change#": x.resetlogs_scn,
+        "resetlogs_time": when,
         "first_change#": x.first_scn,
         "next_change#": x.next_scn,
         "first_time": x.first_time,

@@ -348,7 +348,9 @@ def _catalog_log(cf: ControlFile, path: Path, header: dict[str, Any]) -> None:
                 incarnation=max(i.incarnation for i in cf.incarnations) + 1,
                 resetlogs_scn=header["resetlogs_scn"],
                 resetlogs_id=header["resetlogs_id"],
-                resetlogs_time=datetime.fromisoformat(header["first_time"]),
+                resetlogs_time=datetime.fromisoformat(
+                    header.get("resetlogs_time") or header["first_time"]
+                ),
                 prior=parent.incarnation,
                 status="ORPHAN",
             )
@@ -405,6 +407,16 @@ def _reset_incarnation(s: Session, st: State, number: int) -> None:
 
 
 def _run_block(s: Session, block: Block) -> None:
+    # SET and ALLOCATE inside RUN last until its closing brace, as in RMAN: a later block
+    # starts without them (its RECOVER never inherits an earlier block's target).
+    scoped = (s.command_id, dict(s.channels), s.autobackup_format, s.until)
+    try:
+        _run_block_statements(s, block)
+    finally:
+        s.command_id, s.channels, s.autobackup_format, s.until = scoped
+
+
+def _run_block_statements(s: Session, block: Block) -> None:
     for stmt in block.statements:
         a = stmt.args
         if stmt.kind == "command_id":
@@ -750,18 +762,33 @@ def _autobackup(s: Session, st: State) -> None:
 # -- restore and recover ------------------------------------------------------------------------
 
 
-def _target_scn(s: Session, st: State) -> int:
+def _target_scn(s: Session, st: State, command: str = "recover") -> int:
     if s.until is None:
         raise RmanError(
-            "RMAN-03002: failure of recover command",
+            f"RMAN-03002: failure of {command} command",
             "RMAN-06557: the simulator recovers only to a SET UNTIL target",
         )
     kind, args = s.until
     cf = st.controlfile
+    current = cf.incarnation()
+    # A point before the mounted control file's current RESETLOGS is on another incarnation:
+    # RMAN refuses it until RESET DATABASE TO INCARNATION names that one (recovering there
+    # anyway would hang a child under an incarnation that began after its branch point).
     if kind == "until_scn":
+        if args[0] < current.resetlogs_scn:
+            raise RmanError(
+                f"RMAN-03002: failure of {command} command",
+                "RMAN-20208: UNTIL CHANGE is before RESETLOGS change",
+            )
         return args[0]
     if kind == "until_time":
-        return st.scn_at(datetime.fromtimestamp(args[0], UTC), cf.incarnation().resetlogs_id)
+        when = datetime.fromtimestamp(args[0], UTC)
+        if when < current.resetlogs_time:
+            raise RmanError(
+                f"RMAN-03002: failure of {command} command",
+                "RMAN-20207: UNTIL TIME or RECOVERY WINDOW is before RESETLOGS time",
+            )
+        return st.scn_at(when, current.resetlogs_id)
     sequence, thread = args
     rid_path = {i.resetlogs_id for i in cf.path()[:1]}
     for log in cf.archived_logs:
@@ -820,7 +847,7 @@ def _on_path(cf: ControlFile, resetlogs_id: int, scn: int) -> bool:
 def _restore_database(s: Session, st: State, a: tuple[str | None, ...]) -> None:
     if st.open_mode != "MOUNTED":
         raise RmanError("RMAN-03002: failure of restore command", "ORA-01507: database not mounted")
-    target = _target_scn(s, st)
+    target = _target_scn(s, st, "restore")
     s.say(f"Starting restore at {_fmt(st.now())}")
     chosen = _chosen_level0(st, target)
     missing = [df.file for df in st.datafiles if df.file not in chosen]
@@ -862,8 +889,12 @@ def _recover_database(s: Session, st: State, a: tuple[str | None, ...]) -> None:
     s.say(f"Starting recover at {_fmt(st.now())}")
     _apply_incrementals(s, st, media, target)
     start = min(media.checkpoint_scn.values())
-    for thread in (t for t in cf.threads if t.enabled):
-        _apply_thread(s, cf, media, thread, start, target)
+    for thread in cf.threads:
+        # A thread disabled before the target is needed only up to its disable (the redo
+        # says so, whatever a backup control file thinks); one disabled with no marker never.
+        stop = min(target, st.thread_disabled_at.get(thread.thread, target))
+        if (thread.enabled or thread.thread in st.thread_disabled_at) and start < stop:
+            _apply_thread(s, cf, media, thread, start, stop)
     media.recovered_to = target
     s.say("media recovery complete, elapsed time: 00:00:01")
     fuzzy = [(f, scn) for f, scn in sorted(media.fuzzy_scn.items()) if scn >= target]
@@ -1008,7 +1039,7 @@ def _open_resetlogs(s: Session, st: State) -> None:
 
 
 def _preview(s: Session, st: State, a: tuple[str | None, ...]) -> None:
-    target = _target_scn(s, st)
+    target = _target_scn(s, st, "restore")
     chosen = _chosen_level0(st, target)
     s.say("List of Backup Sets")
     for file, (bset, d) in sorted(chosen.items()):
@@ -1029,7 +1060,7 @@ def _preview(s: Session, st: State, a: tuple[str | None, ...]) -> None:
 
 
 def _validate_restore(s: Session, st: State, a: tuple[str | None, ...]) -> None:
-    target = _target_scn(s, st)
+    target = _target_scn(s, st, "restore")
     chosen = _chosen_level0(st, target)
     if len(chosen) != len(st.datafiles):
         raise RmanError(

@@ -70,18 +70,28 @@ class SimulatedSession:
         return [archived_log_from(r) for r in chosen]
 
     async def log_history(
-        self, thread: int, from_sequence: int, *, resetlogs_change: int | None = None
+        self, thread: int, from_sequence: int, *, resetlogs_id: int | None = None
     ) -> list[LogHistoryRow]:
-        if resetlogs_change is None:
-            resetlogs_change = (await self.database()).resetlogs_change
+        # As LOG_HISTORY_SQL joins it: the incarnation by RESETLOGS_ID (None: CURRENT), its rows
+        # by RESETLOGS_CHANGE# and RESETLOGS_TIME (V$LOG_HISTORY carries no RESETLOGS_ID).
+        incarnations = await self.incarnations()
+        wanted = next(
+            (
+                (i.resetlogs_change, i.resetlogs_time)
+                for i in incarnations
+                if (i.resetlogs_id == resetlogs_id)
+                or (resetlogs_id is None and i.status == "CURRENT")
+            ),
+            None,
+        )
         rows = await self._read(self.db.log_history)
         return sorted(
             (
-                log_history_from(r)
-                for r in rows
-                if r["thread#"] == thread
-                and r["sequence#"] >= from_sequence
-                and r["resetlogs_change#"] == resetlogs_change
+                h
+                for h in map(log_history_from, rows)
+                if h.thread == thread
+                and h.sequence >= from_sequence
+                and (h.resetlogs_change, h.resetlogs_time) == wanted
             ),
             key=lambda h: h.sequence,
         )
@@ -134,6 +144,7 @@ class SimulatedSession:
                     absolute_fuzzy_change=d.absolute_fuzzy_scn,
                     resetlogs_change=cf.by_resetlogs_id(d.resetlogs_id).resetlogs_scn,
                     completion_time=s.completion_time,
+                    resetlogs_time=cf.by_resetlogs_id(d.resetlogs_id).resetlogs_time,
                 )
                 for s in cf.backup_sets
                 if chosen(s)

@@ -229,8 +229,13 @@ def test_archived_log_query_takes_new_available_copies_of_one_destination() -> N
 
 def test_history_is_read_per_thread_and_incarnation() -> None:
     sql = " ".join(LOG_HISTORY_SQL.split())
-    assert set(re.findall(r":(\w+)", sql)) == {"thread", "from_sequence", "resetlogs_change"}
-    assert "resetlogs_id" not in sql, "V$LOG_HISTORY has no RESETLOGS_ID column"
+    assert set(re.findall(r":(\w+)", sql)) == {"thread", "from_sequence", "resetlogs_id"}
+    assert "h.resetlogs_id" not in sql, "V$LOG_HISTORY has no RESETLOGS_ID column"
+    # Siblings share RESETLOGS_CHANGE#: the incarnation is matched on its time as well.
+    assert (
+        "ON i.resetlogs_change# = h.resetlogs_change# AND i.resetlogs_time = h.resetlogs_time"
+        in sql
+    )
 
 
 def test_backup_queries_find_a_job_by_its_command_id() -> None:

@@ -92,6 +92,7 @@ _TABLE: dict[str, Rule] = {
     # The same script again finds the same log missing: only a crosscheck or a new plan helps.
     "RMAN-06059": _r(F, "an expected archived log is missing", "crosscheck, then re-plan"),
     "RMAN-20208": _r(F, "UNTIL CHANGE is before RESETLOGS change", "RESET DATABASE first"),
+    "RMAN-20207": _r(F, "UNTIL TIME is before RESETLOGS time", "RESET DATABASE first"),
     "RMAN-06180": _r(F, "incremental backups need Enterprise Edition"),
     "RMAN-06809": _r(F, "this compression algorithm needs Advanced Compression"),
     "RMAN-06496": _r(F, "RESTORE CONTROLFILE needs TO while the database is mounted or open"),

@@ -43,19 +43,26 @@ rows of other destinations, deleted ('D'), unavailable or expired copies, and co
 standby (STANDBY_DEST='YES': not a file here) are not logs we can read."""
 
 LOG_HISTORY_SQL = """\
-SELECT recid, thread#, sequence#, first_change#, next_change#, first_time, resetlogs_change#
-  FROM v$log_history
- WHERE thread# = :thread AND sequence# >= :from_sequence
-   AND resetlogs_change# = NVL(:resetlogs_change, (SELECT resetlogs_change# FROM v$database))
- ORDER BY sequence#"""
-"""Log switches of one thread on one incarnation (V$LOG_HISTORY has no RESETLOGS_ID: an
-incarnation is named by its RESETLOGS_CHANGE#; NULL means the current one). Every switch
-leaves a row, so this is the truth a destination is checked against for gaps."""
+SELECT h.recid, h.thread#, h.sequence#, h.first_change#, h.next_change#, h.first_time,
+       h.resetlogs_change#, h.resetlogs_time
+  FROM v$log_history h
+  JOIN v$database_incarnation i
+    ON i.resetlogs_change# = h.resetlogs_change# AND i.resetlogs_time = h.resetlogs_time
+ WHERE h.thread# = :thread AND h.sequence# >= :from_sequence
+   AND (i.resetlogs_id = :resetlogs_id OR (:resetlogs_id IS NULL AND i.status = 'CURRENT'))
+ ORDER BY h.sequence#"""
+"""Log switches of one thread on one incarnation, named by its RESETLOGS_ID (NULL: the current
+one). V$LOG_HISTORY has no RESETLOGS_ID and its RESETLOGS_CHANGE# alone is not an identity: two
+restores to the same SCN make sibling incarnations with equal RESETLOGS_CHANGE#, told apart by
+RESETLOGS_TIME, so the incarnation is joined on both. Every switch leaves a row, so this is the
+truth a destination is checked against for gaps."""
 
 THREADS_SQL = """\
 SELECT thread#, status, enabled, sequence#
   FROM v$thread
  ORDER BY thread#"""
+"""The redo threads of the current incarnation: ENABLED says whether recovery needs the thread's
+redo (DISABLED: no; PUBLIC or PRIVATE: yes, whether its instance is OPEN or CLOSED)."""
 
 # Every V$RMAN_STATUS row of the RMAN session that ran `SET COMMAND ID TO :command_id`, not only
 # the rows carrying the id: the control file autobackup is a recursive operation of the
@@ -78,7 +85,7 @@ V$RMAN_STATUS row)."""
 BACKUP_DATAFILES_SQL = """\
 SELECT d.set_stamp, d.set_count, d.file#, d.incremental_level, d.incremental_change#,
        d.checkpoint_change#, d.checkpoint_time, d.absolute_fuzzy_change#, d.resetlogs_change#,
-       d.completion_time
+       d.resetlogs_time, d.completion_time
   FROM v$backup_datafile d
  WHERE (d.set_stamp, d.set_count) IN (
        SELECT p.set_stamp, p.set_count FROM v$backup_piece p
@@ -94,7 +101,7 @@ absolute fuzzy SCNs are where recovery from this backup can first stop."""
 BACKUP_DATAFILES_TAGGED_SQL = """\
 SELECT d.set_stamp, d.set_count, d.file#, d.incremental_level, d.incremental_change#,
        d.checkpoint_change#, d.checkpoint_time, d.absolute_fuzzy_change#, d.resetlogs_change#,
-       d.completion_time
+       d.resetlogs_time, d.completion_time
   FROM v$backup_datafile d
  WHERE (d.set_stamp, d.set_count) IN (
        SELECT p.set_stamp, p.set_count FROM v$backup_piece p WHERE p.tag = :tag)
@@ -199,6 +206,7 @@ class LogHistoryRow:
     next_change: int
     first_time: datetime
     resetlogs_change: int
+    resetlogs_time: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -212,6 +220,8 @@ class ThreadRow:
 
     @property
     def is_enabled(self) -> bool:
+        """Recovery needs this thread's redo: an enabled thread counts whether its instance is
+        OPEN or CLOSED (a closed thread's current log is archived by a surviving instance)."""
         return self.enabled != "DISABLED"
 
 
@@ -248,6 +258,8 @@ class BackupDatafileRow:
     absolute_fuzzy_change: int | None
     resetlogs_change: int
     completion_time: datetime
+    #: With RESETLOGS_CHANGE#, the incarnation the file belongs to (siblings share the SCN).
+    resetlogs_time: datetime | None = None
 
     @property
     def recoverable_after(self) -> int:
@@ -399,6 +411,7 @@ def log_history_from(row: Row, zone: ZoneInfo | None = None) -> LogHistoryRow:
         next_change=int(row["next_change#"]),
         first_time=as_utc(row["first_time"], zone),
         resetlogs_change=int(row["resetlogs_change#"]),
+        resetlogs_time=_opt_utc(row.get("resetlogs_time"), zone),
     )
 
 
@@ -441,6 +454,7 @@ def backup_datafile_from(row: Row, zone: ZoneInfo | None = None) -> BackupDatafi
         absolute_fuzzy_change=_opt_int(row["absolute_fuzzy_change#"]),
         resetlogs_change=int(row["resetlogs_change#"]),
         completion_time=as_utc(row["completion_time"], zone),
+        resetlogs_time=_opt_utc(row.get("resetlogs_time"), zone),
     )
 
 

@@ -121,10 +121,10 @@ class OracleSession(Protocol):
         ...
 
     async def log_history(
-        self, thread: int, from_sequence: int, *, resetlogs_change: int | None = None
+        self, thread: int, from_sequence: int, *, resetlogs_id: int | None = None
     ) -> list[LogHistoryRow]:
-        """Switches of `thread` from `from_sequence` on, on the incarnation that began at
-        `resetlogs_change` (None: the current one)."""
+        """Switches of `thread` from `from_sequence` on, on the incarnation `resetlogs_id`
+        (None: the current one)."""
         ...
 
     async def threads(self) -> list[ThreadRow]: ...
@@ -447,14 +447,14 @@ class OracleDbSession:
         return [archived_log_from(r, self._zone) for r in rows]
 
     async def log_history(
-        self, thread: int, from_sequence: int, *, resetlogs_change: int | None = None
+        self, thread: int, from_sequence: int, *, resetlogs_id: int | None = None
     ) -> list[LogHistoryRow]:
         rows = await self._rows(
             "reading V$LOG_HISTORY",
             LOG_HISTORY_SQL,
             thread=thread,
             from_sequence=from_sequence,
-            resetlogs_change=resetlogs_change,
+            resetlogs_id=resetlogs_id,
         )
         return [log_history_from(r, self._zone) for r in rows]
 

@@ -2,16 +2,20 @@
 `OracleSession`, the python-oracledb session the archiver uses too.
 
 The session speaks in V$ rows; the engine's manifests name an incarnation by its RESETLOGS_ID,
-which V$BACKUP_DATAFILE does not carry (it has RESETLOGS_CHANGE#), so each row's incarnation is
-looked up in V$DATABASE_INCARNATION.
+which V$BACKUP_DATAFILE does not carry (it has RESETLOGS_CHANGE# and RESETLOGS_TIME), so each
+row's incarnation is looked up in V$DATABASE_INCARNATION by both: two restores to the same SCN
+make sibling incarnations with equal RESETLOGS_CHANGE#, and the SCN alone would give a file the
+identity of whichever sibling came last.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 
 from services.engines.base import EngineError
 from services.engines.oracle.backup import BackupDatafileRow, IncarnationRow
+from services.engines.oracle.session import IncarnationRow as SessionIncarnation
 from services.engines.oracle.session import OracleSession, OracleSessionError
 
 __all__ = ["SessionViews"]
@@ -68,16 +72,9 @@ class SessionViews:
             incarnations = await self.session.incarnations()
         except OracleSessionError as exc:
             raise _engine_error(exc) from None
-        by_scn = {i.resetlogs_change: i.resetlogs_id for i in incarnations}
         out: list[BackupDatafileRow] = []
         for r in rows:
-            rid = by_scn.get(r.resetlogs_change)
-            if rid is None:
-                raise EngineError.of(
-                    f"V$BACKUP_DATAFILE names RESETLOGS_CHANGE# {r.resetlogs_change}, which no "
-                    "incarnation has",
-                    code="TM-ORA-034",
-                )
+            rid = _incarnation_of(r.resetlogs_change, r.resetlogs_time, incarnations)
             out.append(
                 BackupDatafileRow(
                     file=r.file,
@@ -88,6 +85,24 @@ class SessionViews:
                 )
             )
         return out
+
+
+def _incarnation_of(
+    change: int, when: datetime | None, incarnations: list[SessionIncarnation]
+) -> int:
+    """The RESETLOGS_ID of the incarnation that began at (`change`, `when`); without a time
+    (a row that does not carry it), only when no sibling shares the SCN."""
+    same = [i for i in incarnations if i.resetlogs_change == change]
+    if when is not None:
+        same = [i for i in same if i.resetlogs_time == when]
+    if len(same) == 1:
+        return same[0].resetlogs_id
+    which = f"RESETLOGS_CHANGE# {change}" + ("" if when is None else f" at {when.isoformat()}")
+    raise EngineError.of(
+        f"V$BACKUP_DATAFILE names {which}, which "
+        + ("no incarnation has" if not same else f"{len(same)} sibling incarnations share"),
+        code="TM-ORA-034",
+    )
 
 
 def _engine_error(exc: OracleSessionError) -> EngineError:
