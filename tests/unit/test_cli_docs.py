@@ -13,7 +13,12 @@ from typer.testing import CliRunner
 from services.cli.main import app
 
 ROOT = Path(__file__).parents[2]
-DOCS = (ROOT / "README.md", ROOT / "docs" / "cli.md", ROOT / "docs" / "planner.md")
+DOCS = (
+    ROOT / "README.md",
+    ROOT / "docs" / "cli.md",
+    ROOT / "docs" / "planner.md",
+    ROOT / "docs" / "bus.md",
+)
 runner = CliRunner()
 
 
