@@ -7,8 +7,9 @@
 
 Every migration subject ends with two database tokens, the source then the target
 (`tm.cmd.planner.any.migration.pause.orders-db.orders-db-new`), so NATS permissions can scope a
-platform team's credentials to its own databases: `tm.*.*.*.migration.*.orders-db.*` grants
-every command and event whose source is `orders-db`. The source is the envelope's `database`;
+platform team's credentials to its own databases: `tm.cmd.planner.any.migration.*.orders-db.*`
+grants every command on the migrations whose source is `orders-db`, and
+`tm.evt.migration.*.orders-db.*` every event of them. The source is the envelope's `database`;
 the target's uid travels in the payload (`target`) and fills the `{target}` token.
 
 What a model can check it checks (window order, budgets, the method's engine). What depends on
@@ -57,7 +58,9 @@ class MigrationPhase(StrEnum):
     """Inside a window only: the steps of `CutoverStep`, in order. The point of no return is one
     of them (`POINT_OF_NO_RETURN`); the saga records whether it was passed."""
     VERIFYING = "verifying"
-    """Parity of the two sides (positions, then row counts, checksums, objects, sequences)."""
+    """Parity of the two sides. A physical copy is the source itself: the same system
+    identifier, opened past the source's final position. A logical method adds row counts and
+    checksums per table, objects and sequences."""
     COMPLETED = "completed"
     """The target is the database's primary and parity was verified."""
     FAILED = "failed"

@@ -737,7 +737,8 @@ def choose_migration(
     take_completed: bool = False,
 ) -> MigrationView:
     """The migration a control command on `source` is for: `migration_id`'s, else the single
-    unfinished one (for a rollback, else the newest, if it completed)."""
+    unfinished one. (`take_completed` is kept for callers; a completed migration is final and
+    the planner refuses to roll it back, so it is never chosen.)"""
     if migration_id is not None:
         found = [v for v in views if v.migration_id == migration_id]
         if not found:
@@ -756,10 +757,6 @@ def choose_migration(
         raise NoSingleMigration(
             f"{source} has {len(open_)} unfinished migrations: {listed}; name one with --id"
         )
-    if take_completed and ours:
-        newest = max(ours, key=lambda v: v.requested_at)
-        if newest.phase is MigrationPhase.COMPLETED:
-            return newest
     raise NoSingleMigration(
         f"{source} has no unfinished migration"
         + (f" ({len(ours)} finished; name one with --id)" if ours else "")
@@ -862,13 +859,15 @@ def consequence(name: str, view: MigrationView) -> str:
             f"aborting {which} stops it for good: the target copy is abandoned and {view.source} "
             "is unfenced and keeps serving"
         )
-    keeps = (
-        f"{view.source} follows {view.target} first, so the target's new commits are kept"
-        if view.method in ROLLBACK_AFTER_CUTOVER
-        else f"commits {view.target} accepted since the cutover are LOST ({view.source} is "
-        "reopened as it was at the fence)"
+    if view.method not in ROLLBACK_AFTER_CUTOVER:
+        return (
+            f"rolling back {which}: {view.method.value} keeps no way back after the cutover, so "
+            "the planner will refuse it"
+        )
+    return (
+        f"rolling back {which} makes {view.source} the primary again: {view.source} follows "
+        f"{view.target} first, so the target's new commits are kept"
     )
-    return f"rolling back {which} makes {view.source} the primary again: {keeps}"
 
 
 def confirm(name: str, what: str, source: str, *, yes: bool) -> None:

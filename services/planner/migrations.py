@@ -202,6 +202,7 @@ class MigrationRecord(SagaRecord[MigrationPhase]):
     lag_sample: tuple[datetime, int] | None = None
     refused: bool = False
     unfence_failed: bool = False
+    failure_held: bool = False
 
     @property
     def saga_id(self) -> uuid.UUID:
@@ -278,7 +279,6 @@ class Migrations:
                 request=data,
                 phase=P.VALIDATING,
                 databases=[data.target],
-                pause_point=data.pause_after,
                 created_at=now,
                 updated_at=now,
                 visits=[PhaseVisit(phase=P.VALIDATING, at=now, message="requested")],
@@ -414,7 +414,8 @@ class Migrations:
         """The phase's work is done: move on, or pause first if asked to pause after it (the
         paused state is announced here: a paused saga takes no step until resumed)."""
         after = _next_phase(record.phase)
-        if record.pause_point is record.phase and record.paused_for is not record.phase:
+        asked = record.phase in (record.pause_point, record.request.pause_after)
+        if asked and record.paused_for is not record.phase:
             paused = record.model_copy(
                 update={
                     **changes,
@@ -718,6 +719,21 @@ class Migrations:
                 return Wait(
                     f"waiting for {', '.join(missing)} to drain", until=record.drain_deadline
                 )
+        windows = self._windows(record)
+        if windows and not check_windows(windows, now).open:
+            return Move(
+                P.READY,
+                {
+                    "step": None,
+                    "drain_deadline": None,
+                    "acks": {},
+                    "visits": self._visit(
+                        record,
+                        "cutover abandoned, nothing fenced: its window closed during the drain",
+                        phase=P.READY,
+                    ),
+                },
+            )
         if not record.source_locked:
             try:
                 await take_lock(
@@ -763,6 +779,30 @@ class Migrations:
         """Abort, or fail, leaving the source as it was when that is still possible."""
         end = P.ABORTED if record.failing is None else P.FAILED
         if record.point_of_no_return_passed:
+            if record.request.method in ROLLBACK_AFTER_CUTOVER and not record.failure_held:
+                # The target may be open: keep the way back. Rollback turns back; resume
+                # accepts the failure (the saga ends failed, the target as it is).
+                assert record.failing is not None
+                reason = (
+                    f"failed after the point of no return ({record.failing.reason}); "
+                    "`rollback` returns to the old source, `resume` ends the migration failed"
+                )
+                held = record.model_copy(
+                    update={
+                        "paused": True,
+                        "failure_held": True,
+                        "visits": self._visit(record, reason[:500]),
+                    }
+                )
+                await self._announce_phase(held)
+                return Update(
+                    {
+                        "paused": True,
+                        "failure_held": True,
+                        "visits": held.visits,
+                        "announced": f"{record.phase}/{record.step}/True",
+                    }
+                )
             return Move(P.FAILED, {"step": record.step})
         for key, job_id in record.pending.items():
             if key != "unfence" and job_id not in record.cancelled:
@@ -948,22 +988,36 @@ class Migrations:
 
         message = await until_written(attempt, f"migration {data.migration_id}")
         await self.ctx.accept(command, str(data.migration_id), message)
+        current = await self.load(data.migration_id)
+        if current is not None and current.value.paused:
+            await self._announce_phase(current.value)  # a paused saga takes no step to say so
         await self.advance(data.migration_id)
 
     def _decide(self, record: MigrationRecord, data: Any) -> tuple[dict[str, Any], str]:
         """What a control command changes on the record, or a refusal saying why not."""
         mid = record.migration_id
         if isinstance(data, PauseMigration):
+            if record.paused:
+                return {}, f"migration {mid} is already paused in {record.phase}"
+            if record.phase is P.READY or (record.waiting is not None and not record.pending):
+                # Waiting (for a window, a command, a sample): nothing to finish first.
+                return (
+                    {
+                        "paused": True,
+                        "paused_for": record.phase,
+                        "visits": self._visit(record, f"paused in {record.phase}: {data.reason}"),
+                    },
+                    f"migration {mid} paused in {record.phase}",
+                )
             return (
-                {"pause_point": record.phase, "paused_for": None},
+                {"pause_point": record.phase},
                 f"migration {mid} pauses at the end of {record.phase}",
             )
         if isinstance(data, ResumeMigration):
-            point = data.pause_after if data.pause_after is not None else None
             return (
                 {
                     "paused": False,
-                    "pause_point": point,
+                    "pause_point": data.pause_after,
                     "waiting": None,
                     "visits": self._visit(record, "resumed"),
                 },
@@ -992,7 +1046,6 @@ class Migrations:
                     "cutover_requested": True,
                     "cutover_now": not data.wait_for_window,
                     "paused": paused,
-                    "pause_point": None if record.pause_point is P.READY else record.pause_point,
                     "waiting": None,
                 },
                 f"migration {mid}: cutover once ready"
@@ -1024,6 +1077,15 @@ class Migrations:
                 raise Refused(
                     Refusal(
                         f"{record.request.method.value} keeps no way back after the cutover",
+                        CODE_METHOD,
+                    )
+                )
+            source = record.results.get("preflight_source")
+            if source is not None and source.facts.get("rollback") == "impossible":
+                raise Refused(
+                    Refusal(
+                        f"migration {mid} cannot roll back: the source has neither data "
+                        "checksums nor wal_log_hints, which pg_rewind needs",
                         CODE_METHOD,
                     )
                 )
@@ -1225,7 +1287,9 @@ class Migrations:
         if record.phase is P.COMPLETED:
             estimate = self._completed(record).downtime_s
         waiting = record.waiting.reason if record.waiting else None
-        if record.paused:
+        if record.paused and record.failure_held and record.visits:
+            waiting = record.visits[-1].message
+        elif record.paused:
             waiting = f"paused after {record.paused_for or record.phase} (resume to go on)"
         elif record.pending and waiting is None:
             waiting = "step " + ", ".join(sorted(record.pending)) + " running"

@@ -50,6 +50,7 @@ from schemas.messages import (
     MigrationStatusReply,
     MigrationStatusRequest,
     MigrationView,
+    PauseMigration,
     RequestAccepted,
     RequestMigration,
     RequestRejected,
@@ -328,6 +329,13 @@ async def test_abort_before_the_cutover_leaves_the_source_serving_and_drops_its_
     )
     assert view.phase is MigrationPhase.READY
     assert (view.progress.bytes_copied or 0) > 1 << 20
+    ids = {"migration_id": request.migration_id, "target": "mig-a-new"}
+    await _ask(stack, PauseMigration(**ids), db)
+    paused = await _status(stack, request.migration_id)
+    assert paused.paused
+    assert "paused" in (paused.waiting or "")
+    await _ask(stack, ResumeMigration(**ids), db)
+    assert not (await _status(stack, request.migration_id)).paused
     await _ask(stack, AbortMigration(migration_id=request.migration_id, target="mig-a-new"), db)
     await _wait(stack, mark, _phase(request.migration_id, MigrationPhase.ABORTED), "aborted")
     db.cluster.psql("INSERT INTO ledger (id) VALUES (-1)")

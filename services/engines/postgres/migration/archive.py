@@ -538,8 +538,9 @@ def fence_archived_source(
 
 
 def unfence_archived_source(source: PgInstance) -> None:
-    """Abort before the point of no return: the source serves writes again, as before; the
-    target keeps following the archive. Rerunnable."""
+    """Abort before the point of no return: the source serves writes again, as before (what
+    becomes of the target is the caller's: the executor's step stops it and closes its feed).
+    Rerunnable."""
     running = _running_socket_dir(source) if source.is_running() else None
     if _is_private_dir(running):
         assert running is not None

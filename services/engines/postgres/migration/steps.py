@@ -385,6 +385,11 @@ async def _preflight(
         facts = await _blocking(lambda: gather_facts(source))
         identity = await _blocking(lambda: _identity(source))
         problems = facts.problems_as_source()
+        if not (facts.data_checksums or facts.wal_log_hints):
+            # Not a stop for the copy: only the way back (pg_rewind) needs one of them, and the
+            # planner refuses a rollback it could not do.
+            problems = [p for p in problems if "pg_rewind" not in p]
+            identity["rollback"] = "impossible"
         if command.method is ARCHIVE:
             problems = [p for p in problems if not any(w in p for w in REPLICATION_ONLY)]
             assert sides.source_db is not None
