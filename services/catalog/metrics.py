@@ -6,7 +6,7 @@
 | tidemark.window.start_timestamp | observable gauge | s | database | first recoverability point |
 | tidemark.window.end_timestamp | observable gauge | s | database | newest restorable time |
 | tidemark.last_backup.timestamp | observable gauge | s | database | newest completed backup |
-| tidemark.catalog.catching_up | observable gauge | 1 | replica | 1 while catching up |
+| tidemark.catalog.catching_up | observable gauge | | replica | 1 while catching up |
 | tidemark.catalog.replay_left | observable gauge | {event} | replica | events left to replay |
 
 Read from the index at each collection (the current lineage's windows, as `tidemark status`
@@ -88,7 +88,8 @@ class CatalogMetrics:
         meter.create_observable_gauge(
             "tidemark.catalog.catching_up",
             callbacks=[self._catching_up],
-            unit="1",
+            # No unit: "1" would be exported as `..._ratio`, which a flag is not.
+            unit="",
             description="1 while the catalog catches up with its stream; queries are refused",
         )
         meter.create_observable_gauge(
