@@ -79,8 +79,6 @@ from schemas.messages.migrations import (
     MIGRATION_COMMANDS,
     MIGRATION_EVENTS,
     MIGRATION_STEPS,
-    MigrationFailed,
-    MigrationPhaseChanged,
 )
 from schemas.records import DLQ_SUBJECT_PREFIX
 
@@ -176,10 +174,8 @@ SENDS: dict[Role, tuple[type[Payload], ...]] = {
         RestoreProgress,
         RestoreCompleted,
         RestoreFailed,
-        # Progress of a long step (bytes copied, lag) and a step's own failure are reported by
-        # the executor that runs it; the saga's other events are the planner's alone.
-        MigrationPhaseChanged,
-        MigrationFailed,
+        # A migration step reports through its job's events; every migration event is the
+        # planner's (the saga is the one that knows what a step's result means).
     ),
     Role.ARCHIVER: (LogArchived, ArchiveAlarm),
     Role.CATALOG: (LogIndexed, LogDeleted, WindowChanged),

@@ -76,8 +76,6 @@ edit that, not this. The NATS permissions matrix, one entry per role. */}}
         "tm.evt.restore.progress.*",
         "tm.evt.restore.completed.*",
         "tm.evt.restore.failed.*",
-        "tm.evt.migration.phase.*.*",
-        "tm.evt.migration.failed.*.*",
         "tm.dlq.>",
         "$KV.tm_health.>",
         "$KV.tm_nodes.>"
