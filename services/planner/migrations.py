@@ -42,9 +42,7 @@ import contextlib
 import logging
 import uuid
 from datetime import datetime, timedelta
-from typing import Any, ClassVar
-
-from pydantic import Field
+from typing import Any
 
 from schemas import DatabaseRef, Envelope, Payload, uuid7
 from schemas.messages import (
@@ -59,7 +57,6 @@ from schemas.messages import (
     JobSucceeded,
     MigrationCompleted,
     MigrationFailed,
-    MigrationMethod,
     MigrationPhase,
     MigrationPhaseChanged,
     MigrationProgress,
@@ -86,7 +83,6 @@ from schemas.messages import (
 )
 from schemas.messages.common import Failure
 from schemas.messages.migrations import (
-    PHASE_ORDER,
     ROLLBACK_AFTER_CUTOVER,
     CutoverWindow,
     check_request,
@@ -95,12 +91,29 @@ from services.planner.context import PlannerContext, require_database
 from services.planner.errors import BUSY, FINISHED, NO_NODE, NOT_FOUND, Refusal, Refused
 from services.planner.keys import step_id
 from services.planner.locks import release_lock, take_lock
+from services.planner.migration_control import decide
+from services.planner.migration_record import (
+    CODE_DRAIN,
+    CODE_METHOD,
+    CODE_PARITY,
+    CODE_PREFLIGHT,
+    CODE_STATE,
+    CODE_STEP,
+    CODE_WINDOW,
+    CUTOVER_OVERHEAD_S,
+    METHODS_BUILT,
+    STEP_ATTEMPTS,
+    TABLE,
+    MigrationRecord,
+    migration_key,
+    next_phase,
+    source_claim_key,
+)
 from services.planner.records import Lock
 from services.planner.sagas import (
     Idle,
     Move,
     Outcome,
-    SagaRecord,
     SagaRef,
     TimeWindow,
     Update,
@@ -111,119 +124,25 @@ from services.planner.sagas import (
     until_written,
 )
 from services.planner.store import Conflict, Versioned
-from services.runtime.phases import Transitions
+
+__all__ = [
+    "CODE_DRAIN",
+    "CODE_METHOD",
+    "CODE_PARITY",
+    "CODE_PREFLIGHT",
+    "CODE_STATE",
+    "CODE_STEP",
+    "CODE_WINDOW",
+    "TABLE",
+    "MigrationRecord",
+    "Migrations",
+    "migration_key",
+]
 
 log = logging.getLogger("tidemark.planner")
 
 P = MigrationPhase
 S = CutoverStep
-
-CODE_PREFLIGHT = "TM-MIG-PREFLIGHT"
-CODE_METHOD = "TM-MIG-METHOD"
-CODE_STATE = "TM-MIG-STATE"
-CODE_STEP = "TM-MIG-STEP-FAILED"
-CODE_PARITY = "TM-MIG-PARITY"
-CODE_WINDOW = "TM-MIG-WINDOW-PASSED"
-CODE_DRAIN = "TM-MIG-DRAIN"
-
-METHODS_BUILT: frozenset[MigrationMethod] = frozenset(
-    {MigrationMethod.PHYSICAL_STREAM, MigrationMethod.PHYSICAL_ARCHIVE}
-)
-"""The methods the saga can run today; the others are refused at intake with the reason."""
-
-STEP_ATTEMPTS = 5
-"""Runs of one step while its failure is retryable (or the executor was restarted under it)."""
-
-CUTOVER_OVERHEAD_S = 2.0
-"""What a cutover costs beyond the lag it must replay (the clean stop's checkpoint, the promote,
-three step round trips), for the downtime estimate; `make bench-migrate` measures the truth."""
-
-TABLE = Transitions[MigrationPhase](
-    {
-        P.VALIDATING: frozenset({P.PREPARING, P.FAILED, P.ABORTED}),
-        P.PREPARING: frozenset({P.COPYING, P.FAILED, P.ABORTED}),
-        P.COPYING: frozenset({P.CATCHING_UP, P.FAILED, P.ABORTED}),
-        P.CATCHING_UP: frozenset({P.READY, P.FAILED, P.ABORTED}),
-        P.READY: frozenset({P.CUTTING_OVER, P.FAILED, P.ABORTED}),
-        P.CUTTING_OVER: frozenset({P.READY, P.VERIFYING, P.FAILED, P.ABORTED, P.ROLLED_BACK}),
-        P.VERIFYING: frozenset({P.COMPLETED, P.FAILED, P.ROLLED_BACK}),
-        P.COMPLETED: frozenset(),
-        P.FAILED: frozenset(),
-        P.ABORTED: frozenset(),
-        P.ROLLED_BACK: frozenset(),
-    }
-)
-"""`cutting_over → ready`: a drain that timed out or was refused; nothing was fenced."""
-
-
-def migration_key(migration_id: uuid.UUID) -> str:
-    return f"migration.{migration_id}"
-
-
-def source_claim_key(uid: str) -> str:
-    """One migration per source at a time: created at intake, deleted when it ends."""
-    return f"migrating.{uid}"
-
-
-class MigrationRecord(SagaRecord[MigrationPhase]):
-    """One migration, as kept in `migration.<id>`."""
-
-    KIND: ClassVar[str] = "migration"
-    PHASES: ClassVar[Transitions[Any]] = TABLE
-
-    migration_id: uuid.UUID
-    command_id: uuid.UUID
-    correlation_id: uuid.UUID
-    source: DatabaseRef
-    source_node: str
-    request: RequestMigration
-    step: CutoverStep | None = None
-    results: dict[str, MigrationStepResult] = Field(default_factory=dict)
-    pending: dict[str, uuid.UUID] = Field(
-        default_factory=dict, description="step → job id in flight"
-    )
-    attempts: dict[str, int] = Field(default_factory=dict)
-    progress: MigrationProgress = Field(default_factory=MigrationProgress)
-    visits: list[PhaseVisit] = Field(default_factory=list)
-    announced: str | None = None
-    accepted: bool = False
-    pause_point: MigrationPhase | None = None
-    paused_for: MigrationPhase | None = None
-    point_of_no_return_passed: bool = False
-    cutover_requested: bool = False
-    cutover_now: bool = False
-    abort_reason: str | None = None
-    rollback_reason: str | None = None
-    failing: Failure | None = None
-    drain_deadline: datetime | None = None
-    acks: dict[str, bool] = Field(default_factory=dict)
-    source_locked: bool = False
-    cancelled: list[uuid.UUID] = Field(default_factory=list)
-    lag_sample: tuple[datetime, int] | None = None
-    refused: bool = False
-    unfence_failed: bool = False
-    failure_held: bool = False
-
-    @property
-    def saga_id(self) -> uuid.UUID:
-        return self.migration_id
-
-    @property
-    def target(self) -> str:
-        return self.request.target
-
-    @property
-    def target_node(self) -> str:
-        return self.request.target_instance.node
-
-    def touched(self) -> bool:
-        """Has anything been changed on either side (a copy started, a fence raised)?"""
-        return any(k in self.results or k in self.pending for k in ("copy", "fence"))
-
-
-def _next_phase(phase: MigrationPhase) -> MigrationPhase | None:
-    order = list(PHASE_ORDER)
-    return order[order.index(phase) + 1] if phase in order[:-1] else None
 
 
 class Migrations:
@@ -413,7 +332,7 @@ class Migrations:
     async def _done(self, record: MigrationRecord, changes: dict[str, Any]) -> Outcome:
         """The phase's work is done: move on, or pause first if asked to pause after it (the
         paused state is announced here: a paused saga takes no step until resumed)."""
-        after = _next_phase(record.phase)
+        after = next_phase(record.phase)
         asked = record.phase in (record.pause_point, record.request.pause_after)
         if asked and record.paused_for is not record.phase:
             paused = record.model_copy(
@@ -981,7 +900,7 @@ class Migrations:
         async def attempt() -> str:
             current = await self._control(command, verbs[type(data)])
             record, revision = current.value, current.revision
-            changes, said = self._decide(record, data)
+            changes, said = decide(record, data, lambda message: self._visit(record, message))
             updated = record.model_copy(update={**changes, "updated_at": self.now()})
             await self.ctx.plans.update(migration_key(record.migration_id), updated, last=revision)
             return said
@@ -992,120 +911,6 @@ class Migrations:
         if current is not None and current.value.paused:
             await self._announce_phase(current.value)  # a paused saga takes no step to say so
         await self.advance(data.migration_id)
-
-    def _decide(self, record: MigrationRecord, data: Any) -> tuple[dict[str, Any], str]:
-        """What a control command changes on the record, or a refusal saying why not."""
-        mid = record.migration_id
-        if isinstance(data, PauseMigration):
-            if record.paused:
-                return {}, f"migration {mid} is already paused in {record.phase}"
-            if record.phase is P.READY or (record.waiting is not None and not record.pending):
-                # Waiting (for a window, a command, a sample): nothing to finish first.
-                return (
-                    {
-                        "paused": True,
-                        "paused_for": record.phase,
-                        "visits": self._visit(record, f"paused in {record.phase}: {data.reason}"),
-                    },
-                    f"migration {mid} paused in {record.phase}",
-                )
-            return (
-                {"pause_point": record.phase},
-                f"migration {mid} pauses at the end of {record.phase}",
-            )
-        if isinstance(data, ResumeMigration):
-            return (
-                {
-                    "paused": False,
-                    "pause_point": data.pause_after,
-                    "waiting": None,
-                    "visits": self._visit(record, "resumed"),
-                },
-                f"migration {mid} resumed in {record.phase}",
-            )
-        if isinstance(data, CutoverMigration):
-            if record.phase not in (P.CATCHING_UP, P.READY):
-                raise Refused(
-                    Refusal(
-                        f"migration {mid} is {record.phase}: a cutover is asked for in "
-                        "catching_up or ready",
-                        CODE_STATE,
-                    )
-                )
-            if not data.wait_for_window and record.request.windows:
-                raise Refused(
-                    Refusal(
-                        f"migration {mid} has cutover windows; it never cuts over outside "
-                        "them (ask without --now to cut over at the next window)",
-                        CODE_STATE,
-                    )
-                )
-            paused = record.paused and record.phase is not P.READY
-            return (
-                {
-                    "cutover_requested": True,
-                    "cutover_now": not data.wait_for_window,
-                    "paused": paused,
-                    "waiting": None,
-                },
-                f"migration {mid}: cutover once ready"
-                + (" in its next window" if record.request.windows else ""),
-            )
-        if isinstance(data, AbortMigration):
-            if record.point_of_no_return_passed:
-                raise Refused(
-                    Refusal(
-                        f"migration {mid} passed its point of no return (the target was "
-                        "opened): abort is no longer possible; roll back instead",
-                        CODE_STATE,
-                    )
-                )
-            return (
-                {"abort_reason": data.reason, "paused": False, "waiting": None},
-                f"aborting migration {mid}: the source will be left serving",
-            )
-        if isinstance(data, RollbackMigration):
-            if not record.point_of_no_return_passed:
-                raise Refused(
-                    Refusal(
-                        f"migration {mid} has not passed its point of no return: nothing to "
-                        "roll back (abort it instead; the source is left serving)",
-                        CODE_STATE,
-                    )
-                )
-            if record.request.method not in ROLLBACK_AFTER_CUTOVER:
-                raise Refused(
-                    Refusal(
-                        f"{record.request.method.value} keeps no way back after the cutover",
-                        CODE_METHOD,
-                    )
-                )
-            source = record.results.get("preflight_source")
-            if source is not None and source.facts.get("rollback") == "impossible":
-                raise Refused(
-                    Refusal(
-                        f"migration {mid} cannot roll back: the source has neither data "
-                        "checksums nor wal_log_hints, which pg_rewind needs",
-                        CODE_METHOD,
-                    )
-                )
-            return (
-                {"rollback_reason": data.reason, "paused": False, "waiting": None},
-                f"rolling back migration {mid}: the old source becomes the primary again",
-            )
-        assert isinstance(data, AcknowledgeCutover)
-        if data.participant not in record.request.participants:
-            raise Refused(
-                Refusal(f"{data.participant} is not a participant of migration {mid}", NOT_FOUND)
-            )
-        if record.phase is not P.CUTTING_OVER or record.step is not S.DRAIN:
-            raise Refused(
-                Refusal(f"migration {mid} is not waiting for drain acknowledgements", CODE_STATE)
-            )
-        return (
-            {"acks": {**record.acks, data.participant: data.ready}},
-            f"{data.participant} {'drained' if data.ready else 'refused to drain'}",
-        )
 
     # -- ending --------------------------------------------------------------------------------
 

@@ -1,0 +1,134 @@
+"""The migration saga's record, its phase table, its keys and its codes (the saga's steps are
+`migrations.py`, its control commands' decisions `migration_control.py`)."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any, ClassVar
+
+from pydantic import Field
+
+from schemas import DatabaseRef
+from schemas.messages import (
+    CutoverStep,
+    MigrationMethod,
+    MigrationPhase,
+    MigrationProgress,
+    MigrationStepResult,
+    PhaseVisit,
+    RequestMigration,
+)
+from schemas.messages.common import Failure
+from schemas.messages.migrations import PHASE_ORDER
+from services.planner.sagas import SagaRecord
+from services.runtime.phases import Transitions
+
+P = MigrationPhase
+
+CODE_PREFLIGHT = "TM-MIG-PREFLIGHT"
+CODE_METHOD = "TM-MIG-METHOD"
+CODE_STATE = "TM-MIG-STATE"
+CODE_STEP = "TM-MIG-STEP-FAILED"
+CODE_PARITY = "TM-MIG-PARITY"
+CODE_WINDOW = "TM-MIG-WINDOW-PASSED"
+CODE_DRAIN = "TM-MIG-DRAIN"
+
+METHODS_BUILT: frozenset[MigrationMethod] = frozenset(
+    {MigrationMethod.PHYSICAL_STREAM, MigrationMethod.PHYSICAL_ARCHIVE}
+)
+"""The methods the saga can run today; the others are refused at intake with the reason."""
+
+STEP_ATTEMPTS = 5
+"""Runs of one step while its failure is retryable (or the executor was restarted under it)."""
+
+CUTOVER_OVERHEAD_S = 2.0
+"""What a cutover costs beyond the lag it must replay (the clean stop's checkpoint, the promote,
+three step round trips), for the downtime estimate; `make bench-migrate` measures the truth."""
+
+TABLE = Transitions[MigrationPhase](
+    {
+        P.VALIDATING: frozenset({P.PREPARING, P.FAILED, P.ABORTED}),
+        P.PREPARING: frozenset({P.COPYING, P.FAILED, P.ABORTED}),
+        P.COPYING: frozenset({P.CATCHING_UP, P.FAILED, P.ABORTED}),
+        P.CATCHING_UP: frozenset({P.READY, P.FAILED, P.ABORTED}),
+        P.READY: frozenset({P.CUTTING_OVER, P.FAILED, P.ABORTED}),
+        P.CUTTING_OVER: frozenset({P.READY, P.VERIFYING, P.FAILED, P.ABORTED, P.ROLLED_BACK}),
+        P.VERIFYING: frozenset({P.COMPLETED, P.FAILED, P.ROLLED_BACK}),
+        P.COMPLETED: frozenset(),
+        P.FAILED: frozenset(),
+        P.ABORTED: frozenset(),
+        P.ROLLED_BACK: frozenset(),
+    }
+)
+"""`cutting_over → ready`: a drain that timed out or was refused; nothing was fenced."""
+
+
+def migration_key(migration_id: uuid.UUID) -> str:
+    return f"migration.{migration_id}"
+
+
+def source_claim_key(uid: str) -> str:
+    """One migration per source at a time: created at intake, deleted when it ends."""
+    return f"migrating.{uid}"
+
+
+class MigrationRecord(SagaRecord[MigrationPhase]):
+    """One migration, as kept in `migration.<id>`."""
+
+    KIND: ClassVar[str] = "migration"
+    PHASES: ClassVar[Transitions[Any]] = TABLE
+
+    migration_id: uuid.UUID
+    command_id: uuid.UUID
+    correlation_id: uuid.UUID
+    source: DatabaseRef
+    source_node: str
+    request: RequestMigration
+    step: CutoverStep | None = None
+    results: dict[str, MigrationStepResult] = Field(default_factory=dict)
+    pending: dict[str, uuid.UUID] = Field(
+        default_factory=dict, description="step → job id in flight"
+    )
+    attempts: dict[str, int] = Field(default_factory=dict)
+    progress: MigrationProgress = Field(default_factory=MigrationProgress)
+    visits: list[PhaseVisit] = Field(default_factory=list)
+    announced: str | None = None
+    accepted: bool = False
+    pause_point: MigrationPhase | None = None
+    paused_for: MigrationPhase | None = None
+    point_of_no_return_passed: bool = False
+    cutover_requested: bool = False
+    cutover_now: bool = False
+    abort_reason: str | None = None
+    rollback_reason: str | None = None
+    failing: Failure | None = None
+    drain_deadline: datetime | None = None
+    acks: dict[str, bool] = Field(default_factory=dict)
+    source_locked: bool = False
+    cancelled: list[uuid.UUID] = Field(default_factory=list)
+    lag_sample: tuple[datetime, int] | None = None
+    refused: bool = False
+    unfence_failed: bool = False
+    failure_held: bool = False
+
+    @property
+    def saga_id(self) -> uuid.UUID:
+        return self.migration_id
+
+    @property
+    def target(self) -> str:
+        return self.request.target
+
+    @property
+    def target_node(self) -> str:
+        return self.request.target_instance.node
+
+    def touched(self) -> bool:
+        """Has anything been changed on either side (a copy started, a fence raised)?"""
+        return any(k in self.results or k in self.pending for k in ("copy", "fence"))
+
+
+def next_phase(phase: MigrationPhase) -> MigrationPhase | None:
+    order = list(PHASE_ORDER)
+    return order[order.index(phase) + 1] if phase in order[:-1] else None
