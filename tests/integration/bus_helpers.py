@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import uuid
 from typing import Any
@@ -12,6 +13,7 @@ from nats.js.errors import NotFoundError
 
 from schemas import DatabaseRef, DeadLetter, Engine, Envelope, envelope
 from schemas.messages import BackupSpec, RunBackup
+from services.bus.topology import topology_streams
 from services.settings import BusSettings
 
 DB = DatabaseRef(uid="orders", engine=Engine.POSTGRES, name="orders")
@@ -54,3 +56,11 @@ async def dead_letters(js: JetStreamContext, subject: str, timeout: float = 10.0
             if loop.time() > deadline:
                 raise AssertionError(f"no dead letter for {subject} within {timeout}s") from None
             await asyncio.sleep(0.1)
+
+
+async def delete_topology(js: JetStreamContext) -> None:
+    """A clean slate on a server shared by the session, where the topology's names are fixed:
+    every TM_* stream and bucket, and with them their consumers."""
+    for stream in topology_streams():
+        with contextlib.suppress(NotFoundError):
+            await js.delete_stream(stream)

@@ -8,7 +8,6 @@ servers cannot hold refuse the start with the reason; lowering is `tidemark bus 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import re
 from collections.abc import AsyncIterator
@@ -19,7 +18,6 @@ import pytest
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 from nats.js.api import ConsumerConfig
-from nats.js.errors import NotFoundError
 from typer.testing import CliRunner
 
 from services.bus import PLANS_BUCKET, TopologyError, ensure_topology, topology_replicas
@@ -27,6 +25,7 @@ from services.bus.topology import topology_streams
 from services.cli.main import app
 from services.settings import BusSettings
 from tests.fixtures.natscluster import NatsCluster
+from tests.integration.bus_helpers import delete_topology
 
 pytestmark = pytest.mark.integration
 
@@ -38,18 +37,11 @@ async def _connect(cluster: NatsCluster) -> Client:
     return await nats.connect(cluster.urls, max_reconnect_attempts=-1, reconnect_time_wait=0.2)
 
 
-async def _delete_topology(js: JetStreamContext) -> None:
-    """A clean slate: the cluster is shared by the session, the topology's names are fixed."""
-    for stream in topology_streams():
-        with contextlib.suppress(NotFoundError):
-            await js.delete_stream(stream)
-
-
 @pytest.fixture
 async def js(nats_cluster: NatsCluster) -> AsyncIterator[JetStreamContext]:
     nc = await _connect(nats_cluster)
     context = nc.jetstream()
-    await _delete_topology(context)
+    await delete_topology(context)
     try:
         yield context
     finally:
@@ -148,7 +140,7 @@ def test_lowering_is_the_explicit_admin_command_and_needs_yes(
     async def prepare() -> None:
         nc = await _connect(nats_cluster)
         try:
-            await _delete_topology(nc.jetstream())
+            await delete_topology(nc.jetstream())
             await ensure_topology(nc.jetstream(), R3)
         finally:
             await nc.close()

@@ -9,138 +9,41 @@ stream that no longer holds what it lacks is rebuilt from the bucket, then the s
 from __future__ import annotations
 
 import asyncio
-import dataclasses
-from collections.abc import AsyncIterator, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import nats
 import pytest
 from nats.aio.client import Client
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
-from schemas import DatabaseRef, Engine, Lsn, ServiceState, Timeline, envelope
-from schemas.catalog import WindowsReply
-from schemas.messages import LogArchived, TargetPosition
-from services.blobstore import open_store
-from services.blobstore.owner import claim_prefix
-from services.bus import Delivery, Publisher, ensure_topology
+from schemas import Lsn, ServiceState
+from schemas.messages import TargetPosition
+from services.bus import ensure_topology
 from services.catalog.catchup import STREAM, CatchUpPhase
 from services.catalog.client import CatalogClient, CatalogError
-from services.catalog.queries import handlers
-from services.catalog.service import CatalogService
 from services.catalog.store import CatalogStore
-from services.runtime import ConsumerSpec
 from services.stack.natsserver import NatsServer
-from tests.doubles.catalog_events import SEG, backup, wal, write_log_object, write_manifest
+from tests.doubles.catalog_events import SEG
 from tests.integration.bus_helpers import FAST, unique, wait_for
+from tests.integration.catalog_replica_rig import (
+    CLOCK,
+    Producer,
+    Replica,
+    caught_up,
+    expected,
+    own_answer,
+    replicas,
+    start,
+    windows_of,
+)
 from tests.integration.test_catalog_ingest import catalog_settings
 from tests.integration.test_catalog_ingest_postgres import catalog_pg, pg_url
 from tests.integration.test_metrics import of
 
 pytestmark = pytest.mark.integration
 
-__all__ = ["catalog_pg", "pg_url"]  # fixtures, collected from here too
-
-BASE_START, BASE_END = SEG + 0x28, SEG + 0x100
-#: What differs between two answers of one index asked a moment apart.
-CLOCK = {"now", "rpo_lag_s"}
-
-
-@dataclass
-class Replica(CatalogService):
-    """The real service narrowed to some databases, under its own replica's durable; `gate`
-    holds every batch until it is set (a replay made slow enough to look at)."""
-
-    only: Sequence[str] = ()
-    gate: asyncio.Event | None = None
-
-    def consumers(self, publisher: Publisher) -> Sequence[ConsumerSpec]:
-        assert self.ingest is not None
-        spec = self.ingest.consumer(databases=list(self.only))
-        if self.gate is None:
-            return (spec,)
-        ingest, gate = self.ingest, self.gate
-
-        async def gated(deliveries: Sequence[Delivery]) -> list[Exception | None]:
-            await gate.wait()
-            return await ingest.handle(deliveries)
-
-        return (dataclasses.replace(spec, batch=gated),)
-
-
-def expected(logs: int) -> list[tuple[str, int, int]]:
-    """One base over logs 1..`logs`: one window, from the base's end to the last log's."""
-    return [("tl-00000001", BASE_END, (logs + 1) * SEG)]
-
-
-def windows_of(reply: Any) -> list[tuple[str, int, int]]:
-    return [(w.lineage, w.start.value, w.end.value) for w in reply.windows]
-
-
-class Producer:
-    """Publishes one database's facts into TM_EVT as the archiver and executor would, and keeps
-    the objects they would have written in a bucket."""
-
-    def __init__(self, nc: Client, bucket_dir: Path | None = None) -> None:
-        self.nc = nc
-        self.uid = unique("db")
-        self.db = DatabaseRef(uid=self.uid, engine=Engine.POSTGRES, name="orders", system_id=7)
-        self.bucket_url = None if bucket_dir is None else f"file://{bucket_dir.absolute()}"
-        self.bucket = None if self.bucket_url is None else open_store(self.bucket_url)
-        self._claimed = False
-
-    async def _keep(self, fact: Any) -> None:
-        if self.bucket is None:
-            return
-        if not self._claimed:
-            await claim_prefix(self.bucket, "", self.db)
-            self._claimed = True
-        if isinstance(fact, LogArchived):
-            await write_log_object(self.bucket, self.db, fact)
-        else:
-            await write_manifest(self.bucket, fact)
-
-    async def publish(self, fact: Any) -> None:
-        await self._keep(fact)
-        message = envelope(fact, source="archiver@db-node-1", database=self.db)
-        await self.nc.jetstream().publish(
-            f"tm.evt.{fact.TYPE}.{self.uid}",
-            message.model_dump_json().encode(),
-            headers={"Nats-Msg-Id": str(message.id)},
-        )
-
-    async def base(self) -> None:
-        await self.publish(backup("b1", BASE_START, BASE_END, Timeline(id=1), database=self.db))
-
-    async def logs(self, first: int, last: int) -> None:
-        for segno in range(first, last + 1):
-            await self.publish(wal(segno, database=self.db))
-
-    async def close(self) -> None:
-        if self.bucket is not None:
-            await self.bucket.close()
-
-
-@pytest.fixture
-async def replicas() -> AsyncIterator[list[Replica]]:
-    """Every replica a test starts, stopped at its end."""
-    started: list[Replica] = []
-    yield started
-    for replica in started:
-        if replica.state is not ServiceState.STOPPED:
-            await replica.stop()
-
-
-async def start(started: list[Replica], replica: Replica) -> Replica:
-    await replica.start()
-    started.append(replica)
-    return replica
-
-
-async def caught_up(*catalogs: Replica, timeout: float = 20.0) -> None:
-    await wait_for(lambda: all(c.catchup.caught_up for c in catalogs), timeout=timeout)
+__all__ = ["catalog_pg", "pg_url", "replicas"]  # fixtures, collected from here too
 
 
 async def test_three_replicas_on_one_postgresql_store_answer_every_query_alike(
@@ -182,13 +85,7 @@ async def test_three_replicas_on_one_postgresql_store_answer_every_query_alike(
     assert [windows_of(r) for r in replies] == [want] * 30
     assert checks == [True] * 30
     # Each replica's own answer, whole: lineages, windows, backups, gaps (not its clock).
-    request = f'{{"database": "{producer.uid}"}}'.encode()
-    own = [
-        WindowsReply.model_validate_json(
-            bytes(await handlers(r.index, r.catchup)["windows"](request))  # type: ignore[arg-type]
-        ).model_dump(exclude=CLOCK)
-        for r in (a, b, c)
-    ]
+    own = [await own_answer(r, producer.uid) for r in (a, b, c)]
     assert own[0] == own[1] == own[2]
     assert all(r.model_dump(exclude=CLOCK) == own[0] for r in replies)
     await producer.close()
