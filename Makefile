@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: help venv test lint typecheck unit integration e2e demo up status schemas bench bench-archive bench-catalog bench-migrate bench-restore chaos clean
+.PHONY: help venv test lint typecheck unit integration e2e demo up status schemas bench bench-archive bench-catalog bench-migrate bench-restore chaos chaos-cluster clean
 
 help:
 	@echo "make demo   - start the embedded stack (NATS, four services) and show it healthy"
@@ -16,6 +16,7 @@ help:
 	@echo "make bench-migrate - physical-stream/archive cutover downtime, lost commits, copy vs pg_basebackup (docs/benchmarks.md)"
 	@echo "make bench-restore - restore to the latest point vs pgbackrest restore (docs/benchmarks.md)"
 	@echo "make chaos  - soak under faults (kills, NATS restarts, store errors), checked against ground truth; CHAOS_MINUTES=$(CHAOS_MINUTES) CHAOS_RESTORES=$(CHAOS_RESTORES) (docs/guarantees.md)"
+	@echo "make chaos-cluster - the same soak on three NATS nodes at R3, nodes SIGKILLed and restarted (docs/guarantees.md)"
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -76,6 +77,9 @@ CHAOS_RESTORES ?= 5
 
 chaos: $(STAMP)
 	CHAOS_MINUTES=$(CHAOS_MINUTES) CHAOS_RESTORES=$(CHAOS_RESTORES) $(BIN)/python -m tests.chaos
+
+chaos-cluster: $(STAMP)
+	CHAOS_NATS=cluster CHAOS_MINUTES=$(CHAOS_MINUTES) CHAOS_RESTORES=$(CHAOS_RESTORES) $(BIN)/python -m tests.chaos
 
 clean:
 	rm -rf $(VENV) .state .pytest_cache .mypy_cache .ruff_cache

@@ -5,6 +5,8 @@
     CHAOS_FAULT_RATE   share of store requests that meet a fault (default 0.15)
     CHAOS_SEED         the random seed (default: fresh, printed), to replay a run's choices
     CHAOS_KEEP=1       keep the state directory (service logs, clusters) in /var/tmp
+    CHAOS_NATS         `single` (default: the embedded stack's one nats-server, restarted) or
+                       `cluster` (`make chaos-cluster`: three nodes at R3, nodes SIGKILLed)
 
 Exit status 0 only if nothing was lost or duplicated, the catalog has no gap and every restore
 showed exactly what the ledger says.
@@ -29,7 +31,15 @@ def settings_from_env() -> SoakSettings:
         fault_rate=float(os.environ.get("CHAOS_FAULT_RATE", "0.15")),
         seed=int(seed) if seed else default_seed(),
         keep=os.environ.get("CHAOS_KEEP") == "1",
+        cluster=_nats_mode(os.environ.get("CHAOS_NATS", "single")),
     )
+
+
+def _nats_mode(value: str) -> bool:
+    """True for a cluster; a misspelt mode is refused rather than soaked as the default."""
+    if value not in ("single", "cluster"):
+        raise SystemExit(f"CHAOS_NATS={value!r}: expected 'single' or 'cluster'")
+    return value == "cluster"
 
 
 _ExcInfo = tuple[type[BaseException], BaseException, TracebackType | None] | tuple[None, None, None]
@@ -53,7 +63,8 @@ def main() -> int:
     settings = settings_from_env()
     print(
         f"chaos soak: {settings.minutes:g} min, {settings.restores} restores, "
-        f"fault rate {settings.fault_rate:g}, CHAOS_SEED={settings.seed}",
+        f"fault rate {settings.fault_rate:g}, "
+        f"NATS {'cluster' if settings.cluster else 'single'}, CHAOS_SEED={settings.seed}",
         flush=True,
     )
     return asyncio.run(Soak(settings).run())

@@ -5,6 +5,7 @@
     Writer: a ledger commit every 100 to 200 ms, pg_switch_wal() every 3 to 5 s
     policy: a full backup every minute
     Monkey: every 10 to 30 s, SIGKILL a service or restart nats-server
+    cluster mode (`make chaos-cluster`): three nats-servers at R3, a node SIGKILLed and restarted
 
 Then faults stop, the writer stops with a last switch, and the system must settle on its own
 (no `.ready` left in PostgreSQL, archiver backlog 0 with nothing awaiting the catalog, the
@@ -31,7 +32,9 @@ from schemas.catalog import WindowView
 from schemas.messages import BackupPolicy, SetPolicy, TargetTime
 from services.blobstore import open_store
 from services.demo.ledger import MIN_GAP, Entry, Ledger
+from services.stack.embedded import EmbeddedStack
 from services.stack.probe import read_health
+from tests.chaos.cluster import REPLICAS, ClusterStack
 from tests.chaos.monkey import Monkey
 from tests.chaos.proxy import BackgroundProxy, FaultKind, FaultProxy, FaultSettings
 from tests.chaos.truth import compare, pending_in_pg, read_produced, stored_logs
@@ -58,6 +61,9 @@ class SoakSettings:
     keep: bool = False
     """Keep the state directory (service logs, clusters) instead of removing it."""
     settle_timeout_s: float = 300.0
+    cluster: bool = False
+    """NATS as three routed nodes at `bus.replicas = 3`, the monkey killing nodes
+    (`make chaos-cluster`); else the embedded stack's one server, restarted."""
 
 
 @dataclass
@@ -95,9 +101,15 @@ class Soak:
             background.start()
             db = await asyncio.to_thread(self._protect, root)
             pitr = await PitrStack.start(
-                root, [db], store_url=f"gs://{BUCKET}/archive?endpoint={proxy.url}"
+                root,
+                [db],
+                store_url=f"gs://{BUCKET}/archive?endpoint={proxy.url}",
+                stack_type=ClusterStack if self.settings.cluster else EmbeddedStack,
             )
             self.say(f"stack up under {root}; store gs://{BUCKET}/archive via {proxy.url}")
+            if isinstance(pitr.stack, ClusterStack):
+                assert pitr.stack.cluster is not None
+                self.say(f"NATS: {REPLICAS} nodes at R{REPLICAS}, {pitr.stack.cluster.url}")
             return await self._soak(pitr, db, proxy, emulator)
         finally:
             if pitr is not None:
@@ -131,6 +143,12 @@ class Soak:
 
         writer = Writer(db, ledger, random.Random(self.rng.random()))
         monkey = Monkey(pitr, random.Random(self.rng.random()), self.say)
+        if isinstance(pitr.stack, ClusterStack):
+            # Node kills are what this mode is for: as many as service kills, each node down
+            # long enough for leaders to move and for it to have something to catch up on.
+            monkey.cluster = pitr.stack.cluster
+            monkey.nats_share = 0.5
+            monkey.nats_pause_s = (2.0, 10.0)
         writer.start()
         requests_before = proxy.requests
         proxy.settings.rate = s.fault_rate
@@ -175,6 +193,7 @@ class Soak:
 
         verified = await self._restores(pitr, db, ledger, view.windows) if settled else 0
 
+        print(f"nats={'cluster of 3, R3' if s.cluster else 'one server'}")
         for kind in FaultKind:
             print(f"fault_{kind.value}={proxy.counts[kind]}")
         print(f"store_requests={proxy.requests} ({under_faults} while faults were on)")

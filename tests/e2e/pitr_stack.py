@@ -258,6 +258,7 @@ class PitrStack:
         store_url: str | None = None,
         extra_env: dict[str, str] | None = None,
         health_ports: dict[str, int] | None = None,
+        stack_type: type[EmbeddedStack] = EmbeddedStack,
     ) -> PitrStack:
         env = {
             **(extra_env or {}),
@@ -267,7 +268,8 @@ class PitrStack:
             # Both the archiver and the executor (and the planner's retention) open this store.
             env["TIDEMARK_ARCHIVER__STORE_URL"] = store_url
         state_dir = root / "stack"
-        stack = EmbeddedStack(
+        # `stack_type`: the embedded stack, or one on a NATS cluster (tests/chaos/cluster.py).
+        stack = stack_type(
             state_dir=state_dir,
             node=NODE,
             nats_port=free_port(),
