@@ -620,39 +620,14 @@ class Migrations:
                     if refused
                     else f"no acknowledgement from {', '.join(missing)} before the deadline"
                 )
-                log.info("migration %s: cutover abandoned: %s", record.migration_id, why)
-                return Move(
-                    P.READY,
-                    {
-                        "step": None,
-                        "drain_deadline": None,
-                        "acks": {},
-                        "cutover_requested": False,
-                        "cutover_now": False,
-                        "visits": self._visit(
-                            record, f"cutover abandoned, nothing fenced: {why}", phase=P.READY
-                        ),
-                    },
-                )
+                return self._abandon(record, why)
             if missing:
                 return Wait(
                     f"waiting for {', '.join(missing)} to drain", until=record.drain_deadline
                 )
         windows = self._windows(record)
         if windows and not check_windows(windows, now).open:
-            return Move(
-                P.READY,
-                {
-                    "step": None,
-                    "drain_deadline": None,
-                    "acks": {},
-                    "visits": self._visit(
-                        record,
-                        "cutover abandoned, nothing fenced: its window closed during the drain",
-                        phase=P.READY,
-                    ),
-                },
-            )
+            return self._abandon(record, "its window closed during the drain")
         if not record.source_locked:
             try:
                 await take_lock(
@@ -666,6 +641,24 @@ class Migrations:
                 "step": S.FENCE_SOURCE,
                 "visits": self._visit(record, "fencing the source", step=S.FENCE_SOURCE),
             }
+        )
+
+    def _abandon(self, record: MigrationRecord, why: str) -> Outcome:
+        """Give the cutover up before the fence: back to `ready`, nothing fenced. A cutover
+        command must be given again (windows start the next one by themselves)."""
+        log.info("migration %s: cutover abandoned: %s", record.migration_id, why)
+        return Move(
+            P.READY,
+            {
+                "step": None,
+                "drain_deadline": None,
+                "acks": {},
+                "cutover_requested": False,
+                "cutover_now": False,
+                "visits": self._visit(
+                    record, f"cutover abandoned, nothing fenced: {why}", phase=P.READY
+                ),
+            },
         )
 
     async def _verifying(self, record: MigrationRecord) -> Outcome:

@@ -245,25 +245,9 @@ async def run_step(
         await _blocking(lambda: _unfence(sides))
         return MigrationStepResult(step="unfence")
     if isinstance(command, RunMigrationFinalSync):
-        target = sides.need_target()
-        final = command.source_final.value
-        replayed = await _blocking(lambda: wait_replayed(target, final))
-        await _blocking(lambda: verify_positions(target, final))
-        return MigrationStepResult(
-            step="final_sync", source_position=command.source_final, target_position=_lsn(replayed)
-        )
+        return await _final_sync(sides.need_target(), command)
     if isinstance(command, RunMigrationPromote):
-        target = sides.need_target()
-        final = command.source_final.value
-        opened = await _blocking(lambda: promote_target(target, final))
-        return MigrationStepResult(
-            step="promote",
-            source_position=command.source_final,
-            target_position=_lsn(opened),
-            at=utcnow(),
-            facts=await _blocking(lambda: _identity(target)),
-            endpoint=_endpoint(command.target_instance.node, target.port),
-        )
+        return await _promote(sides.need_target(), command)
     if isinstance(command, RunMigrationRewind):
         return await _rewind(sides, command)
     raise EngineError.of(f"unknown migration step {command.TYPE}", code=CODE_UNSUPPORTED)
@@ -340,32 +324,41 @@ async def _archive_step(
         await FEEDS.close(migration)
         return MigrationStepResult(step="unfence")
     if isinstance(command, RunMigrationFinalSync):
-        target = sides.need_target()
         await feed()
-        final = command.source_final.value
-        replayed = await _blocking(lambda: wait_replayed(target, final))
-        await _blocking(lambda: verify_positions(target, final))
-        return MigrationStepResult(
-            step="final_sync", source_position=command.source_final, target_position=_lsn(replayed)
-        )
+        return await _final_sync(sides.need_target(), command)
     if isinstance(command, RunMigrationPromote):
-        target = sides.need_target()
         await feed()
-        final = command.source_final.value
-        opened = await _blocking(lambda: promote_target(target, final))
-        at = utcnow()
-        await FEEDS.close(migration)
-        return MigrationStepResult(
-            step="promote",
-            source_position=command.source_final,
-            target_position=_lsn(opened),
-            at=at,
-            facts=await _blocking(lambda: _identity(target)),
-            endpoint=_endpoint(command.target_instance.node, target.port),
-        )
+        promoted = await _promote(sides.need_target(), command)
+        await FEEDS.close(migration)  # promoted: the target reads no more of the archive
+        return promoted
     raise EngineError.of(
         f"physical-archive has no {command.TYPE} step: it keeps no way back after the cutover",
         code=CODE_UNSUPPORTED,
+    )
+
+
+async def _final_sync(target: PgInstance, command: RunMigrationFinalSync) -> MigrationStepResult:
+    """The target has replayed past the source's final position (both methods alike)."""
+    final = command.source_final.value
+    replayed = await _blocking(lambda: wait_replayed(target, final))
+    await _blocking(lambda: verify_positions(target, final))
+    return MigrationStepResult(
+        step="final_sync", source_position=command.source_final, target_position=_lsn(replayed)
+    )
+
+
+async def _promote(target: PgInstance, command: RunMigrationPromote) -> MigrationStepResult:
+    """The point of no return: the verified standby opened; when it took writes, and where."""
+    final = command.source_final.value
+    opened = await _blocking(lambda: promote_target(target, final))
+    writable = utcnow()
+    return MigrationStepResult(
+        step="promote",
+        source_position=command.source_final,
+        target_position=_lsn(opened),
+        at=writable,
+        facts=await _blocking(lambda: _identity(target)),
+        endpoint=_endpoint(command.target_instance.node, target.port),
     )
 
 
