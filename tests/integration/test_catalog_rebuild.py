@@ -40,7 +40,7 @@ from schemas.messages import (
 )
 from services.blobstore import BlobStore, open_store
 from services.blobstore.owner import claim_prefix
-from services.catalog.index import CatalogIndex
+from services.catalog.index import CatalogIndex, UnknownDatabase
 from services.catalog.rebuild import rebuild
 from services.catalog.settings import sqlite_url
 from services.catalog.store import CatalogStore
@@ -370,11 +370,17 @@ async def test_a_real_postgresql_archive_rebuilds_to_the_same_windows(
             return done >= last
 
         def settled() -> bool:
-            # Everything spooled is archived, indexed, and released by the archiver.
+            # Everything spooled is archived, indexed, and released by the archiver; and the
+            # base backup's event is in the index too (it races the logs: without it, no window).
             archiver.check_alive()
             archived = len(catalog.outbox.of(LogArchived))
+            try:
+                has_base = "base-1" in catalog.service.index.database(uid).backups
+            except UnknownDatabase:
+                has_base = False
             return (
                 archived > 0
+                and has_base
                 and catalog.indexed() == archived
                 and not any(spool.ready_dir.iterdir())
             )
