@@ -89,7 +89,8 @@ class Gap:
     start: int
     end: int | None
 
-    def describe(self) -> str:
+    def describe(self, position_text: Callable[[int], str] = str) -> str:
+        """In words; `position_text` writes a position as the engine does (`0/8000000`)."""
         if self.after_sequence is not None and self.before_sequence is not None:
             missing = f"sequences {self.after_sequence + 1}..{self.before_sequence - 1}"
             if self.before_sequence - self.after_sequence == 2:
@@ -98,7 +99,7 @@ class Gap:
             missing = f"logs after sequence {self.after_sequence}"
         else:
             missing = "logs"
-        return f"gap at thread {self.thread} {missing} (from position {self.start})"
+        return f"gap at thread {self.thread} {missing} (from position {position_text(self.start)})"
 
 
 @dataclass(frozen=True)
@@ -131,7 +132,9 @@ class _Thread:
 class History:
     """Logs, bases and lineages of one database, with incremental coverage per thread."""
 
-    def __init__(self) -> None:
+    def __init__(self, position_text: Callable[[int], str] = str) -> None:
+        self.position_text = position_text
+        """How a reason writes a position: an LSN as `0/8000000`, an SCN as its number."""
         self.lineages: dict[str, LineageEntry] = {}
         self.bases: dict[str, BaseEntry] = {}
         self._threads: dict[str, dict[int, _Thread]] = {}
@@ -480,13 +483,18 @@ class History:
         if target > windows[-1].end:
             gap = self._gap_after(lineage, windows[-1].end)
             if gap is not None and gap.before_sequence is not None:
-                return refuse("gap", gap.describe(), gap)
+                return refuse("gap", gap.describe(self.position_text), gap)
             return refuse(
                 "beyond_last_log",
-                f"beyond the last archived log: restorable up to {windows[-1].end}",
+                "beyond the last archived log: restorable up to "
+                + self.position_text(windows[-1].end),
             )
         gap = self._gap_after(lineage, before if before is not None else windows[0].end)
-        reason = gap.describe() if gap else "not covered by any retained backup and log chain"
+        reason = (
+            gap.describe(self.position_text)
+            if gap
+            else "not covered by any retained backup and log chain"
+        )
         return refuse("gap", reason, gap)
 
     def _gap_after(self, lineage: str, end: int) -> Gap | None:

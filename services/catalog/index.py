@@ -144,6 +144,9 @@ class DatabaseIndex:
                 ((o.archived_at, *at) for at, o in self.objects.items()), default=None
             )
 
+    def __post_init__(self) -> None:
+        self.history.position_text = lambda value: str(self.position(value))
+
     def position(self, value: int) -> Scn | Lsn:
         return Scn(value=value) if self.ref.engine is Engine.ORACLE else Lsn(value=value)
 
@@ -375,7 +378,7 @@ class CatalogIndex:
             start=db.position(gap.start),
             end=db.position(gap.end) if gap.end is not None else None,
             start_time=last.next_time if last else None,
-            description=gap.describe(),
+            description=gap.describe(db.history.position_text),
         )
 
     def gaps(self, db: DatabaseIndex) -> list[GapView]:
