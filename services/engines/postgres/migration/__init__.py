@@ -9,6 +9,9 @@
                    backup and fed by the archive (`restore_command`), and its fence, which
                    closes the segment holding the final position so the archive holds it
     rollback.py    make the old source follow the new primary (pg_rewind where needed)
+    logical.py     the `logical-upgrade` method (not wired yet): one database into a newer
+                   major release by logical replication, with roles, schema and sequences
+                   brought over separately, and a parity check
 
 Each step is a function of the instances it touches (`PgInstance`: where a cluster lives and
 which OS user runs it) and knows no service: the executor passes what it hosts. Steps are
@@ -34,6 +37,20 @@ from services.engines.postgres.migration.cutover import (
     wait_replayed,
 )
 from services.engines.postgres.migration.instance import MigrationStepError, PgInstance
+from services.engines.postgres.migration.logical import (
+    LogicalFence,
+    LogicalLag,
+    copy_sequences,
+    fence_for_logical,
+    finish,
+    logical_lag,
+    logical_preflight,
+    parity,
+    prepare_target,
+    start_replication,
+    wait_caught_up,
+    wait_copied,
+)
 from services.engines.postgres.migration.preflight import PgFacts, gather_facts
 from services.engines.postgres.migration.rollback import follow_new_primary
 from services.engines.postgres.migration.standby import Lag, build_standby, measure_lag
@@ -43,21 +60,33 @@ __all__ = [
     "ArchiveLag",
     "Fence",
     "Lag",
+    "LogicalFence",
+    "LogicalLag",
     "MigrationStepError",
     "PgFacts",
     "PgInstance",
     "build_from_archive",
     "build_standby",
+    "copy_sequences",
     "fence_archived_source",
+    "fence_for_logical",
     "fence_source",
+    "finish",
     "follow_archive",
     "follow_new_primary",
     "gather_facts",
+    "logical_lag",
+    "logical_preflight",
     "measure_archive_lag",
     "measure_lag",
+    "parity",
+    "prepare_target",
     "promote_target",
+    "start_replication",
     "unfence_archived_source",
     "unfence_source",
     "verify_positions",
+    "wait_caught_up",
+    "wait_copied",
     "wait_replayed",
 ]
