@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: help venv test lint typecheck unit integration e2e demo up status schemas bench bench-archive bench-catalog bench-migrate bench-restore chaos chaos-cluster clean
+.PHONY: soak-migrate help venv test lint typecheck unit integration e2e demo up status schemas bench bench-archive bench-catalog bench-migrate bench-restore chaos chaos-cluster clean
 
 help:
 	@echo "make demo   - start the embedded stack (NATS, four services) and show it healthy"
@@ -15,6 +15,7 @@ help:
 	@echo "make bench-catalog - catalog ingest, queries and rebuild over 1M logs (docs/benchmarks.md)"
 	@echo "make bench-migrate - physical-stream/archive cutover downtime, lost commits, copy vs pg_basebackup (docs/benchmarks.md)"
 	@echo "make bench-restore - restore to the latest point vs pgbackrest restore (docs/benchmarks.md)"
+	@echo "make soak-migrate - SIGKILL the planner, then the executor, as a migration enters every phase"
 	@echo "make chaos  - soak under faults (kills, NATS restarts, store errors), checked against ground truth; CHAOS_MINUTES=$(CHAOS_MINUTES) CHAOS_RESTORES=$(CHAOS_RESTORES) (docs/guarantees.md)"
 	@echo "make chaos-cluster - the same soak on three NATS nodes at R3, nodes SIGKILLed and restarted (docs/guarantees.md)"
 
@@ -77,6 +78,9 @@ CHAOS_RESTORES ?= 5
 
 chaos: $(STAMP)
 	CHAOS_MINUTES=$(CHAOS_MINUTES) CHAOS_RESTORES=$(CHAOS_RESTORES) $(BIN)/python -m tests.chaos
+
+soak-migrate: $(STAMP)
+	TIDEMARK_KILL_EVERY_PHASE=1 $(BIN)/pytest tests/e2e/test_migration.py -k each_phase -p no:randomly
 
 chaos-cluster: $(STAMP)
 	CHAOS_NATS=cluster CHAOS_MINUTES=$(CHAOS_MINUTES) CHAOS_RESTORES=$(CHAOS_RESTORES) $(BIN)/python -m tests.chaos

@@ -111,6 +111,9 @@ class MigrationRecord(SagaRecord[MigrationPhase]):
     refused: bool = False
     unfence_failed: bool = False
     failure_held: bool = False
+    final_announced: bool = Field(
+        default=False, description="every event a final record owes was published"
+    )
 
     @property
     def saga_id(self) -> uuid.UUID:

@@ -926,7 +926,8 @@ class Migrations:
         await self.ctx.plans.update(migration_key(record.migration_id), updated, last=revision)
 
     async def announce(self, record: MigrationRecord) -> None:
-        """What a finished migration owes the world, again under the same ids."""
+        """What a finished migration owes the world, again under the same ids; recorded once
+        said, so the clock (`tick`) says it again for a planner that died halfway."""
         await release_lock(self.ctx.plans, record.target, self._lock_id(record))
         await release_lock(self.ctx.plans, record.source.uid, self._lock_id(record))
         claim = await self.ctx.plans.get(source_claim_key(record.source.uid), SagaRef)
@@ -974,6 +975,14 @@ class Migrations:
                 ),
                 "rolled_back",
             )
+        if not record.final_announced:
+            current = await self.load(record.migration_id)
+            if current is not None and not current.value.final_announced:
+                done = current.value.model_copy(update={"final_announced": True})
+                with contextlib.suppress(Conflict):  # another replica recorded it first
+                    await self.ctx.plans.update(
+                        migration_key(record.migration_id), done, last=current.revision
+                    )
 
     def _failed_in(self, record: MigrationRecord) -> MigrationPhase:
         before = [v.phase for v in record.visits if v.phase is not P.FAILED]
@@ -1124,7 +1133,12 @@ class Migrations:
             if current is None:
                 continue
             record = current.value
-            if record.final or record.paused or record.pending:
+            if record.final:
+                if not record.final_announced:
+                    # A planner killed between the end and its events: say them now (same ids).
+                    await self.announce(record)
+                continue
+            if record.paused or record.pending:
                 continue
             waiting = record.waiting
             if waiting is not None and waiting.until is not None and waiting.until > now:

@@ -39,6 +39,7 @@ from schemas.messages import (
     CutoverWindow,
     JobFailed,
     JobProgress,
+    JobSucceeded,
     LagBudget,
     MigrationCompleted,
     MigrationFailed,
@@ -49,6 +50,7 @@ from schemas.messages import (
     MigrationRolledBack,
     MigrationStatusReply,
     MigrationStatusRequest,
+    MigrationStepResult,
     MigrationView,
     PauseMigration,
     RequestAccepted,
@@ -102,7 +104,7 @@ def root() -> Iterator[Path]:
 async def stack(root: Path) -> AsyncIterator[PitrStack]:
     dbs = [
         protect(root, uid)
-        for uid in ("mig-a", "mig-b", "mig-c", "mig-d", "mig-e", "mig-f", "mig-g")
+        for uid in ("mig-a", "mig-b", "mig-c", "mig-d", "mig-e", "mig-f", "mig-g", "mig-h", "mig-i")
     ]
     env = {
         "TIDEMARK_PLANNER__MIGRATION_LAG_INTERVAL_S": "0.3",
@@ -706,3 +708,82 @@ async def test_kills_during_the_cutover_lose_no_commit_and_never_open_two_primar
     assert completed.target_final > completed.source_final
     assert not (db.cluster.data_dir / "postmaster.pid").exists(), "the source runs again"
     db.cluster.psql("INSERT INTO ledger (id) VALUES (-7)", port=port)
+
+
+KILL_AT: dict[str, set[str]] = {
+    # The phases the other tests do not kill in already (catching_up and the fence for the
+    # planner; the copy and the promote for the executor), and the end, where the final events
+    # are owed. `make soak-migrate` kills in every phase and step (TIDEMARK_KILL_EVERY_PHASE=1).
+    "planner": {"validating/None", "ready/None", "verifying/open_target", "completed/open_target"},
+    "executor": {"validating/None", "catching_up/None", "cutting_over/final_sync"},
+}
+EVERY_PHASE = os.environ.get("TIDEMARK_KILL_EVERY_PHASE") == "1"
+
+
+@pytest.mark.parametrize(("uid", "service"), [("mig-h", "planner"), ("mig-i", "executor")])
+async def test_a_kill_as_each_phase_begins_resumes_without_a_second_copy_or_a_lost_commit(
+    stack: PitrStack, root: Path, uid: str, service: str
+) -> None:
+    """SIGKILL `service` as the migration enters a phase (or a cutover step): the saga goes on
+    from its record, every step runs again from its start, nothing is copied twice after it
+    succeeded, and no acknowledged commit is lost."""
+    db = _db(stack, uid)
+    data_dir = _target_dir(root, f"{uid}-new")
+    port = free_port()
+    request = _request(f"{uid}-new", data_dir, port)
+    writer = Writer(_dsn(db.cluster.base, db.cluster.port), start_id=1).start()
+    killed: list[str] = []  # every phase/step seen (and killed in, when chosen)
+    try:
+        mark = _mark(stack, request)
+        await _ask(stack, request, db)
+        seen = mark
+        deadline = time.monotonic() + 300
+        while True:
+            assert time.monotonic() < deadline, f"stuck after kills in {killed}"
+            event = await stack.recorder.wait_for(
+                lambda e: (
+                    isinstance(e.data, MigrationPhaseChanged | MigrationCompleted)
+                    and e.data.migration_id == request.migration_id
+                ),
+                since=seen,
+                timeout=120,
+                what=f"the next phase after {killed}",
+            )
+            seen = (
+                stack.recorder.seen.index(
+                    next(x for x in stack.recorder.seen[seen:] if x.event is event)
+                )
+                + 1
+            )
+            if isinstance(event.data, MigrationCompleted):
+                break
+            where = f"{event.data.phase}/{event.data.step}"
+            if event.data.progress.lag_bytes is not None and where in killed:
+                continue  # a progress report of a phase already visited
+            if where not in killed:
+                killed.append(where)
+                if EVERY_PHASE or where in KILL_AT[service]:
+                    old = stack.kill(service)
+                    await stack.wait_restarted(service, old)
+            if event.data.phase is MigrationPhase.READY:
+                await _ask(
+                    stack,
+                    CutoverMigration(migration_id=request.migration_id, target=f"{uid}-new"),
+                    db,
+                )
+    finally:
+        writer.stop()
+    assert {"validating/None", "copying/None", "catching_up/None", "ready/None"} <= set(killed)
+    assert KILL_AT[service] <= set(killed), "a phase chosen for a kill was never seen"
+    assert any(k.startswith("cutting_over/") for k in killed)
+    copies_done = [
+        e.data
+        for e in stack.recorder.since(mark)
+        if isinstance(e.data, JobSucceeded)
+        and isinstance(e.data.result, MigrationStepResult)
+        and e.data.result.step == "copy"
+        and (e.data.result.bytes_copied or 0) > 0
+    ]
+    assert len({c.job_id for c in copies_done}) == 1, "a finished copy was made again"
+    assert set(writer.acked) <= _ids(db.cluster.base, port)
+    assert not (db.cluster.data_dir / "postmaster.pid").exists()
