@@ -80,7 +80,6 @@ def decide(record: MigrationRecord, data: Any, visit: Visit) -> tuple[dict[str, 
         return (
             {
                 "cutover_requested": True,
-                "cutover_now": not data.wait_for_window,
                 "paused": paused,
                 "waiting": None,
             },

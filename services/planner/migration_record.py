@@ -99,7 +99,6 @@ class MigrationRecord(SagaRecord[MigrationPhase]):
     paused_for: MigrationPhase | None = None
     point_of_no_return_passed: bool = False
     cutover_requested: bool = False
-    cutover_now: bool = False
     abort_reason: str | None = None
     rollback_reason: str | None = None
     failing: Failure | None = None

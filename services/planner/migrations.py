@@ -154,6 +154,9 @@ class Migrations:
 
     def __init__(self, ctx: PlannerContext) -> None:
         self.ctx = ctx
+        self._finished: set[uuid.UUID] = set()
+        """Migrations this process saw final with every event said: the clock reads them no
+        more (a final record never changes again)."""
 
     def key(self, saga_id: uuid.UUID) -> str:
         return migration_key(saga_id)
@@ -570,10 +573,9 @@ class Migrations:
                     }
                 )
             # Recorded before the promote is sent: from here the source is never unfenced.
-            changes = {"point_of_no_return_passed": True}
             return Update(
                 {
-                    **changes,
+                    "point_of_no_return_passed": True,
                     "step": S.OPEN_TARGET,
                     "visits": self._visit(
                         record, "point of no return: opening the target", step=S.OPEN_TARGET
@@ -654,7 +656,6 @@ class Migrations:
                 "drain_deadline": None,
                 "acks": {},
                 "cutover_requested": False,
-                "cutover_now": False,
                 "visits": self._visit(
                     record, f"cutover abandoned, nothing fenced: {why}", phase=P.READY
                 ),
@@ -1129,6 +1130,8 @@ class Migrations:
                 migration_id = uuid.UUID(key.removeprefix(self.prefix))
             except ValueError:
                 continue
+            if migration_id in self._finished:
+                continue
             current = await self.ctx.plans.get(key, MigrationRecord)
             if current is None:
                 continue
@@ -1137,6 +1140,8 @@ class Migrations:
                 if not record.final_announced:
                     # A planner killed between the end and its events: say them now (same ids).
                     await self.announce(record)
+                else:
+                    self._finished.add(migration_id)
                 continue
             if record.paused or record.pending:
                 continue

@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import json
 import os
+import sys
 import time
 import uuid
 from collections.abc import Callable
@@ -465,3 +466,19 @@ class PitrStack:
             return None
         record: dict[str, Any] = json.loads(entry.value)
         return record
+
+
+async def run_cli(*args: str) -> tuple[int, str]:
+    """`tidemark ARGS` in a child process, as a user runs it: its exit code and output."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "services.cli.main",
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+        env={**os.environ, "COLUMNS": "200"},
+    )
+    out, _ = await asyncio.wait_for(process.communicate(), 300)
+    assert process.returncode is not None
+    return process.returncode, out.decode(errors="replace")

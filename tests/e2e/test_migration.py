@@ -18,7 +18,6 @@ import asyncio
 import contextlib
 import os
 import shutil
-import sys
 import tempfile
 import time
 import uuid
@@ -65,7 +64,7 @@ from schemas.messages import (
 )
 from services.demo.cluster import free_port
 from services.engines.postgres.oscmd import chown_to
-from tests.e2e.pitr_stack import PitrStack, Protected, StackFailed, protect
+from tests.e2e.pitr_stack import PitrStack, Protected, StackFailed, protect, run_cli
 from tests.integration.migration_rig import Writer
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
@@ -608,21 +607,6 @@ async def test_a_window_waits_and_participants_drain_before_the_fence(
     assert any("refused to drain" in v.message for v in view.history), view.history
 
 
-async def _cli(*args: str) -> tuple[int, str]:
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "services.cli.main",
-        *args,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-        env={**os.environ, "COLUMNS": "200"},
-    )
-    out, _ = await asyncio.wait_for(process.communicate(), 300)
-    assert process.returncode is not None
-    return process.returncode, out.decode(errors="replace")
-
-
 async def test_the_cli_starts_follows_and_cuts_over_a_migration(
     stack: PitrStack, root: Path
 ) -> None:
@@ -630,7 +614,7 @@ async def test_the_cli_starts_follows_and_cuts_over_a_migration(
     data_dir = _target_dir(root, "f-new")
     port = free_port()
     state = ("--state-dir", str(stack.stack.state_dir))
-    code, out = await _cli(
+    code, out = await run_cli(
         "migrate",
         "start",
         "mig-f",
@@ -654,14 +638,14 @@ async def test_the_cli_starts_follows_and_cuts_over_a_migration(
     )
     assert code == 0, out[-3000:]
     assert "ready" in out, out
-    code, out = await _cli("migrate", "status", "mig-f", *state)
+    code, out = await run_cli("migrate", "status", "mig-f", *state)
     assert code == 0, out
     assert "ready" in out, out
-    code, out = await _cli("migrate", "cutover", "mig-f", *state)
+    code, out = await run_cli("migrate", "cutover", "mig-f", *state)
     assert code == 0, out[-3000:]
     deadline = time.monotonic() + 120
     while True:
-        code, out = await _cli("migrate", "status", "mig-f", "--output", "json", *state)
+        code, out = await run_cli("migrate", "status", "mig-f", "--output", "json", *state)
         assert code == 0, out
         if '"completed"' in out:
             break

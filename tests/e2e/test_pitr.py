@@ -24,7 +24,6 @@ import contextlib
 import os
 import random
 import shutil
-import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -63,6 +62,7 @@ from tests.e2e.pitr_stack import (
     Protected,
     Restored,
     protect,
+    run_cli,
     stop_cluster_in,
 )
 from tests.fixtures.gcs import GcsEmulator
@@ -302,28 +302,13 @@ async def test_targets_outside_the_window_are_refused_with_the_reason_and_nothin
 # -- the CLI ---------------------------------------------------------------------------------------
 
 
-async def _cli(*args: str) -> tuple[int, str]:
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "services.cli.main",
-        *args,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-        env={**os.environ, "COLUMNS": "200"},
-    )
-    out, _ = await asyncio.wait_for(process.communicate(), 300)
-    assert process.returncode is not None
-    return process.returncode, out.decode(errors="replace")
-
-
 async def test_cli_restore_into_a_clone_prints_the_result_and_refuses_a_malformed_time(
     history: History,
 ) -> None:
     pitr, db = history.stack, history.db
     at, expected = history.moment(seed=7)
     spec = pitr.clone_spec("cli")
-    code, out = await _cli(
+    code, out = await run_cli(
         "restore",
         db.uid,
         "--to",
@@ -351,7 +336,7 @@ async def test_cli_restore_into_a_clone_prints_the_result_and_refuses_a_malforme
 
     bad = pitr.clone_spec("cli-malformed")
     mark = pitr.recorder.mark()
-    code, out = await _cli(
+    code, out = await run_cli(
         "restore",
         db.uid,
         "--to",

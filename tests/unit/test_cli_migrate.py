@@ -383,7 +383,7 @@ def test_a_rollback_confirmed_is_success_and_a_timeout_is_not() -> None:
         target=v.target,
         source_position=Lsn.parse("16/B4000060"),
         target_following=True,
-        endpoint=ConnectionEndpoint(host="orders.db.svc", port=5432, database="orders"),
+        endpoint=ConnectionEndpoint(host="orders.db.svc", port=15432, database="orders"),
     )
     seen = mc.Followed([envelope(back, source="planner@p1", database=ref)], ended=True)
     code, said = mc._control_outcome("rollback", mc.CONTROLS["rollback"], seen, v, 60.0)

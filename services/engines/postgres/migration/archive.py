@@ -81,7 +81,12 @@ from services.engines.postgres.fetchserver import THREAD, FetchStats, serve_wal
 from services.engines.postgres.instance import server_major
 from services.engines.postgres.manifest import BaseManifest
 from services.engines.postgres.migration.cutover import Fence, fence_source, unfence_source
-from services.engines.postgres.migration.instance import MigrationStepError, PgInstance
+from services.engines.postgres.migration.instance import (
+    MigrationStepError,
+    PgInstance,
+    clear_dir,
+    dir_size,
+)
 from services.engines.postgres.oscmd import chown_to
 from services.engines.postgres.recovery_conf import make_fetch_rig, write_auto_conf, write_owned
 from services.engines.postgres.walfile import (
@@ -232,14 +237,6 @@ async def latest_base_backup(store: BlobStore, prefix: str, db: HostedDatabase) 
     return max(found, key=lambda m: (m.backup.completed_at, m.backup.consistent_at.value))
 
 
-def _clear(data_dir: Path) -> None:
-    for child in data_dir.iterdir():
-        if child.is_dir() and not child.is_symlink():
-            shutil.rmtree(child)
-        else:
-            child.unlink()
-
-
 def _own_settings(target: PgInstance, major: int) -> dict[str, str]:
     settings = {
         "port": str(target.port),
@@ -253,10 +250,6 @@ def _own_settings(target: PgInstance, major: int) -> dict[str, str]:
     if major >= 15:
         settings["archive_library"] = ""
     return settings
-
-
-def _size_of(data_dir: Path) -> int:
-    return sum(p.stat().st_size for p in data_dir.rglob("*") if p.is_file())
 
 
 async def build_from_archive(
@@ -283,7 +276,7 @@ async def build_from_archive(
         return 0
     building = data_dir / BUILDING_FILE
     if building.exists() and building.read_text(encoding="utf-8") == feed.migration:
-        await asyncio.to_thread(_clear, data_dir)
+        await asyncio.to_thread(clear_dir, data_dir)
     elif data_dir.exists() and any(data_dir.iterdir()):
         raise MigrationStepError(
             f"{data_dir} is not empty and is not this migration's target; refusing to overwrite it"
@@ -314,7 +307,7 @@ async def build_from_archive(
     feed.attach(target)
     write_owned(data_dir / "standby.signal", "", target.user)
     building.unlink()  # from here on the directory is recognised as ours by its settings
-    size = await asyncio.to_thread(_size_of, data_dir)
+    size = await asyncio.to_thread(dir_size, data_dir)
     await ctx.progress("start", message=f"starting the target on port {target.port}")
     # pg_ctl -w returns once the standby is consistent: that takes WAL the feed serves.
     await asyncio.to_thread(target.start)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import shutil
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -127,3 +129,23 @@ class PgInstance:
             if time.monotonic() > deadline:
                 raise MigrationStepError(f"{what} not reached in {timeout:g} s", retryable=True)
             time.sleep(interval)
+
+
+def clear_dir(path: Path) -> None:
+    """Empty `path` (kept itself): only for a directory proven to be this migration's own."""
+    for child in path.iterdir():
+        if child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child)
+        else:
+            child.unlink()
+
+
+def dir_size(path: Path) -> int:
+    """Bytes of the files under `path`; a file removed while it is counted counts nothing (a
+    copy or a recovery may be writing there)."""
+    total = 0
+    for child in path.rglob("*"):
+        with contextlib.suppress(OSError):
+            if child.is_file():
+                total += child.stat().st_size
+    return total

@@ -5,14 +5,18 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import shutil
 import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from schemas.positions import format_lsn, parse_lsn
-from services.engines.postgres.migration.instance import MigrationStepError, PgInstance
+from services.engines.postgres.migration.instance import (
+    MigrationStepError,
+    PgInstance,
+    clear_dir,
+    dir_size,
+)
 
 SLOT_PATTERN = re.compile(r"^[a-z0-9_]{1,63}$")
 
@@ -51,14 +55,6 @@ def _stop_orphans(data_dir: Path) -> None:
                 time.sleep(0.05)
 
 
-def _clear(data_dir: Path) -> None:
-    for child in data_dir.iterdir():
-        if child.is_dir() and not child.is_symlink():
-            shutil.rmtree(child)
-        else:
-            child.unlink()
-
-
 def build_standby(source: PgInstance, target: PgInstance, *, slot: str) -> int:
     """Copy the source into the target's empty data directory as a standby and start it.
 
@@ -73,7 +69,7 @@ def build_standby(source: PgInstance, target: PgInstance, *, slot: str) -> int:
     ours = mark.exists() and mark.read_text(encoding="utf-8").strip() == slot
     if ours and target.data_dir.exists():
         _stop_orphans(target.data_dir)
-        _clear(target.data_dir)
+        clear_dir(target.data_dir)
     elif (target.data_dir / "PG_VERSION").exists():
         if (target.data_dir / "standby.signal").exists():
             target.start()
@@ -114,7 +110,7 @@ def build_standby(source: PgInstance, target: PgInstance, *, slot: str) -> int:
             f"port = {target.port}\nunix_socket_directories = {_quote(str(target.socket_dir))}\n"
             "archive_mode = off\n"
         )
-    size = sum(p.stat().st_size for p in target.data_dir.rglob("*") if p.is_file())
+    size = dir_size(target.data_dir)
     mark.unlink()
     target.start()
     return size

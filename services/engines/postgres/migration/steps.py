@@ -59,7 +59,7 @@ from services.engines.postgres.migration.cutover import (
     verify_positions,
     wait_replayed,
 )
-from services.engines.postgres.migration.instance import MigrationStepError, PgInstance
+from services.engines.postgres.migration.instance import MigrationStepError, PgInstance, dir_size
 from services.engines.postgres.migration.preflight import gather_facts
 from services.engines.postgres.migration.rollback import follow_new_primary
 from services.engines.postgres.migration.standby import build_standby, measure_lag, slot_name
@@ -469,20 +469,11 @@ async def _copy(sides: Sides, ctx: JobContext) -> MigrationStepResult:
     while not work.done():
         await asyncio.wait({work}, timeout=1.0)
         if not work.done():
-            done = await asyncio.to_thread(_size_of, target.data_dir)
+            done = await asyncio.to_thread(dir_size, target.data_dir)
             await ctx.progress("copying", done=done, total=max(total, done), unit="bytes")
     copied = await work
     await ctx.progress("copying", done=copied, total=max(total, copied), unit="bytes")
     return MigrationStepResult(step="copy", bytes_copied=copied)
-
-
-def _size_of(path: Path) -> int:
-    total = 0
-    for child in path.rglob("*"):
-        with contextlib.suppress(OSError):
-            if child.is_file():
-                total += child.stat().st_size
-    return total
 
 
 def _unfence(sides: Sides) -> None:
