@@ -39,7 +39,16 @@ class VerifyResult(StrictModel):
 
 
 MigrationStepName = Literal[
-    "preflight", "copy", "lag", "fence", "unfence", "final_sync", "promote", "rewind"
+    "preflight",
+    "prepare",
+    "copy",
+    "lag",
+    "fence",
+    "unfence",
+    "final_sync",
+    "parity",
+    "promote",
+    "rewind",
 ]
 FactValue = Annotated[str, StringConstraints(max_length=500)]
 
@@ -69,6 +78,9 @@ class MigrationStepResult(StrictModel):
         default=None, description="fence: when it was raised; promote: when writes were accepted"
     )
     endpoint: ConnectionEndpoint | None = Field(default=None, description="promote, rewind")
+    differences: list[FactValue] = Field(
+        default_factory=list, max_length=64, description="parity: what differs; empty: it holds"
+    )
 
 
 JobResult = Annotated[

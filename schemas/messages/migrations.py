@@ -20,6 +20,7 @@ would refuse to decode its own message when replayed from the event stream a day
 
 from __future__ import annotations
 
+import re
 import uuid
 from datetime import datetime, timedelta
 from enum import StrEnum
@@ -150,11 +151,23 @@ METHOD_ENGINE: dict[MigrationMethod, Engine] = {
 }
 
 ROLLBACK_AFTER_CUTOVER: frozenset[MigrationMethod] = frozenset(
-    {MigrationMethod.PHYSICAL_STREAM, MigrationMethod.DATAGUARD}
+    {MigrationMethod.PHYSICAL_STREAM, MigrationMethod.LOGICAL_UPGRADE, MigrationMethod.DATAGUARD}
 )
-"""Methods whose way back after the point of no return keeps the target's new commits (the old
-source becomes a standby of the new primary). For the others the source is left as it was at
-the fence: going back to it means losing what the target accepted since."""
+"""Methods whose way back after the point of no return keeps the target's new commits: the old
+source follows the new primary (a standby of it, or, for logical-upgrade, a subscriber of it set
+up at the cutover, before the target took its first write). For the others the source is left
+as it was at the fence: going back to it means losing what the target accepted since."""
+
+METHOD_OPTIONS: dict[MigrationMethod, dict[str, str]] = {
+    MigrationMethod.LOGICAL_UPGRADE: {
+        "database": "the database to move (one per migration); default the source's `dbname`",
+    },
+    MigrationMethod.DUMP: {
+        "database": "the database to move (one per migration); default the source's `dbname`",
+        "jobs": "parallel pg_dump and pg_restore jobs (1-32); default 2",
+    },
+}
+"""The `options` each method reads, with what they mean; any other option is refused."""
 
 MAX_WINDOWS = 32
 MAX_WINDOW = timedelta(days=7)
@@ -164,6 +177,8 @@ MAX_PARTICIPANTS = 16
 
 OptionName = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,62}$")]
 OptionValue = Annotated[str, StringConstraints(max_length=500)]
+DATABASE_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+"""A database a logical method moves: a plain (unquoted, lower-case) PostgreSQL name."""
 ParticipantName = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9-]{0,62}$")]
 """A platform tool that must acknowledge a cutover (its own name, as it signs its acks)."""
 
@@ -198,12 +213,23 @@ class LagBudget(StrictModel):
 
 
 class TargetInstance(StrictModel):
-    """Where the target runs: its database, its node, and (PostgreSQL) its directory and port."""
+    """Where the target runs: its database, its node, and (PostgreSQL) its directory, port and
+    release."""
 
     database: DatabaseRef
     node: NodeName
     data_dir: AbsPath | None = None
     port: Port | None = None
+    release: int | None = Field(
+        default=None,
+        ge=10,
+        le=99,
+        description="PostgreSQL major release the target runs (logical-upgrade, dump: newer "
+        "than or equal to the source's); default the source's. The target node's executor "
+        "runs the binaries of that release it found (`postgres_bin_dirs` and "
+        "/usr/lib/postgresql/*/bin, each asked its version); its preflight refuses a release "
+        "it does not have",
+    )
 
 
 class ConnectionEndpoint(StrictModel):
@@ -249,7 +275,9 @@ class RequestMigration(Command):
     migration_id: uuid.UUID
     target_instance: TargetInstance
     method: MigrationMethod
-    options: dict[OptionName, OptionValue] = Field(default_factory=dict, max_length=32)
+    options: dict[OptionName, OptionValue] = Field(
+        default_factory=dict, max_length=32, description="the method's options (METHOD_OPTIONS)"
+    )
     windows: list[CutoverWindow] = Field(
         default_factory=list,
         max_length=MAX_WINDOWS,
@@ -294,6 +322,20 @@ class RequestMigration(Command):
             raise ValueError(f"cannot pause after {self.pause_after}: it is terminal")
         if len(set(self.participants)) != len(self.participants):
             raise ValueError("participants are named once each")
+        known = METHOD_OPTIONS.get(self.method, {})
+        unknown = sorted(set(self.options) - set(known))
+        if unknown:
+            takes = ", ".join(sorted(known)) or "none"
+            raise ValueError(
+                f"method {self.method.value!r} has no option {', '.join(unknown)} "
+                f"(its options: {takes})"
+            )
+        jobs = self.options.get("jobs")
+        if jobs is not None and not (jobs.isdigit() and 1 <= int(jobs) <= 32):
+            raise ValueError(f"option jobs is a number of parallel jobs, 1 to 32, not {jobs!r}")
+        database = self.options.get("database")
+        if database is not None and not DATABASE_NAME.fullmatch(database):
+            raise ValueError(f"option database is a plain database name, not {database!r}")
         return self
 
 
@@ -566,10 +608,21 @@ class RunMigrationPreflight(_Step):
     side: StepSide = "source"
 
 
+class RunMigrationPrepare(_Step):
+    TYPE: ClassVar[str] = "migration.prepare"
+    SUBJECT: ClassVar[str] = "tm.cmd.executor.{node}.migration.prepare.{database}.{target}"
+    SUMMARY: ClassVar[str] = (
+        "Make the target ready for the copy (a new cluster of its release, roles, schema)."
+    )
+    SIDE: ClassVar[StepSide] = "target"
+
+
 class RunMigrationCopy(_Step):
     TYPE: ClassVar[str] = "migration.copy"
     SUBJECT: ClassVar[str] = "tm.cmd.executor.{node}.migration.copy.{database}.{target}"
-    SUMMARY: ClassVar[str] = "Build the target from the source (standby, or archive restore)."
+    SUMMARY: ClassVar[str] = (
+        "Build the target from the source (standby, archive restore, or table sync)."
+    )
     SIDE: ClassVar[StepSide] = "target"
 
 
@@ -603,6 +656,15 @@ class RunMigrationFinalSync(_Step):
     source_final: Position
 
 
+class RunMigrationParity(_Step):
+    TYPE: ClassVar[str] = "migration.parity"
+    SUBJECT: ClassVar[str] = "tm.cmd.executor.{node}.migration.parity.{database}.{target}"
+    SUMMARY: ClassVar[str] = (
+        "Compare the fenced source and the target: rows and checksums, objects, sequences."
+    )
+    SIDE: ClassVar[StepSide] = "target"
+
+
 class RunMigrationPromote(_Step):
     TYPE: ClassVar[str] = "migration.promote"
     SUBJECT: ClassVar[str] = "tm.cmd.executor.{node}.migration.promote.{database}.{target}"
@@ -633,11 +695,13 @@ MIGRATION_COMMANDS: tuple[type[Command], ...] = (
 )
 MIGRATION_STEPS: tuple[type[_Step], ...] = (
     RunMigrationPreflight,
+    RunMigrationPrepare,
     RunMigrationCopy,
     RunMigrationLag,
     RunMigrationFence,
     RunMigrationUnfence,
     RunMigrationFinalSync,
+    RunMigrationParity,
     RunMigrationPromote,
     RunMigrationRewind,
 )

@@ -37,7 +37,9 @@ from schemas.messages import (
     RunMigrationFence,
     RunMigrationFinalSync,
     RunMigrationLag,
+    RunMigrationParity,
     RunMigrationPreflight,
+    RunMigrationPrepare,
     RunMigrationPromote,
     RunMigrationRewind,
     RunMigrationUnfence,
@@ -242,11 +244,13 @@ def _migration_row(command: type[MigrationStep]) -> OperationSpec:
 
 MIGRATION_STEP_COMMANDS: tuple[type[MigrationStep], ...] = (
     RunMigrationPreflight,
+    RunMigrationPrepare,
     RunMigrationCopy,
     RunMigrationLag,
     RunMigrationFence,
     RunMigrationUnfence,
     RunMigrationFinalSync,
+    RunMigrationParity,
     RunMigrationPromote,
     RunMigrationRewind,
 )

@@ -164,7 +164,6 @@ def test_the_flags_become_the_request_the_planner_will_check() -> None:
             lag_hold="2m",
             pause_after="catching_up",
             participants=["weblogic-orders"],
-            options=["slot_name=tm_orders"],
             ack_timeout="10m",
         )
     )
@@ -185,8 +184,15 @@ def test_the_flags_become_the_request_the_planner_will_check() -> None:
     assert request.pause_after is MigrationPhase.CATCHING_UP
     assert request.windows[0].end - request.windows[0].start == timedelta(hours=2)
     assert request.participants == ["weblogic-orders"]
-    assert request.options == {"slot_name": "tm_orders"}
+    assert request.options == {}
     assert request.ack_timeout_s == 600.0
+
+
+def test_a_logical_method_takes_its_options() -> None:
+    request = mc.build_request(
+        args(method=MigrationMethod.DUMP, options=["database=shop", "jobs=4"])
+    )
+    assert request.options == {"database": "shop", "jobs": "4"}
 
 
 def test_without_a_lag_budget_the_gate_is_half_the_downtime_budget() -> None:
@@ -228,6 +234,11 @@ def test_the_target_engine_is_the_methods_engine() -> None:
         ({"options": ["novalue"]}, "--option 'novalue': give it as name=value"),
         ({"options": ["Bad=1"]}, "--option"),
         ({"options": ["a=1", "a=2"]}, "--option a is given twice"),
+        ({"options": ["slot_name=x"]}, "method 'physical-stream' has no option slot_name"),
+        (
+            {"method": MigrationMethod.DUMP, "options": ["jobs=99"]},
+            "option jobs is a number of parallel jobs, 1 to 32, not '99'",
+        ),
         (
             {"windows": ["2026-12-08T01:00Z+2h", "2026-12-08T02:00Z+2h"]},
             "cutover windows overlap at 2026-12-08T02:00:00Z",
