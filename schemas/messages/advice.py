@@ -32,6 +32,18 @@ class Scope(StrEnum):
 Version = Annotated[int, Field(ge=7, le=99, description="major release (PostgreSQL 15, Oracle 19)")]
 Charset = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{1,40}$")]
 
+_IDENTIFIER = r'(?:[a-z_][a-z0-9_]*|"(?:[^"]|"")+")'
+QualifiedTable = Annotated[
+    str,
+    StringConstraints(max_length=260, pattern=rf"^{_IDENTIFIER}\.{_IDENTIFIER}$"),
+    Field(description="schema.table as PostgreSQL's format('%I.%I') writes it (quoted if need be)"),
+]
+ExtensionName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,62}$")]
+MAX_NAMED_TABLES = 1000
+"""Tables named per fact. One is enough to rule a method out; a preflight that finds more
+names the first ones (the reason names five and counts the rest)."""
+MAX_NAMED_EXTENSIONS = 100
+
 
 class MigrationFacts(StrictModel):
     """What the preflight found. Rates are bytes per second; sizes include indexes."""
@@ -55,6 +67,26 @@ class MigrationFacts(StrictModel):
         default=False,
         description="a managed cloud database (RDS and the like): no physical replication, "
         "no archive_command, no RMAN access from outside",
+    )
+    tables_without_identity: list[QualifiedTable] = Field(
+        default_factory=list,
+        max_length=MAX_NAMED_TABLES,
+        description="PostgreSQL: tables whose UPDATEs and DELETEs logical replication cannot "
+        "carry (no primary key and REPLICA IDENTITY DEFAULT, NOTHING, or an identity index gone)",
+    )
+    unlogged_tables: list[QualifiedTable] = Field(
+        default_factory=list,
+        max_length=MAX_NAMED_TABLES,
+        description="PostgreSQL: UNLOGGED tables (not in the WAL, so not replicated)",
+    )
+    large_objects: int = Field(
+        default=0, ge=0, description="PostgreSQL: large objects (pg_largeobject; not replicated)"
+    )
+    extensions_missing_on_target: list[ExtensionName] = Field(
+        default_factory=list,
+        max_length=MAX_NAMED_EXTENSIONS,
+        description="PostgreSQL: extensions the source has installed that the target's binaries "
+        "do not offer (not in its pg_available_extensions)",
     )
 
 

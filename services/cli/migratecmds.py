@@ -243,6 +243,10 @@ _FLAGS: dict[str, str] = {
     "facts.source_charset": "--source-charset",
     "facts.target_charset": "--target-charset",
     "facts.databases_in_cluster": "--databases-in-cluster",
+    "facts.tables_without_identity": "--table-without-identity",
+    "facts.unlogged_tables": "--unlogged-table",
+    "facts.large_objects": "--large-objects",
+    "facts.extensions_missing_on_target": "--missing-extension",
     "constraints.downtime_budget_s": "--downtime-budget",
     "constraints.window_s": "--window",
 }
@@ -257,11 +261,20 @@ def _flag(loc: tuple[int | str, ...]) -> str | None:
     return None
 
 
+_PATTERN_WANTED = {
+    "--table-without-identity": "schema.table, quoted where PostgreSQL quotes (public.events)",
+    "--unlogged-table": "schema.table, quoted where PostgreSQL quotes (public.events)",
+}
+"""What a flag's value looks like, said instead of the regular expression it failed."""
+
+
 def _explain(exc: ValidationError) -> str:
     said = []
     for error in exc.errors(include_url=False, include_input=False)[:5]:
         message = str(error["msg"]).removeprefix("Value error, ")
         flag = _flag(tuple(error["loc"]))
+        if error["type"] == "string_pattern_mismatch" and flag in _PATTERN_WANTED:
+            message = f"wants {_PATTERN_WANTED[flag]}"
         said.append(f"{flag}: {message}" if flag else message)
     return "; ".join(said)
 
@@ -1113,6 +1126,27 @@ def advise_cmd(
     managed_source: Annotated[
         bool, typer.Option("--managed-source", help="a managed cloud database (RDS and the like)")
     ] = False,
+    tables_without_identity: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--table-without-identity",
+            help="schema.table with no primary key and no replica identity (repeatable)",
+        ),
+    ] = None,
+    unlogged_tables: Annotated[
+        list[str] | None,
+        typer.Option("--unlogged-table", help="schema.table that is UNLOGGED (repeatable)"),
+    ] = None,
+    large_objects: Annotated[
+        int, typer.Option("--large-objects", help="large objects in the source database")
+    ] = 0,
+    missing_extensions: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--missing-extension",
+            help="an extension the source uses that the target lacks (repeatable)",
+        ),
+    ] = None,
     output: OutputOption = OutputFormat.TEXT,
     state_dir: StateDir = None,
     nats_url: NatsUrl = None,
@@ -1140,6 +1174,10 @@ def advise_cmd(
         "multitenant": multitenant,
         "databases_in_cluster": databases_in_cluster,
         "managed_source": managed_source,
+        "tables_without_identity": tables_without_identity or [],
+        "unlogged_tables": unlogged_tables or [],
+        "large_objects": large_objects,
+        "extensions_missing_on_target": missing_extensions or [],
     }
     constraints = {
         "downtime_budget_s": parse_duration(downtime_budget, "--downtime-budget"),

@@ -8,6 +8,14 @@ downtime are estimated. The table in docs/migration.md is this table; a test hol
 A method survives when no condition rules it out and its estimated downtime fits both the
 budget and the window; survivors are ranked by downtime, then duration.
 
+What each PostgreSQL method cannot do is a condition of its own row: a physical copy keeps the
+release, so a major upgrade leaves `logical-upgrade` and `dump` (the refusal says so);
+`logical-upgrade` cannot carry tables without a replica identity, unlogged tables or large
+objects (the refusal names them and says to fix them first or use `dump`); none of them works
+while the target lacks an extension the source uses. `dump` fences the source for the whole
+dump and restore, so its downtime is its whole duration, and a budget or window shorter than
+that rules it out with both figures.
+
 Estimates are first-order and say so: copy time is size over bandwidth, catch-up needs the
 bandwidth to exceed the write rate, and each method's fixed cutover cost is a named constant
 below (PostgreSQL's are bounds over what `bench/migrate` measures; Oracle's are Oracle's published
@@ -46,6 +54,9 @@ __all__ = [
 
 ADVISE_SUBJECT = "tm.qry.planner.advise"
 
+NAMED_IN_A_REASON = 5
+"""Tables or extensions a reason names; the rest are counted."""
+
 STREAM_CUTOVER_S = 5.0
 """Physical standby promote: fence, final replay, promote (a bound; see docs/migration.md)."""
 ARCHIVE_CUTOVER_S = 10.0
@@ -83,6 +94,9 @@ class MethodRule:
     downtime_s: Callable[[MigrationFacts], float]
     estimate: str
     """How duration and downtime are estimated, as the docs' table states it."""
+    downtime_is: str | None = None
+    """What the downtime is made of, said beside an estimate over the budget or the window
+    where the `estimate` alone would not explain it (the whole copy, not a cutover)."""
 
 
 def _copy_s(f: MigrationFacts) -> float:
@@ -93,6 +107,24 @@ def _catch_up_s(f: MigrationFacts) -> float:
     # While the copy ran, the source wrote write_rate * copy_s more; the target gains on it at
     # bandwidth - write_rate. `_catches_up` rules the method out before this divides by <= 0.
     return f.write_rate_bytes_s * _copy_s(f) / (f.bandwidth_bytes_s - f.write_rate_bytes_s)
+
+
+def _named(names: list[str]) -> str:
+    shown = ", ".join(names[:NAMED_IN_A_REASON])
+    more = len(names) - NAMED_IN_A_REASON
+    return f"{shown} and {more} more" if more > 0 else shown
+
+
+def _upgrade_methods(f: MigrationFacts) -> str:
+    # Derived from RULES (read at call time, after it is defined): the engine's methods that do
+    # not keep the release.
+    methods = [
+        rule.method.value
+        for rule in RULES
+        if METHOD_ENGINE[rule.method] is f.engine
+        and all(c is not SAME_VERSION for c in rule.conditions)
+    ]
+    return " or ".join(methods)
 
 
 NOT_MANAGED = Condition(
@@ -107,7 +139,7 @@ SAME_VERSION = Condition(
     lambda f, c: f.source_version == f.target_version,
     lambda f, c: (
         f"a physical copy keeps the release: source is {f.source_version}, target "
-        f"{f.target_version}"
+        f"{f.target_version}; a major upgrade moves by {_upgrade_methods(f)}"
     ),
     "same major release on both sides",
 )
@@ -179,50 +211,109 @@ XTTS_TDE = Condition(
     "not encrypted across an endian change",
 )
 
+EXTENSIONS_ON_TARGET = Condition(
+    lambda f, c: not f.extensions_missing_on_target,
+    lambda f, c: (
+        "the source uses extensions the target does not offer "
+        f"({_named(f.extensions_missing_on_target)}): install them on the target first (every "
+        "method brings over the schema or the catalog that uses them)"
+    ),
+    "every extension the source uses is available on the target",
+)
+REPLICA_IDENTITY = Condition(
+    lambda f, c: not f.tables_without_identity,
+    lambda f, c: (
+        "logical replication cannot carry the UPDATEs and DELETEs of "
+        f"{_named(f.tables_without_identity)} (no primary key, no replica identity): fix "
+        "first (a primary key or REPLICA IDENTITY FULL) or use dump"
+    ),
+    "every table has a primary key or a replica identity",
+)
+ALL_LOGGED = Condition(
+    lambda f, c: not f.unlogged_tables,
+    lambda f, c: (
+        f"logical replication does not carry unlogged tables ({_named(f.unlogged_tables)}): "
+        "fix first (ALTER TABLE ... SET LOGGED) or use dump"
+    ),
+    "no unlogged tables (not replicated)",
+)
+NO_LARGE_OBJECTS = Condition(
+    lambda f, c: f.large_objects == 0,
+    lambda f, c: (
+        f"logical replication does not carry large objects ({f.large_objects} in the "
+        "source): fix first (move them into bytea columns) or use dump"
+    ),
+    "no large objects (not replicated)",
+)
+
+PG_PHYSICAL = (
+    NOT_MANAGED,
+    SAME_VERSION,
+    SAME_ENDIAN,
+    SAME_CHARSET,
+    WHOLE_CLUSTER,
+    EXTENSIONS_ON_TARGET,
+    CATCHES_UP,
+)
+"""What both PostgreSQL physical copies need: the same cluster, byte for byte, on the target."""
+
 RULES: tuple[MethodRule, ...] = (
     MethodRule(
         MigrationMethod.PHYSICAL_STREAM,
-        (NOT_MANAGED, SAME_VERSION, SAME_ENDIAN, SAME_CHARSET, WHOLE_CLUSTER, CATCHES_UP),
+        PG_PHYSICAL,
         lambda f: _copy_s(f) + _catch_up_s(f),
         lambda f: STREAM_CUTOVER_S,
-        "copy = size / bandwidth, then catch-up; downtime = promote (5 s)",
+        f"copy = size / bandwidth, then catch-up; downtime = promote ({STREAM_CUTOVER_S:.0f} s)",
     ),
     MethodRule(
         MigrationMethod.PHYSICAL_ARCHIVE,
-        (NOT_MANAGED, SAME_VERSION, SAME_ENDIAN, SAME_CHARSET, WHOLE_CLUSTER, CATCHES_UP),
+        PG_PHYSICAL,
         lambda f: _copy_s(f) + _catch_up_s(f),
         lambda f: ARCHIVE_CUTOVER_S,
         "restore = size / bandwidth, then roll forward; downtime = last segment through the "
-        "bucket (30 s)",
+        f"bucket ({ARCHIVE_CUTOVER_S:.0f} s)",
     ),
     MethodRule(
         MigrationMethod.LOGICAL_UPGRADE,
-        (PG_LOGICAL, NOT_NEWER_SOURCE, PER_DATABASE, CATCHES_UP),
+        (
+            PG_LOGICAL,
+            NOT_NEWER_SOURCE,
+            PER_DATABASE,
+            REPLICA_IDENTITY,
+            ALL_LOGGED,
+            NO_LARGE_OBJECTS,
+            EXTENSIONS_ON_TARGET,
+            CATCHES_UP,
+        ),
         lambda f: REBUILD_FACTOR * _copy_s(f) + _catch_up_s(f),
         lambda f: LOGICAL_CUTOVER_S,
-        "copy = 2 * size / bandwidth (indexes rebuilt); downtime = final catch-up and "
-        "sequences (60 s)",
+        f"copy = {REBUILD_FACTOR:.0f} * size / bandwidth (indexes rebuilt); downtime = final "
+        f"catch-up and sequences ({LOGICAL_CUTOVER_S:.0f} s)",
     ),
     MethodRule(
         MigrationMethod.DUMP,
-        (NOT_NEWER_SOURCE,),
+        (NOT_NEWER_SOURCE, EXTENSIONS_ON_TARGET),
         lambda f: 0.0,
         lambda f: REBUILD_FACTOR * _copy_s(f),
-        "no copy before cutover; downtime = dump + restore = 2 * size / bandwidth",
+        f"no copy before cutover; downtime = dump + restore = {REBUILD_FACTOR:.0f} * size / "
+        "bandwidth",
+        "dump + restore: the source is fenced from the dump's start to the restore's end",
     ),
     MethodRule(
         MigrationMethod.DATAGUARD,
         (NOT_MANAGED, SAME_VERSION, SAME_ENDIAN, SAME_CHARSET, WHOLE_CDB, CATCHES_UP),
         lambda f: _copy_s(f) + _catch_up_s(f),
         lambda f: DATAGUARD_CUTOVER_S,
-        "duplicate = size / bandwidth, then apply; downtime = switchover (300 s)",
+        f"duplicate = size / bandwidth, then apply; downtime = switchover "
+        f"({DATAGUARD_CUTOVER_S:.0f} s)",
     ),
     MethodRule(
         MigrationMethod.RMAN,
         (NOT_MANAGED, SAME_VERSION, SAME_ENDIAN, WHOLE_CDB, CATCHES_UP),
         lambda f: _copy_s(f) + _catch_up_s(f),
         lambda f: RMAN_CUTOVER_S,
-        "restore = size / bandwidth, then logs; downtime = last logs, recover, open (1800 s)",
+        "restore = size / bandwidth, then logs; downtime = last logs, recover, open "
+        f"({RMAN_CUTOVER_S:.0f} s)",
     ),
     MethodRule(
         MigrationMethod.XTTS,
@@ -230,20 +321,26 @@ RULES: tuple[MethodRule, ...] = (
         lambda f: _copy_s(f) + _catch_up_s(f),
         lambda f: f.write_rate_bytes_s * XTTS_INCREMENT_S / f.bandwidth_bytes_s + XTTS_METADATA_S,
         "copy = size / bandwidth; downtime = final incremental (an hour of writes) + "
-        "metadata import (1800 s)",
+        f"metadata import ({XTTS_METADATA_S:.0f} s)",
     ),
     MethodRule(
         MigrationMethod.DATAPUMP,
         (NOT_NEWER_SOURCE,),
         lambda f: 0.0,
         lambda f: REBUILD_FACTOR * _copy_s(f),
-        "no copy before cutover; downtime = export + import = 2 * size / bandwidth",
+        f"no copy before cutover; downtime = export + import = {REBUILD_FACTOR:.0f} * size / "
+        "bandwidth",
+        "export + import: the source is fenced from the export's start to the import's end",
     ),
 )
 
 
 def _fmt(seconds: float) -> str:
-    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.0f} min"
+    # One decimal past two minutes, so an estimate just over a budget never reads as equal to it.
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    value, unit = (seconds / 60, "min") if seconds < 7200 else (seconds / 3600, "h")
+    return f"{value:.1f}".removesuffix(".0") + f" {unit}"
 
 
 def advise(request: AdviceRequest) -> Advice:
@@ -257,16 +354,15 @@ def advise(request: AdviceRequest) -> Advice:
         reasons = [c.refusal(facts, limits) for c in rule.conditions if not c.holds(facts, limits)]
         if not reasons:
             downtime = rule.downtime_s(facts)
+            estimated = f"estimated downtime {_fmt(downtime)}" + (
+                f" ({rule.downtime_is})" if rule.downtime_is else ""
+            )
             if downtime > limits.downtime_budget_s:
                 reasons.append(
-                    f"estimated downtime {_fmt(downtime)} exceeds the budget of "
-                    f"{_fmt(limits.downtime_budget_s)}"
+                    f"{estimated} exceeds the budget of {_fmt(limits.downtime_budget_s)}"
                 )
             if limits.window_s is not None and downtime > limits.window_s:
-                reasons.append(
-                    f"estimated downtime {_fmt(downtime)} does not fit the "
-                    f"{_fmt(limits.window_s)} window"
-                )
+                reasons.append(f"{estimated} does not fit the {_fmt(limits.window_s)} window")
         if reasons:
             ruled_out.append(RuledOut(method=rule.method, reasons=reasons))
         else:

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pydantic import ValidationError
 
 from schemas import Engine
 from schemas.messages import (
@@ -17,6 +18,7 @@ from schemas.messages import (
     MigrationMethod,
     Scope,
 )
+from schemas.messages.advice import MAX_NAMED_TABLES
 from services.planner.advisor import RULES, advise, rules_table
 
 pytestmark = pytest.mark.unit
@@ -174,3 +176,102 @@ def test_the_docs_table_is_the_codes_table() -> None:
     text = (Path(__file__).parents[2] / "docs" / "migration.md").read_text(encoding="utf-8")
     rows = re.findall(r"^\| `([a-z-]+)` \| (\w+) \| (.+?) \| (.+?) \|$", text, flags=re.M)
     assert rows == rules_table(), "regenerate the advisor table in docs/migration.md"
+
+
+# --- what the PostgreSQL logical methods need ---------------------------------------------------
+
+
+def test_a_major_upgrade_is_ruled_out_of_physical_copies_naming_the_methods_that_upgrade() -> None:
+    ranked, out = ask(budget=3600, target_version=18)
+    assert ranked == [M.LOGICAL_UPGRADE, M.DUMP]
+    for physical in (M.PHYSICAL_STREAM, M.PHYSICAL_ARCHIVE):
+        assert out[physical] == [
+            "a physical copy keeps the release: source is 15, target 18; a major upgrade "
+            "moves by logical-upgrade or dump"
+        ]
+    _, out = ask(budget=3600 * 48, **oracle(target_version=23))
+    assert "a major upgrade moves by xtts or datapump" in out[M.DATAGUARD][0]
+
+
+def test_a_budget_shorter_than_dump_and_restore_rules_dump_out_with_both_figures() -> None:
+    # 100 GiB dumped and restored at 200 MB/s: 2 * 107.4 GB / 200 MB/s = 1074 s, all of it fenced.
+    ranked, out = ask(budget=600)
+    assert M.DUMP not in ranked
+    assert out[M.DUMP] == [
+        "estimated downtime 17.9 min (dump + restore: the source is fenced from the dump's "
+        "start to the restore's end) exceeds the budget of 10 min"
+    ]
+    _, out = ask(budget=3600, window_s=900)
+    assert out[M.DUMP] == [
+        "estimated downtime 17.9 min (dump + restore: the source is fenced from the dump's "
+        "start to the restore's end) does not fit the 15 min window"
+    ]
+    advice = advise(
+        AdviceRequest(facts=facts(), constraints=AdviceConstraints(downtime_budget_s=1200))
+    )
+    dump = next(a for a in advice.ranked if a.method is M.DUMP)
+    assert dump.estimated_downtime_s == pytest.approx(2 * 100 * GIB / 200e6)
+
+
+def test_a_table_without_a_replica_identity_rules_out_logical_upgrade_by_name() -> None:
+    ranked, out = ask(budget=3600, target_version=18, tables_without_identity=["public.events"])
+    assert ranked == [M.DUMP]
+    assert out[M.LOGICAL_UPGRADE] == [
+        "logical replication cannot carry the UPDATEs and DELETEs of public.events (no primary "
+        "key, no replica identity): fix first (a primary key or REPLICA IDENTITY FULL) or use dump"
+    ]
+    ranked, _ = ask(tables_without_identity=["public.events"])
+    assert ranked[:2] == [M.PHYSICAL_STREAM, M.PHYSICAL_ARCHIVE]  # a physical copy carries it
+
+
+def test_a_reason_names_five_tables_and_counts_the_rest() -> None:
+    tables = [f"public.t{i}" for i in range(7)]
+    _, out = ask(tables_without_identity=tables)
+    assert (
+        "of public.t0, public.t1, public.t2, public.t3, public.t4 and 2 more ("
+        in (out[M.LOGICAL_UPGRADE][0])
+    )
+
+
+def test_unlogged_tables_and_large_objects_rule_out_logical_upgrade_and_leave_dump() -> None:
+    ranked, out = ask(
+        budget=3600, target_version=18, unlogged_tables=['app."Cache"'], large_objects=12
+    )
+    assert ranked == [M.DUMP]
+    assert out[M.LOGICAL_UPGRADE] == [
+        'logical replication does not carry unlogged tables (app."Cache"): fix first '
+        "(ALTER TABLE ... SET LOGGED) or use dump",
+        "logical replication does not carry large objects (12 in the source): fix first "
+        "(move them into bytea columns) or use dump",
+    ]
+
+
+def test_an_extension_the_target_lacks_rules_out_every_postgres_method() -> None:
+    ranked, out = ask(budget=3600, extensions_missing_on_target=["postgis", "pg_trgm"])
+    assert ranked == []
+    reason = (
+        "the source uses extensions the target does not offer (postgis, pg_trgm): install them "
+        "on the target first (every method brings over the schema or the catalog that uses them)"
+    )
+    for method in (M.PHYSICAL_STREAM, M.PHYSICAL_ARCHIVE, M.LOGICAL_UPGRADE, M.DUMP):
+        assert reason in out[method]
+
+
+@pytest.mark.parametrize("name", ["public.events", 'app."Order Lines"', '"My ""Schema""".t_1'])
+def test_a_table_is_named_schema_dot_table_as_postgres_quotes_it(name: str) -> None:
+    assert facts(tables_without_identity=[name]).tables_without_identity == [name]
+
+
+@pytest.mark.parametrize("name", ["events", "public.Events", "a.b.c", 'public."x', " public.t"])
+def test_a_table_name_without_its_schema_or_unquoted_as_postgres_would_is_refused(
+    name: str,
+) -> None:
+    with pytest.raises(ValidationError) as refused:
+        facts(unlogged_tables=[name])
+    assert [e["type"] for e in refused.value.errors()] == ["string_pattern_mismatch"]
+
+
+def test_the_tables_named_are_bounded() -> None:
+    with pytest.raises(ValidationError) as refused:
+        facts(tables_without_identity=[f"public.t{i}" for i in range(MAX_NAMED_TABLES + 1)])
+    assert [e["type"] for e in refused.value.errors()] == ["too_long"]

@@ -1,0 +1,54 @@
+"""`tidemark migrate advise`: what logical replication cannot carry reaches the advisor's facts."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+from typer.testing import CliRunner
+
+from schemas.messages import AdviceRequest
+from services.cli import migratecmds as mc
+from services.cli.main import app
+from services.planner.advisor import advise
+
+pytestmark = pytest.mark.unit
+
+NOWHERE = "nats://127.0.0.1:1"
+
+
+def invoke(*argv: str) -> Any:
+    return CliRunner().invoke(app, list(argv), env={"COLUMNS": "200"})
+
+
+def test_advise_carries_what_logical_replication_cannot_into_the_facts(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    asked: list[AdviceRequest] = []
+
+    async def answer(_nc: Any, _subject: str, request: AdviceRequest, _reply: Any) -> Any:
+        asked.append(request)
+        return advise(request)
+
+    monkeypatch.setattr(mc, "ask_planner", answer)
+    monkeypatch.setattr(mc, "run_with_planner", lambda _bus, work: asyncio.run(work(None, None)))
+    advise_argv = ["migrate", "advise", "orders-db", "--engine", "postgres", "--nats-url", NOWHERE]
+    facts = ["--size", "10GiB", "--bandwidth", "100MiB/s", "--write-rate", "1MiB/s"]
+    result = invoke(
+        *advise_argv,
+        *facts,
+        *["--source-version", "15", "--target-version", "18", "--downtime-budget", "10m"],
+        *["--table-without-identity", "public.events", "--unlogged-table", "public.cache"],
+        *["--large-objects", "3", "--missing-extension", "postgis"],
+    )
+    assert result.exit_code == 1, result.output  # postgis missing: no method fits
+    given = asked[0].facts
+    assert given.tables_without_identity == ["public.events"]
+    assert given.unlogged_tables == ["public.cache"]
+    assert given.large_objects == 3
+    assert given.extensions_missing_on_target == ["postgis"]
+    assert "public.events (no primary key, no replica identity)" in result.output
+    bad = invoke(*advise_argv, *facts, "--source-version", "15", "--unlogged-table", "cache")
+    assert bad.exit_code == 2
+    assert "--unlogged-table: wants schema.table" in bad.output
