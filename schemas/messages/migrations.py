@@ -322,10 +322,10 @@ class RequestMigration(Command):
             raise ValueError(f"cannot pause after {self.pause_after}: it is terminal")
         if len(set(self.participants)) != len(self.participants):
             raise ValueError("participants are named once each")
-        known = METHOD_OPTIONS.get(self.method, {})
-        unknown = sorted(set(self.options) - set(known))
+        accepted = METHOD_OPTIONS.get(self.method, {})
+        unknown = sorted(set(self.options) - set(accepted))
         if unknown:
-            takes = ", ".join(sorted(known)) or "none"
+            takes = ", ".join(sorted(accepted)) or "none"
             raise ValueError(
                 f"method {self.method.value!r} has no option {', '.join(unknown)} "
                 f"(its options: {takes})"
