@@ -11,7 +11,11 @@
     rollback.py    make the old source follow the new primary (pg_rewind where needed)
     logical.py     the `logical-upgrade` method (not wired yet): one database into a newer
                    major release by logical replication, with roles, schema and sequences
-                   brought over separately, and a parity check
+                   brought over separately
+    fingerprints.py
+                   the parity check in two halves, so source and target need not share a
+                   node: a database's `fingerprint` (rows and checksum per table, objects per
+                   schema and kind, sequences), which can travel, and `compare` of two
 
 Each step is a function of the instances it touches (`PgInstance`: where a cluster lives and
 which OS user runs it) and knows no service: the executor passes what it hosts. Steps are
@@ -36,6 +40,7 @@ from services.engines.postgres.migration.cutover import (
     verify_positions,
     wait_replayed,
 )
+from services.engines.postgres.migration.fingerprints import Fingerprint, compare, fingerprint
 from services.engines.postgres.migration.instance import MigrationStepError, PgInstance
 from services.engines.postgres.migration.logical import (
     LogicalFence,
@@ -59,6 +64,7 @@ __all__ = [
     "ArchiveFeed",
     "ArchiveLag",
     "Fence",
+    "Fingerprint",
     "Lag",
     "LogicalFence",
     "LogicalLag",
@@ -67,10 +73,12 @@ __all__ = [
     "PgInstance",
     "build_from_archive",
     "build_standby",
+    "compare",
     "copy_sequences",
     "fence_archived_source",
     "fence_for_logical",
     "fence_source",
+    "fingerprint",
     "finish",
     "follow_archive",
     "follow_new_primary",

@@ -14,7 +14,8 @@ logical replication, with what replication does not carry brought over separatel
     copy_sequences      every sequence on the target set past the source's value (replication
                         does not carry them: PostgreSQL's documented limit)
     parity              row counts and a checksum per table, object counts per schema and kind,
-                        and the sequences, compared; the differences, empty when clean
+                        and the sequences, compared (fingerprints.py, both sides read from this
+                        node); the differences, empty when clean
     finish              drop the subscription (and with it the source's slot)
 
 Why the source is started again after the fence: a clean shutdown ends the logical WAL sender
@@ -439,75 +440,16 @@ def copy_sequences(source: PgInstance, target: PgInstance, dbname: str) -> int:
 
 # -- parity ---------------------------------------------------------------------------------------
 
-# One query per table, generated and run by psql's gexec: name, rows, checksum of the rows
-# text in a fixed order (the alias is unusual so that no column shadows the row).
-ROW_CHECKSUM = (
-    "SELECT %L, count(*), md5(coalesce(string_agg(md5(tm_row_::text), '' "
-    "ORDER BY md5(tm_row_::text)), '')) FROM %I.%I tm_row_"
-)
-TABLE_CHECKSUMS_SQL = f"""
-SELECT format({_literal(ROW_CHECKSUM)}, format('%I.%I', n.nspname, c.relname), n.nspname,
-              c.relname)
-  FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
- WHERE c.relkind IN ('r', 'p') AND c.relpersistence = 'p' AND {USER_SCHEMA}
- ORDER BY 1
-\\gexec
-"""  # noqa: S608 - constants only
-
-OBJECT_COUNTS_SQL = f"""
-SELECT n.nspname, 'relkind ' || c.relkind::text, count(*)
-  FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE {USER_SCHEMA}
- GROUP BY 1, 2
-UNION ALL
-SELECT n.nspname, 'prokind ' || p.prokind::text, count(*)
-  FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace WHERE {USER_SCHEMA}
- GROUP BY 1, 2
-UNION ALL
-SELECT n.nspname, 'triggers', count(*)
-  FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid
-  JOIN pg_namespace n ON n.oid = c.relnamespace WHERE NOT t.tgisinternal AND {USER_SCHEMA}
- GROUP BY 1, 2
-ORDER BY 1, 2
-"""  # noqa: S608 - constants only
-
-SEQUENCE_VALUES_SQL = """
-SELECT format('%I.%I', schemaname, sequencename), coalesce(last_value, 0) FROM pg_sequences
-"""
-
 
 def parity(source: PgInstance, target: PgInstance, dbname: str) -> list[str]:
-    """What differs between the source's and the target's `dbname`: per table its row count
-    and checksum, per schema the objects of each kind, and sequences behind the source's.
-    Empty: parity holds. Meaningful only with the source fenced."""
-    differences: list[str] = []
+    """What differs between the source's and the target's `dbname` (`fingerprints.compare` of
+    their fingerprints): per table its row count and checksum, per schema the objects of each kind,
+    and sequences behind the source's. Empty: parity holds. Meaningful only with the source
+    fenced."""
+    # fingerprints.py reads with this module's helpers: imported at the top, a cycle.
+    from services.engines.postgres.migration.fingerprints import compare, fingerprint
 
-    def compare(what: str, sql: str) -> None:
-        theirs = {tuple(r[:-1]): r[-1] for r in _rows(source, dbname, sql)}
-        ours = {tuple(r[:-1]): r[-1] for r in _rows(target, dbname, sql)}
-        for key in sorted(theirs.keys() | ours.keys()):
-            if theirs.get(key) != ours.get(key):
-                label = " ".join(key)
-                differences.append(
-                    f"{what} {label}: source {theirs.get(key, 'absent')}, "
-                    f"target {ours.get(key, 'absent')}"
-                )
-
-    compare("objects", OBJECT_COUNTS_SQL)
-    # Rows: count and checksum as one value, so one mismatch is one line.
-    tables_src = {r[0]: (r[1], r[2]) for r in _rows(source, dbname, TABLE_CHECKSUMS_SQL)}
-    tables_tgt = {r[0]: (r[1], r[2]) for r in _rows(target, dbname, TABLE_CHECKSUMS_SQL)}
-    for table in sorted(tables_src.keys() | tables_tgt.keys()):
-        src, tgt = tables_src.get(table), tables_tgt.get(table)
-        if src != tgt:
-            differences.append(f"table {table}: source {src}, target {tgt} (rows, checksum)")
-    seq_src = dict(_rows(source, dbname, SEQUENCE_VALUES_SQL))
-    seq_tgt = dict(_rows(target, dbname, SEQUENCE_VALUES_SQL))
-    for sequence, value in sorted(seq_src.items()):
-        if sequence not in seq_tgt or int(seq_tgt[sequence]) < int(value):
-            differences.append(
-                f"sequence {sequence}: source {value}, target {seq_tgt.get(sequence, 'absent')}"
-            )
-    return differences
+    return compare(fingerprint(source, dbname), fingerprint(target, dbname))
 
 
 def finish(target: PgInstance, dbname: str, name: str) -> None:
