@@ -43,7 +43,7 @@ from schemas.messages.jobs import (
     RestoreResult,
     VerifyResult,
 )
-from schemas.messages.logs import LogArchived, LogDeleted, LogIndexed
+from schemas.messages.logs import LogArchived, LogDeleted, LogIndexed, ThreadDisabled
 from schemas.messages.migrations import (
     AbortMigration,
     AcknowledgeCutover,
@@ -218,6 +218,7 @@ __all__ = [
     "TargetSequence",
     "TargetTime",
     "TargetXid",
+    "ThreadDisabled",
     "VerifyResult",
     "WindowChanged",
     "WindowSummary",

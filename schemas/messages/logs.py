@@ -6,10 +6,10 @@ from typing import Annotated, ClassVar, Literal
 
 from pydantic import Field, StringConstraints, model_validator
 
-from schemas._base import Crc32c, NodeName, ObjectKey, UtcDateTime
+from schemas._base import Crc32c, NodeName, ObjectKey, StrictModel, UtcDateTime
 from schemas.envelope import Event
 from schemas.messages.common import Compression, Reason
-from schemas.positions import Lineage, Position, check_on_lineage
+from schemas.positions import Lineage, Position, Scn, check_on_lineage
 
 WalFileName = Annotated[
     str,
@@ -21,6 +21,29 @@ WalFileName = Annotated[
 ]
 """A WAL segment (or the `.partial` left by a promotion), a timeline history file, or a backup
 history file (`<segment>.<offset>.backup`, written by pg_backup_stop)."""
+
+
+class ThreadDisabled(StrictModel):
+    """A redo thread disabled on the log's lineage (Oracle: `ALTER DATABASE DISABLE THREAD`;
+    V$THREAD ENABLED='DISABLED'), as V$THREAD showed it when the log was found.
+
+    The thread has no redo from `at` (DISABLE_CHANGE#) to `until`, and its last log before the
+    disable is `last_sequence`: recovery to a point in `[at, until]` needs none of its redo
+    after that log. `until` is the thread's ENABLE_CHANGE# once it was enabled again (its redo
+    resumes there), otherwise the database's SCN when V$THREAD still said DISABLED: a later
+    report extends it, and the catalog never counts the thread absent past the last one.
+    """
+
+    thread: int = Field(ge=1, le=65535)
+    last_sequence: int = Field(ge=0, lt=1 << 63)
+    at: Scn
+    until: Scn
+
+    @model_validator(mode="after")
+    def _ordered(self) -> ThreadDisabled:
+        if self.until < self.at:
+            raise ValueError("until must not precede at: a thread is disabled from `at` on")
+        return self
 
 
 class LogArchived(Event):
@@ -61,6 +84,14 @@ class LogArchived(Event):
         "engine reports them (Oracle: V$THREAD; PostgreSQL: 1); sorted, and holding `thread`. "
         "Absent from producers that predate it: the catalog then knows only the threads it saw",
     )
+    disabled_threads: tuple[ThreadDisabled, ...] | None = Field(
+        default=None,
+        description="the stretches of this lineage on which a thread was disabled and has no "
+        "redo, as the engine reported them when the log was found (Oracle: V$THREAD "
+        "DISABLE_CHANGE#, to ENABLE_CHANGE# for a thread enabled again); sorted by thread. "
+        "Absent when the engine cannot say (a log of an older incarnation, PostgreSQL, "
+        "producers that predate it)",
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> LogArchived:
@@ -70,6 +101,12 @@ class LogArchived(Event):
                 raise ValueError("enabled_threads must be sorted and without repeats")
             if self.kind in ("redo", "wal") and self.thread not in self.enabled_threads:
                 raise ValueError(f"thread {self.thread} is not among enabled_threads")
+        if self.disabled_threads:
+            if self.lineage.kind != "incarnation":
+                raise ValueError("only an Oracle incarnation has threads to disable")
+            numbers = [d.thread for d in self.disabled_threads]
+            if numbers != sorted(set(numbers)):
+                raise ValueError("disabled_threads must be sorted by thread and without repeats")
         if self.kind in ("redo", "wal") and (self.first is None or self.next is None):
             raise ValueError(f"a {self.kind} log needs first and next positions")
         if self.first is not None and self.next is not None and self.next < self.first:

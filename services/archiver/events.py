@@ -71,6 +71,7 @@ def log_archived(
         archived_at=log.archived_at,
         stored_at=stored_at,
         enabled_threads=enabled_threads(log),
+        disabled_threads=log.disabled_threads,
     )
     return envelope(data, source=source, database=log.database, message_id=message_id)
 

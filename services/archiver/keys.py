@@ -14,6 +14,7 @@ Every object carries flat string metadata, so the bucket alone describes every l
 | `size`, `crc32c` | the log as the engine wrote it, before compression |
 | `compression` | `none` or `zstd` (the object's own size and crc32c are the stored bytes') |
 | `enabled-threads` | the lineage's threads enabled at archive time, e.g. `1,2` ("" if unknown) |
+| `disabled-threads` | disabled threads, `thread:last sequence:at-until` each (`2:7:1500-1800`) |
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from __future__ import annotations
 from datetime import datetime
 
 from schemas import Lsn, Scn
+from schemas.messages import ThreadDisabled
 from services.archiver.sources import LoggedFile
 from services.blobstore import Digest
 from services.blobstore.layout import (
@@ -74,7 +76,16 @@ def object_metadata(log: LoggedFile, digest: Digest, compression: str) -> dict[s
         "crc32c": digest.crc32c,
         "compression": compression,
         "enabled-threads": ",".join(str(t) for t in enabled_threads(log) or ()),
+        "disabled-threads": disabled_threads_text(log.disabled_threads),
     }
+
+
+def disabled_threads_text(disabled: tuple[ThreadDisabled, ...] | None) -> str:
+    """`disabled-threads` metadata: `thread:last sequence:at-until`, comma-separated ("" for
+    none or unknown; `catalog rebuild` reads it back)."""
+    return ",".join(
+        f"{d.thread}:{d.last_sequence}:{d.at.value}-{d.until.value}" for d in disabled or ()
+    )
 
 
 def enabled_threads(log: LoggedFile) -> tuple[int, ...] | None:

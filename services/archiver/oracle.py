@@ -39,6 +39,15 @@ would ask for its logs: RMAN-06054) and not by a disabled one. A log of another 
 of a thread no longer enabled, is reported without them: V$THREAD describes the current
 incarnation now, not that log's lineage when it was written.
 
+A disabled thread (ALTER DATABASE DISABLE THREAD) is reported with each log of the current
+incarnation too, as a stretch it has no redo on: from DISABLE_CHANGE# to the thread's
+ENABLE_CHANGE# once it is enabled again, else to the database's SCN read just before V$THREAD
+still said DISABLED (`ThreadDisabled`), with its last log before the disable (the highest
+sequence V$LOG_HISTORY switched out before DISABLE_CHANGE#, asked once per disable). So the
+catalog stops requiring the thread past its disable, and never past what V$THREAD vouched for.
+While a thread is disabled, V$THREAD is read again after every look that found new logs, so
+the newest log's report reaches past it.
+
 The session (`services.engines.oracle.session`, or the simulated one in tests) is behind
 `ArchivedLogReader`, the part of `OracleSession` this source uses.
 
@@ -58,6 +67,7 @@ from pathlib import Path
 from typing import Protocol
 
 from schemas import Incarnation, Scn, utcnow
+from schemas.messages import ThreadDisabled
 from services.archiver.errors import ForeignArchive, LogInvalid, LogUnreadable
 from services.archiver.settings import ArchivedDatabase
 from services.archiver.sources import (
@@ -171,6 +181,9 @@ class OracleArchiveSource:
         #: read (module docstring: Threads).
         self._current_rid: int | None = None
         self._enabled: tuple[int, ...] | None = None
+        self._disabled: tuple[ThreadDisabled, ...] | None = None
+        #: (RESETLOGS_ID, thread, DISABLE_CHANGE#) -> the thread's last sequence before it.
+        self._last_before: dict[tuple[int, int, int], int] = {}
 
     def bind_notify(self) -> socket.socket | None:
         return None  # Oracle tells nobody; V$ARCHIVED_LOG is polled
@@ -199,14 +212,20 @@ class OracleArchiveSource:
             # read is then seen as archived, never as missing.
             await self._read_threads()
             await self._read_history()
-        await self._read(full=full, first=first)
+        fresh = await self._read(full=full, first=first)
+        if fresh and self._disabled:
+            # A disabled thread's stretch reaches only to the SCN read with V$THREAD: read
+            # after the new logs, it reaches past them (module docstring: Threads).
+            await self._read_threads()
         gaps = self._gaps(now)
         found = await asyncio.to_thread(self._examine, list(self._held.values()))
         found.problems.extend(gaps)
         return found
 
-    async def _read(self, *, full: bool, first: bool) -> None:
+    async def _read(self, *, full: bool, first: bool) -> bool:
+        """Read V$ARCHIVED_LOG (whole, or past the last RECID); True if it had new rows."""
         dest = self.database.archive_dest_id
+        before = self._last_recid
         if full:
             rows = await self.reader.archived_logs(dest, 0)
             self._next_full = self._clock() + self.database.full_read_s
@@ -240,19 +259,54 @@ class OracleArchiveSource:
                 )
             for r in of_thread:
                 watch.see(r.sequence)
+        return self._last_recid != before if full else bool(rows)
 
     async def _read_threads(self) -> None:
         incarnations = await self.reader.incarnations()
+        # The SCN before V$THREAD: a thread it then shows DISABLED was disabled at this SCN.
+        scn = (await self.reader.database()).current_scn
         threads = await self.reader.threads()
         current = next((i for i in incarnations if i.status == "CURRENT"), None)
         self._current_rid = None if current is None else current.resetlogs_id
         self._enabled = tuple(sorted(t.thread for t in threads if t.is_enabled)) or None
+        disabled = []
+        for t in sorted(threads, key=lambda t: t.thread):
+            at = t.disabled_at if t.disabled_at is not None else t.disable_change
+            until = scn if t.disabled_at is not None else t.reenabled_at
+            if at is None or until is None or until < at or self._current_rid is None:
+                continue
+            last = await self._last_sequence(self._current_rid, t.thread, at)
+            if last is not None:
+                disabled.append(
+                    ThreadDisabled(
+                        thread=t.thread,
+                        last_sequence=last,
+                        at=Scn(value=at),
+                        until=Scn(value=until),
+                    )
+                )
+        self._disabled = tuple(disabled) or None
+
+    async def _last_sequence(self, resetlogs_id: int, thread: int, at: int) -> int | None:
+        """The last sequence `thread` switched out before its disable at `at`, by V$LOG_HISTORY
+        (once per disable); None when the history no longer has it."""
+        key = (resetlogs_id, thread, at)
+        if key not in self._last_before:
+            rows = await self.reader.log_history(thread, 1, resetlogs_id=resetlogs_id)
+            before = [h.sequence for h in rows if h.first_change < at]
+            if not before:
+                return None
+            self._last_before[key] = max(before)
+        return self._last_before[key]
 
     def _enabled_for(self, row: ArchivedLogRow) -> tuple[int, ...] | None:
         enabled = self._enabled
         if row.resetlogs_id != self._current_rid or enabled is None or row.thread not in enabled:
             return None
         return enabled
+
+    def _disabled_for(self, row: ArchivedLogRow) -> tuple[ThreadDisabled, ...] | None:
+        return self._disabled if row.resetlogs_id == self._current_rid else None
 
     async def _read_history(self) -> None:
         for watch in self._watches.values():
@@ -370,6 +424,7 @@ class OracleArchiveSource:
             next_time=row.next_time,
             fingerprint=fingerprint,
             enabled_threads=self._enabled_for(row),
+            disabled_threads=self._disabled_for(row),
         )
 
     def check_header(self, log: LoggedFile, head: bytes) -> None:

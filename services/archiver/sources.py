@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import BinaryIO, Literal, Protocol
 
 from schemas import DatabaseRef, Lineage, Position, StrictModel, UtcDateTime
+from schemas.messages import ThreadDisabled
 from services.archiver.errors import LogInvalid, LogNotReady, LogRejected, LogUnreadable
 from services.archiver.settings import ArchivedDatabase
 
@@ -66,6 +67,10 @@ class LoggedFile(StrictModel):
     #: The threads enabled on the lineage when the log was found (Oracle: V$THREAD, for a log
     #: of the current incarnation); None when the source cannot say. Sorted, holds `thread`.
     enabled_threads: tuple[int, ...] | None = None
+    #: The threads disabled on the lineage when the log was found, with the stretch each has no
+    #: redo on (Oracle: V$THREAD DISABLED, for a log of the current incarnation); None when
+    #: the source cannot say.
+    disabled_threads: tuple[ThreadDisabled, ...] | None = None
 
     @property
     def wal_file_name(self) -> str | None:

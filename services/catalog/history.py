@@ -7,7 +7,10 @@ that is Lb or one of its descendants, walk the lineage path Lb → … → L:
 
 - on each lineage, every thread's chain must run on from the point the walk enters it (S_B on
   Lb, the branch point on a child): E = min over threads of the end of the covered interval that
-  reaches that point;
+  reaches that point. A thread disabled on a stretch (Oracle: DISABLE THREAD) has no redo
+  there, so the stretch counts as covered: from its disable (or the end of its last log before
+  it, once that log is indexed) to where it was enabled again or last seen still disabled, and
+  never past a log of it that begins inside;
 - to continue into a child that branched at P, the parent's chain must reach P and B must be
   consistent before it (M_B < P);
 - on L the window is (max(M_B, P_L), E_L].
@@ -151,6 +154,9 @@ class History:
         # logs made a restart bring back windows a deletion had closed.
         self._reported: dict[str, set[int]] = {}
         self._seen: dict[str, set[int]] = {}
+        # Per lineage, (thread, disabled at) -> (last sequence before, no redo up to): the
+        # stretches threads were disabled on (`add_disable`). Kept when logs go, like threads.
+        self._disabled: dict[str, dict[tuple[int, int], tuple[int, int]]] = {}
 
     # -- updates --------------------------------------------------------------------------------
 
@@ -198,6 +204,59 @@ class History:
             entry = self.lineages.get(key)
             key = entry.parent if entry is not None else None
         return sorted(required)
+
+    def add_disable(
+        self, lineage: str, thread: int, at: int, last_sequence: int, until: int
+    ) -> None:
+        """Remember that `thread` of `lineage` was disabled at `at`, after its log
+        `last_sequence`, and has no redo up to `until`. Reports of one disable only extend it
+        (the highest `until` and sequence), so the answer is the same whatever order they came
+        in: an older report saw it disabled for less long, never for longer than it was."""
+        stretches = self._disabled.setdefault(lineage, {})
+        known = stretches.get((thread, at))
+        merged = (
+            (last_sequence, until)
+            if known is None
+            else (max(known[0], last_sequence), max(known[1], until))
+        )
+        if merged != known:
+            self._answers.clear()
+            stretches[(thread, at)] = merged
+
+    def known_disables(self, lineage: str) -> dict[tuple[int, int], tuple[int, int]]:
+        """(thread, disabled at) -> (last sequence, until) of `lineage`: what the store keeps."""
+        return dict(self._disabled.get(lineage, {}))
+
+    def absent(self, lineage: str, number: int) -> list[tuple[int, int]]:
+        """The `[start, end)` stretches where thread `number` of `lineage` has no redo.
+
+        A stretch starts at the disable, or at the end of the thread's last log before it when
+        that log is indexed (nothing was written between them: the thread was closed, and
+        only a closed thread can be disabled). Without that log it starts at the disable, so
+        the missing log is still a gap. It ends where the thread was enabled again or was last
+        seen still disabled, and before any log of the thread past the disable that begins
+        inside it: that log is redo, whatever a report said.
+        """
+        stretches = []
+        thread = self.threads(lineage).get(number)
+        for (t, at), (last_sequence, until) in self._disabled.get(lineage, {}).items():
+            if t != number:
+                continue
+            start, end = at, until
+            if thread is not None:
+                last = thread.by_seq.get(last_sequence)
+                if last is not None:
+                    start = min(start, last.next)
+                i = bisect_left(thread.firsts, start)
+                while i < len(thread.firsts) and thread.firsts[i] < end:
+                    log = thread.by_first[thread.firsts[i]]
+                    if log.sequence > last_sequence:
+                        end = log.first
+                        break
+                    i += 1
+            if end > start:
+                stretches.append((start, end))
+        return sorted(stretches)
 
     def add_log(self, log: LogEntry) -> bool:
         """Index a log; False if it was already there. Raises HistoryConflict on a mismatch."""
@@ -279,16 +338,41 @@ class History:
         required = self.required_threads(lineage)
         if not required:
             return point, None
+        disabled = {t for t, _ in self._disabled.get(lineage, {})}
         end: int | None = None
         limiting: int | None = None
         for number in required:
             thread = threads.get(number)
-            reach = thread.cover.reaching(point) if thread is not None else None
-            thread_end = reach[1] if reach is not None else point
+            if number in disabled:
+                thread_end = self._reach(thread, self.absent(lineage, number), point)
+            else:
+                reach = thread.cover.reaching(point) if thread is not None else None
+                thread_end = reach[1] if reach is not None else point
             if end is None or thread_end < end:
                 end, limiting = thread_end, number
         assert end is not None
         return end, limiting
+
+    @staticmethod
+    def _reach(thread: _Thread | None, absent: list[tuple[int, int]], point: int) -> int:
+        """How far a thread's chain runs from `point` through its logs and the stretches it has
+        no redo on, one after the other; `point` itself when neither reaches it."""
+        stretches = IntervalSet()
+        for start, end in absent:
+            stretches.add(start, end)
+        at = point
+        while True:
+            reached = [
+                found[1]
+                for found in (
+                    thread.cover.reaching(at) if thread is not None else None,
+                    stretches.reaching(at),
+                )
+                if found is not None
+            ]
+            if not reached or max(reached) <= at:
+                return at
+            at = max(reached)
 
     def entry_point(self, lineage: str, branch: int) -> int:
         """Where the parent's chain must reach to continue into `lineage`, branched at `branch`.
@@ -443,6 +527,13 @@ class History:
             log = thread.by_next.get(end) if thread is not None else None
             if log is not None:
                 return log.next_time
+        if closing and self._disabled.get(lineage):
+            # The window ends where a disabled thread was last seen disabled, not at a log's
+            # end: a log that holds `end` began before it, so its first time is not later.
+            for thread in self.threads(lineage).values():
+                log = thread.by_next.get(end) or _containing(thread, end)
+                if log is not None:
+                    return log.next_time if log.next == end else log.first_time
         return None
 
     def check(self, lineage: str, target: int) -> Verdict:

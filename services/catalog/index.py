@@ -217,11 +217,35 @@ class CatalogIndex:
         return self.apply_stored_log(database, log.lineage, StoredLog.of(log))
 
     def learn_log_threads(self, database: DatabaseRef, log: LogArchived) -> None:
-        """The threads `log` shows its lineage has (as `Writer.record_threads` stores them)."""
+        """The threads `log` shows its lineage has, and the stretches any of them was disabled
+        on (as `Writer.record_threads` stores them)."""
         if log.kind in ("redo", "wal"):
             self.learn_threads(database, log.lineage, (log.thread,), reported=False)
         if log.enabled_threads:
             self.learn_threads(database, log.lineage, log.enabled_threads, reported=True)
+        for disabled in log.disabled_threads or ():
+            self.learn_disable(
+                database,
+                log.lineage,
+                disabled.thread,
+                disabled.at.value,
+                disabled.last_sequence,
+                disabled.until.value,
+            )
+
+    def learn_disable(
+        self,
+        database: DatabaseRef,
+        lineage: Incarnation | Timeline,
+        thread: int,
+        at: int,
+        last_sequence: int,
+        until: int,
+    ) -> None:
+        """A stretch `thread` of `lineage` has no redo on (`History.add_disable`)."""
+        db = self._ensure(database)
+        self._learn_lineage(db, lineage)
+        db.history.add_disable(lineage.key, thread, at, last_sequence, until)
 
     def learn_threads(
         self,

@@ -4,7 +4,8 @@ The bucket is self-describing (`services/archiver/keys.py`), so one listing is e
 
     <prefix>/<uid>/owner.json                        the database: engine, system id, name
     <prefix>/<uid>/<lineage>/logs/<thread>/<name>    a log, from its object metadata (with the
-                                                     lineage's `enabled-threads`)
+                                                     lineage's `enabled-threads` and
+                                                     `disabled-threads`)
     <prefix>/<uid>/<lineage>/history/<name>          a timeline or backup history file, from its
                                                      metadata; a timeline history's content names
                                                      the parent timeline and the branch point
@@ -54,7 +55,7 @@ from schemas import (
     lineage_from_key,
     parse_lsn,
 )
-from schemas.messages import BackupCompleted, LogArchived
+from schemas.messages import BackupCompleted, LogArchived, ThreadDisabled
 from services.blobstore import BlobStore, BlobStoreError, ObjectInfo
 from services.catalog.index import CatalogIndex
 from services.catalog.rows import UNKNOWN_NODE
@@ -120,6 +121,26 @@ def _threads(text: str) -> tuple[int, ...] | None:
     return tuple(int(t) for t in text.split(",")) if text else None
 
 
+def _disabled(text: str) -> tuple[ThreadDisabled, ...] | None:
+    """`disabled-threads` metadata (`2:7:1500-1800`: thread, its last sequence, the stretch it
+    has no redo on); None when the archiver did not write it."""
+    if not text:
+        return None
+    found = []
+    for item in text.split(","):
+        thread, sequence, stretch = item.split(":")
+        at, until = stretch.split("-")
+        found.append(
+            ThreadDisabled(
+                thread=int(thread),
+                last_sequence=int(sequence),
+                at=Scn(value=int(at)),
+                until=Scn(value=int(until)),
+            )
+        )
+    return tuple(found)
+
+
 def _lineage_from_key(key: str, first: Position | None) -> Lineage:
     try:
         return lineage_from_key(key, branch_at=first)
@@ -174,6 +195,7 @@ def log_from_object(info: ObjectInfo, uid: str, lineage_key: str) -> LogArchived
             archived_at=_time(meta["archived_at"]),
             stored_at=info.updated,
             enabled_threads=_threads(meta.get("enabled-threads", "")),
+            disabled_threads=_disabled(meta.get("disabled-threads", "")),
         )
     except (KeyError, ValueError, ValidationError) as exc:
         reason = exc.errors()[0]["msg"] if isinstance(exc, ValidationError) else repr(exc)

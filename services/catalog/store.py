@@ -22,6 +22,9 @@ Every write is keyed by the fact's natural key, so a redelivered event changes n
 - `lineage_threads` (database, lineage, thread): the threads a lineage must be recovered on,
   reported enabled by the archiver or seen on a log. Only ever added to: deleting every log of
   a thread does not make the thread optional.
+- `thread_disables` (database, lineage, thread, disabled at): a stretch a thread has no redo
+  on, reported by the archiver. A later report of the same disable only extends it (the
+  highest end and last sequence); it stays when logs go, like the threads.
 
 A conflict keeps the first fact: two different logs claiming one name is an alarm for a person,
 never something to settle by overwriting. Positions are stored per `columns.U64`.
@@ -48,7 +51,7 @@ from sqlalchemy.exc import IntegrityError
 
 from schemas import DatabaseRef, Lineage, utcnow
 from schemas import Engine as DbEngine
-from schemas.messages import BackupCompleted, LogArchived
+from schemas.messages import BackupCompleted, LogArchived, ThreadDisabled
 from services.catalog.columns import U64, UtcDateTime
 from services.catalog.index import CatalogIndex, StoredLog
 from services.catalog.migrations import (
@@ -77,6 +80,7 @@ from services.catalog.tables import (
     logs,
     metadata,
     stream_positions,
+    thread_disables,
 )
 
 log = logging.getLogger("tidemark.catalog")
@@ -282,6 +286,7 @@ class Writer:
         self._databases: dict[str, DatabaseRef] = {}
         self._lineages: dict[tuple[str, str], dict[str, Any]] = {}
         self._threads: dict[tuple[str, str, int], bool] = {}
+        self._disables: dict[tuple[str, str, int, int], tuple[int, int]] = {}
 
     @contextmanager
     def savepoint(self) -> Iterator[None]:
@@ -398,7 +403,8 @@ class Writer:
         return self._insert(logs, row)
 
     def record_threads(self, uid: str, log: LogArchived) -> None:
-        """Remember the threads `log` shows its lineage has: its own, and those reported."""
+        """Remember the threads `log` shows its lineage has (its own, and those reported), and
+        the stretches it reports any was disabled on."""
         wanted: list[tuple[int, bool]] = []
         if log.kind in ("redo", "wal"):
             wanted.append((log.thread, False))
@@ -423,6 +429,45 @@ class Writer:
                     .values(reported=True)
                 )
             self._threads[key] = reported or bool(found is not None and found.reported)
+        for disabled in log.disabled_threads or ():
+            self.record_disable(uid, log.lineage.key, disabled)
+
+    def record_disable(self, uid: str, lineage: str, disabled: ThreadDisabled) -> None:
+        """Remember a stretch a thread was disabled on, or extend the one known."""
+        row = {
+            "database_uid": uid,
+            "lineage": lineage,
+            "thread": disabled.thread,
+            "disabled_at": disabled.at.value,
+        }
+        wanted = (disabled.last_sequence, disabled.until.value)
+        key = (uid, lineage, disabled.thread, disabled.at.value)
+        known = self._disables.get(key)
+        if known is not None and known[0] >= wanted[0] and known[1] >= wanted[1]:
+            return
+        found = self._find(thread_disables, row)
+        if found is None:
+            self._insert(
+                thread_disables, {**row, "last_sequence": wanted[0], "disabled_until": wanted[1]}
+            )
+            merged = wanted
+        else:
+            merged = (
+                max(found.last_sequence, wanted[0]),
+                max(found.disabled_until, wanted[1]),
+            )
+            if merged != (found.last_sequence, found.disabled_until):
+                self.conn.execute(
+                    thread_disables.update()
+                    .where(
+                        (thread_disables.c.database_uid == uid)
+                        & (thread_disables.c.lineage == lineage)
+                        & (thread_disables.c.thread == disabled.thread)
+                        & (thread_disables.c.disabled_at == disabled.at.value)
+                    )
+                    .values(last_sequence=merged[0], disabled_until=merged[1])
+                )
+        self._disables[key] = merged
 
     def record_logs(self, facts: Sequence[tuple[DatabaseRef, LogArchived]]) -> list[LogResult]:
         """Store many logs, in order, each exactly as `record_log` would; per log, True if new,
@@ -863,6 +908,15 @@ class CatalogStore:
                     known[(row.database_uid, row.lineage)],
                     (row.thread,),
                     reported=bool(row.reported),
+                )
+            for row in conn.execute(select(thread_disables)):
+                index.learn_disable(
+                    refs[row.database_uid],
+                    known[(row.database_uid, row.lineage)],
+                    row.thread,
+                    row.disabled_at,
+                    row.last_sequence,
+                    row.disabled_until,
                 )
             n_logs = n_backups = 0
             for (uid, key), rows in itertools.groupby(

@@ -113,6 +113,21 @@ lineage_threads = Table(
     ForeignKeyConstraint(["database_uid", "lineage"], ["lineages.database_uid", "lineages.key"]),
 )
 
+thread_disables = Table(
+    "thread_disables",
+    metadata,
+    Column("database_uid", String(63), primary_key=True),
+    Column("lineage", String(16), primary_key=True),
+    Column("thread", Integer, primary_key=True, autoincrement=False),
+    # A stretch the thread has no redo on (`log.archived.disabled_threads`): from where it was
+    # disabled to `disabled_until`, after its log `last_sequence`. Reports of one disable
+    # (thread, disabled_at) only ever extend it: the highest `disabled_until` and sequence.
+    Column("disabled_at", U64(), primary_key=True, autoincrement=False),
+    Column("last_sequence", BigInteger, nullable=False),
+    Column("disabled_until", U64(), nullable=False),
+    ForeignKeyConstraint(["database_uid", "lineage"], ["lineages.database_uid", "lineages.key"]),
+)
+
 log_tombstones = Table(
     "log_tombstones",
     metadata,

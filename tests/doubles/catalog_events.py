@@ -53,6 +53,7 @@ def _logged(database: DatabaseRef, log: LogArchived) -> LoggedFile:
         first_time=log.first_time,
         next_time=log.next_time,
         fingerprint=(0, 0, 0, 0, 0),
+        disabled_threads=log.disabled_threads,
     )
 
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from schemas import Engine, Incarnation, Scn
+from schemas import Engine, Incarnation, Scn, uuid7
 from schemas.messages import BackupSpec, RunRestore
 from schemas.messages.backups import BackupKind
 from schemas.messages.common import ProgressUnit
@@ -374,6 +374,67 @@ async def test_the_archiver_reports_every_enabled_thread_even_one_with_no_log_ye
     reported = {(log.thread, log.sequence): log.enabled_threads for log in found.logs}
     assert reported[(1, 3)] == (1,), "a disabled thread is not reported"
     assert reported[(2, 2)] is None, "a log of a thread since disabled: V$THREAD cannot say"
+
+
+async def test_the_archiver_reports_a_disable_and_the_catalog_window_runs_past_it(
+    tmp_path: Path,
+) -> None:
+    from datetime import UTC, datetime
+
+    from services.archiver.events import log_archived
+    from services.archiver.oracle import OracleArchiveSource
+    from services.archiver.settings import ArchivedDatabase
+    from services.catalog.index import CatalogIndex
+    from tests.doubles.catalog_events import backup
+    from tests.oracle_sim.session import SimulatedSession
+
+    db = SimulatedOracle.create(tmp_path / "sim", threads=2)
+    archived = _archived(tmp_path, ArchivedDatabase)
+    source = OracleArchiveSource(archived, SimulatedSession(db))
+    db.insert("one", thread=1)
+    db.insert("two", thread=2)
+    db.archive_log_current()  # thread 1 and 2 sequence 1
+    db.close_thread(2)
+    db.disable_thread(2)  # archives thread 2 sequence 2 first
+    disabled_at = int(db.threads()[1]["disable_change#"])
+    for i in range(3):
+        db.insert(f"after {i}", thread=1)
+        db.switch_logfile(1)  # thread 1 sequences 2, 3, 4
+    found = await source.discover()
+    logs = {(x.thread, x.sequence): x for x in found.logs}
+    newest = logs[(1, 4)]
+    assert newest.disabled_threads is not None
+    (stretch,) = newest.disabled_threads
+    assert (stretch.thread, stretch.last_sequence, stretch.at.value) == (2, 2, disabled_at)
+    assert newest.next is not None
+    assert stretch.until.value >= newest.next.value, (
+        "V$THREAD is read after the logs: the stretch reaches past the newest"
+    )
+
+    index = CatalogIndex()
+    at = datetime.now(UTC)
+    for x in found.logs:
+        event = log_archived(
+            x,
+            key=f"ora1/{x.thread}/{x.sequence}",
+            crc32c="AAAAAA==",
+            size=x.size,
+            compression="none",
+            node="n1",
+            stored_at=at,
+            source="archiver",
+            message_id=uuid7(),
+        )
+        index.apply_log(archived.ref, event.data)
+    first = logs[(1, 1)]
+    assert first.first is not None
+    assert isinstance(first.lineage, Incarnation)
+    start = first.first.value
+    index.apply_backup(
+        archived.ref, backup("L0", start, start + 1, first.lineage, database=archived.ref)
+    )
+    (window,) = index.windows(archived.ref.uid).windows
+    assert window.end.value == newest.next.value > disabled_at
 
 
 async def test_an_open_thread_cannot_be_disabled_and_recovery_past_a_disable_needs_none_of_it(

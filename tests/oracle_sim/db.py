@@ -131,6 +131,8 @@ class ThreadState(_Model):
     status: Literal["OPEN", "CLOSED"] = "OPEN"
     sequence: int
     first_scn: int
+    disable_scn: int = 0
+    """V$THREAD DISABLE_CHANGE#: where the latest DISABLE THREAD took effect (0: never)."""
 
 
 class ArchivedLog(_Model):
@@ -514,6 +516,7 @@ class SimulatedOracle:
                 )
             log = switch_logfile(st, self.arch_dir, thread)
             ts.enabled = False
+            ts.disable_scn = log.next_scn
             st.thread_disabled_at[thread] = log.next_scn
 
     def remove_archived_log(
@@ -634,6 +637,8 @@ class SimulatedOracle:
                 "status": t.status,
                 "sequence#": t.sequence,
                 "checkpoint_change#": t.first_scn,
+                "enable_change#": FIRST_SCN,
+                "disable_change#": t.disable_scn,
             }
             for t in self.read().controlfile.threads
         ]

@@ -231,6 +231,7 @@ def test_object_metadata_describes_the_log_in_strings() -> None:
         "crc32c": "q83vEg==",
         "compression": "zstd",
         "enabled-threads": "",  # until the Oracle source reads V$THREAD
+        "disabled-threads": "",
     }
     assert object_metadata(wal(0x16B3), Digest("q83vEg==", 1), "none")["first"] == "16/B3000000"
     assert object_metadata(wal(0x16B3), Digest("q83vEg==", 1), "none")["enabled-threads"] == "1"

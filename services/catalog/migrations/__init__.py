@@ -23,6 +23,7 @@ from services.catalog.migrations import (
     v0001_initial,
     v0002_threads_and_log_tombstones,
     v0003_stream_positions,
+    v0004_thread_disables,
 )
 
 
@@ -45,6 +46,7 @@ MIGRATIONS: tuple[Migration, ...] = (
         v0002_threads_and_log_tombstones.apply,
     ),
     Migration(3, "how far into each stream the store has applied", v0003_stream_positions.apply),
+    Migration(4, "the stretches on which threads were disabled", v0004_thread_disables.apply),
 )
 
 # An arbitrary constant: the key of the advisory lock migrations take on PostgreSQL.

@@ -58,11 +58,12 @@ RESETLOGS_TIME, so the incarnation is joined on both. Every switch leaves a row,
 truth a destination is checked against for gaps."""
 
 THREADS_SQL = """\
-SELECT thread#, status, enabled, sequence#
+SELECT thread#, status, enabled, sequence#, enable_change#, disable_change#
   FROM v$thread
  ORDER BY thread#"""
 """The redo threads of the current incarnation: ENABLED says whether recovery needs the thread's
-redo (DISABLED: no; PUBLIC or PRIVATE: yes, whether its instance is OPEN or CLOSED)."""
+redo (DISABLED: no; PUBLIC or PRIVATE: yes, whether its instance is OPEN or CLOSED), and
+ENABLE_CHANGE# / DISABLE_CHANGE# where the latest enable and disable took effect (0: never)."""
 
 # Every V$RMAN_STATUS row of the RMAN session that ran `SET COMMAND ID TO :command_id`, not only
 # the rows carrying the id: the control file autobackup is a recursive operation of the
@@ -217,12 +218,30 @@ class ThreadRow:
     status: str
     enabled: str
     sequence: int
+    #: ENABLE_CHANGE# and DISABLE_CHANGE#: the SCNs of the latest enable and disable; None
+    #: where the view says 0 (never) or the row predates them.
+    enable_change: int | None = None
+    disable_change: int | None = None
 
     @property
     def is_enabled(self) -> bool:
         """Recovery needs this thread's redo: an enabled thread counts whether its instance is
         OPEN or CLOSED (a closed thread's current log is archived by a surviving instance)."""
         return self.enabled != "DISABLED"
+
+    @property
+    def disabled_at(self) -> int | None:
+        """Where the thread's redo stops while it is disabled (DISABLE_CHANGE#); None when it
+        is enabled, or disabled where the view does not say."""
+        return None if self.is_enabled else self.disable_change
+
+    @property
+    def reenabled_at(self) -> int | None:
+        """Where the redo of an enabled thread resumed after its latest disable (ENABLE_CHANGE#
+        past DISABLE_CHANGE#); None for a thread never disabled or disabled now."""
+        if not self.is_enabled or self.disable_change is None or self.enable_change is None:
+            return None
+        return self.enable_change if self.enable_change > self.disable_change else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -421,6 +440,8 @@ def thread_from(row: Row) -> ThreadRow:
         status=row["status"],
         enabled=row["enabled"],
         sequence=int(row["sequence#"]),
+        enable_change=int(row.get("enable_change#") or 0) or None,
+        disable_change=int(row.get("disable_change#") or 0) or None,
     )
 
 
