@@ -12,6 +12,10 @@
     logical.py     the `logical-upgrade` method (not wired yet): one database into a newer
                    major release by logical replication, with roles, schema and sequences
                    brought over separately
+    dump.py        the `dump` method (not wired yet): pg_dump -Fd into the object store with a
+                   manifest written last, pg_restore from there into a database marked as the
+                   migration's (so a failed restore starts again from the store), errors judged
+                   against the known-benign list, the source's and target's fingerprints
     fingerprints.py
                    the parity check in two halves, so source and target need not share a
                    node: a database's `fingerprint` (rows and checksum per table, objects per
@@ -40,6 +44,14 @@ from services.engines.postgres.migration.cutover import (
     verify_positions,
     wait_replayed,
 )
+from services.engines.postgres.migration.dump import (
+    KNOWN_BENIGN,
+    DumpManifest,
+    RestoreOutcome,
+    dump_to_store,
+    read_manifest,
+    restore_from_store,
+)
 from services.engines.postgres.migration.fingerprints import Fingerprint, compare, fingerprint
 from services.engines.postgres.migration.instance import MigrationStepError, PgInstance
 from services.engines.postgres.migration.logical import (
@@ -61,8 +73,10 @@ from services.engines.postgres.migration.rollback import follow_new_primary
 from services.engines.postgres.migration.standby import Lag, build_standby, measure_lag
 
 __all__ = [
+    "KNOWN_BENIGN",
     "ArchiveFeed",
     "ArchiveLag",
+    "DumpManifest",
     "Fence",
     "Fingerprint",
     "Lag",
@@ -71,10 +85,12 @@ __all__ = [
     "MigrationStepError",
     "PgFacts",
     "PgInstance",
+    "RestoreOutcome",
     "build_from_archive",
     "build_standby",
     "compare",
     "copy_sequences",
+    "dump_to_store",
     "fence_archived_source",
     "fence_for_logical",
     "fence_source",
@@ -90,6 +106,8 @@ __all__ = [
     "parity",
     "prepare_target",
     "promote_target",
+    "read_manifest",
+    "restore_from_store",
     "start_replication",
     "unfence_archived_source",
     "unfence_source",
