@@ -46,6 +46,8 @@ PARAMETERS = {
     "database": "The database uid (`DatabaseRef.uid`); `tm.evt.*.*.<uid>` follows one database.",
     "target": "A migration's target database uid; migration subjects end `<source>.<target>`, "
     "so `tm.*.*.*.migration.*.<uid>.*` follows every migration out of one database.",
+    "program": "A migration program's id (`wave-3`); `tm.evt.program.*.<program>` follows one "
+    "program.",
     "subject": "The subject the message was first published on (several tokens).",
 }
 

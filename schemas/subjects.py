@@ -8,6 +8,8 @@ A node name becomes one subject token with `node_token` (dots → `_`). Events e
 database uid so a consumer can follow one database (`tm.evt.*.*.orders-db`). Migration
 subjects end with two: the source, then the target (`tm.evt.migration.phase.<source>.<target>`,
 `tm.cmd.planner.any.migration.pause.<source>.<target>`), so permissions can scope them.
+A migration program's subjects end with the program's id instead (`tm.evt.program.accepted.
+<program>`): a program names many databases (`schemas/messages/programs.py`).
 """
 
 from __future__ import annotations
@@ -54,10 +56,12 @@ from schemas.messages import (
     WindowChanged,
 )
 from schemas.messages.migrations import MIGRATION_COMMANDS, MIGRATION_EVENTS, MIGRATION_STEPS
+from schemas.messages.programs import PROGRAM_COMMANDS, PROGRAM_EVENTS
 from schemas.records import DLQ_SUBJECT_PREFIX
 
-TOKENS: tuple[str, ...] = ("node", "database", "target")
-"""Placeholders a subject template may hold; `target` is a migration's target database."""
+TOKENS: tuple[str, ...] = ("node", "database", "target", "program")
+"""Placeholders a subject template may hold; `target` is a migration's target database,
+`program` a migration program's id."""
 
 COMMAND_PREFIX = "tm.cmd"
 EVENT_PREFIX = "tm.evt"
@@ -91,6 +95,7 @@ COMMANDS: tuple[type[Payload], ...] = (
     CancelJob,
     *MIGRATION_COMMANDS,
     *MIGRATION_STEPS,
+    *PROGRAM_COMMANDS,
 )
 EVENTS: tuple[type[Payload], ...] = (
     BackupRequested,
@@ -115,6 +120,7 @@ EVENTS: tuple[type[Payload], ...] = (
     RequestAccepted,
     RequestRejected,
     *MIGRATION_EVENTS,
+    *PROGRAM_EVENTS,
 )
 MESSAGE_TYPES: dict[str, type[Payload]] = {m.TYPE: m for m in (*COMMANDS, *EVENTS)}
 

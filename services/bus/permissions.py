@@ -3,7 +3,7 @@
     role       publishes (besides the JetStream API)              subscribes
     planner    executor commands (migration steps too), its own    replies, tm.qry.planner.>,
                backup command, backup/restore/policy/request/      $SRV.> (its micro service)
-               migration events, catalog
+               migration/program events, catalog
                queries, dead letters, KV tm_plans + tm_health
     executor   job/backup/restore events, migration progress and   replies
                step failures, dead letters,
@@ -13,7 +13,8 @@
     catalog    log.indexed/log.deleted/window.changed,             replies, tm.qry.catalog.>,
                dead letters, KV tm_health                          $SRV.>
     tool       the planner's commands (tm.cmd.planner.any.*,       replies, tm.evt.>
-               migration commands and cutover acks),
+               migration commands and cutover acks,
+               migration programs),
                queries (tm.qry.>); JetStream reads only
     admin      everything                                          everything
 
@@ -80,6 +81,7 @@ from schemas.messages.migrations import (
     MIGRATION_EVENTS,
     MIGRATION_STEPS,
 )
+from schemas.messages.programs import PROGRAM_COMMANDS, PROGRAM_EVENTS
 from schemas.records import DLQ_SUBJECT_PREFIX
 
 
@@ -162,6 +164,7 @@ SENDS: dict[Role, tuple[type[Payload], ...]] = {
         RequestRejected,
         *MIGRATION_STEPS,  # the engine steps of a migration saga
         *MIGRATION_EVENTS,
+        *PROGRAM_EVENTS,
     ),
     Role.EXECUTOR: (
         JobAccepted,
@@ -185,6 +188,9 @@ SENDS: dict[Role, tuple[type[Payload], ...]] = {
         SetPolicy,
         CancelRequest,
         *MIGRATION_COMMANDS,  # request, pause, resume, cutover, abort, rollback, cutover_ack
+        # A program starts migrations of every database it lists: grant it only to a tool
+        # that may migrate them all (its subject names the program, never a database).
+        *PROGRAM_COMMANDS,
     ),
 }
 

@@ -9,6 +9,7 @@ import pytest
 
 from schemas import COMMANDS, EVENTS, wildcard
 from schemas.messages.migrations import MIGRATION_COMMANDS
+from schemas.messages.programs import PROGRAM_COMMANDS
 from services.bus.permissions import (
     MATRIX,
     SENDS,
@@ -49,6 +50,7 @@ def test_the_tool_commands_only_the_planner_and_reads_events() -> None:
         "tm.cmd.planner.any.policy",
         "tm.cmd.planner.any.cancel",
         *(wildcard(model) for model in MIGRATION_COMMANDS),
+        *(wildcard(model) for model in PROGRAM_COMMANDS),
     }
     assert publishes(Role.TOOL, "tm.evt.") == []
     assert "tm.evt.>" in MATRIX[Role.TOOL].subscribe_allow
@@ -85,3 +87,15 @@ def test_the_server_config_names_each_user_with_its_permissions() -> None:
     assert entries[0]["permissions"] == MATRIX[Role.ARCHIVER].as_config()
     assert "allow_responses" not in entries[0]["permissions"]
     assert MATRIX[Role.CATALOG].as_config()["allow_responses"] is True
+
+
+def test_no_database_scoped_migration_grant_matches_a_program() -> None:
+    """`tm.cmd.planner.any.migration.*.<uid>.*` is how a team is given its own databases'
+    migrations: whatever a database or a program is called, it never reaches a program."""
+    for uid in ("request", "orders-db"):
+        scoped = f"tm.cmd.planner.any.migration.*.{uid}.*".split(".")
+        for model in PROGRAM_COMMANDS:
+            subject = wildcard(model).replace("*", uid).split(".")
+            assert len(subject) != len(scoped) or any(
+                want not in ("*", got) for want, got in zip(scoped, subject, strict=True)
+            ), model.TYPE

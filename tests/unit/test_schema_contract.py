@@ -87,6 +87,7 @@ from schemas.messages import (
     WindowSummary,
 )
 from tests.unit.migration_examples import MIGRATION_EXAMPLES
+from tests.unit.program_examples import PROGRAM_EXAMPLES
 
 pytestmark = pytest.mark.unit
 
@@ -328,6 +329,7 @@ EXAMPLES: dict[str, Callable[[], tuple[Payload, DatabaseRef]]] = {
 }
 
 EXAMPLES.update(MIGRATION_EXAMPLES)
+EXAMPLES.update(PROGRAM_EXAMPLES)  # a program names no database: its envelopes carry none
 
 
 def example(message_type: str) -> Envelope[Any]:
@@ -468,6 +470,7 @@ _KEYWORDS: dict[str, Callable[..., list[str]]] = {
     "format": _check(_applies(str, lambda v, a: _FORMATS[a](v)), "format"),
     "minLength": _check(_applies(str, lambda v, a: len(v) >= a), "minLength"),
     "maxLength": _check(_applies(str, lambda v, a: len(v) <= a), "maxLength"),
+    "minItems": _check(_applies(list, lambda v, a: len(v) >= a), "minItems"),
     "maxItems": _check(_applies(list, lambda v, a: len(v) <= a), "maxItems"),
     "maxProperties": _check(_applies(dict, lambda v, a: len(v) <= a), "maxProperties"),
     "propertyNames": _property_names,

@@ -38,6 +38,9 @@ edit that, not this. The NATS permissions matrix, one entry per role. */}}
         "tm.evt.migration.completed.*.*",
         "tm.evt.migration.failed.*.*",
         "tm.evt.migration.rolled_back.*.*",
+        "tm.evt.program.accepted.*",
+        "tm.evt.program.rejected.*",
+        "tm.evt.program.finished.*",
         "tm.dlq.>",
         "tm.qry.catalog.>",
         "$KV.tm_health.>",
@@ -172,6 +175,7 @@ edit that, not this. The NATS permissions matrix, one entry per role. */}}
         "tm.cmd.planner.any.migration.abort.*.*",
         "tm.cmd.planner.any.migration.rollback.*.*",
         "tm.cmd.planner.any.migration.cutover_ack.*.*",
+        "tm.cmd.planner.any.program.request.*",
         "tm.qry.>"
       ],
       "deny": [
