@@ -10,6 +10,8 @@ drives each as a durable state machine in the `tm_plans` bucket.
     restores.py      the restore saga kind; phases.py its phases; locks.py one job per database
     migrations.py    the migration saga kind, its control commands and status query; its
                      clock (lag samples, windows, drain deadlines) ticks every tick_s
+    programs.py      migration programs (waves): each entry started as its own migration
+                     when its nodes have a slot, on the same clock
 
 On start, after the topology exists and before the consumers bind, every non-final saga is
 advanced from its recorded phase (`sagas/driver.py`), then the scheduler and retention loops
@@ -38,6 +40,7 @@ from services.planner.handlers.queries import serve_queries
 from services.planner.metrics import planner_metrics
 from services.planner.migrations import Migrations
 from services.planner.policies import Policies
+from services.planner.programs import Programs
 from services.planner.restores import Restores
 from services.planner.retention import Retention
 from services.planner.scheduler import Scheduler
@@ -61,6 +64,7 @@ class PlannerService(Service):
     retention: Retention | None = field(default=None, init=False)
     restores: Restores | None = field(default=None, init=False)
     migrations: Migrations | None = field(default=None, init=False)
+    programs: Programs | None = field(default=None, init=False)
     verification: Verification | None = field(default=None, init=False)
     queries: MicroService | None = field(default=None, init=False)
     store: BlobStore | None = field(default=None, init=False)
@@ -89,33 +93,39 @@ class PlannerService(Service):
         self.ctx.sagas.register(verification)
         await verification.prime()
         planner_metrics().watch(verification.verified)
-        self.intake = Intake(self.ctx, policies, backups, self.restores, migrations)
+        programs = self.programs = Programs(self.ctx, migrations)
+        self.intake = Intake(self.ctx, policies, backups, self.restores, migrations, programs)
         self.events = Events(self.ctx, backups, self.restores, verification, migrations)
         self.scheduler = Scheduler(self.ctx, policies, verification.run)
         url = settings.store_url or self.settings.archiver.store_url_for(self.settings.state_dir)
         self.store = open_store(url)
         self.retention = Retention(self.ctx, policies, self.store)
         await self.ctx.sagas.resume_all()
-        self.queries = await serve_queries(self.nc, policies, migrations)
+        self.queries = await serve_queries(self.nc, policies, migrations, programs)
         self._stop_loops = asyncio.Event()
         self._loops = [
             asyncio.create_task(self.scheduler.run(self._stop_loops), name="scheduler"),
-            asyncio.create_task(self._migration_clock(migrations), name="migrations"),
+            asyncio.create_task(self._migration_clock(migrations, programs), name="migrations"),
         ]
         if self.run_retention:
             self._loops.append(
                 asyncio.create_task(self.retention.run(self._stop_loops), name="retention")
             )
 
-    async def _migration_clock(self, migrations: Migrations) -> None:
-        """Advance migrations whose wait may be over; every decision is compare-and-set, so
-        replicas ticking together decide the same thing once."""
+    async def _migration_clock(self, migrations: Migrations, programs: Programs) -> None:
+        """Advance migrations whose wait may be over, then start the programs' entries whose
+        slots freed; every decision is compare-and-set, so replicas ticking together decide
+        the same thing once."""
         tick = self.settings.planner.tick_s
         while not self._stop_loops.is_set():
             try:
                 await migrations.tick()
             except Exception as exc:  # NATS away for a moment: the next tick tries again
                 log.warning("migration clock: %s", exc)
+            try:
+                await programs.tick()
+            except Exception as exc:
+                log.warning("program clock: %s", exc)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop_loops.wait(), tick)
 

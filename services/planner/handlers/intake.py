@@ -9,6 +9,9 @@
     migration.request  the migration saga (migrations.py)         accepted once the preflight
                                                                   passed, ref = migration id
     migration.pause|resume|cutover|abort|rollback|cutover_ack     accepted, ref = migration id
+    migration.program.request  the program (programs.py)          migration.program.accepted
+                                                                  or .rejected (it names no
+                                                                  database: not request.*)
 
 Ack policy: a command is acked once its effect is durable in KV/JetStream and it has been
 answered. A refusal (`Refused`) is an answer — `request.rejected` with the reason (and, for a
@@ -33,6 +36,7 @@ from schemas.messages import (
     PauseMigration,
     RequestBackup,
     RequestMigration,
+    RequestMigrationProgram,
     RequestRestore,
     ResumeMigration,
     RollbackMigration,
@@ -47,6 +51,7 @@ from services.planner.keys import step_id
 from services.planner.locks import held_lock
 from services.planner.migrations import Migrations
 from services.planner.policies import Policies
+from services.planner.programs import Programs
 from services.planner.restores import Restores
 
 log = logging.getLogger("tidemark.planner")
@@ -63,12 +68,14 @@ class Intake:
         backups: Backups,
         restores: Restores,
         migrations: Migrations,
+        programs: Programs,
     ) -> None:
         self.ctx = ctx
         self.policies = policies
         self.backups = backups
         self.restores = restores
         self.migrations = migrations
+        self.programs = programs
 
     def handlers(self) -> dict[Any, Handler]:
         return {
@@ -88,6 +95,7 @@ class Intake:
                     AcknowledgeCutover,
                 )
             },
+            RequestMigrationProgram: self.on_program,
         }
 
     def _answering(self, handle: Any) -> Handler:
@@ -108,6 +116,13 @@ class Intake:
                 )
 
         return handler
+
+    async def on_program(
+        self, message: Envelope[RequestMigrationProgram], delivery: Delivery
+    ) -> None:
+        # Not `_answering`: a program names no database (no `request.*` subject to answer
+        # on); it answers with its own events, refusals included.
+        await self.programs.request(message)
 
     async def on_set_policy(self, message: Envelope[SetPolicy]) -> None:
         await self.policies.set(message)

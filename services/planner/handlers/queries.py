@@ -3,6 +3,7 @@ catalog's:
 
     tm.qry.planner.policy      PolicyRequest → PolicyReply
     tm.qry.planner.migration   MigrationStatusRequest → MigrationStatusReply
+    tm.qry.planner.program     ProgramStatusRequest → ProgramStatusReply (`programs.py`)
     tm.qry.planner.advise      AdviceRequest → Advice (`advisor.py`)
 
 A malformed request gets `Nats-Service-Error-Code: 400` and a body saying what was wrong.
@@ -17,10 +18,17 @@ from nats.micro.request import Request
 from nats.micro.service import Service, ServiceConfig
 from pydantic import ValidationError
 
-from schemas.messages import MigrationStatusReply, MigrationStatusRequest, PolicyRequest
+from schemas.messages import (
+    MigrationStatusReply,
+    MigrationStatusRequest,
+    PolicyRequest,
+    ProgramStatusReply,
+    ProgramStatusRequest,
+)
 from services.planner.advisor import serve_advice
 from services.planner.migrations import Migrations
 from services.planner.policies import Policies
+from services.planner.programs import Programs
 
 QUERY_PREFIX = "tm.qry.planner"
 QUERY_QUEUE = "planner"
@@ -33,7 +41,12 @@ def _problems(exc: ValidationError) -> str:
 
 
 async def serve_queries(
-    nc: Client, policies: Policies, migrations: Migrations, *, version: str = "0.1.0"
+    nc: Client,
+    policies: Policies,
+    migrations: Migrations,
+    programs: Programs,
+    *,
+    version: str = "0.1.0",
 ) -> Service:
     service = await add_service(
         nc,
@@ -81,5 +94,20 @@ async def serve_queries(
     await service.add_endpoint(
         name="migration", subject=f"{QUERY_PREFIX}.migration", handler=migration
     )
+
+    async def program(request: Request) -> None:
+        try:
+            asked = ProgramStatusRequest.model_validate_json(request.data or b"{}")
+        except ValidationError as exc:
+            await request.respond_error("400", f"bad ProgramStatusRequest: {_problems(exc)}")
+            return
+        try:
+            views = await programs.views(asked)
+        except Exception as exc:
+            await request.respond_error("503", f"programs unavailable: {exc}")
+            return
+        await request.respond(ProgramStatusReply(programs=views).model_dump_json().encode())
+
+    await service.add_endpoint(name="program", subject=f"{QUERY_PREFIX}.program", handler=program)
     await serve_advice(service)
     return service
