@@ -8,6 +8,8 @@
                                                  `migration.requested`)
     status [SOURCE]   tm.qry.planner.migration   a table; for one migration its phase history,
                                                  what it waits for, lag, downtime vs budget
+    status PROGRAM    tm.qry.planner.program     a program's databases (`programcmds.py`)
+    program start FILE  migration.program.request  a wave of migrations (`programcmds.py`)
     pause|resume|cutover|abort|rollback SOURCE   the control command, then the event that
                                                  confirms it (abort and rollback confirm first)
 
@@ -1413,7 +1415,7 @@ def status_cmd(
     source: Annotated[
         str | None,
         typer.Argument(
-            help="the source database's uid (default: every migration)",
+            help="the source database's uid, or a program's name (default: every migration)",
             callback=lambda v: None if v is None else check_uid(v),
         ),
     ] = None,
@@ -1424,11 +1426,17 @@ def status_cmd(
     nats_url: NatsUrl = None,
 ) -> None:
     """Migrations as the planner holds them; one in detail: its phase history, what it waits
-    for, lag, and its downtime estimate against the budget."""
+    for, lag, and its downtime estimate against the budget. A migration program's name
+    (`migrate program start`) shows the program: one row per database."""
     question = MigrationStatusRequest(
         source=source, migration_id=parse_migration_id(migration_id), include_finished=not active
     )
     bus = _bus(nats_url, state_dir)
+    if source is not None and migration_id is None:
+        from services.cli.programcmds import program_status  # it imports this module
+
+        if program_status(source, output, bus):
+            return
     reply = run_with_planner(
         bus, lambda nc, _p: ask_planner(nc, STATUS_SUBJECT, question, MigrationStatusReply)
     )
@@ -1723,4 +1731,7 @@ def rollback_cmd(
 
 
 def register(app: typer.Typer) -> None:
+    from services.cli import programcmds  # it imports this module
+
+    programcmds.register(migrate_app)
     app.add_typer(migrate_app, name="migrate")
