@@ -597,6 +597,9 @@ class _Step(_Migration, Command):
     source: DatabaseUid = Field(description="the source's uid (also the envelope's database)")
     method: MigrationMethod
     target_instance: TargetInstance
+    options: dict[OptionName, OptionValue] = Field(
+        default_factory=dict, max_length=32, description="the request's (METHOD_OPTIONS)"
+    )
 
 
 class RunMigrationPreflight(_Step):

@@ -197,6 +197,12 @@ class EngineSettings(_Section):
         default_factory=list,
         description="derived from the top-level [[databases]] (this node's); not set by hand",
     )
+    postgres_bin_dirs: list[Path] = Field(
+        default_factory=list,
+        max_length=16,
+        description="PostgreSQL bin directories of this node beside /usr/lib/postgresql/*/bin "
+        "(each asked its version): where a migration's target release is found",
+    )
 
     @model_validator(mode="after")
     def _unique_databases(self) -> EngineSettings:

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, ClassVar
 
@@ -34,10 +35,46 @@ CODE_PARITY = "TM-MIG-PARITY"
 CODE_WINDOW = "TM-MIG-WINDOW-PASSED"
 CODE_DRAIN = "TM-MIG-DRAIN"
 
-METHODS_BUILT: frozenset[MigrationMethod] = frozenset(
-    {MigrationMethod.PHYSICAL_STREAM, MigrationMethod.PHYSICAL_ARCHIVE}
-)
-"""The methods the saga can run today; the others are refused at intake with the reason."""
+CODE_DDL = "TM-MIG-DDL"
+
+
+@dataclass(frozen=True)
+class MethodSteps:
+    """Which executor steps a method's phases run (the phases themselves are every method's).
+
+    A method without `copy` has nothing to copy before the cutover, and without `lag` nothing
+    streams: it is ready as soon as it is prepared, and its whole copy is downtime (`dump`).
+    """
+
+    prepare: bool
+    """`preparing` runs `migration.prepare` (a new cluster, roles, schema) on the target."""
+    copy: bool
+    """`copying` runs `migration.copy`."""
+    lag: bool
+    """`catching_up` and `ready` sample `migration.lag` and hold its gate."""
+    parity: bool
+    """`verify_positions` runs `migration.parity` (rows, objects, sequences) on the target;
+    without it the target's replayed position is checked against the source's final one, and
+    `verifying` checks the target is the source's system (a physical copy)."""
+    schema_watch: bool
+    """The source's schema signature (from `prepare`) is compared at every lag sample and at
+    parity: a DDL during the migration stops it (logical replication carries rows only)."""
+
+
+PHYSICAL = MethodSteps(prepare=False, copy=True, lag=True, parity=False, schema_watch=False)
+METHOD_STEPS: dict[MigrationMethod, MethodSteps] = {
+    MigrationMethod.PHYSICAL_STREAM: PHYSICAL,
+    MigrationMethod.PHYSICAL_ARCHIVE: PHYSICAL,
+    MigrationMethod.LOGICAL_UPGRADE: MethodSteps(
+        prepare=True, copy=True, lag=True, parity=True, schema_watch=True
+    ),
+    MigrationMethod.DUMP: MethodSteps(
+        prepare=True, copy=False, lag=False, parity=True, schema_watch=False
+    ),
+}
+"""The methods the saga runs, each a row of steps; the others are refused at intake."""
+
+METHODS_BUILT: frozenset[MigrationMethod] = frozenset(METHOD_STEPS)
 
 STEP_ATTEMPTS = 5
 """Runs of one step while its failure is retryable (or the executor was restarted under it)."""
@@ -128,7 +165,11 @@ class MigrationRecord(SagaRecord[MigrationPhase]):
 
     def touched(self) -> bool:
         """Has anything been changed on either side (a copy started, a fence raised)?"""
-        return any(k in self.results or k in self.pending for k in ("copy", "fence"))
+        return any(k in self.results or k in self.pending for k in ("prepare", "copy", "fence"))
+
+    @property
+    def steps(self) -> MethodSteps:
+        return METHOD_STEPS[self.request.method]
 
 
 def next_phase(phase: MigrationPhase) -> MigrationPhase | None:

@@ -76,7 +76,9 @@ from schemas.messages import (
     RunMigrationFence,
     RunMigrationFinalSync,
     RunMigrationLag,
+    RunMigrationParity,
     RunMigrationPreflight,
+    RunMigrationPrepare,
     RunMigrationPromote,
     RunMigrationRewind,
     RunMigrationUnfence,
@@ -93,6 +95,7 @@ from services.planner.keys import step_id
 from services.planner.locks import release_lock, take_lock
 from services.planner.migration_control import decide
 from services.planner.migration_record import (
+    CODE_DDL,
     CODE_DRAIN,
     CODE_METHOD,
     CODE_PARITY,
@@ -188,7 +191,7 @@ class Migrations:
         data = command.data
         key = migration_key(data.migration_id)
         if await self.ctx.plans.get(key, MigrationRecord) is None:
-            await self._check(source, data)
+            await self.check(source, data)
             hosting = await self.ctx.nodes.hosting(source.uid)
             source_node = hosting[0].node
             now = self.now()
@@ -226,7 +229,8 @@ class Migrations:
             )
         await self.advance(data.migration_id)
 
-    async def _check(self, source: DatabaseRef, data: RequestMigration) -> None:
+    async def check(self, source: DatabaseRef, data: RequestMigration) -> None:
+        """Refuse a request the planner cannot run (`Refused`, with the reason); changes nothing."""
         hosting = await self.ctx.nodes.hosting(source.uid)
         known = frozenset({source.uid}) if hosting else frozenset()
         described = await self.ctx.nodes.ref(source.uid) if hosting else None
@@ -313,8 +317,16 @@ class Migrations:
         if phase is P.VALIDATING:
             return await self._validating(record)
         if phase is P.PREPARING:
+            if record.steps.prepare:
+                prepared = await self._need(
+                    record, "prepare", RunMigrationPrepare, record.target_node
+                )
+                if not isinstance(prepared, MigrationStepResult):
+                    return prepared
             return await self._done(record, {})
         if phase is P.COPYING:
+            if not record.steps.copy:
+                return await self._done(record, {})
             copied = await self._need(record, "copy", RunMigrationCopy, record.target_node)
             if not isinstance(copied, MigrationStepResult):
                 return copied
@@ -411,8 +423,31 @@ class Migrations:
         return await self._done(record, {"progress": progress})
 
     async def _lag(self, record: MigrationRecord) -> MigrationStepResult | Outcome:
+        """A lag sample; for a method that replicates rows only, a changed schema on the
+        source stops the migration (the sample is dropped and the failure handled)."""
         got = await self._need(record, "lag", RunMigrationLag, record.target_node)
+        if isinstance(got, MigrationStepResult):
+            ddl = self._schema_changed(record, got)
+            if ddl is not None:
+                results = {k: v for k, v in record.results.items() if k != "lag"}
+                return Update({"results": results, "failing": ddl})
         return got
+
+    def _schema_changed(
+        self, record: MigrationRecord, sample: MigrationStepResult
+    ) -> Failure | None:
+        if not record.steps.schema_watch or "prepare" not in record.results:
+            return None
+        want = record.results["prepare"].facts.get("schema_signature")
+        got = sample.facts.get("schema_signature")
+        if want is None or got is None or want == got:
+            return None
+        return Failure(
+            reason="the source's schema changed during the migration (a DDL): logical "
+            "replication carries rows, not schema changes; the source keeps serving, apply the "
+            "change to both sides or request the migration again",
+            code=CODE_DDL,
+        )
 
     def _lag_changes(self, record: MigrationRecord, lag: MigrationStepResult) -> dict[str, Any]:
         """Forget the sample (the next check takes a new one) and keep what it showed."""
@@ -449,6 +484,21 @@ class Migrations:
         return "lag " + ", ".join(bounds)
 
     async def _catching_up(self, record: MigrationRecord) -> Outcome:
+        if not record.steps.lag:
+            # Nothing streams: the target is as ready as it will be before the fence.
+            await self._send(
+                record,
+                MigrationReady(
+                    migration_id=record.migration_id,
+                    target=record.target,
+                    lag_bytes=0,
+                    lag_seconds=0.0,
+                    held_s=0.0,
+                    next_window=self._next_window(record, self.now()),
+                ),
+                "ready",
+            )
+            return await self._done(record, {})
         lag = await self._lag(record)
         if not isinstance(lag, MigrationStepResult):
             return lag
@@ -489,13 +539,17 @@ class Migrations:
 
     async def _ready(self, record: MigrationRecord) -> Outcome:
         """Wait for the cutover (its command, or a window) while sampling the lag; cut over
-        only with a fresh sample under budget."""
-        lag = await self._lag(record)
-        if not isinstance(lag, MigrationStepResult):
-            return lag
+        only with a fresh sample under budget (a method that streams nothing has no lag)."""
         now = self.now()
-        changes = self._lag_changes(record, lag)
-        await self._progress(record, changes["progress"], "lag measured")
+        changes: dict[str, Any] = {}
+        lag: MigrationStepResult | None = None
+        if record.steps.lag:
+            sampled = await self._lag(record)
+            if not isinstance(sampled, MigrationStepResult):
+                return sampled
+            lag = sampled
+            changes = self._lag_changes(record, lag)
+            await self._progress(record, changes["progress"], "lag measured")
         later = now + timedelta(seconds=self.settings.migration_ready_interval_s)
         windows = self._windows(record)
         if windows:
@@ -521,7 +575,7 @@ class Migrations:
                 until=later,
                 changes=changes,
             )
-        if not self._within_budget(record, lag):
+        if lag is not None and not self._within_budget(record, lag):
             interval = timedelta(seconds=self.settings.migration_lag_interval_s)
             return Wait(
                 f"{self._lag_text(record, lag)}: over budget, the cutover waits until it is "
@@ -562,7 +616,16 @@ class Migrations:
             )
         if step is S.VERIFY_POSITIONS:
             synced = record.results["final_sync"]
-            if synced.target_position is None or not synced.target_position > fence.source_position:
+            if record.steps.parity:
+                checked = await self._need(record, "parity", RunMigrationParity, record.target_node)
+                if not isinstance(checked, MigrationStepResult):
+                    return checked
+                problem = self._parity_problem(record, checked)
+                if problem is not None:
+                    return Update({"failing": problem})
+            elif (
+                synced.target_position is None or not synced.target_position > fence.source_position
+            ):
                 return Update(
                     {
                         "failing": Failure(
@@ -592,6 +655,24 @@ class Migrations:
         if not isinstance(promoted, MigrationStepResult):
             return promoted
         return await self._done(record, {})
+
+    def _parity_problem(
+        self, record: MigrationRecord, checked: MigrationStepResult
+    ) -> Failure | None:
+        """Parity of the fenced source and the target, before the target is opened: a
+        difference stops the cutover with the source unfenced (nothing lost)."""
+        ddl = self._schema_changed(record, checked)
+        if ddl is not None:
+            return ddl
+        if not checked.differences:
+            return None
+        total = max(int(checked.facts.get("differences", "0") or 0), len(checked.differences))
+        shown = "; ".join(checked.differences[:8])
+        tail = f"; and {total - 8} more" if total > 8 else ""
+        return Failure(
+            reason=f"parity: the target differs from the fenced source: {shown}{tail}"[:2000],
+            code=CODE_PARITY,
+        )
 
     def _next_step(self, record: MigrationRecord, step: CutoverStep, message: str) -> Outcome:
         return Update({"step": step, "visits": self._visit(record, message, step=step)})
@@ -663,6 +744,8 @@ class Migrations:
         )
 
     async def _verifying(self, record: MigrationRecord) -> Outcome:
+        if record.steps.parity:
+            return await self._done(record, {})  # compared before the target was opened
         source = record.results["preflight_source"]
         promoted = record.results["promote"]
         fence = record.results["fence"]
@@ -773,6 +856,7 @@ class Migrations:
                 source=record.source.uid,
                 method=request.method,
                 target_instance=request.target_instance,
+                options=request.options,
                 **fields,
             ),
             record.source,

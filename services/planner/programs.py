@@ -303,7 +303,7 @@ class Programs:
         request = entry.request
         # The saga's own intake check (unknown source, every window past, method not built,
         # target node not live, target already a database): one rule, not a copy of it.
-        await self.migrations._check(entry.source, request)
+        await self.migrations.check(entry.source, request)
         if await self.ctx.plans.get(migration_key(request.migration_id), MigrationRecord):
             raise Refused(
                 Refusal(f"migration id {request.migration_id} is already used", CODE_ENTRY_USED)

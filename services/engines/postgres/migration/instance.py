@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import re
 import shutil
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
+from services.engines.base import EngineError
 from services.engines.postgres.oscmd import OsUser, run_as, user_env
 
+T = TypeVar("T")
+
+CODE_STEP = "TM-PG-MIGRATION"
 FIELD_SEPARATOR = "\x1f"
 ROLE_PATTERN = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 
@@ -38,6 +44,9 @@ class PgInstance:
     bindir: Path
     user: OsUser
     role: str = "tidemark"
+    session_options: str = ""
+    """Settings of every session the tools open (`PGOPTIONS`): a fenced cluster's own writes
+    (a subscription of the way back, sequences set) run with its read-only default lifted."""
 
     def __post_init__(self) -> None:
         if not ROLE_PATTERN.fullmatch(self.role):
@@ -57,6 +66,8 @@ class PgInstance:
         env: Mapping[str, str] | None = None,
         timeout: float = 600.0,
     ) -> str:
+        if self.session_options:
+            env = {**(env or {}), "PGOPTIONS": self.session_options}
         done = run_as(
             self.user,
             [self.bindir / tool, *args],
@@ -149,3 +160,12 @@ def dir_size(path: Path) -> int:
             if child.is_file():
                 total += child.stat().st_size
     return total
+
+
+async def blocking(fn: Callable[[], T]) -> T:
+    """Run a step's blocking part in a worker thread; its `MigrationStepError` becomes the
+    engine's error (retryable as it says)."""
+    try:
+        return await asyncio.to_thread(fn)
+    except MigrationStepError as exc:
+        raise EngineError.of(exc.reason, code=CODE_STEP, retryable=exc.retryable) from None

@@ -19,10 +19,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import socket
-from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
 
 from schemas import Lsn, utcnow
 from schemas.messages import (
@@ -34,14 +33,18 @@ from schemas.messages import (
     RunMigrationFence,
     RunMigrationFinalSync,
     RunMigrationLag,
+    RunMigrationParity,
     RunMigrationPreflight,
+    RunMigrationPrepare,
     RunMigrationPromote,
     RunMigrationRewind,
     RunMigrationUnfence,
 )
 from schemas.positions import parse_lsn
 from services.blobstore import BlobStore
+from services.blobstore.layout import database_prefix
 from services.engines.base import EngineError, JobContext
+from services.engines.postgres.migration import logical_steps as ls
 from services.engines.postgres.migration.archive import (
     ArchiveFeed,
     build_from_archive,
@@ -59,19 +62,44 @@ from services.engines.postgres.migration.cutover import (
     verify_positions,
     wait_replayed,
 )
-from services.engines.postgres.migration.instance import MigrationStepError, PgInstance, dir_size
+from services.engines.postgres.migration.dump import (
+    dump_to_store,
+    read_manifest,
+    restore_from_store,
+)
+from services.engines.postgres.migration.fingerprints import compare, fingerprint
+from services.engines.postgres.migration.instance import (
+    CODE_STEP,
+    MigrationStepError,
+    PgInstance,
+    blocking,
+    dir_size,
+)
+from services.engines.postgres.migration.logical import (
+    LogicalLag,
+    fence_for_logical,
+    logical_lag,
+    start_replication,
+)
+from services.engines.postgres.migration.logical import (
+    _copy_roles as copy_roles,
+)
 from services.engines.postgres.migration.preflight import gather_facts
 from services.engines.postgres.migration.rollback import follow_new_primary
 from services.engines.postgres.migration.standby import build_standby, measure_lag, slot_name
+from services.engines.postgres.releases import ReleaseNotFound, release_bindir
 from services.engines.postgres.sql import PgTarget
 from services.engines.settings import EngineSettings, HostedDatabase
 
-CODE_STEP = "TM-PG-MIGRATION"
 CODE_UNSUPPORTED = "TM-PG-MIGRATION-UNSUPPORTED"
 
 STREAM = MigrationMethod.PHYSICAL_STREAM
 ARCHIVE = MigrationMethod.PHYSICAL_ARCHIVE
-METHODS = frozenset({STREAM, ARCHIVE})
+LOGICAL = MigrationMethod.LOGICAL_UPGRADE
+DUMP = MigrationMethod.DUMP
+METHODS = frozenset({STREAM, ARCHIVE, LOGICAL, DUMP})
+DUMP_JOBS = 2
+"""pg_dump and pg_restore jobs of a `dump` migration without the `jobs` option."""
 """The methods whose steps this module runs."""
 
 REPLICATION_ONLY = ("replication", "wal_senders", "slots")
@@ -125,8 +153,6 @@ class ArchiveFeeds:
 FEEDS = ArchiveFeeds()
 """This process's feeds (the engine has one instance per node; so has this)."""
 
-T = TypeVar("T")
-
 
 def _instance(target: PgTarget, data_dir: Path, port: int) -> PgInstance:
     return PgInstance(
@@ -156,9 +182,18 @@ class Sides:
         declared = db if db.uid == command.target else settings.database(command.target)
         basis = declared if declared is not None and declared.postgres is not None else source
         self.target: PgInstance | None = None
+        self.release_missing: str | None = None
+        """Why the target's release cannot run here (not on this node), if it cannot."""
         spec = command.target_instance
         if basis is not None and basis.postgres is not None:
             pg = PgTarget.of(basis)
+            if spec.release is not None:
+                try:
+                    bindir = release_bindir(spec.release, settings.postgres_bin_dirs)
+                except ReleaseNotFound as exc:
+                    self.release_missing = str(exc)
+                else:
+                    pg = dataclasses.replace(pg, bindir=bindir)
             data_dir = spec.data_dir or (
                 declared.postgres.data_dir if declared is basis and declared.postgres else None
             )
@@ -168,6 +203,10 @@ class Sides:
             if data_dir is not None and port is not None:
                 self.target = _instance(pg, Path(data_dir), port)
         self.slot = slot_name(str(command.migration_id))
+        self.dbname = command.options.get("database") or (
+            source.postgres.dbname if source is not None and source.postgres else "postgres"
+        )
+        """The database a logical method moves (`options.database`, else the source's)."""
 
     def need_source(self) -> PgInstance:
         if self.source is None:
@@ -179,6 +218,8 @@ class Sides:
         return self.source
 
     def need_target(self) -> PgInstance:
+        if self.release_missing is not None:
+            raise EngineError.of(self.release_missing, code=CODE_UNSUPPORTED)
         if self.target is None:
             raise EngineError.of(
                 f"target {self.command.target}: a PostgreSQL target needs a data directory and "
@@ -188,20 +229,13 @@ class Sides:
         return self.target
 
 
-async def _blocking(fn: Callable[[], T]) -> T:
-    try:
-        return await asyncio.to_thread(fn)
-    except MigrationStepError as exc:
-        raise EngineError.of(exc.reason, code=CODE_STEP, retryable=exc.retryable) from None
-
-
 def _lsn(value: int) -> Lsn:
     return Lsn(value=value)
 
 
-def _endpoint(node: str, port: int) -> ConnectionEndpoint:
+def _endpoint(node: str, port: int, database: str = "postgres") -> ConnectionEndpoint:
     host = node if all(c.isalnum() or c in ".-" for c in node) else socket.gethostname()
-    return ConnectionEndpoint(host=host, port=port, database="postgres")
+    return ConnectionEndpoint(host=host, port=port, database=database)
 
 
 async def run_step(
@@ -220,6 +254,10 @@ async def run_step(
             code=CODE_UNSUPPORTED,
         )
     sides = Sides(settings, db, command)
+    if command.method is LOGICAL:
+        return await _logical_step(sides, command, ctx)
+    if command.method is DUMP:
+        return await _dump_step(sides, command, store=store, prefix=prefix, ctx=ctx)
     if command.method is ARCHIVE and not isinstance(command, RunMigrationPreflight):
         return await _archive_step(sides, command, store=store, prefix=prefix, ctx=ctx)
     if isinstance(command, RunMigrationPreflight):
@@ -228,7 +266,7 @@ async def run_step(
         return await _copy(sides, ctx)
     if isinstance(command, RunMigrationLag):
         source, target = sides.need_source(), sides.need_target()
-        lag = await _blocking(lambda: measure_lag(source, target, slot=sides.slot))
+        lag = await blocking(lambda: measure_lag(source, target, slot=sides.slot))
         return MigrationStepResult(
             step="lag",
             lag_bytes=lag.bytes,
@@ -239,10 +277,10 @@ async def run_step(
     if isinstance(command, RunMigrationFence):
         source = sides.need_source()
         at = utcnow()
-        fence = await _blocking(lambda: fence_source(source))
+        fence = await blocking(lambda: fence_source(source))
         return MigrationStepResult(step="fence", source_position=_lsn(fence.final_lsn), at=at)
     if isinstance(command, RunMigrationUnfence):
-        await _blocking(lambda: _unfence(sides))
+        await blocking(lambda: _unfence(sides))
         return MigrationStepResult(step="unfence")
     if isinstance(command, RunMigrationFinalSync):
         return await _final_sync(sides.need_target(), command)
@@ -304,7 +342,7 @@ async def _archive_step(
     if isinstance(command, RunMigrationFence):
         source = sides.need_source()
         at = utcnow()
-        fence = await _blocking(lambda: fence_archived_source(source))
+        fence = await blocking(lambda: fence_archived_source(source))
         return MigrationStepResult(step="fence", source_position=_lsn(fence.final_lsn), at=at)
     if isinstance(command, RunMigrationUnfence):
         source = sides.need_source()
@@ -320,7 +358,7 @@ async def _archive_step(
                 standby.pg_ctl("stop", "-m", "fast")
             unfence_archived_source(source)
 
-        await _blocking(undo)
+        await blocking(undo)
         await FEEDS.close(migration)
         return MigrationStepResult(step="unfence")
     if isinstance(command, RunMigrationFinalSync):
@@ -340,8 +378,8 @@ async def _archive_step(
 async def _final_sync(target: PgInstance, command: RunMigrationFinalSync) -> MigrationStepResult:
     """The target has replayed past the source's final position (both methods alike)."""
     final = command.source_final.value
-    replayed = await _blocking(lambda: wait_replayed(target, final))
-    await _blocking(lambda: verify_positions(target, final))
+    replayed = await blocking(lambda: wait_replayed(target, final))
+    await blocking(lambda: verify_positions(target, final))
     return MigrationStepResult(
         step="final_sync", source_position=command.source_final, target_position=_lsn(replayed)
     )
@@ -350,14 +388,14 @@ async def _final_sync(target: PgInstance, command: RunMigrationFinalSync) -> Mig
 async def _promote(target: PgInstance, command: RunMigrationPromote) -> MigrationStepResult:
     """The point of no return: the verified standby opened; when it took writes, and where."""
     final = command.source_final.value
-    opened = await _blocking(lambda: promote_target(target, final))
+    opened = await blocking(lambda: promote_target(target, final))
     writable = utcnow()
     return MigrationStepResult(
         step="promote",
         source_position=command.source_final,
         target_position=_lsn(opened),
         at=writable,
-        facts=await _blocking(lambda: _identity(target)),
+        facts=await blocking(lambda: _identity(target)),
         endpoint=_endpoint(command.target_instance.node, target.port),
     )
 
@@ -375,8 +413,8 @@ async def _preflight(
     """Facts of one side, and why it cannot take part. Changes nothing."""
     if command.side == "source":
         source = sides.need_source()
-        facts = await _blocking(lambda: gather_facts(source))
-        identity = await _blocking(lambda: _identity(source))
+        facts = await blocking(lambda: gather_facts(source))
+        identity = await blocking(lambda: _identity(source))
         problems = facts.problems_as_source()
         if not (facts.data_checksums or facts.wal_log_hints):
             # Not a stop for the copy: only the way back (pg_rewind) needs one of them, and the
@@ -409,7 +447,7 @@ async def _preflight(
             },
             problems=problems,
         )
-    return await _blocking(lambda: _target_preflight(sides))
+    return await blocking(lambda: _target_preflight(sides))
 
 
 def _target_preflight(sides: Sides) -> MigrationStepResult:
@@ -462,10 +500,10 @@ def _port_in_use(target: PgInstance) -> bool:
 async def _copy(sides: Sides, ctx: JobContext) -> MigrationStepResult:
     source, target = sides.need_source(), sides.need_target()
     total = int(
-        await _blocking(lambda: source.value("SELECT sum(pg_database_size(oid)) FROM pg_database"))
+        await blocking(lambda: source.value("SELECT sum(pg_database_size(oid)) FROM pg_database"))
     )
     await ctx.progress("copying", done=0, total=total, unit="bytes")
-    work = asyncio.create_task(_blocking(lambda: build_standby(source, target, slot=sides.slot)))
+    work = asyncio.create_task(blocking(lambda: build_standby(source, target, slot=sides.slot)))
     while not work.done():
         await asyncio.wait({work}, timeout=1.0)
         if not work.done():
@@ -526,7 +564,7 @@ async def _rewind(sides: Sides, command: RunMigrationRewind) -> MigrationStepRes
             )
         return final, parse_lsn(old.value("SELECT pg_current_wal_lsn()"))
 
-    final, position = await _blocking(switch_back)
+    final, position = await blocking(switch_back)
     return MigrationStepResult(
         step="rewind",
         source_position=_lsn(position),
@@ -535,3 +573,271 @@ async def _rewind(sides: Sides, command: RunMigrationRewind) -> MigrationStepRes
         endpoint=_endpoint(command.target_instance.node, old.port),
         facts={"target_following": "false"},
     )
+
+
+async def _logical_step(
+    sides: Sides, command: MigrationStep, ctx: JobContext
+) -> MigrationStepResult:
+    """A `logical-upgrade` step (`logical_steps.py` says what each does)."""
+    name, back = ls.names(sides.slot)
+    db, migration = sides.dbname, str(command.migration_id)
+    if isinstance(command, RunMigrationPreflight):
+        return await blocking(lambda: _logical_preflight(sides, command, replicates=True))
+    source = sides.need_source()
+    if isinstance(command, RunMigrationUnfence):
+        await blocking(lambda: ls.abort(source, sides.target, db, name, back))
+        return MigrationStepResult(step="unfence")
+    target = sides.need_target()
+    if isinstance(command, RunMigrationPrepare):
+        facts = await blocking(lambda: ls.prepare(source, target, db, migration))
+        return MigrationStepResult(step="prepare", facts=facts)
+    if isinstance(command, RunMigrationCopy):
+        return await _logical_copy(source, target, db, name, ctx)
+    if isinstance(command, RunMigrationLag):
+
+        def sample() -> tuple[LogicalLag, str]:
+            return logical_lag(source, target, name), ls.schema_signature(source, db)
+
+        lag, signature = await blocking(sample)
+        return MigrationStepResult(
+            step="lag",
+            lag_bytes=lag.bytes,
+            lag_seconds=lag.seconds,
+            facts={"schema_signature": signature},
+        )
+    if isinstance(command, RunMigrationFence):
+        at = utcnow()
+        fence = await blocking(lambda: fence_for_logical(source, target, db, name))
+        return MigrationStepResult(step="fence", source_position=_lsn(fence.final_lsn), at=at)
+    if isinstance(command, RunMigrationFinalSync):
+        final = command.source_final.value
+        reached, sequences = await blocking(lambda: ls.final_sync(source, target, db, name, final))
+        return MigrationStepResult(
+            step="final_sync",
+            source_position=command.source_final,
+            target_position=_lsn(reached),
+            facts={"sequences": str(sequences)},
+        )
+    if isinstance(command, RunMigrationParity):
+        differences, signature = await blocking(lambda: ls.check_parity(source, target, db))
+        return MigrationStepResult(
+            step="parity",
+            differences=[d[:500] for d in differences[:64]],
+            facts={"schema_signature": signature, "differences": str(len(differences))},
+        )
+    if isinstance(command, RunMigrationPromote):
+        reached = await blocking(lambda: ls.open_with_way_back(source, target, db, name, back))
+        writable = utcnow()
+        return MigrationStepResult(
+            step="promote",
+            source_position=command.source_final,
+            target_position=_lsn(reached) if reached else command.source_final,
+            at=writable,
+            facts={**await blocking(lambda: _identity(target)), "way_back": back},
+            endpoint=_endpoint(command.target_instance.node, target.port, db),
+        )
+    if isinstance(command, RunMigrationRewind):
+        position = await blocking(lambda: ls.roll_back(source, target, db, back))
+        return MigrationStepResult(
+            step="rewind",
+            source_position=_lsn(position),
+            at=utcnow(),
+            endpoint=_endpoint(command.target_instance.node, source.port, db),
+            facts={"target_following": "false"},
+        )
+    raise EngineError.of(f"unknown migration step {command.TYPE}", code=CODE_UNSUPPORTED)
+
+
+def _logical_preflight(
+    sides: Sides, command: RunMigrationPreflight, *, replicates: bool
+) -> MigrationStepResult:
+    """One side of a logical method's preflight. The target's side also checks the source's
+    release and extensions against its own (both are on this node). Changes nothing."""
+    db = sides.dbname
+    if command.side == "source":
+        found = ls.source_findings(sides.need_source(), db, replicates=replicates)
+        facts = {"database": db}
+        if not any("has no database" in p for p in found):
+            facts = {**ls.source_facts(sides.need_source(), db), **_identity(sides.need_source())}
+        return MigrationStepResult(step="preflight", facts=facts, problems=found)
+    problems: list[str] = []
+    source, target = sides.source, sides.target
+    if source is None:
+        problems.append(
+            f"the source {sides.command.source} is not hosted on the target's node: a target on "
+            "another node than its source is not supported yet"
+        )
+    if sides.release_missing is not None:
+        problems.append(sides.release_missing)
+    if target is None:
+        if sides.release_missing is None:
+            problems.append(
+                "a PostgreSQL target needs a data directory and a port (--data-dir, --port)"
+            )
+        return MigrationStepResult(step="preflight", problems=problems)
+    problems += ls.target_problems(target, source, str(command.migration_id))
+    version = target.run("postgres", ["--version"]).strip()
+    major = int(version.split()[-1].split(".")[0]) if version else 0
+    facts = {"data_dir": str(target.data_dir), "port": str(target.port), "server": version}
+    facts["major"] = str(major)
+    if source is not None:
+        try:
+            theirs = ls.source_facts(source, db)
+        except MigrationStepError:
+            theirs = None  # the source's side says why
+        if theirs is not None:
+            if major < int(theirs["major"]):
+                problems.append(
+                    f"the target's release {major} is older than the source's {theirs['major']}"
+                )
+            available = ls.available_extensions(target.bindir, major)
+            for extension in filter(None, theirs["extensions"].split(",")):
+                if extension not in available:
+                    problems.append(
+                        f"{db}: extension {extension} is not available in the target's "
+                        f"release {major}"
+                    )
+    return MigrationStepResult(step="preflight", facts=facts, problems=problems)
+
+
+async def _logical_copy(
+    source: PgInstance, target: PgInstance, db: str, name: str, ctx: JobContext
+) -> MigrationStepResult:
+    """The subscription's initial copy, its bytes reported as the target's database grows."""
+    total = await blocking(lambda: ls.database_size(source, db))
+    await blocking(lambda: start_replication(source, target, db, name))
+    while not await blocking(lambda: ls.check_copy(target, db, name)):
+        done = await blocking(lambda: ls.database_size(target, db))
+        await ctx.progress("copying", done=done, total=max(total, done), unit="bytes")
+        await asyncio.sleep(1.0)
+    copied = await blocking(lambda: ls.database_size(target, db))
+    await ctx.progress("copying", done=copied, total=max(total, copied), unit="bytes")
+    return MigrationStepResult(step="copy", bytes_copied=copied)
+
+
+async def _dump_step(
+    sides: Sides, command: MigrationStep, *, store: BlobStore, prefix: str, ctx: JobContext
+) -> MigrationStepResult:
+    """A `dump` step: the source fenced, dumped into the store by the target release's
+    pg_dump, restored from the store (and only from it: a rerun never reads the source
+    again), the fingerprints compared. Nothing streams, so there is no copy and no lag."""
+    name, _ = ls.names(sides.slot)
+    db, migration = sides.dbname, str(command.migration_id)
+    key_prefix = f"{database_prefix(prefix, command.source)}/migrations/{migration}/dump"
+    jobs = int(command.options.get("jobs", DUMP_JOBS))
+    if isinstance(command, RunMigrationPreflight):
+        return await blocking(lambda: _logical_preflight(sides, command, replicates=False))
+    source = sides.need_source()
+    if isinstance(command, RunMigrationUnfence):
+        await blocking(lambda: ls.unfence_alone(source, sides.target, name))
+        return MigrationStepResult(step="unfence")
+    target = sides.need_target()
+
+    async def reported(done: int, total: int | None) -> None:
+        await ctx.progress("dump", done=done, total=total, unit="bytes")
+
+    def progress(done: int, total: int | None) -> None:
+        loop.call_soon_threadsafe(lambda: asyncio.ensure_future(reported(done, total)))
+
+    loop = asyncio.get_running_loop()
+    if isinstance(command, RunMigrationPrepare):
+
+        def prepare() -> dict[str, str]:
+            created = ls.ensure_cluster(source, target, db, migration)
+            copy_roles(source, target)
+            return {
+                "created_cluster": str(created).lower(),
+                "release": target.value("SELECT current_setting('server_version_num')"),
+            }
+
+        return MigrationStepResult(step="prepare", facts=await blocking(prepare))
+    if isinstance(command, RunMigrationFence):
+        at = utcnow()
+        final = await blocking(lambda: ls.fence_alone(source, name))
+        # The target release's pg_dump (a newer pg_dump reads an older server) on the fenced
+        # source: what it dumps is the source's final state.
+        reader = dataclasses.replace(ls.fenced(source), bindir=target.bindir)
+        try:
+            manifest = await dump_to_store(
+                reader,
+                db,
+                store=store,
+                key_prefix=key_prefix,
+                jobs=jobs,
+                spool=source.data_dir.parent / SPOOL,
+                progress=progress,
+            )
+        except MigrationStepError as exc:
+            raise EngineError.of(exc.reason, code=CODE_STEP, retryable=exc.retryable) from None
+        return MigrationStepResult(
+            step="fence", source_position=_lsn(final), at=at, bytes_copied=manifest.bytes
+        )
+    if isinstance(command, RunMigrationFinalSync):
+        try:
+            restored = await restore_from_store(
+                target,
+                db,
+                store=store,
+                key_prefix=key_prefix,
+                jobs=jobs,
+                spool=target.data_dir.parent / SPOOL,
+                progress=progress,
+            )
+        except MigrationStepError as exc:
+            raise EngineError.of(exc.reason, code=CODE_STEP, retryable=exc.retryable) from None
+        # pg_restore carries no planner statistics: gathered before the target is opened.
+        await blocking(
+            lambda: target.run(
+                "vacuumdb", ["--analyze-only", "-j", str(jobs), *_socket_args(target, db)]
+            )
+        )
+        return MigrationStepResult(
+            step="final_sync",
+            source_position=command.source_final,
+            target_position=command.source_final,
+            bytes_copied=restored.bytes,
+            facts={"benign": str(len(restored.benign)), "restore_s": f"{restored.seconds:.1f}"},
+        )
+    if isinstance(command, RunMigrationParity):
+        manifest_read = await read_manifest(store, key_prefix)
+        if manifest_read is None:
+            raise EngineError.of(f"the dump is not in the store ({key_prefix})", code=CODE_STEP)
+        manifest = manifest_read
+        differences = await blocking(lambda: compare(manifest.fingerprint, fingerprint(target, db)))
+        return MigrationStepResult(
+            step="parity",
+            differences=[d[:500] for d in differences[:64]],
+            facts={"differences": str(len(differences))},
+        )
+    if isinstance(command, RunMigrationPromote):
+        # The restored database is the target's only copy; it accepts writes as it is.
+        return MigrationStepResult(
+            step="promote",
+            source_position=command.source_final,
+            target_position=command.source_final,
+            at=utcnow(),
+            facts=await blocking(lambda: _identity(target)),
+            endpoint=_endpoint(command.target_instance.node, target.port, db),
+        )
+    raise EngineError.of(
+        f"dump has no {command.TYPE} step: it keeps no way back after the cutover",
+        code=CODE_UNSUPPORTED,
+    )
+
+
+SPOOL = ".tidemark-spool"
+"""Beside the data directory: where a dump is written before it goes to the store, and read
+back before it is restored (removed after each step)."""
+
+
+def _socket_args(instance: PgInstance, dbname: str) -> list[str]:
+    return [
+        "-h",
+        str(instance.socket_dir),
+        "-p",
+        str(instance.port),
+        "-U",
+        instance.role,
+        "-d",
+        dbname,
+    ]
