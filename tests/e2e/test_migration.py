@@ -291,11 +291,6 @@ async def test_bad_requests_are_rejected_with_the_reason_before_anything_changes
             db.ref,
             "every cutover window is in the past",
         ),
-        (
-            _request("mig-a-new", data_dir, free_port(), method=MigrationMethod.DUMP),
-            db.ref,
-            "not built yet",
-        ),
     ]
     for request, source, reason in cases:
         answer = await stack.planner.request(request, source)

@@ -223,7 +223,8 @@ CLUSTER_SETTINGS = (
 
 
 def _setting(instance: PgInstance, name: str) -> str:
-    return instance.value(f"SELECT current_setting('{name}')")
+    # Marked: psql prints an empty value as an empty line, which reads as no row.
+    return instance.value(f"SELECT '=' || current_setting('{name}')").removeprefix("=")
 
 
 def ensure_cluster(source: PgInstance, target: PgInstance, dbname: str, migration: str) -> bool:
