@@ -235,6 +235,7 @@ _FLAGS: dict[str, str] = {
     "target_instance.node": "--node",
     "target_instance.data_dir": "--data-dir",
     "target_instance.port": "--port",
+    "target_instance.release": "--release",
     "target_instance.database.uid": "--to",
     "target_instance.database.name": "--target-name",
     "facts.size_bytes": "--size",
@@ -293,6 +294,7 @@ class MigrationArgs:
     method: MigrationMethod
     data_dir: str | None = None
     port: int | None = None
+    release: int | None = None
     target_name: str | None = None
     windows: list[str] = field(default_factory=list)
     downtime_budget: str = "60s"
@@ -334,6 +336,7 @@ def build_request(args: MigrationArgs) -> RequestMigration:
             "node": args.node,
             "data_dir": args.data_dir,
             "port": args.port,
+            "release": args.release,
         },
         "method": args.method,
         "options": parse_options(args.options),
@@ -406,6 +409,7 @@ def render_request(source: str, request: RequestMigration) -> None:
             f"on {target.node}",
             target.data_dir,
             f"port {target.port}" if target.port else None,
+            f"PostgreSQL {target.release}" if target.release else None,
         )
         if x
     )
@@ -1045,6 +1049,14 @@ DataDir = Annotated[
     str | None, typer.Option("--data-dir", help="PostgreSQL: the target's data directory on NODE")
 ]
 PortOpt = Annotated[int | None, typer.Option("--port", help="PostgreSQL: the target's port")]
+ReleaseOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--release",
+        help="PostgreSQL: the target's major release (logical-upgrade, dump); default the "
+        "source's; the target node's executor must have it",
+    ),
+]
 TargetName = Annotated[
     str | None, typer.Option("--target-name", help="the target's cluster name (default: its uid)")
 ]
@@ -1226,6 +1238,7 @@ def plan_cmd(
     method: MethodOpt,
     data_dir: DataDir = None,
     port: PortOpt = None,
+    release: ReleaseOpt = None,
     target_name: TargetName = None,
     window: Windows = None,
     downtime_budget: DowntimeBudget = "60s",
@@ -1248,6 +1261,7 @@ def plan_cmd(
             method=method,
             data_dir=data_dir,
             port=port,
+            release=release,
             target_name=target_name,
             windows=window,
             downtime_budget=downtime_budget,
@@ -1296,6 +1310,7 @@ def start_cmd(
     method: MethodOpt,
     data_dir: DataDir = None,
     port: PortOpt = None,
+    release: ReleaseOpt = None,
     target_name: TargetName = None,
     window: Windows = None,
     downtime_budget: DowntimeBudget = "60s",
@@ -1325,6 +1340,7 @@ def start_cmd(
             method=method,
             data_dir=data_dir,
             port=port,
+            release=release,
             target_name=target_name,
             windows=window,
             downtime_budget=downtime_budget,

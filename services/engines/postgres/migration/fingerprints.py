@@ -20,13 +20,27 @@ from typing import Any
 from services.engines.postgres.migration.instance import MigrationStepError, PgInstance
 from services.engines.postgres.migration.logical import USER_SCHEMA, _literal, _rows
 
-# One query per table, generated and run by psql's gexec: name, rows, checksum of the rows'
-# text in a fixed order (the alias is unusual so that no column shadows the row).
+# One query per table, generated and run by psql's gexec: name, rows, and the sum of a 64-bit
+# hash of each row's text. A sum needs no sort (a sorted md5 aggregate was 6.6 times slower on
+# 2M rows, and a cutover waits for it) and counts every row, duplicates too; the hash is the one
+# hash partitioning relies on staying the same across releases. The alias is unusual so that
+# no column shadows the row.
 ROW_CHECKSUM = (
-    "SELECT %L, count(*), md5(coalesce(string_agg(md5(tm_row_::text), '' "
-    "ORDER BY md5(tm_row_::text)), '')) FROM %I.%I tm_row_"
+    "SELECT %L, count(*), coalesce(sum(hashtextextended(tm_row_::text, 0)::numeric), 0) "
+    "FROM %I.%I tm_row_"
 )
-TABLE_CHECKSUMS_SQL = f"""
+TEXT_SETTINGS = """
+SET DateStyle = 'ISO, YMD';
+SET TimeZone = 'UTC';
+SET IntervalStyle = 'postgres';
+SET extra_float_digits = 1;
+SET bytea_output = 'hex';
+"""
+"""How a row prints as text must not depend on either server's defaults: both sides are read
+with these."""
+TABLE_CHECKSUMS_SQL = (
+    TEXT_SETTINGS
+    + f"""
 SELECT format({_literal(ROW_CHECKSUM)}, format('%I.%I', n.nspname, c.relname), n.nspname,
               c.relname)
   FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
@@ -34,6 +48,7 @@ SELECT format({_literal(ROW_CHECKSUM)}, format('%I.%I', n.nspname, c.relname), n
  ORDER BY 1
 \\gexec
 """  # noqa: S608 - constants only
+)
 
 OBJECT_COUNTS_SQL = f"""
 SELECT n.nspname, 'relkind ' || c.relkind::text, count(*)
