@@ -13,7 +13,7 @@ help:
 	@echo "make bench  - benchmarks (ratios against a baseline measured in the same run)"
 	@echo "make bench-archive - WAL archiving vs pgBackRest, barman-cloud and the limits (docs/benchmarks.md)"
 	@echo "make bench-catalog - catalog ingest, queries and rebuild over 1M logs (docs/benchmarks.md)"
-	@echo "make bench-migrate - physical-stream/archive cutover downtime, lost commits, copy vs pg_basebackup (docs/benchmarks.md)"
+	@echo "make bench-migrate - physical-stream/archive cutover downtime, lost commits, copy vs pg_basebackup; logical-upgrade 15 -> 18 vs pg_upgrade and pg_dump/pg_restore (docs/benchmarks.md)"
 	@echo "make bench-restore - restore to the latest point vs pgbackrest restore (docs/benchmarks.md)"
 	@echo "make soak-migrate - SIGKILL the planner, then the executor, as a migration enters every phase"
 	@echo "make chaos  - soak under faults (kills, NATS restarts, store errors), checked against ground truth; CHAOS_MINUTES=$(CHAOS_MINUTES) CHAOS_RESTORES=$(CHAOS_RESTORES) (docs/guarantees.md)"

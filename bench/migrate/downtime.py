@@ -137,16 +137,41 @@ def measure_cutover(
     # The writer keeps knocking on the stopped source meanwhile; any success would show here.
     stop_load()
     start = raised.started_monotonic
-    acked = dict(writer.acked)
-    on_target = ledger_on_target()
+    ledger = judge_ledger(writer, start, fenced, ledger_on_target())
     return Cutover(
         started=start,
         fenced_s=fenced - start,
         replayed_s=replayed - start,
         promoted_s=promoted - start,
         downtime_s=first_write - start,
+        acked=ledger.acked,
+        acked_while_fencing=ledger.acked_while_fencing,
+        acked_after_fence=ledger.acked_after_fence,
+        missing=ledger.missing,
+    )
+
+
+@dataclass(frozen=True)
+class Ledger:
+    """The ledger writer's verdict on one cutover (the same counts as `Cutover`'s)."""
+
+    acked: int
+    acked_while_fencing: int
+    acked_after_fence: int
+    missing: int
+
+    @property
+    def lost_commits(self) -> int:
+        return self.missing + self.acked_after_fence
+
+
+def judge_ledger(writer: Writer, started: float, fenced: float, on_target: set[int]) -> Ledger:
+    """Every commit the writer saw acknowledged must be on the target; none may have been
+    acknowledged after the fence step returned (`fenced`), counted from `started`."""
+    acked = dict(writer.acked)
+    return Ledger(
         acked=len(acked),
-        acked_while_fencing=sum(1 for t in acked.values() if start <= t < fenced),
+        acked_while_fencing=sum(1 for t in acked.values() if started <= t < fenced),
         acked_after_fence=sum(1 for t in acked.values() if t >= fenced),
         missing=len(set(acked) - on_target),
     )

@@ -1,6 +1,7 @@
-"""The report: `measured …` lines, the targets, then the figures as `name=value`, the issue's four
-last. Medians are over rounds; the copy ratio is median(ours) ÷ median(baseline), with the
-ratio of each round (ours ÷ that round's baseline) printed beside it."""
+"""The report: `measured …` lines, the targets, then the figures as `name=value`: the physical
+methods', then the upgrade's, `lost_commits` (every method's) last. Medians are over rounds; a
+ratio is median(ours) ÷ median(baseline), with the ratio of each round (ours ÷ that round's
+baseline) printed beside it."""
 
 from __future__ import annotations
 
@@ -12,9 +13,15 @@ from bench.migrate.archive_method import ARCHIVE
 from bench.migrate.rounds import STREAM, MethodRun, Round
 from bench.migrate.settings import MigrateBenchSettings
 from bench.migrate.source import MIB
+from bench.migrate.upgrade import PG_UPGRADE, UpgradeRound
 
 DOWNTIME_TARGET_S = 5.0
 COPY_RATIO_TARGET = 1.1
+UPGRADE_DOWNTIME_TARGET_S = 10.0
+UPGRADE_RATIO_TARGET = 0.2
+"""logical-upgrade's downtime ÷ pg_upgrade --copy's."""
+DUMP_RATIO_TARGET = 1.1
+"""Our dump method's dump + restore ÷ pg_dump + pg_restore's by hand."""
 
 
 @dataclass(frozen=True)
@@ -25,6 +32,11 @@ class Results:
     rounds: list[Round]
     archive_unavailable: str | None
     """Why physical-archive was not measured (None: it was)."""
+    upgrade_unavailable: str | None = None
+    """Why nothing was upgraded into PostgreSQL 18 (None: logical-upgrade and its baselines
+    were measured)."""
+    dump_unavailable: str | None = None
+    """Why our dump method was not measured (None: it was)."""
 
 
 def _runs(results: Results, method: str) -> list[MethodRun]:
@@ -69,7 +81,10 @@ def print_report(results: Results) -> None:
     ratio = _median(ours) / _median(baselines)
     down_stream = _median([run.cutover.downtime_s for run in stream])
     down_archive = _median([run.cutover.downtime_s for run in archive]) if archive else None
-    lost = sum(run.cutover.lost_commits for run in stream + archive)
+    upgrades = [r.upgrade for r in results.rounds if r.upgrade is not None]
+    lost = sum(run.cutover.lost_commits for run in stream + archive) + sum(
+        u.logical.cutover.ledger.lost_commits for u in upgrades
+    )
     out = [
         f"measured source: PostgreSQL pgbench scale {settings.scale}, "
         f"{results.source_bytes / MIB:.0f} MiB (pg_database_size), loaded in "
@@ -92,16 +107,120 @@ def print_report(results: Results) -> None:
     else:
         out.append(f"physical-archive: not measured ({results.archive_unavailable})")
     out += [
-        f"target lost_commits = 0 {_met(lost == 0)}",
         f"target copy_ratio_vs_pg_basebackup <= {COPY_RATIO_TARGET:g} "
         + _met(ratio <= COPY_RATIO_TARGET),
+    ]
+    upgrade_lines, upgrade_figures = _upgrade_report(results, upgrades)
+    out += [
+        *upgrade_lines,
+        f"target lost_commits = 0 {_met(lost == 0)}",
         f"pg_basebackup_s={_median(baselines):.2f}",
         f"copy_s_physical_stream={_median(ours):.2f}",
         "copy_ratio_per_round=" + ",".join(f"{x:.3f}" for x in per_round),
         f"cutover_downtime_s_physical_stream={down_stream:.3f}",
         "cutover_downtime_s_physical_archive="
         + ("unavailable" if down_archive is None else f"{down_archive:.3f}"),
-        f"lost_commits={lost}",
         f"copy_ratio_vs_pg_basebackup={ratio:.3f}",
+        *upgrade_figures,
+        f"lost_commits={lost}",
     ]
     print("\n".join(out), flush=True)
+
+
+def _upgrade_line(number: int, u: UpgradeRound) -> str:
+    run = u.logical
+    c = run.cutover
+    ledger = c.ledger
+    steps = ", ".join(f"{step} {seconds:.2f} s" for step, seconds in c.durations().items())
+    parts = [
+        f"measured upgrade round {number} (in the order {', '.join(u.order)})",
+        f"logical-upgrade: prepare_target {run.prepare_s:.2f} s, initial copy {run.copy_s:.2f} s, "
+        f"catch-up {run.catch_up_s:.2f} s; lag at the fence {run.lag_at_fence.bytes} bytes, "
+        f"{run.lag_at_fence.seconds:.3f} s; the cutover's steps, each: {steps}; downtime "
+        f"{c.downtime_s:.3f} s; {c.sequences} sequences set; parity differences "
+        f"{len(c.differences)}; ledger: {ledger.acked} commits acknowledged "
+        f"({run.ledger_rate:.0f}/s) of which {ledger.acked_while_fencing} while the fence went "
+        f"up, {ledger.missing} missing on the target, {ledger.acked_after_fence} acknowledged "
+        f"after the fence; the same tables' checksums without a sort (a diagnostic, untimed) "
+        f"{run.checksums_order_free_s:.2f} s on both sides",
+        f"{PG_UPGRADE} {u.pg_upgrade_s:.2f} s",
+        f"pg_dump {u.by_hand.dump_s:.2f} s + pg_restore {u.by_hand.restore_s:.2f} s",
+    ]
+    if u.dump is not None:
+        parts.append(
+            f"dump: dump_to_store {u.dump.dump_s:.2f} s + restore_from_store "
+            f"{u.dump.restore_s:.2f} s, of which the two parity fingerprints "
+            f"{u.dump.fingerprints_s:.2f} s"
+        )
+    return "; ".join(parts)
+
+
+def _upgrade_report(results: Results, upgrades: list[UpgradeRound]) -> tuple[list[str], list[str]]:
+    """The upgrade part's `measured`/`target` lines, and its figures (printed last)."""
+    names = (
+        "pg_upgrade_s",
+        "pg_dump_restore_s",
+        "dump_restore_s_ours",
+        "cutover_downtime_s_logical_upgrade",
+        "downtime_ratio_vs_pg_upgrade",
+        "downtime_ratio_vs_dump_restore",
+        "dump_ratio_vs_pg_dump_restore",
+    )
+    if not upgrades:
+        reason = results.upgrade_unavailable or "no round ran"
+        return [f"logical-upgrade and its baselines: not measured ({reason})"], [
+            f"{name}=unavailable" for name in names
+        ]
+    downtime = _median([u.logical.cutover.downtime_s for u in upgrades])
+    pg_upgrade = _median([u.pg_upgrade_s for u in upgrades])
+    by_hand = _median([u.by_hand.total_s for u in upgrades])
+    steps = list(upgrades[0].logical.cutover.steps)
+    step_medians = {
+        step: _median([u.logical.cutover.durations()[step] for u in upgrades]) for step in steps
+    }
+    differences = sum(len(u.logical.cutover.differences) for u in upgrades)
+    lines = [_upgrade_line(r.number, r.upgrade) for r in results.rounds if r.upgrade is not None]
+    lines += [
+        "measured logical-upgrade cutover, each step's median seconds: "
+        + ", ".join(f"{step} {seconds:.2f}" for step, seconds in step_medians.items())
+        + f" (parity {step_medians['parity'] / downtime:.0%} of the median downtime; the "
+        "checksums without a sort took a median "
+        f"{_median([u.logical.checksums_order_free_s for u in upgrades]):.2f} s)",
+        "measured downtime ratio per round (logical-upgrade ÷ pg_upgrade --copy, ÷ pg_dump + "
+        "pg_restore): "
+        + ", ".join(
+            f"{u.logical.cutover.downtime_s / u.pg_upgrade_s:.3f}"
+            f"/{u.logical.cutover.downtime_s / u.by_hand.total_s:.3f}"
+            for u in upgrades
+        ),
+        f"target cutover_downtime_s_logical_upgrade <= {UPGRADE_DOWNTIME_TARGET_S:g} "
+        + _met(downtime <= UPGRADE_DOWNTIME_TARGET_S),
+        f"target downtime_ratio_vs_pg_upgrade <= {UPGRADE_RATIO_TARGET:g} "
+        + _met(downtime / pg_upgrade <= UPGRADE_RATIO_TARGET),
+        f"target logical-upgrade parity differences = 0 {_met(differences == 0)}",
+    ]
+    ours = [u.dump.total_s for u in upgrades if u.dump is not None]
+    if ours:
+        dump_ratio = f"{_median(ours) / by_hand:.3f}"
+        lines.append(
+            "measured dump ratio per round (ours ÷ by hand): "
+            + ", ".join(f"{u.dump.total_s / u.by_hand.total_s:.3f}" for u in upgrades if u.dump)
+        )
+        lines.append(
+            f"target dump_ratio_vs_pg_dump_restore <= {DUMP_RATIO_TARGET:g} "
+            + _met(_median(ours) / by_hand <= DUMP_RATIO_TARGET)
+        )
+    else:
+        dump_ratio = "unavailable"
+        lines.append(f"dump: not measured ({results.dump_unavailable})")
+    figures = [
+        f"pg_upgrade_s={pg_upgrade:.2f}",
+        f"pg_dump_restore_s={by_hand:.2f}",
+        f"dump_restore_s_ours={_median(ours):.2f}" if ours else "dump_restore_s_ours=unavailable",
+        f"cutover_downtime_s_logical_upgrade={downtime:.3f}",
+        f"downtime_ratio_vs_pg_upgrade={downtime / pg_upgrade:.3f}",
+        f"downtime_ratio_vs_dump_restore={downtime / by_hand:.3f}",
+        f"dump_ratio_vs_pg_dump_restore={dump_ratio}",
+    ]
+    assert [f.split("=")[0] for f in figures] == list(names)
+    return lines, figures

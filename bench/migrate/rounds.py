@@ -20,6 +20,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
+from typing import TYPE_CHECKING
 
 from bench.migrate.downtime import Cutover, measure_cutover
 from bench.migrate.settings import MigrateBenchSettings
@@ -35,6 +36,9 @@ from services.engines.postgres.migration import (
 )
 from services.engines.postgres.migration.standby import slot_name
 from tests.integration.migration_rig import empty_target, ids_on
+
+if TYPE_CHECKING:  # upgrade.py builds on this module
+    from bench.migrate.upgrade import UpgradeRound
 
 STREAM = "physical-stream"
 BASEBACKUP_COPY_FLAGS = ("-X", "stream", "--checkpoint=fast")
@@ -69,6 +73,8 @@ class Round:
     load_average: float
     baseline_s: float
     runs: dict[str, MethodRun]
+    upgrade: UpgradeRound | None = None
+    """The round's upgrade part (`upgrade.py`; None: no newer release here)."""
 
 
 @dataclass(frozen=True)

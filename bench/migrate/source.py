@@ -2,10 +2,12 @@
 
 One PostgreSQL cluster from the test harness (`tests.fixtures.postgres.PgCluster`: its own
 directory under `/tmp`, run as the database OS user, 127.0.0.1 on a free port and its unix
-socket, data checksums on, `wal_level=replica`), loaded once with `pgbench -i -s <scale>`
-(server-side generation, vacuum, primary keys), plus two tables of ours: `ledger` (the ids the
-ledger writer's commits were acknowledged for) and `migrate_probe` (the first writes on a
-promoted target).
+socket, data checksums on) with `wal_level=logical` (logical-upgrade's subscription needs it),
+loaded once with `pgbench -i -s <scale>` (server-side generation, vacuum, primary keys), plus two
+tables of ours: `ledger` (the ids the ledger writer's commits were acknowledged for) and
+`migrate_probe` (the first writes on a promoted target). The two tables without a primary key,
+`pgbench_history` and `migrate_probe`, get `REPLICA IDENTITY FULL`, as a DBA fixing
+`logical_preflight`'s finding would.
 
 The load (`Load`) runs from the start of a round's first copy until the cutover: throttled
 TPC-B, `pgbench -c 2 -j 2 -R <tps>` over the socket (its clients end at the fence:
@@ -54,6 +56,8 @@ def loaded_source(settings: MigrateBenchSettings) -> Iterator[Source]:
             "shared_buffers": settings.shared_buffers,
             "max_wal_size": "1GB",
             "log_checkpoints": True,
+            # logical-upgrade's subscription needs it; the physical methods run with it too.
+            "wal_level": "logical",
         },
         timeout=120.0,
     )
@@ -69,6 +73,13 @@ def loaded_source(settings: MigrateBenchSettings) -> Iterator[Source]:
         cluster.execute(
             "CREATE TABLE ledger (id bigint PRIMARY KEY); "
             "CREATE TABLE migrate_probe (round int, method text, at timestamptz DEFAULT now())"
+        )
+        # What a DBA does about logical_preflight's finding "no primary key and no replica
+        # identity" (pgbench_history has no key, nor has our probe): both are insert-only, so
+        # the whole row as identity costs nothing until a row is updated or deleted.
+        cluster.execute(
+            "ALTER TABLE pgbench_history REPLICA IDENTITY FULL; "
+            "ALTER TABLE migrate_probe REPLICA IDENTITY FULL"
         )
         cluster.execute("CHECKPOINT")
         size = int(cluster.psql("SELECT pg_database_size('postgres')"))
