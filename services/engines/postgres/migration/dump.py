@@ -363,11 +363,13 @@ async def dump_to_store(
             report(uploaded, total)
 
         report(0, total)
+        # The source is fenced: its fingerprint, read while the files go up, is the dump's.
+        fingerprinting = asyncio.ensure_future(asyncio.to_thread(fingerprint, source, dbname))
         files = await _gather_limited(
             jobs,
             (_upload(store, f"{key_prefix}/{run}/{p.name}", p, p.name, done) for p in paths),
         )
-    taken = await asyncio.to_thread(fingerprint, source, dbname)
+    taken = await fingerprinting
     manifest = DumpManifest(
         key_prefix=key_prefix,
         dbname=dbname,

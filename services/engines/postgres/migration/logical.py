@@ -378,7 +378,10 @@ def fence_for_logical(
         final_lsn = fence_source(source).final_lsn
         mark.write_text(format_lsn(final_lsn) + "\n")
     if not private.is_running():
-        options = f"-c listen_addresses='' -c unix_socket_directories='{private.socket_dir}'"
+        options = (
+            f"-c listen_addresses='' -c unix_socket_directories='{private.socket_dir}' "
+            "-c wal_retrieve_retry_interval=200ms"  # the subscriptions' workers start again soon
+        )
         log = source.data_dir.parent / f"{source.data_dir.name}.fenced.log"
         private.pg_ctl("-l", str(log), "-o", options, "start")
     if private.value(f"SELECT current_setting('{FENCE_SETTING}')") != "on":

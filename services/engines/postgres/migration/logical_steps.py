@@ -32,11 +32,13 @@ from __future__ import annotations
 
 import contextlib
 import shutil
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 
 from schemas.positions import format_lsn, parse_lsn
 from services.engines.postgres.migration.cutover import FENCE_SETTING, fence_source, unfence_source
+from services.engines.postgres.migration.fingerprints import compare, fingerprint
 from services.engines.postgres.migration.instance import (
     MigrationStepError,
     PgInstance,
@@ -53,7 +55,6 @@ from services.engines.postgres.migration.logical import (
     _rows,
     copy_sequences,
     finish,
-    parity,
     prepare_target,
     wait_caught_up,
 )
@@ -218,8 +219,11 @@ CLUSTER_SETTINGS = (
     "wal_level = logical",
     "max_replication_slots = 10",
     "max_wal_senders = 10",
+    "wal_retrieve_retry_interval = 200ms",
 )
-"""What the new cluster needs beyond initdb's defaults: it publishes the way back."""
+"""What the new cluster needs beyond initdb's defaults: it publishes the way back, and its
+subscription's apply worker, restarted when the fence points it at the fenced source, starts
+again within 200 ms rather than 5 s (measured: 4.6 s of a 1 GiB cutover went to that wait)."""
 
 
 def _setting(instance: PgInstance, name: str) -> str:
@@ -343,7 +347,13 @@ def final_sync(
 
 
 def check_parity(source: PgInstance, target: PgInstance, dbname: str) -> tuple[list[str], str]:
-    return parity(fenced(source), target, dbname), schema_signature(fenced(source), dbname)
+    """Parity of the fenced source and the target, both read at once (the cutover waits for
+    the slower, not the sum), and the source's schema signature."""
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        theirs = pool.submit(fingerprint, fenced(source), dbname)
+        ours = pool.submit(fingerprint, target, dbname)
+        differences = compare(theirs.result(), ours.result())
+    return differences, schema_signature(fenced(source), dbname)
 
 
 def _subscription_exists(instance: PgInstance, dbname: str, name: str) -> bool:
@@ -460,7 +470,10 @@ def _start_private(instance: PgInstance) -> PgInstance:
     private = fenced(instance)
     _start_private_dir(instance)
     if not private.is_running():
-        options = f"-c listen_addresses='' -c unix_socket_directories='{private.socket_dir}'"
+        options = (
+            f"-c listen_addresses='' -c unix_socket_directories='{private.socket_dir}' "
+            "-c wal_retrieve_retry_interval=200ms"
+        )
         log = instance.data_dir.parent / f"{instance.data_dir.name}.fenced.log"
         private.pg_ctl("-l", str(log), "-o", options, "start")
     return private

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import json
 import socket
 from pathlib import Path
 
@@ -67,7 +68,7 @@ from services.engines.postgres.migration.dump import (
     read_manifest,
     restore_from_store,
 )
-from services.engines.postgres.migration.fingerprints import compare, fingerprint
+from services.engines.postgres.migration.fingerprints import Fingerprint, compare, fingerprint
 from services.engines.postgres.migration.instance import (
     CODE_STEP,
     MigrationStepError,
@@ -785,6 +786,9 @@ async def _dump_step(
             )
         except MigrationStepError as exc:
             raise EngineError.of(exc.reason, code=CODE_STEP, retryable=exc.retryable) from None
+        # Read by the parity step (the target is not open: nothing changes it in between).
+        restored_print = target.data_dir.parent / f".{migration}.restored-fingerprint.json"
+        restored_print.write_text(json.dumps(restored.fingerprint.to_json()), encoding="utf-8")
         # pg_restore carries no planner statistics: gathered before the target is opened.
         await blocking(
             lambda: target.run(
@@ -803,7 +807,15 @@ async def _dump_step(
         if manifest_read is None:
             raise EngineError.of(f"the dump is not in the store ({key_prefix})", code=CODE_STEP)
         manifest = manifest_read
-        differences = await blocking(lambda: compare(manifest.fingerprint, fingerprint(target, db)))
+        restored_print = target.data_dir.parent / f".{migration}.restored-fingerprint.json"
+
+        def restored_fingerprint() -> Fingerprint:
+            # The restore's own reading when this node kept it, else read again.
+            with contextlib.suppress(OSError, ValueError, KeyError):
+                return Fingerprint.from_json(json.loads(restored_print.read_text("utf-8")))
+            return fingerprint(target, db)
+
+        differences = await blocking(lambda: compare(manifest.fingerprint, restored_fingerprint()))
         return MigrationStepResult(
             step="parity",
             differences=[d[:500] for d in differences[:64]],
