@@ -23,6 +23,7 @@ import typer
 from services.cli import guardcmds, infocmds, migratecmds, plannercmds, protect, querycmds
 from services.cli.buscmds import app as bus_app
 from services.cli.catalogcmds import app as catalog_app
+from services.cli.doctorcmds import app as doctor_app
 from services.cli.locate import StateDir, find_state_dir
 from services.cli.output import OutputFormat, OutputOption, emit_json
 from services.cli.stackcmds import (
@@ -47,6 +48,7 @@ app = typer.Typer(
 )
 app.add_typer(catalog_app, name="catalog")
 app.add_typer(bus_app, name="bus")
+app.add_typer(doctor_app, name="doctor")
 
 NatsUrl = Annotated[
     str | None, typer.Option("--nats-url", help="NATS URL (default: the running stack's)")

@@ -183,6 +183,12 @@ _TABLE: dict[str, Rule] = {
     "ORA-16467": _r(R, "switchover target is not synchronized", "wait"),
     "ORA-16475": _r(W, "switchover verify succeeded with warnings", "read the alert log"),
     "ORA-16471": _r(F, "switchover failed midway", "ALTER DATABASE SWITCHOVER ... FORCE"),
+    "ORA-16465": _r(F, "SWITCHOVER (or its VERIFY) must be issued on an open primary"),
+    # -- ORA: what `doctor oracle` meets reading views it may not be granted
+    "ORA-00942": _r(F, "table or view does not exist (or is not granted)", "grant SELECT on it"),
+    "ORA-00904": _r(F, "invalid identifier: a column this release does not have"),
+    "ORA-00900": _r(F, "invalid SQL statement"),
+    "ORA-28365": _r(F, "wallet is not open", "open the TDE keystore"),
     # -- python-oracledb Thin driver
     "DPY-6005": _r(R, "cannot connect to the database"),
     "DPY-4011": _r(R, "the database or network closed the connection"),
