@@ -15,10 +15,7 @@ target beside its source, in a fresh directory. What each test proves:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
-import shutil
-import tempfile
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -63,14 +60,11 @@ from schemas.messages import (
     TargetInstance,
 )
 from services.demo.cluster import free_port
-from services.engines.postgres.oscmd import chown_to
+from tests.e2e.migration_stack import NODE, migration_stack, scratch_root, target_dir
 from tests.e2e.pitr_stack import PitrStack, Protected, StackFailed, protect, run_cli
 from tests.integration.migration_rig import Writer
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
-
-KEEP = os.environ.get("TIDEMARK_E2E_KEEP") == "1"
-NODE = "e2e-pitr"
 
 
 def _trust_local(db: Protected) -> None:
@@ -88,73 +82,23 @@ def _dsn(socket_dir: Path, port: int) -> str:
 
 @pytest.fixture(scope="module")
 def root() -> Iterator[Path]:
-    path = Path(tempfile.mkdtemp(prefix="tm-e2e-mig-", dir="/var/tmp"))
-    os.chmod(path, 0o711)  # noqa: S103 (the database OS user traverses it)
-    try:
-        yield path
-    finally:
-        if KEEP:
-            print(f"kept {path}")
-        else:
-            shutil.rmtree(path, ignore_errors=True)
+    yield from scratch_root("tm-e2e-mig-")
 
 
 @pytest_asyncio.fixture(scope="module")
 async def stack(root: Path) -> AsyncIterator[PitrStack]:
-    dbs = [
-        protect(root, uid)
-        for uid in ("mig-a", "mig-b", "mig-c", "mig-d", "mig-e", "mig-f", "mig-g", "mig-h", "mig-i")
-    ]
-    env = {
-        "TIDEMARK_PLANNER__MIGRATION_LAG_INTERVAL_S": "0.3",
-        "TIDEMARK_PLANNER__MIGRATION_READY_INTERVAL_S": "1",
-        "TIDEMARK_PLANNER__TICK_S": "0.2",
-    }
-    try:
+    def sources() -> list[Protected]:
+        dbs = [protect(root, uid) for uid in (f"mig-{x}" for x in "abcdefghi")]
         for db in dbs:
             _trust_local(db)
-        started = await PitrStack.start(root, dbs, extra_env=env)
-    except BaseException:
-        for db in dbs:
-            with contextlib.suppress(Exception):
-                db.cluster.stop()
-        raise
-    try:
+        return dbs
+
+    async for started in migration_stack(root, sources):
         yield started
-    finally:
-        for target in sorted(root.glob("*-new*/data")):
-            with contextlib.suppress(Exception):
-                _stop(target)
-        await started.close()
-
-
-def _stop(data_dir: Path) -> None:
-    from services.engines.postgres.oscmd import database_os_user, pg_bindir, run_as
-
-    if (data_dir / "postmaster.pid").exists():
-        run_as(
-            database_os_user(),
-            [pg_bindir() / "pg_ctl", "-D", data_dir, "-m", "immediate", "stop"],
-            cwd=data_dir.parent,
-            timeout=60,
-        )
 
 
 def _db(stack: PitrStack, uid: str) -> Protected:
     return next(d for d in stack.dbs if d.uid == uid)
-
-
-def _target_dir(root: Path, name: str) -> Path:
-    parent = root / name
-    parent.mkdir(mode=0o700)
-    chown_to(parent, _user())
-    return parent / "data"
-
-
-def _user() -> Any:
-    from services.engines.postgres.oscmd import database_os_user
-
-    return database_os_user()
 
 
 def _request(
@@ -264,7 +208,7 @@ async def test_bad_requests_are_rejected_with_the_reason_before_anything_changes
     stack: PitrStack, root: Path
 ) -> None:
     db = _db(stack, "mig-a")
-    data_dir = _target_dir(root, "bad-new")
+    data_dir = target_dir(root, "bad-new")
     cases: list[tuple[RequestMigration, DatabaseRef, str]] = [
         (
             _request("ghost-new", data_dir, free_port()),
@@ -312,7 +256,7 @@ async def test_abort_before_the_cutover_leaves_the_source_serving_and_drops_its_
     stack: PitrStack, root: Path
 ) -> None:
     db = _db(stack, "mig-a")
-    data_dir = _target_dir(root, "abort-new")
+    data_dir = target_dir(root, "abort-new")
     request = _request("mig-a-new", data_dir, free_port())
     mark = _mark(stack, request)
     await _ask(stack, request, db)
@@ -350,7 +294,7 @@ async def test_the_cutover_loses_no_commit_and_survives_a_planner_killed_while_c
     stack: PitrStack, root: Path
 ) -> None:
     db = _db(stack, "mig-a")
-    data_dir = _target_dir(root, "a-new")
+    data_dir = target_dir(root, "a-new")
     port = free_port()
     request = _request("mig-a-new2", data_dir, port, lag=LagBudget(max_bytes=16 << 20, hold_s=3))
     writer = Writer(_dsn(db.cluster.base, db.cluster.port), start_id=1).start()
@@ -404,7 +348,7 @@ async def test_rollback_after_the_point_of_no_return_brings_back_the_old_source_
     stack: PitrStack, root: Path
 ) -> None:
     db = _db(stack, "mig-b")
-    data_dir = _target_dir(root, "b-new")
+    data_dir = target_dir(root, "b-new")
     port = free_port()
     request = _request("mig-b-new", data_dir, port, pause_after=MigrationPhase.VERIFYING)
     source_dsn = _dsn(db.cluster.base, db.cluster.port)
@@ -461,7 +405,7 @@ async def test_physical_archive_builds_the_target_from_the_bucket_and_loses_no_c
 ) -> None:
     db = _db(stack, "mig-c")
     await stack.backup(db)
-    data_dir = _target_dir(root, "c-new")
+    data_dir = target_dir(root, "c-new")
     port = free_port()
     request = _request(
         "mig-c-new",
@@ -504,7 +448,7 @@ async def test_an_executor_killed_during_the_copy_copies_again_from_a_clean_dire
         "CREATE TABLE bulk AS SELECT g AS id, repeat(md5(g::text), 30) AS pad "
         "FROM generate_series(1, 150000) g"
     )
-    data_dir = _target_dir(root, "d-new")
+    data_dir = target_dir(root, "d-new")
     port = free_port()
     request = _request("mig-d-new", data_dir, port)
     writer = Writer(_dsn(db.cluster.base, db.cluster.port), start_id=1).start()
@@ -560,7 +504,7 @@ async def test_a_window_waits_and_participants_drain_before_the_fence(
     stack: PitrStack, root: Path
 ) -> None:
     db = _db(stack, "mig-e")
-    data_dir = _target_dir(root, "e-new")
+    data_dir = target_dir(root, "e-new")
     opens = utcnow() + timedelta(seconds=12)
     window = CutoverWindow(start=opens, end=opens + timedelta(minutes=10))
     request = _request(
@@ -606,7 +550,7 @@ async def test_the_cli_starts_follows_and_cuts_over_a_migration(
     stack: PitrStack, root: Path
 ) -> None:
     db = _db(stack, "mig-f")
-    data_dir = _target_dir(root, "f-new")
+    data_dir = target_dir(root, "f-new")
     port = free_port()
     state = ("--state-dir", str(stack.stack.state_dir))
     code, out = await run_cli(
@@ -656,7 +600,7 @@ async def test_kills_during_the_cutover_lose_no_commit_and_never_open_two_primar
     step runs again from its start (the fence and the promote are idempotent), and the source
     stays down once the target is open."""
     db = _db(stack, "mig-g")
-    data_dir = _target_dir(root, "g-new")
+    data_dir = target_dir(root, "g-new")
     port = free_port()
     request = _request("mig-g-new", data_dir, port)
     writer = Writer(_dsn(db.cluster.base, db.cluster.port), start_id=1).start()
@@ -707,7 +651,7 @@ async def test_a_kill_as_each_phase_begins_resumes_without_a_second_copy_or_a_lo
     from its record, every step runs again from its start, nothing is copied twice after it
     succeeded, and no acknowledged commit is lost."""
     db = _db(stack, uid)
-    data_dir = _target_dir(root, f"{uid}-new")
+    data_dir = target_dir(root, f"{uid}-new")
     port = free_port()
     request = _request(f"{uid}-new", data_dir, port)
     writer = Writer(_dsn(db.cluster.base, db.cluster.port), start_id=1).start()

