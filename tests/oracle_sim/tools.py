@@ -6,16 +6,13 @@ with the tool's name. They find the simulated database through TIDEMARK_ORACLE_S
 the installed script defaults to `sim_dir` (the engine's runner builds a clean environment and
 does not pass the variable through).
 
-Data Pump and dgmgrl are modelled only as far as the runner's contract needs: a parameter file
-of known keys, the terminal "Job ... successfully completed / completed with N error(s)" line,
-exit statuses 0/5/1, and failure injection. `rman` is the real model (`rman.py`).
+dgmgrl is modelled only as far as the runner's contract needs. `rman` is the real model
+(`rman.py`), and so are `expdp`/`impdp` (`datapump.py`, over the dictionary of `dictionary.py`).
 """
 
 from __future__ import annotations
 
-import json
 import os
-import re
 import stat
 import sys
 from pathlib import Path
@@ -61,66 +58,13 @@ def main(tool: str, argv: list[str]) -> int:
 
         return rman.main(argv)
     if tool in ("expdp", "impdp"):
-        return _datapump(tool, argv)
+        from tests.oracle_sim import datapump
+
+        return datapump.main(tool, argv)
     if tool == "dgmgrl":
         return _dgmgrl(argv)
     print(f"simulated Oracle toolchain has no tool {tool!r}", file=sys.stderr)
     return 2
-
-
-_DP_KEYS = {
-    "USERID",
-    "SCHEMAS",
-    "DIRECTORY",
-    "DUMPFILE",
-    "LOGFILE",
-    "FLASHBACK_SCN",
-    "PARALLEL",
-    "TABLE_EXISTS_ACTION",
-    "METRICS",
-    "LOGTIME",
-}
-
-
-def _datapump(tool: str, argv: list[str]) -> int:
-    db = SimulatedOracle.from_env()
-    name = "SYS_EXPORT_SCHEMA_01" if tool == "expdp" else "SYS_IMPORT_SCHEMA_01"
-    print(f"{tool.capitalize()}: Release 19.0.0.0.0 - SIMULATED (Tidemark test toolchain)")
-    if len(argv) != 1 or not argv[0].startswith("parfile="):
-        print("UDE-00014: invalid value for parameter, 'parfile' (simulator takes only parfile=)")
-        return 1
-    params: dict[str, str] = {}
-    for line in Path(argv[0].removeprefix("parfile=")).read_text().splitlines():
-        if not line.strip():
-            continue
-        key, _, value = line.partition("=")
-        if key.strip().upper() not in _DP_KEYS:
-            print(f"UDE-00010: multiple job modes requested or unknown parameter {key.strip()!r}")
-            return 1
-        params[key.strip().upper()] = value.strip()
-    injection = db.take_injection(tool)
-    if injection is not None:
-        for line in injection.lines:
-            print(line, flush=True)
-        if injection.exit_code == 5:
-            errors = sum(1 for line in injection.lines if re.match(r"ORA-\d{5}", line))
-            print(f'Job "SYSTEM"."{name}" completed with {errors} error(s) at 12:00:00')
-        elif injection.exit_code:
-            print(f'Job "SYSTEM"."{name}" stopped due to fatal error at 12:00:00')
-        return injection.exit_code
-    dump = db.root / "dpdump" / params.get("DUMPFILE", "expdat.dmp")
-    if tool == "expdp":
-        dump.parent.mkdir(exist_ok=True)
-        dump.write_text(json.dumps({"simulated": True, "rows": db.table_contents()}))
-        print(f'. . exported "TM_SIM"."ORDERS" {len(db.table_contents())} rows')
-    elif not dump.exists():
-        print(
-            f"ORA-39001: invalid argument value\nORA-39000: bad dump file specification\n"
-            f'ORA-31640: unable to open dump file "{dump}" for read'
-        )
-        return 1
-    print(f'Job "SYSTEM"."{name}" successfully completed at 12:00:00')
-    return 0
 
 
 def _dgmgrl(argv: list[str]) -> int:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from services.engines.oracle.errors import Verdict, classify, codes_in, rule_for
+from services.engines.oracle.errors import Verdict, benign_in, classify, codes_in, rule_for
 
 pytestmark = [pytest.mark.unit, pytest.mark.oracle]
 
@@ -88,10 +88,11 @@ def test_data_pump_client_codes_wrap_the_ora_cause() -> None:
     assert rule_for("UDE-01234").verdict is Verdict.WRAPPER
 
 
-def test_benign_data_pump_codes_are_warnings() -> None:
-    assert (
-        classify(['ORA-31684: Object type USER:"OUTLN" already exists']).verdict is Verdict.WARNING
-    )
+def test_data_pump_codes_are_benign_only_where_a_workflow_allows_them() -> None:
+    line = 'ORA-31684: Object type USER:"OUTLN" already exists'
+    assert classify([line]).verdict is Verdict.FATAL
+    assert benign_in("datapump.full_import", "ORA-31684", line) is not None
+    assert benign_in("datapump.schema_import", "ORA-31684", line) is None
     assert classify(["ORA-39083: Object type failed"]).verdict is Verdict.FATAL
 
 

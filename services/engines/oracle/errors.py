@@ -29,10 +29,13 @@ from dataclasses import dataclass
 from schemas.messages import Failure
 
 __all__ = [
+    "BENIGN_IN",
     "CODE_RE",
+    "Allowance",
     "Classification",
     "Rule",
     "Verdict",
+    "benign_in",
     "classify",
     "codes_in",
     "rule_for",
@@ -160,24 +163,68 @@ _TABLE: dict[str, Rule] = {
     "ORA-01031": _r(F, "insufficient privileges"),
     "ORA-28009": _r(F, "connection as SYS should be as SYSDBA or SYSOPER"),
     "ORA-16191": _r(F, "primary log shipping client not logged on standby (password file)"),
-    # -- ORA: Data Pump
+    # -- ORA: Data Pump (reference/migration.md §5; benign ones only where `BENIGN_IN` says)
     "ORA-39171": _r(R, "job is experiencing a resumable wait", "add space; the job resumes"),
     "ORA-01652": _r(R, "unable to extend temp segment", "add space"),
     "ORA-01653": _r(R, "unable to extend table", "add space"),
     "ORA-01688": _r(R, "unable to extend table partition", "add space"),
     "ORA-39169": _r(F, "local version cannot work with the remote version"),
     "ORA-39358": _r(F, "export dump file version not compatible"),
+    "ORA-39142": _r(F, "incompatible version number in the dump file", "export with VERSION="),
     "ORA-39256": _r(F, "source database must be read/write for this mode"),
-    "ORA-31684": _r(W, "object already exists"),
-    "ORA-31685": _r(W, "object type failed due to insufficient privileges (benign in FTEX)"),
-    "ORA-39082": _r(W, "object created with compilation warnings", "run utlrp"),
-    # Under TABLE_EXISTS_ACTION=SKIP the table's rows were not loaded: not a benign warning.
-    "ORA-39151": _r(F, "table exists and was skipped: its data was not loaded"),
+    # Fatal unless the workflow's allow-list names the object: on a fresh target an object
+    # that already exists means the target was not fresh.
+    "ORA-31684": _r(F, "object already exists", "benign only where the workflow allows it"),
+    "ORA-31685": _r(F, "object type failed due to insufficient privileges (benign in full)"),
+    "ORA-39082": _r(F, "object created with compilation warnings", "recompile, list INVALIDs"),
+    # Under TABLE_EXISTS_ACTION=SKIP the table's rows were not loaded: never benign.
+    "ORA-39151": _r(F, "table exists and was skipped: its data was not loaded", "empty target"),
+    "ORA-39152": _r(F, "table exists: rows appended, its dependent metadata skipped"),
+    "ORA-39153": _r(F, "table exists and was truncated: its dependent metadata skipped"),
     "ORA-39083": _r(F, "object type failed to create", "investigate"),
-    "ORA-31693": _r(F, "table data object failed to load", "investigate"),
+    "ORA-31693": _r(F, "table data object failed to load", "investigate (the cause below)"),
+    "ORA-31679": _r(F, "a LONG column cannot cross a network link", "use a dump set"),
+    "ORA-39165": _r(F, "schema not found"),
+    "ORA-31655": _r(F, "no data or metadata objects selected for the job"),
+    "ORA-39001": _r(X, "invalid argument value (the cause below)"),
+    "ORA-39000": _r(X, "bad dump file specification (the cause below)"),
+    "ORA-39002": _r(X, "invalid operation (the cause below)"),
+    "ORA-39005": _r(X, "inconsistent arguments (the cause below)"),
+    "ORA-39070": _r(X, "unable to open the log file (the cause below)"),
+    "ORA-39200": _r(X, "database link name is invalid (the cause below)"),
+    "ORA-31640": _r(F, "unable to open a dump file for read", "stage the whole dump set"),
+    "ORA-31641": _r(F, "unable to create a dump file", "clear the staging directory"),
+    "ORA-31619": _r(F, "not a dump file"),
+    "ORA-27038": _r(C, "created file already exists"),
+    "ORA-39087": _r(F, "directory object does not exist", "create the directory object"),
+    "ORA-02019": _r(F, "database link names no remote database", "create the link"),
+    "ORA-39208": _r(F, "parameter not valid for this kind of job"),
+    "ORA-39201": _r(F, "dump files are not supported for estimate-only jobs"),
+    "ORA-31626": _r(F, "job does not exist (nothing to attach to)"),
+    "ORA-31634": _r(F, "job already exists", "attach to it, or drop its control table"),
+    "ORA-39004": _r(F, "invalid state for this job command"),
+    "ORA-39014": _r(R, "workers exited prematurely", "attach and START_JOB"),
+    "ORA-39029": _r(R, "a worker process terminated prematurely", "attach and START_JOB"),
+    "ORA-39126": _r(F, "worker unexpected fatal error", "investigate"),
+    "ORA-39246": _r(F, "cannot locate the master table in the dump files"),
+    "KUP-11007": _r(F, "conversion error loading a table (external tables path)"),
     "UDE-00008": _r(X, "operation generated ORACLE error"),
     "UDI-00008": _r(X, "operation generated ORACLE error"),
     "UDE-31626": _r(X, "job does not exist"),
+    "UDI-31626": _r(X, "job does not exist"),
+    "UDE-00010": _r(F, "multiple job modes requested"),
+    "UDI-00010": _r(F, "multiple job modes requested"),
+    "UDE-00011": _r(F, "parameter incompatible with another"),
+    "UDI-00011": _r(F, "parameter incompatible with another"),
+    "UDE-00014": _r(F, "invalid value for a parameter"),
+    "UDI-00014": _r(F, "invalid value for a parameter"),
+    "UDE-00053": _r(F, "unrecognized interactive command"),
+    "UDI-00053": _r(F, "unrecognized interactive command"),
+    "LRM-00101": _r(F, "unknown parameter name"),
+    "LRM-00108": _r(F, "invalid positional parameter value"),
+    "LRM-00109": _r(F, "could not open the parameter file"),
+    "LRM-00113": _r(X, "error when processing the parameter file (the cause above)"),
+    "LRM-00121": _r(F, "value not allowed for this parameter"),
     # -- ORA: Data Guard switchover
     "ORA-16470": _r(F, "redo apply is not running on the switchover target", "start apply"),
     "ORA-16467": _r(R, "switchover target is not synchronized", "wait"),
@@ -194,7 +241,7 @@ _TABLE: dict[str, Rule] = {
     "DPY-4011": _r(R, "the database or network closed the connection"),
 }
 
-CODE_RE = re.compile(r"\b(RMAN|ORA|UDE|UDI|KUP|DPY)-(\d{4,5})\b")
+CODE_RE = re.compile(r"\b(RMAN|ORA|UDE|UDI|KUP|LRM|DPY)-(\d{4,5})\b")
 """An Oracle error code in a line of tool output."""
 
 _ORDER = {Verdict.FATAL: 0, Verdict.RETRYABLE: 1, Verdict.WARNING: 2}
@@ -270,3 +317,60 @@ def classify(lines: Iterable[str]) -> Classification:
         code, line = found[0]
         return Classification(Verdict.FATAL, code, line, codes)
     return Classification(Verdict.FATAL, None, "", codes)
+
+
+# -- benign in one workflow ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Allowance:
+    """A code that loses nothing in one workflow, for the objects `line` matches, and why."""
+
+    code: str
+    line: re.Pattern[str]
+    why: str
+
+
+_COMPILE_WARNINGS = Allowance(
+    "ORA-39082",
+    re.compile(r'Object type \w+(?: \w+)?:"[^"]+"\."[^"]+" created with compilation warnings'),
+    "the object exists; validation recompiles it and lists what stays INVALID",
+)
+
+BENIGN_IN: dict[str, tuple[Allowance, ...]] = {
+    # Any error of an export is a finding: the dump set is what every later step trusts.
+    "datapump.export": (),
+    # Into a fresh target: the schemas' users do not exist yet, so ORA-31684 is not here; a
+    # table that exists (ORA-39151/39152/39153) means rows not loaded or loaded twice.
+    "datapump.schema_import": (_COMPILE_WARNINGS,),
+    # A full import meets what every database has (reference/oracle.md §3, the FTEX run's
+    # "completed with 63 error(s)"): Oracle's tablespaces, users and roles, and SYS's grants.
+    "datapump.full_import": (
+        _COMPILE_WARNINGS,
+        Allowance(
+            "ORA-31684",
+            re.compile(
+                r'Object type (?:TABLESPACE:"(?:SYSTEM|SYSAUX|UNDOTBS\d*|TEMP\d*|USERS)"'
+                r'|USER:"(?:OUTLN|SYSTEM|SYS|DBSNMP|APPQOSSYS|AUDSYS|GSMADMIN_INTERNAL)"'
+                r'|ROLE:"(?:CONNECT|RESOURCE|DBA|SELECT_CATALOG_ROLE|EXECUTE_CATALOG_ROLE)")'
+                r" already exists"
+            ),
+            "Oracle's own object, created with every database",
+        ),
+        Allowance(
+            "ORA-31685",
+            re.compile(r'USER:"SYS" failed due to insufficient privileges'),
+            "SYS's own settings are not imported, by design",
+        ),
+    ),
+}
+"""Per workflow, the codes that are benign there (a Data Pump exit 5 is judged by these, never
+by the exit code): everything else printed is decided by the table above."""
+
+
+def benign_in(workflow: str, code: str, line: str) -> Allowance | None:
+    """The allowance that makes `code` on `line` benign in `workflow`, or None."""
+    for allowance in BENIGN_IN[workflow]:
+        if allowance.code == code and allowance.line.search(line):
+            return allowance
+    return None

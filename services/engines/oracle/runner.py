@@ -17,8 +17,11 @@ What every run gets, and the hazard each rule removes:
   (SIGTERM, then SIGKILL), because RMAN's channels are child processes that would otherwise
   keep writing after we have given up.
 - Exit codes: RMAN 0 = success, 1 = an error stack was printed. Data Pump 0 = success,
-  5 = completed with errors (a success when every code printed is a known warning), 1 = failure.
+  5 = completed with errors, 1 = failure; no Data Pump code is benign everywhere, so a 5 is a
+  failure here and `datapump.py` judges it by its workflow's allow-list (`errors.BENIGN_IN`).
   dgmgrl: 0 = success.
+- `stdin`: the commands of a Data Pump client attached to a job (`START_JOB`, `CONTINUE_CLIENT`);
+  standard input is closed otherwise.
 """
 
 from __future__ import annotations
@@ -199,6 +202,7 @@ async def run_tool(
     connect: Connect | None = None,
     on_line: OnLine | None = None,
     timeout: float | None = None,
+    stdin: str | None = None,
 ) -> ToolResult:
     """Run `script` with `tool` and return the classified result (module docstring).
 
@@ -216,13 +220,18 @@ async def run_tool(
         path = _write_private(work, f"script.{suffix}", _script_text(tool, script, connect))
         proc = await asyncio.create_subprocess_exec(
             *_argv(home, tool, connect, path),
-            stdin=asyncio.subprocess.DEVNULL,
+            stdin=asyncio.subprocess.DEVNULL if stdin is None else asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
             env=home.environment(),
             cwd=work,
             start_new_session=True,
         )
+        if stdin is not None:
+            assert proc.stdin is not None
+            proc.stdin.write(stdin.encode())
+            await proc.stdin.drain()
+            proc.stdin.close()
         coded: list[str] = []
         tail: list[str] = []
         try:
