@@ -16,6 +16,10 @@ A stack's verdict is the worst of its deciding codes, in this order:
     (WRAPPER)  lines that only wrap another; alone, they decide FATAL
 
 A code not in the table is FATAL: an error we have not understood is not one to loop on.
+
+Some codes are benign in one workflow only (ORA-31684 "already exists" for Oracle's own
+tablespaces in a full Data Pump import, never for a schema into a fresh target): they are FATAL
+here and allowed per workflow, with the objects they may name, by `BENIGN_IN` (`benign_in`).
 Source: `reference/oracle.md` §7, plus the Data Pump notes of §3.
 """
 
