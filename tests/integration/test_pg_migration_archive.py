@@ -277,6 +277,10 @@ async def test_abort_leaves_the_source_serving_and_every_step_rerun_is_harmless(
             await asyncio.to_thread(unfence_archived_source, source)
             await asyncio.to_thread(unfence_archived_source, source)  # rerun: already serving
             assert source.value("SELECT current_setting('default_transaction_read_only')") == "off"
+        # Between two feeds (an executor stopping, then starting) the standby waits for WAL:
+        # its asks find no tool and answer "not yet", they do not shut it down.
+        await asyncio.sleep(3)
+        assert target.is_running(), "the standby stopped while no feed ran"
         # The executor restarts: a new feed (a new socket) and the target follows it.
         async with follow_archive(
             target, store=store, prefix=PREFIX, uid=uid, migration=MIGRATION

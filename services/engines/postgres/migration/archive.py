@@ -88,7 +88,12 @@ from services.engines.postgres.migration.instance import (
     dir_size,
 )
 from services.engines.postgres.oscmd import chown_to
-from services.engines.postgres.recovery_conf import make_fetch_rig, write_auto_conf, write_owned
+from services.engines.postgres.recovery_conf import (
+    FetchRig,
+    make_fetch_rig,
+    write_auto_conf,
+    write_owned,
+)
 from services.engines.postgres.walfile import (
     WalFileKind,
     WalNameError,
@@ -131,6 +136,16 @@ def _fail(exc: EngineError) -> MigrationStepError:
 
 
 # -- the feed ---------------------------------------------------------------------------------
+
+
+def standby_fetch(rig: FetchRig, take_ready: bool) -> str:
+    """The feed's `restore_command` for a standby, guarded: once the feed is closed (its tool
+    and socket removed, an executor stopping), the standby's next ask answers "not there yet"
+    (1), which a standby retries, instead of the shell's "not found" (127), which PostgreSQL
+    takes as fatal and shuts the standby down. Only a standby may be fed so: it never ends
+    recovery on a missing segment (a restore would, at the wrong place)."""
+    command = rig.restore_command(take_ready=take_ready)
+    return f"[ -x {rig.tool} ] && {{ {command}; }}"
 
 
 @dataclass(frozen=True)
@@ -198,7 +213,7 @@ async def follow_archive(
             stats=stats,
             hand_over_to=target.data_dir,
         ) as server:
-            feed = ArchiveFeed(migration, rig.restore_command(take_ready=server.hands_over), stats)
+            feed = ArchiveFeed(migration, standby_fetch(rig, server.hands_over), stats)
             if _is_ours(target, migration) and (target.data_dir / "standby.signal").exists():
                 await asyncio.to_thread(feed.attach, target)
             yield feed
