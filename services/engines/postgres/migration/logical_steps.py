@@ -518,14 +518,13 @@ def roll_back(source: PgInstance, target: PgInstance, dbname: str, back: str) ->
     the target stopped (its directory kept), and the source opened as it was. Returns the
     source's position when it serves again. Rerunnable: each part finds what a run did."""
     old = writable(fenced(source))
-    if _subscription_exists(old, dbname, back) if old.is_running() else False:
+    if old.is_running() and _subscription_exists(old, dbname, back):
         mark = fenced(target).socket_dir / f"{back}.final_lsn"
-        private_target = fenced(target)
         if mark.exists():
             final = parse_lsn(mark.read_text(encoding="utf-8").strip())
         else:
             final = fence_source(target).final_lsn
-            private_target = _start_private(target)
+            _start_private_dir(target)
             mark.write_text(format_lsn(final) + "\n", encoding="utf-8")
         private_target = _start_private(target)
         _rows(
