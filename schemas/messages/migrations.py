@@ -166,6 +166,13 @@ METHOD_OPTIONS: dict[MigrationMethod, dict[str, str]] = {
         "database": "the database to move (one per migration); default the source's `dbname`",
         "jobs": "parallel pg_dump and pg_restore jobs (1-32); default 2",
     },
+    MigrationMethod.DATAPUMP: {
+        "schemas": "the schemas to move, a comma list (SCHEMAS=); none: FULL=YES, every user "
+        "Oracle does not maintain",
+        "parallel": "Data Pump workers and dump files (PARALLEL=, %U: 1-99); default 1",
+        "network_link": "the target's database link to the source: import over it "
+        "(NETWORK_LINK=), no dump set in the store",
+    },
 }
 """The `options` each method reads, with what they mean; any other option is refused."""
 
@@ -179,6 +186,9 @@ OptionName = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,62}$")
 OptionValue = Annotated[str, StringConstraints(max_length=500)]
 DATABASE_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 """A database a logical method moves: a plain (unquoted, lower-case) PostgreSQL name."""
+ORACLE_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_$#]{0,127}$")
+"""A schema `datapump` moves: an unquoted Oracle identifier (upper-cased in the parfile)."""
+ORACLE_LINK = re.compile(r"^[A-Za-z][A-Za-z0-9_$#.]{0,127}$")
 ParticipantName = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9-]{0,62}$")]
 """A platform tool that must acknowledge a cutover (its own name, as it signs its acks)."""
 
@@ -336,6 +346,17 @@ class RequestMigration(Command):
         database = self.options.get("database")
         if database is not None and not DATABASE_NAME.fullmatch(database):
             raise ValueError(f"option database is a plain database name, not {database!r}")
+        schemas = self.options.get("schemas")
+        if schemas is not None and not all(
+            ORACLE_NAME.fullmatch(s.strip()) for s in schemas.split(",")
+        ):
+            raise ValueError(f"option schemas is a comma list of Oracle names, not {schemas!r}")
+        parallel = self.options.get("parallel")
+        if parallel is not None and not (parallel.isdigit() and 1 <= int(parallel) <= 99):
+            raise ValueError(f"option parallel is a number of workers, 1 to 99, not {parallel!r}")
+        link = self.options.get("network_link")
+        if link is not None and not ORACLE_LINK.fullmatch(link):
+            raise ValueError(f"option network_link is a database link name, not {link!r}")
         return self
 
 

@@ -152,6 +152,16 @@ class OracleInstance(OracleConnection):
     snapshots: OracleSnapshots | None = Field(
         default=None, description="storage-snapshot backups through the Kubernetes API"
     )
+    datapump_directory: str = Field(
+        default="DATA_PUMP_DIR",
+        pattern=r"^[A-Z][A-Z0-9_$#]{0,127}$",
+        description="the directory object the `datapump` method's dump files and logs go to",
+    )
+    datapump_dir: Path | None = Field(
+        default=None,
+        description="that directory object's path as this node sees it (where dump files are "
+        "staged to and from the store); default staging_dir/datapump",
+    )
 
 
 class HostedDatabase(_Section):

@@ -59,6 +59,10 @@ class MethodSteps:
     schema_watch: bool
     """The source's schema signature (from `prepare`) is compared at every lag sample and at
     parity: a DDL during the migration stops it (logical replication carries rows only)."""
+    builds_target: bool = True
+    """The target is a new database the method builds, so one an executor already hosts is
+    refused at intake; `datapump` imports schemas into a database that exists (its preflight
+    refuses a schema already there)."""
 
 
 PHYSICAL = MethodSteps(prepare=False, copy=True, lag=True, parity=False, schema_watch=False)
@@ -70,6 +74,9 @@ METHOD_STEPS: dict[MigrationMethod, MethodSteps] = {
     ),
     MigrationMethod.DUMP: MethodSteps(
         prepare=True, copy=False, lag=False, parity=True, schema_watch=False
+    ),
+    MigrationMethod.DATAPUMP: MethodSteps(
+        prepare=True, copy=False, lag=False, parity=True, schema_watch=False, builds_target=False
     ),
 }
 """The methods the saga runs, each a row of steps; the others are refused at intake."""

@@ -104,6 +104,7 @@ from services.planner.migration_record import (
     CODE_STEP,
     CODE_WINDOW,
     CUTOVER_OVERHEAD_S,
+    METHOD_STEPS,
     METHODS_BUILT,
     STEP_ATTEMPTS,
     TABLE,
@@ -262,7 +263,7 @@ class Migrations:
                     NO_NODE,
                 )
             )
-        if await self.ctx.nodes.hosting(data.target):
+        if METHOD_STEPS[data.method].builds_target and await self.ctx.nodes.hosting(data.target):
             raise Refused(
                 Refusal(
                     f"the target {data.target!r} is already a database an executor hosts: a "

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from services.engines.oracle import datapump as dp
+from services.engines.oracle import migration_steps as ms
 from services.engines.oracle.session import OracleSessionError
 from tests.oracle_sim.dictionary import ORACLE_USERS, SimulatedDictionary
 
@@ -54,6 +55,12 @@ class SimulatedDataPumpSql:
             return [{"db_link": binds["name"]}] if binds["name"] in d.links else []
         if sql == dp.USER_SQL:
             return [{"username": binds["name"]}] if binds["name"] in d.users else []
+        if sql == ms.ACCOUNT_SQL:
+            if binds["name"] not in d.users:
+                return []
+            return [{"account_status": "LOCKED" if binds["name"] in d.locked else "OPEN"}]
+        if sql == ms.ROLES_SQL:
+            return [{"granted_role": r} for r in sorted(d.roles)]
         if sql == dp.APP_USERS_SQL:
             return [{"username": u} for u in sorted(d.users) if u not in ORACLE_USERS]
         if sql == dp.JOB_SQL:
@@ -85,6 +92,18 @@ class SimulatedDataPumpSql:
 
     def _call(self, sql: str, binds: dict[str, object]) -> None:
         self._note(sql)
+        if sql in (ms.LOCK_SQL, ms.UNLOCK_SQL):
+            with self.dictionary.transaction() as d:
+                name = str(binds["name"])
+                if name not in d.users:
+                    raise OracleSessionError(
+                        f"ORA-01918: user '{name}' does not exist", code="ORA-01918"
+                    )
+                if sql == ms.LOCK_SQL and name not in d.locked:
+                    d.locked.append(name)
+                if sql == ms.UNLOCK_SQL and name in d.locked:
+                    d.locked.remove(name)
+            return
         if sql != dp.RECOMPILE_SQL:
             raise OracleSessionError(
                 "ORA-00900: invalid SQL statement (simulated)", code="ORA-00900"

@@ -6,6 +6,9 @@ It lives beside the database of `db.py`, in `<sim dir>/datapump.json` under its 
 (`SimulatedOracle.advance`), so a row's SCN orders it against FLASHBACK_SCN and V$DATABASE.
 
     users                  DBA_USERS (SYS, SYSTEM and OUTLN are Oracle's and never exported)
+    locked                 DBA_USERS.ACCOUNT_STATUS LOCKED (ALTER USER ... ACCOUNT LOCK): a
+                           locked owner's application writes nothing (`insert_rows`: ORA-28000)
+    roles                  the session user's direct Data Pump grants (DBA_ROLE_PRIVS)
     objects                DBA_OBJECTS / DBA_TABLES: owner, name, type, status, whether a
                            recompile validates it (`compiles`), whether an import creates it with
                            compilation warnings (`warnings`: ORA-39082), system-generated names,
@@ -36,7 +39,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from tests.oracle_sim.db import SimulatedOracle
+from tests.oracle_sim.db import SimulatedOracle, SimulatedOracleError
 
 ORACLE_USERS = ("SYS", "SYSTEM", "OUTLN")
 """Oracle-maintained accounts: a full export leaves SYS and SYSTEM out and carries OUTLN (an
@@ -110,6 +113,10 @@ class Dictionary(_Model):
     format: Literal[1] = 1
     version: str = "19.0.0.0.0"
     users: list[str] = Field(default_factory=lambda: list(ORACLE_USERS))
+    locked: list[str] = Field(default_factory=list)
+    roles: list[str] = Field(
+        default_factory=lambda: ["DATAPUMP_EXP_FULL_DATABASE", "DATAPUMP_IMP_FULL_DATABASE"]
+    )
     objects: list[DictObject] = Field(default_factory=list)
     directories: dict[str, str] = Field(default_factory=dict)
     links: dict[str, str] = Field(default_factory=dict)
@@ -232,7 +239,10 @@ class SimulatedDictionary:
             d.objects.extend(more)
 
     def insert_rows(self, owner: str, table: str, count: int) -> int:
-        """`count` committed rows into a table; returns the SCN of their commit."""
+        """`count` committed rows into a table by its owner's application; returns the SCN of
+        their commit. A locked owner (the migration's fence) cannot log on: ORA-28000."""
+        if owner in self.read().locked:
+            raise SimulatedOracleError("ORA-28000: The account is locked.")
         scn = self.db.advance(1)
         with self.transaction() as d:
             obj = d.object(owner, table, "TABLE")

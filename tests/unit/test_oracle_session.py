@@ -24,6 +24,9 @@ import pytest
 from pydantic import ValidationError
 
 from services.archiver.settings import ArchivedDatabase, ArchiverSettings, OracleConnection
+from services.engines.oracle import datapump as dp
+from services.engines.oracle.datapump import DataPumpSql
+from services.engines.oracle.migration_steps import LOCK_SQL
 from services.engines.oracle.session import (
     ARCHIVED_LOGS_SQL,
     BACKUP_DATAFILES_SQL,
@@ -299,6 +302,23 @@ async def test_a_server_in_another_time_zone_than_configured_is_refused(tmp_path
     with pytest.raises(OracleSessionError, match=r"UTC\+05:30.*time_zone 'UTC'"):
         await session.database()
     assert opener.connections[0].closed, "the connection is not kept"
+
+
+async def test_the_session_is_the_sql_of_data_pump_with_binds_only(tmp_path: Path) -> None:
+    script = Script(answers={"SELECT username FROM dba_users WHERE username = :name": (
+        ["USERNAME"], [("APP",)]
+    )})  # fmt: skip
+    session = OracleDbSession(settings(tmp_path), opener=Opener(script))
+    sql: DataPumpSql = session
+    assert await sql.rows("reading", dp.USER_SQL, name="APP") == [{"username": "APP"}]
+    await sql.call("locking APP", LOCK_SQL, name="APP")
+    assert script.executed[-1] == (LOCK_SQL, {"name": "APP"})
+    script.fail_with = oracledb.DatabaseError(
+        FakeDriverError("ORA-01918: user 'APP' does not exist", "ORA-01918")
+    )
+    with pytest.raises(OracleSessionError) as caught:
+        await sql.call("locking APP", LOCK_SQL, name="APP")
+    assert (caught.value.code, caught.value.retryable) == ("ORA-01918", False)
 
 
 # -- errors ------------------------------------------------------------------------------------

@@ -742,7 +742,7 @@ async def import_from_store(
     plan: DataPumpPlan, target: DataPumpSide, store: BlobStore, key_prefix: str
 ) -> ImportOutcome:
     """impdp of the export under `key_prefix` into the target (module docstring: judging,
-    resuming). The staged files are removed once the import is judged a success."""
+    resuming). The staged dump files are removed once the import is judged a success."""
     manifest = await read_manifest(store, key_prefix)
     if manifest is None:
         raise EngineError.of(f"no finished export under {key_prefix}", code="TM-ORA-059")
@@ -755,7 +755,10 @@ async def import_from_store(
     what = f"{target.name}: impdp"
     ran = await _run_or_resume(target, plan, Tool.IMPDP, "IMP", start, what)
     judged = judge(plan.workflow, ran.exit_code, ran.lines, what)
-    _clear_own_files(target, plan)
+    # The log stays: a step run again after this one (an executor restarted before its result
+    # was journaled) judges it instead of importing over the tables again (ORA-39151).
+    for path in _dump_files(target, plan):
+        path.unlink()
     return ImportOutcome(plan.job_name("IMP"), judged.rows, judged.warnings, ran.resumed)
 
 

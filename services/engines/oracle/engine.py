@@ -7,7 +7,8 @@ Where each database's Oracle lives (home, SID, staging directory) and how its se
 is the database's `[executor.databases.oracle]` section (`OracleInstance`). The views are the
 python-oracledb session's (`SessionViews` over `OracleDbSession`), one per database, connected
 on first use. `views=` is the seam for tests: the simulated Oracle toolchain's views are handed
-in there, exactly as the archiver takes a `source_factory`; nothing is patched.
+in there, exactly as the archiver takes a `source_factory`; nothing is patched. `datapump_sql=`
+is the same seam for the SQL of migration steps (`migration_steps.py`, the `datapump` method).
 
 **Retries.** A backup whose RMAN run fails with a retryable stack (ORA-19511 media manager,
 ORA-03113, ...; `errors.py` decides) is run again inside the same job, up to `backup_attempts`
@@ -32,6 +33,8 @@ from schemas import Incarnation, Scn
 from schemas.messages import (
     BackupCompleted,
     BackupSpec,
+    MigrationStep,
+    MigrationStepResult,
     RestoreResult,
     RunRestore,
     VerifyResult,
@@ -40,12 +43,14 @@ from schemas.messages.backups import BackupKind
 from services.blobstore import BlobStore
 from services.engines.base import BackupOutcome, Description, EngineError, JobContext
 from services.engines.k8s import KubeApi, KubeError
+from services.engines.oracle import migration_steps
 from services.engines.oracle.backup import (
     OracleManifest,
     OracleViews,
     backup_prefix,
     run_backup,
 )
+from services.engines.oracle.datapump import DataPumpSql
 from services.engines.oracle.restore import run_restore
 from services.engines.oracle.runner import OracleHome
 from services.engines.oracle.session import OracleDbSession
@@ -77,6 +82,11 @@ def session_views(db: HostedDatabase) -> OracleViews:
     return SessionViews(OracleDbSession(instance_of(db)))
 
 
+def session_sql(db: HostedDatabase) -> DataPumpSql:
+    """The real SQL of migration steps: python-oracledb, as the database's oracle section says."""
+    return OracleDbSession(instance_of(db))
+
+
 def instance_of(db: HostedDatabase) -> OracleInstance:
     if db.oracle is None:  # the settings refuse this; a hand-built HostedDatabase may not
         raise EngineError.of(f"{db.uid} has no [oracle] section", code="TM-ORA-030")
@@ -99,10 +109,13 @@ class OracleEngine:
         views: ViewsFactory | None = None,
         kube: KubeFactory | None = None,
         node: str | None = None,
+        datapump_sql: migration_steps.SqlFactory | None = None,
     ) -> None:
         self.settings = settings
         self._make_views = views or session_views
         self._views: dict[str, OracleViews] = {}
+        self._make_sql = datapump_sql or session_sql
+        self._sql: dict[str, DataPumpSql] = {}
         self._make_kube = kube or KubeApi.in_cluster
         self._kube: KubeApi | None = None
         self._node = node
@@ -123,6 +136,26 @@ class OracleEngine:
         if found is None:
             found = self._views[db.uid] = self._make_views(db)
         return found
+
+    def _migration_sql(self, db: HostedDatabase) -> DataPumpSql:
+        found = self._sql.get(db.uid)
+        if found is None:
+            found = self._sql[db.uid] = self._make_sql(db)
+        return found
+
+    async def migration_step(
+        self,
+        db: HostedDatabase,
+        command: MigrationStep,
+        *,
+        store: BlobStore,
+        prefix: str,
+        ctx: JobContext,
+    ) -> MigrationStepResult:
+        """One step of an Oracle migration method (`migration_steps.py`: `datapump`)."""
+        return await migration_steps.run_step(
+            self.settings, db, command, store=store, prefix=prefix, sql_of=self._migration_sql
+        )
 
     async def describe(self, db: HostedDatabase) -> Description:
         views = self._session(db)

@@ -207,8 +207,8 @@ class _Link(Protocol):
 
     async def rows(self, sql: str, binds: Mapping[str, object]) -> list[dict[str, Any]]: ...
 
-    async def execute(self, sql: str) -> None:
-        """A statement with no rows (ALTER DATABASE BEGIN BACKUP, ...)."""
+    async def execute(self, sql: str, binds: Mapping[str, object] | None = None) -> None:
+        """A statement with no rows (ALTER DATABASE BEGIN BACKUP, a PL/SQL block, ...)."""
         ...
 
     async def close(self) -> None: ...
@@ -240,10 +240,10 @@ class AsyncLink:
         finally:
             cursor.close()
 
-    async def execute(self, sql: str) -> None:
+    async def execute(self, sql: str, binds: Mapping[str, object] | None = None) -> None:
         cursor = self._connection.cursor()
         try:
-            await cursor.execute(sql)
+            await cursor.execute(sql, dict(binds or {}))
         finally:
             cursor.close()
 
@@ -276,16 +276,16 @@ class ThreadLink:
         async with self._lock:
             return await asyncio.to_thread(self._rows, sql, binds)
 
-    def _execute(self, sql: str) -> None:
+    def _execute(self, sql: str, binds: Mapping[str, object] | None) -> None:
         cursor = self._connection.cursor()
         try:
-            cursor.execute(sql)
+            cursor.execute(sql, dict(binds or {}))
         finally:
             cursor.close()
 
-    async def execute(self, sql: str) -> None:
+    async def execute(self, sql: str, binds: Mapping[str, object] | None = None) -> None:
         async with self._lock:
-            await asyncio.to_thread(self._execute, sql)
+            await asyncio.to_thread(self._execute, sql, binds)
 
     async def close(self) -> None:
         async with self._lock:
@@ -420,14 +420,23 @@ class OracleDbSession:
     async def execute(self, sql: str) -> None:
         """Run one statement that returns no rows; the statements are the callers' constants
         (snapshot.py), never built from input. Errors are classified as the queries' are."""
+        await self.call(f"running {sql}", sql)
+
+    # `DataPumpSql` (datapump.py, migration_steps.py): the callers' constant statements with
+    # binds, identifiers included (checked by DBMS_ASSERT inside the statement).
+
+    async def rows(self, what: str, sql: str, **binds: object) -> list[dict[str, Any]]:
+        return await self._rows(what, sql, **binds)
+
+    async def call(self, what: str, sql: str, **binds: object) -> None:
         import oracledb
 
         link = await self._connected()
         try:
-            await link.execute(sql)
+            await link.execute(sql, binds)
             return
         except oracledb.Error as exc:
-            error = session_error(exc, f"running {sql}")
+            error = session_error(exc, what)
         if error.retryable:
             await self._drop(link)
         raise error
