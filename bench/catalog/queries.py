@@ -16,6 +16,7 @@ objects), so a refusal can never pass for a fast answer.
 
 from __future__ import annotations
 
+import asyncio
 import random
 import statistics
 import time
@@ -100,6 +101,17 @@ class CatalogClient:
         if b'"windows":[{' not in data:
             raise RuntimeError("the windows reply has no restorable window")
         return ms
+
+    async def wait_caught_up(self, timeout_s: float = 600) -> float:
+        """When the catalog first answers a window request: a restarted catalog answers pings
+        at once but refuses queries (503) while it loads its store and catches up."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            reply = await self.nc.request(f"{QUERY_PREFIX}.windows", self.windows, timeout=30)
+            if (reply.headers or {}).get("Nats-Service-Error-Code") != "503":
+                return time.perf_counter()
+            await asyncio.sleep(0.05)
+        raise RuntimeError(f"the catalog was still catching up after {timeout_s:.0f} s")
 
     async def check_window(self, workload: Workload) -> None:
         """The catalog's one window is the workload's, with every backup in it."""

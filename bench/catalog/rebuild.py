@@ -28,11 +28,18 @@ from services.catalog.store import CatalogStore
 @dataclass
 class RebuildResult:
     objects: int
+    """Log objects in the bucket."""
+    listed: int
+    """Every object the listing returns (logs, manifests, owner records)."""
     rebuild_s: list[float] = field(default_factory=list)
     listing_s: list[float] = field(default_factory=list)
 
     def per_100k(self) -> float:
         return statistics.median(self.rebuild_s) * 100_000 / self.objects
+
+    def objects_per_s(self) -> float:
+        """Objects read from the bucket into the store per second, over the median round."""
+        return self.listed / statistics.median(self.rebuild_s)
 
     def ratio_vs_listing(self) -> float:
         pairs = zip(self.rebuild_s, self.listing_s, strict=True)
@@ -72,7 +79,7 @@ def measure_rebuild(
     root: Path, workload: Workload, work: Path, rounds: int, log: Callable[[str], None]
 ) -> RebuildResult:
     _, objects = asyncio.run(_listing_s(root))  # warms the page cache
-    result = RebuildResult(objects=workload.logs)
+    result = RebuildResult(objects=workload.logs, listed=objects)
     for round_no in range(rounds):
         db = work / f"rebuilt-{round_no}.db"
         if round_no % 2 == 0:

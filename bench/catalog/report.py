@@ -1,5 +1,6 @@
-"""The figures, `name=value`, the four the issue asks for last; ratios to the baselines measured
-in the same run above them, and every measured number above those."""
+"""The figures, `name=value`, those the issues set targets for last (the ingest and rebuild
+rates the very last two); ratios to the baselines measured in the same run above them, and
+every measured number above those."""
 
 from __future__ import annotations
 
@@ -14,9 +15,11 @@ from bench.catalog.settings import BenchSettings
 
 #: What the issue asks of the catalog, by final line: (comparison, bound).
 TARGETS: dict[str, tuple[str, float]] = {
-    "catalog_ingest_per_s": (">=", 5000.0),
     "window_query_p99_ms": ("<=", 20.0),
     "restore_plan_p99_ms": ("<=", 50.0),
+    # Issue 22: a 10-million-log estate ingested at 10,000 logs/s and rebuilt in < 20 minutes.
+    "catalog_ingest_per_s": (">=", 10000.0),
+    "rebuild_objects_per_s": (">=", 10000.0),
 }
 
 
@@ -82,10 +85,11 @@ def print_report(settings: BenchSettings, r: Results) -> None:
         ("restore_plan_ratio_vs_ping", q.ratio("plan", "ping"), ".1f"),
         ("restore_plan_speedup_vs_rescan", r.rescan_plan_ms / q.median("plan"), ".0f"),
         ("rebuild_ratio_vs_listing", r.rebuild.ratio_vs_listing(), ".2f"),
-        ("catalog_ingest_per_s", r.ingest.logs_per_s, ".0f"),
+        ("rebuild_s_per_100k", r.rebuild.per_100k(), ".1f"),
         ("window_query_p99_ms", q.p99("window"), ".2f"),
         ("restore_plan_p99_ms", q.p99("plan"), ".2f"),
-        ("rebuild_s_per_100k", r.rebuild.per_100k(), ".1f"),
+        ("catalog_ingest_per_s", r.ingest.logs_per_s, ".0f"),
+        ("rebuild_objects_per_s", r.rebuild.objects_per_s(), ".0f"),
     ]
     for name, value, _ in lines:
         if name in TARGETS:

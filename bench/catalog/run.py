@@ -74,6 +74,9 @@ async def live(
                 letters = (await js.stream_info("TM_DLQ")).state.messages
                 if letters:
                     raise RuntimeError(f"{letters} events were dead-lettered during the ingest")
+                # A fresh catalog replays the stream, and refuses queries (503) until it has
+                # seen that nothing is left: a moment after the last ack.
+                await CatalogClient(nc).wait_caught_up()
                 queries, planned = await measure_queries(
                     nc, workload, settings.queries, settings.rounds, log
                 )
@@ -81,8 +84,10 @@ async def live(
             log("restarting the catalog on its full store")
             spawned = time.perf_counter()
             with catalog_process(work, server.url, settings.batch) as proc:
-                startup_s = await wait_serving(nc, proc, work) - spawned
-                await CatalogClient(nc).check_window(workload)
+                await wait_serving(nc, proc, work)
+                client = CatalogClient(nc)
+                startup_s = await client.wait_caught_up() - spawned
+                await client.check_window(workload)
         finally:
             await nc.close()
     return ingest, bare, queries, planned, startup_s

@@ -22,6 +22,7 @@ from nats.aio.client import Client
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
+from schemas import node_token
 from services.bus import connect, ensure_topology
 from services.catalog.ingest import DURABLE
 from services.catalog.settings import sqlite_url
@@ -32,6 +33,9 @@ from services.stack.natsserver import NatsServer
 ROOT = Path(__file__).resolve().parents[2]
 #: Answered by the catalog's query service itself (the NATS services framework).
 PING = "$SRV.PING.tidemark-catalog"
+#: The node the service is configured as, and so its replica's durable.
+NODE = "bench"
+CONSUMER = f"{DURABLE}-{node_token(NODE)}"
 
 
 @contextmanager
@@ -60,7 +64,7 @@ def write_config(work: Path, batch: int) -> Path:
     config.write_text(
         "\n".join(
             [
-                'node = "bench"',
+                f'node = "{NODE}"',
                 f'state_dir = "{work / "state"}"',
                 "[catalog]",
                 f'url = "{catalog_url(work)}"',
@@ -111,7 +115,7 @@ async def wait_bound(js: JetStreamContext, proc: subprocess.Popen[bytes], work: 
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         try:
-            await js.consumer_info("TM_EVT", DURABLE)
+            await js.consumer_info("TM_EVT", CONSUMER)
             return time.perf_counter()
         except NotFoundError:
             pass
@@ -143,7 +147,7 @@ async def wait_acked(
     """When the consumer's ack floor reaches `last_seq`: every event up to it acknowledged,
     hence stored, indexed and followed by its `log.indexed` (the handler returned)."""
     while True:
-        info = await js.consumer_info("TM_EVT", DURABLE)
+        info = await js.consumer_info("TM_EVT", CONSUMER)
         floor = info.ack_floor.stream_seq if info.ack_floor else 0
         if floor is not None and floor >= last_seq:
             return time.perf_counter()
