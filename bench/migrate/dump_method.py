@@ -1,14 +1,19 @@
 """Our `dump` method, measured when its engine steps exist (`services/engines/postgres/migration/
 dump.py`); until then the report says why not, and prints no figure for it.
 
-    fresh 18 cluster ─▶ [timed] `dump_to_store` (the source's pg_dump -Fd -j2 into a spool,
-    uploaded into a `FilesystemStore`, the source's fingerprint, the manifest) ─▶ [timed]
-    `restore_from_store` (downloaded, the database created, 18's pg_restore -j2, the target's
-    fingerprint) ─▶ the two fingerprints compared (must not differ) ─▶ cluster and store removed
+    fresh 18 cluster ─▶ [timed] `dump_to_store` (18's pg_dump -Fd -j2 of the source into a
+    spool, uploaded into a `FilesystemStore` while the source's fingerprint is read, the
+    manifest) ─▶ [timed] `restore_from_store` (downloaded, the database created, 18's
+    pg_restore -j2, the target's fingerprint) ─▶ the two fingerprints compared (must not
+    differ) ─▶ cluster and store removed
 
-as the executor calls them, with the jobs of the by-hand baseline
+as the executor calls them (`migration/steps.py`'s dump steps: the target release's pg_dump
+reads the source; the parity step compares the manifest's fingerprint with the restore's, and
+reads neither side again), with the jobs of the by-hand baseline
 (`upgrade_baselines.time_dump_restore`), against the same source with no load, in the same
 round. The store, the spools and the baseline's dump directory are on the same disk (/tmp).
+Not timed, as the by-hand baseline has none either: the executor's `vacuumdb --analyze-only`
+after the restore.
 """
 
 from __future__ import annotations
@@ -39,6 +44,9 @@ KEY_PREFIX = "bench-dump"
 _FINGERPRINT = "fingerprint"
 """The name the dump steps call `fingerprints.fingerprint` by (see `_timed_fingerprints`)."""
 
+FingerprintTimes = dict[int, list[float]]
+"""The seconds of each fingerprint read, by the port of the instance read."""
+
 
 def unavailable_reason() -> str | None:
     """Why the dump method cannot be measured in this tree (None: it can)."""
@@ -57,11 +65,12 @@ def unavailable_reason() -> str | None:
 def time_dump_method(source: Source, settings: MigrateBenchSettings) -> DumpRestore:
     store_dir = Path(tempfile.mkdtemp(prefix="tidemark-bench-dump-", dir="/tmp"))
     try:
-        with newer.fresh_cluster(settings) as new, _timed_fingerprints() as fingerprints_s:
+        with newer.fresh_cluster(settings) as new, _timed_fingerprints() as spent:
+            target = instance_of(new)
             times, differences = asyncio.run(
                 _dump_and_restore(
                     source,
-                    instance_of(new),
+                    target,
                     FilesystemStore(store_dir),
                     dump_spool=new.user_dir("dump-spool"),
                     restore_spool=new.user_dir("restore-spool"),
@@ -71,18 +80,22 @@ def time_dump_method(source: Source, settings: MigrateBenchSettings) -> DumpRest
         shutil.rmtree(store_dir, ignore_errors=True)
     if differences:
         raise RuntimeError("the dump method's restore differs: " + "; ".join(differences))
-    return replace(times, fingerprints_s=sum(fingerprints_s))
+    return replace(
+        times,
+        source_fingerprint_s=sum(spent.get(source.instance.port, [])),
+        target_fingerprint_s=sum(spent.get(target.port, [])),
+    )
 
 
 @contextlib.contextmanager
-def _timed_fingerprints() -> Iterator[list[float]]:
+def _timed_fingerprints() -> Iterator[FingerprintTimes]:
     """The seconds of each `fingerprint` the dump steps read (the parity halves, part of the
     method's time; the by-hand tools read none), for the report to say how much of the total
     they are. A timing wrapper around the module's own function, for the block only: the steps
     have no seam for it, and their behaviour is unchanged."""
     from services.engines.postgres.migration import dump
 
-    spent: list[float] = []
+    spent: FingerprintTimes = {}
     original: Callable[[PgInstance, str], Fingerprint] = getattr(dump, _FINGERPRINT)
 
     def timed(instance: PgInstance, dbname: str) -> Fingerprint:
@@ -90,7 +103,7 @@ def _timed_fingerprints() -> Iterator[list[float]]:
         try:
             return original(instance, dbname)
         finally:
-            spent.append(time.monotonic() - started)
+            spent.setdefault(instance.port, []).append(time.monotonic() - started)
 
     setattr(dump, _FINGERPRINT, timed)
     try:
@@ -110,10 +123,13 @@ async def _dump_and_restore(
     # Imported here: the module may not exist in this tree (see unavailable_reason).
     from services.engines.postgres.migration.dump import dump_to_store, restore_from_store
 
+    # As the executor's fence step: the target release's pg_dump (a newer one reads an older
+    # server) on the source.
+    reader = replace(source.instance, bindir=target.bindir)
     quiesce()
     started = time.monotonic()
     manifest = await dump_to_store(
-        source.instance, DB, store=store, key_prefix=KEY_PREFIX, jobs=JOBS, spool=dump_spool
+        reader, DB, store=store, key_prefix=KEY_PREFIX, jobs=JOBS, spool=dump_spool
     )
     dumped = time.monotonic()
     outcome = await restore_from_store(

@@ -5,15 +5,17 @@ executor calls them, back to a serving source afterwards.
     fresh 18 cluster ─▶ logical_preflight (must find nothing) ─▶ [load starts] ─▶ [timed]
     prepare_target → start_replication → wait_copied ─▶ stream until the lag is small, then
     `steady_s` ─▶ [timed: the downtime] fence_for_logical → wait_caught_up → copy_sequences →
-    parity → open_with_way_back → the first write on the target ─▶ ledger checked ─▶ [load
-    stops] ─▶ target removed, the way back dropped, the privately running source stopped and
-    unfenced, slot and publication dropped
+    check_parity → open_with_way_back → the first write on the target ─▶ ledger checked ─▶
+    [load stops] ─▶ target removed, the way back dropped, the privately running source stopped
+    and unfenced, slot and publication dropped
 
-`open_with_way_back` (`migration/logical_steps.py`, what the executor's `migration.promote`
-runs for this method) drops the forward subscription as `finish` does, then sets up the
-rollback's reverse replication before the target takes a write: a publication on the target
-and the fenced source subscribed to it. While a tree lacks it, `finish` alone is timed in its
-place, and the report names the step that ran.
+The steps are the executor's for this method (`migration/logical_steps.py`): its target is
+made with the product's `CLUSTER_SETTINGS` (parsed, so the two cannot drift: its
+`wal_retrieve_retry_interval` is what `wait_caught_up` waits on after the fence repoints the
+subscription); `check_parity` reads both fingerprints at once, as the executor's
+`migration.parity` does; `open_with_way_back`, its `migration.promote`, drops the forward
+subscription as `finish` does, then sets up the rollback's reverse replication before the
+target takes a write: a publication on the target and the fenced source subscribed to it.
 
 Unlike a physical standby the target accepts writes all along (it is a primary being fed by a
 subscription), so "the first write" cannot be polled for: it is one INSERT into
@@ -29,7 +31,6 @@ must find nothing.
 
 from __future__ import annotations
 
-import importlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -46,10 +47,8 @@ from services.engines.postgres.migration import (
     PgInstance,
     copy_sequences,
     fence_for_logical,
-    finish,
     logical_lag,
     logical_preflight,
-    parity,
     prepare_target,
     start_replication,
     unfence_source,
@@ -57,7 +56,12 @@ from services.engines.postgres.migration import (
     wait_copied,
 )
 from services.engines.postgres.migration.cutover import FENCE_SETTING
-from services.engines.postgres.migration.logical import PRIVATE_SOCKETS
+from services.engines.postgres.migration.logical_steps import (
+    CLUSTER_SETTINGS,
+    check_parity,
+    fenced,
+    open_with_way_back,
+)
 from tests.fixtures.postgres import SettingValue
 from tests.integration.migration_rig import Writer, ids_on, instance_of
 
@@ -68,17 +72,20 @@ SMALL_LAG_BYTES = 1 << 20
 """The stream counts as caught up (before the steady seconds) once this little is unconfirmed."""
 COPY_TIMEOUT_S = 6 * 3600.0
 STEP_TIMEOUT_S = 3600.0
-STEPS_MODULE = "services.engines.postgres.migration.logical_steps"
-WAY_BACK = "open_with_way_back"
 WRITABLE = f"-c {FENCE_SETTING}=off"
 """What our own sessions on the fenced source set, to drop the way back there in the reset."""
 
-OpenStep = Callable[[PgInstance, PgInstance, str, str, str], object]
 
-ORDER_FREE_CHECKSUM = (
-    "SELECT count(*), sum(hashtextextended(tm_row_::text, 0)::numeric) FROM {table} tm_row_"
-)
-"""A diagnostic only (see `time_order_free_checksums`): the rows' checksum without a sort."""
+def target_settings() -> dict[str, SettingValue]:
+    """`CLUSTER_SETTINGS` (`name = value` lines, what the executor appends to the new cluster's
+    postgresql.conf) as the harness's settings."""
+    settings: dict[str, SettingValue] = {}
+    for line in CLUSTER_SETTINGS:
+        name, equals, value = line.partition("=")
+        if not equals:
+            raise ValueError(f"not a `name = value` setting: {line!r}")
+        settings[name.strip()] = value.strip().strip("'")
+    return settings
 
 
 @dataclass(frozen=True)
@@ -88,7 +95,7 @@ class LogicalCutover:
     steps: dict[str, float]
     """Each step's end, in order, in seconds from `started`; the last is the first write."""
     differences: list[str]
-    """What `parity` reported (empty: parity holds)."""
+    """What `check_parity` reported (empty: parity holds)."""
     sequences: int
     """Sequences `copy_sequences` set."""
     ledger: Ledger
@@ -118,21 +125,6 @@ class LogicalRun:
     lag_at_fence: LogicalLag
     cutover: LogicalCutover
     ledger_rate: float
-    checksums_order_free_s: float
-    """Diagnostic, untimed by the cutover: the same tables' checksums without a sort, on both
-    sides (`time_order_free_checksums`)."""
-
-
-def way_back_step() -> OpenStep | None:
-    """The executor's promote for this method, when the tree has it (None: `finish` only)."""
-    try:
-        module = importlib.import_module(STEPS_MODULE)
-    except ModuleNotFoundError as exc:
-        if exc.name != STEPS_MODULE:
-            raise
-        return None
-    step: OpenStep | None = getattr(module, WAY_BACK, None)
-    return step
 
 
 def _back(name: str) -> str:
@@ -141,11 +133,8 @@ def _back(name: str) -> str:
 
 def logical_run(source: Source, settings: MigrateBenchSettings, round_no: int) -> LogicalRun:
     name = f"bench_upgrade_{round_no}"
-    open_step = way_back_step()
-    # The way back publishes from the target: it needs logical decoding there too.
-    extra: dict[str, SettingValue] = {"wal_level": "logical"} if open_step else {}
     try:
-        with newer.fresh_cluster(settings, extra=extra) as target_cluster:
+        with newer.fresh_cluster(settings, extra=target_settings()) as target_cluster:
             target = instance_of(target_cluster)
             problems = logical_preflight(source.instance, target, [DB])
             if problems:
@@ -175,9 +164,7 @@ def logical_run(source: Source, settings: MigrateBenchSettings, round_no: int) -
                     round_no=round_no,
                     writer=load.writer,
                     stop_load=load.stop,
-                    open_step=open_step,
                 )
-            order_free = time_order_free_checksums(_fenced(source), target)
     finally:
         # The target (and its subscription) is gone first: the slot is then free to drop.
         reset_source(source, name)
@@ -189,7 +176,6 @@ def logical_run(source: Source, settings: MigrateBenchSettings, round_no: int) -
     )
     for difference in cutover.differences:
         log(f"    parity: {difference}")
-    log(f"  diagnostic: the checksums without a sort, both sides: {order_free:.2f} s")
     return LogicalRun(
         prepare_s=prepared - started,
         copy_s=copied - prepared,
@@ -197,7 +183,6 @@ def logical_run(source: Source, settings: MigrateBenchSettings, round_no: int) -
         lag_at_fence=lag,
         cutover=cutover,
         ledger_rate=cutover.ledger.acked / (cutover.started - load.started),
-        checksums_order_free_s=order_free,
     )
 
 
@@ -218,7 +203,6 @@ def measure_logical_cutover(
     round_no: int,
     writer: Writer,
     stop_load: Callable[[], None],
-    open_step: OpenStep | None,
 ) -> LogicalCutover:
     """The timed cutover (see the module's docstring), then the ledger checked."""
     steps: dict[str, float] = {}
@@ -226,68 +210,31 @@ def measure_logical_cutover(
         conn.execute("SELECT 1")
         fence = fence_for_logical(source, target, DB, name)
         started = fence.started_monotonic
-        fenced = time.monotonic()
-        steps["fence_for_logical"] = fenced - started
+        fenced_at = time.monotonic()
+        steps["fence_for_logical"] = fenced_at - started
         wait_caught_up(target, DB, name, fence.final_lsn, timeout=STEP_TIMEOUT_S)
         steps["wait_caught_up"] = time.monotonic() - started
         sequences = copy_sequences(fence.fenced, target, DB)
         steps["copy_sequences"] = time.monotonic() - started
-        differences = parity(fence.fenced, target, DB)
-        steps["parity"] = time.monotonic() - started
-        if open_step is not None:
-            open_step(source, target, DB, name, _back(name))
-            steps[WAY_BACK] = time.monotonic() - started
-        else:
-            finish(target, DB, name)
-            steps["finish"] = time.monotonic() - started
+        # The unfenced source: check_parity reads the fenced one on its private socket itself.
+        differences, _signature = check_parity(source, target, DB)
+        steps["check_parity"] = time.monotonic() - started
+        open_with_way_back(source, target, DB, name, _back(name))
+        steps["open_with_way_back"] = time.monotonic() - started
         conn.execute(
             "INSERT INTO migrate_probe (round, method) VALUES (%s, %s)", (round_no, LOGICAL)
         )
         steps["first write"] = time.monotonic() - started
     # The writer keeps knocking on the fenced source meanwhile; any success would show here.
     stop_load()
-    ledger = judge_ledger(writer, started, fenced, ids_on(target))
+    ledger = judge_ledger(writer, started, fenced_at, ids_on(target))
     return LogicalCutover(started, steps, differences, sequences, ledger)
-
-
-def _fenced(source: Source) -> PgInstance:
-    """The source as `fence_for_logical` runs it: on its private socket only."""
-    return replace(source.instance, socket_dir=source.cluster.base / PRIVATE_SOCKETS)
-
-
-def time_order_free_checksums(*instances: PgInstance) -> float:
-    """Untimed by the cutover: how long every user table's count and order-independent
-    checksum (`ORDER_FREE_CHECKSUM`) take, one instance after the other as `parity` runs —
-    what `parity`'s sorted md5 aggregation is compared with in the report."""
-    tables = [
-        row[0]
-        for row in instances[0].rows(
-            "SELECT format('%I.%I', schemaname, tablename) FROM pg_tables "
-            "WHERE schemaname NOT IN ('pg_catalog', 'information_schema')"
-        )
-    ]
-    started = time.monotonic()
-    for instance in instances:
-        instance.run(
-            "psql",
-            [
-                "-X",
-                "-q",
-                "-v",
-                "ON_ERROR_STOP=1",
-                *("-h", str(instance.socket_dir), "-p", str(instance.port)),
-                *("-U", instance.role, "-d", DB),
-            ],
-            input="".join(ORDER_FREE_CHECKSUM.format(table=t) + ";\n" for t in tables),
-            timeout=STEP_TIMEOUT_S,
-        )
-    return time.monotonic() - started
 
 
 def reset_source(source: Source, name: str) -> None:
     """The source serves writes again on its own address (the private run stopped, unfenced),
     and nothing of the round — its slot, its publication — holds WAL or lingers."""
-    private = _fenced(source)
+    private = fenced(source.instance)
     if (private.socket_dir / f".s.PGSQL.{private.port}").exists():
         _drop_way_back(replace(private, session_options=WRITABLE), _back(name))
         private.pg_ctl("-m", "fast", "stop")
@@ -301,16 +248,16 @@ def reset_source(source: Source, name: str) -> None:
     source.cluster.psql("INSERT INTO migrate_probe (round, method) VALUES (0, 'reset')", tcp=True)
 
 
-def _drop_way_back(fenced: PgInstance, back: str) -> None:
+def _drop_way_back(private: PgInstance, back: str) -> None:
     """The source's subscription to the (removed) target, detached from its slot first: the
     slot was the target's."""
     variables = {"name": back}
     exists = "SELECT 1 FROM pg_subscription WHERE subname = :'name'"
-    if not fenced.rows(exists, variables):
+    if not private.rows(exists, variables):
         return
     for sql in (
         'ALTER SUBSCRIPTION :"name" DISABLE',
         'ALTER SUBSCRIPTION :"name" SET (slot_name = NONE)',
         'DROP SUBSCRIPTION :"name"',
     ):
-        fenced.rows(sql, variables)
+        private.rows(sql, variables)
