@@ -61,6 +61,7 @@ from services.engines.postgres.migration.logical_steps import (
     check_parity,
     fenced,
     open_with_way_back,
+    settle_copy,
 )
 from tests.fixtures.postgres import SettingValue
 from tests.integration.migration_rig import Writer, ids_on, instance_of
@@ -145,6 +146,7 @@ def logical_run(source: Source, settings: MigrateBenchSettings, round_no: int) -
                 prepared = time.monotonic()
                 start_replication(source.instance, target, DB, name)
                 wait_copied(target, DB, name, timeout=COPY_TIMEOUT_S)
+                settle_copy(target, DB)  # the copy step's end, as the executor runs it
                 copied = time.monotonic()
                 log(
                     f"  prepare_target {prepared - started:.2f} s, initial copy "

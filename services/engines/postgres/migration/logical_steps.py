@@ -336,6 +336,29 @@ def check_copy(target: PgInstance, dbname: str, name: str) -> bool:
     return tables > 0 and pending == 0
 
 
+def settle_copy(target: PgInstance, dbname: str) -> None:
+    """After the initial copy: VACUUM ANALYZE of the target's database. Replication carries no
+    planner statistics, and the copied rows' first reader would set their hint bits (writing
+    every page, and logging it where data checksums are on, as a new 18 cluster has them):
+    both are done now, while the source serves, rather than by the cutover's parity scan or
+    the first queries after it."""
+    target.run(
+        "vacuumdb",
+        [
+            "--analyze",
+            "-h",
+            str(target.socket_dir),
+            "-p",
+            str(target.port),
+            "-U",
+            target.role,
+            "-d",
+            dbname,
+        ],
+        timeout=86400,
+    )
+
+
 # -- cutover ------------------------------------------------------------------------------------
 
 

@@ -711,6 +711,11 @@ async def _logical_copy(
         done = await blocking(lambda: ls.database_size(target, db))
         await ctx.progress("copying", done=done, total=max(total, done), unit="bytes")
         await asyncio.sleep(1.0)
+    vacuum = asyncio.create_task(blocking(lambda: ls.settle_copy(target, db)))
+    while not vacuum.done():
+        await ctx.progress("copying", done=total, total=total, unit="bytes", message="vacuum")
+        await asyncio.wait({vacuum}, timeout=5.0)
+    await vacuum
     copied = await blocking(lambda: ls.database_size(target, db))
     await ctx.progress("copying", done=copied, total=max(total, copied), unit="bytes")
     return MigrationStepResult(step="copy", bytes_copied=copied)
