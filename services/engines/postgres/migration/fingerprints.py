@@ -76,7 +76,7 @@ class Fingerprint:
     """What one database holds, as far as parity looks.
 
     `objects`: schema -> kind (`relkind r`, `prokind f`, `triggers`…) -> how many, user schemas
-    only. `tables`: `schema.table` (quoted as `%I.%I`) -> (rows, md5 of the rows' md5s in order),
+    only. `tables`: `schema.table` (quoted as `%I.%I`) -> (rows, the sum of each row's 64-bit text hash),
     permanent tables only (unlogged and temporary ones are no one's evidence). `sequences`:
     `schema.sequence` -> `last_value` (0 for a sequence never called).
     """
