@@ -77,8 +77,8 @@ class Fingerprint:
 
     `objects`: schema -> kind (`relkind r`, `prokind f`, `triggers`…) -> how many, user schemas
     only. `tables`: `schema.table` (quoted as `%I.%I`) -> (rows, the sum of each row's 64-bit
-    text hash), permanent tables only (unlogged and temporary ones are no one's evidence). `sequences`:
-    `schema.sequence` -> `last_value` (0 for a sequence never called).
+    text hash), permanent tables only (unlogged and temporary ones are no one's evidence).
+    `sequences`: `schema.sequence` -> `last_value` (0 for a sequence never called).
     """
 
     objects: Mapping[str, Mapping[str, int]]
