@@ -617,6 +617,7 @@ class Migrations:
             )
         if step is S.VERIFY_POSITIONS:
             synced = record.results["final_sync"]
+            opening = "point of no return"
             if record.steps.parity:
                 checked = await self._need(record, "parity", RunMigrationParity, record.target_node)
                 if not isinstance(checked, MigrationStepResult):
@@ -624,6 +625,9 @@ class Migrations:
                 problem = self._parity_problem(record, checked)
                 if problem is not None:
                     return Update({"failing": problem})
+                compared = checked.facts.get("summary")
+                if compared:  # what parity compared, kept in the history the status shows
+                    opening = f"parity held ({compared}"[:440] + "); point of no return"
             elif (
                 synced.target_position is None or not synced.target_position > fence.source_position
             ):
@@ -642,7 +646,7 @@ class Migrations:
                     "point_of_no_return_passed": True,
                     "step": S.OPEN_TARGET,
                     "visits": self._visit(
-                        record, "point of no return: opening the target", step=S.OPEN_TARGET
+                        record, f"{opening}: opening the target", step=S.OPEN_TARGET
                     ),
                 }
             )

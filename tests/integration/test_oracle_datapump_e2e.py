@@ -8,7 +8,9 @@ Oracle databases declared on one node (not Oracle):
 The only stand-ins are the databases and their tools (`tests/oracle_sim`): the engine takes the
 simulated dictionary's SQL through `OracleEngine(datapump_sql=...)`. One migration over a dump
 set completes with validation clean and the target's service as its endpoint; one whose import
-meets a non-benign error fails with that code, the source unfenced and serving.
+meets a non-benign error fails with that code, the source unfenced and serving; one over a
+database link completes with no dump set, and the status shows what validation compared.
+(`test_oracle_datapump_resume_e2e.py`: the executor killed mid-import, resumed by ATTACH.)
 """
 
 from __future__ import annotations
@@ -33,6 +35,8 @@ from schemas.messages import (
     MigrationCompleted,
     MigrationFailed,
     MigrationMethod,
+    MigrationStatusReply,
+    MigrationStatusRequest,
     RequestAccepted,
     RequestMigration,
     TargetInstance,
@@ -65,11 +69,13 @@ class Stack:
     src: SimulatedDictionary
     tgt: SimulatedDictionary
     events: list[Envelope[Any]] = field(default_factory=list)
+    last: uuid.UUID | None = None
 
     async def migrate(self, **options: str) -> MigrationCompleted | MigrationFailed:
+        self.last = uuid.uuid4()
         now = utcnow()
         request = RequestMigration(
-            migration_id=uuid.uuid4(),
+            migration_id=self.last,
             target_instance=TargetInstance(database=self.target.ref, node=NODE),
             method=MigrationMethod.DATAPUMP,
             options=options,
@@ -82,6 +88,15 @@ class Stack:
         answer = await PlannerClient(self.nc, timeout=30).request(request, self.source.uid)
         assert isinstance(answer, RequestAccepted), answer
         return await self.ended(request.migration_id)
+
+    async def history(self, migration_id: uuid.UUID) -> list[str]:
+        """The migration's phase history as `tidemark migrate status` reads it."""
+        question = MigrationStatusRequest(migration_id=migration_id)
+        msg = await self.nc.request(
+            "tm.qry.planner.migration", question.model_dump_json().encode(), timeout=10
+        )
+        [view] = MigrationStatusReply.model_validate_json(msg.data).migrations
+        return [visit.message for visit in view.history]
 
     async def ended(
         self, migration_id: uuid.UUID, timeout: float = 90.0
@@ -230,4 +245,37 @@ async def test_a_datapump_migration_completes_and_a_failed_import_leaves_the_sou
     assert len(stack.tgt.table_rows("APP", "ORDERS")) == 122
     assert len(stack.tgt.table_rows("APP", "CUSTOMERS")) == 30
     # The source stays fenced after a completed migration: its owners locked, as at the fence.
+    assert stack.src.read().locked == ["APP"]
+    # Validation reached the saga's record: the status history says what parity compared.
+    assert stack.last is not None
+    said = [m for m in await stack.history(stack.last) if m.startswith("parity held")]
+    objects = [
+        o
+        for o in stack.src.read().objects
+        if o.owner == "APP" and not o.generated and not o.name.startswith("BIN$")
+    ]
+    rows = sum(len(stack.src.table_rows("APP", t)) for t in ("ORDERS", "CUSTOMERS"))
+    assert said == [
+        f"parity held ({len(objects)} objects, 2 tables, {rows} rows compared; recompiled: APP "
+        "PROCEDURE REPRICE; INVALID as at the source: APP PROCEDURE LEGACY_REPORT); point of no "
+        "return: opening the target"
+    ]
+
+
+async def test_a_datapump_migration_over_a_network_link_completes_with_no_dump_set(
+    stack: Stack,
+) -> None:
+    stack.tgt.create_link("SRC", stack.src.db.root)
+    done = await stack.migrate(schemas="APP", parallel="2", network_link="SRC")
+    assert isinstance(done, MigrationCompleted), done
+    [run] = stack.tgt.db.runs("impdp")
+    assert "NETWORK_LINK=SRC" in run
+    assert f"FLASHBACK_SCN={done.source_final.value}" in run  # the source as the fence left it
+    assert stack.src.db.runs("expdp") == [
+        r for r in stack.src.db.runs("expdp") if "ESTIMATE_ONLY=YES" in r
+    ]  # the source ran its estimate, never an export
+    assert stack.target.oracle is not None
+    assert not list((stack.target.oracle.staging_dir / "datapump").glob("*.dmp"))
+    for table in ("CUSTOMERS", "ORDERS"):
+        assert stack.tgt.table_rows("APP", table) == stack.src.table_rows("APP", table), table
     assert stack.src.read().locked == ["APP"]

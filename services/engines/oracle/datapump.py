@@ -792,6 +792,20 @@ class ValidationReport:
     """Still INVALID, as they were at the source: listed, not a failure."""
     new_invalid: tuple[str, ...]
     """Still INVALID though VALID at the source: a failure."""
+    objects: int = 0
+    """Objects the source has, counted per owner and type (what was compared)."""
+    tables: int = 0
+    rows: int = 0
+    """Tables and rows the source has (what was compared)."""
+
+    def summary(self) -> str:
+        """One line for the saga's history: what was compared, what was recompiled or left."""
+        said = f"{self.objects} objects, {self.tables} tables, {self.rows} rows compared"
+        if self.recompiled:
+            said += f"; recompiled: {', '.join(self.recompiled)}"
+        if self.invalid_as_at_source:
+            said += f"; INVALID as at the source: {', '.join(self.invalid_as_at_source)}"
+        return said
 
     @property
     def ok(self) -> bool:
@@ -834,5 +848,12 @@ async def validate(plan: DataPumpPlan, target: DataPumpSide, source: Inventory) 
         as_source += [f"{owner} {o}" for o in sorted(still & at_source)]
         new += [f"{owner} {o}" for o in sorted(still - at_source)]
     return ValidationReport(
-        tuple(object_diffs), tuple(row_diffs), tuple(recompiled), tuple(as_source), tuple(new)
+        tuple(object_diffs),
+        tuple(row_diffs),
+        tuple(recompiled),
+        tuple(as_source),
+        tuple(new),
+        objects=sum(sum(kinds.values()) for kinds in source.objects.values()),
+        tables=len(source.rows),
+        rows=sum(source.rows.values()),
     )

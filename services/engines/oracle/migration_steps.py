@@ -476,6 +476,10 @@ async def run_step(
             differences=[d[:500] for d in differences[:64]],
             facts={
                 "differences": str(len(differences)),
+                "objects": str(report.objects),
+                "tables": str(report.tables),
+                "rows": str(report.rows),
+                "summary": report.summary()[:500],
                 "recompiled": ",".join(report.recompiled)[:500],
                 "invalid_as_at_source": ",".join(report.invalid_as_at_source)[:500],
             },
