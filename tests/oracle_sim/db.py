@@ -33,6 +33,9 @@ incarnation's RESETLOGS time, so `time_of`/`scn_at` convert exactly and UNTIL TI
 Operations (each one locked transaction; a simulated session and the fake tools use only these):
 
     create(root, *, threads=2, dbid=...)    a new database at root, ARCHIVELOG mode, open
+    create_instance(root)                   an instance started NOMOUNT with no database yet
+                                            (a migration's new target: RESTORE CONTROLFILE
+                                            gives it one)
     from_env()                              the database named by TIDEMARK_ORACLE_SIM_DIR
     insert(value, thread=1) -> Change       one committed row, redo on `thread`, SCN + 1
     advance(scns)                           idle time (SCN and clock move together)
@@ -48,8 +51,12 @@ Operations (each one locked transaction; a simulated session and the fake tools 
                                             ALTER DATABASE BEGIN BACKUP / END BACKUP (every
                                             datafile's checkpoint frozen in between: ORA-01146 /
                                             ORA-01142 when already / not in backup mode) and
-                                            ALTER SYSTEM ARCHIVE LOG CURRENT; anything else is
-                                            ORA-00900
+                                            ALTER SYSTEM ARCHIVE LOG CURRENT; ALTER SYSTEM
+                                            ENABLE / DISABLE RESTRICTED SESSION (a migration's
+                                            fence: sessions are not modelled, so a restricted
+                                            database refuses every insert with ORA-01035, as if
+                                            the workload's sessions were killed and could not log
+                                            on again); anything else is ORA-00900
     volume_image() / mount_volume_image(i)  what a storage snapshot of the data volume holds
                                             (datafile headers, blocks, control file), and the
                                             database mounted on a volume made from one, its
@@ -297,6 +304,15 @@ class State(_Model):
     """Thread -> the SCN ALTER DATABASE DISABLE THREAD took effect: a marker the redo holds
     (outside the control file, so a backup control file from before it still learns it during
     recovery), past which recovery needs none of that thread's redo."""
+    restricted: bool = False
+    """ALTER SYSTEM ENABLE RESTRICTED SESSION is in force (V$INSTANCE.LOGINS RESTRICTED)."""
+    no_database: bool = False
+    """An instance with no database: nothing to mount until RESTORE CONTROLFILE gives it one."""
+    database_release: str | None = None
+    """The release the restored control file's database was backed up on (None: this
+    instance's own): a newer instance opens it only with OPEN RESETLOGS UPGRADE."""
+    upgrade_pending: bool = False
+    """Opened with OPEN RESETLOGS UPGRADE (V$INSTANCE.STATUS OPEN MIGRATE): the upgrade is next."""
     backup_mode_ends: dict[int, int] = Field(default_factory=dict)
     """BEGIN BACKUP SCN -> END BACKUP SCN of every backup-mode span: the END BACKUP markers
     the redo holds (outside the control file, like the ledger), which a volume restored from
@@ -443,6 +459,17 @@ class SimulatedOracle:
         return db
 
     @classmethod
+    def create_instance(cls, root: Path, *, time_zone: str = "UTC") -> SimulatedOracle:
+        """An instance started NOMOUNT at `root` that holds no database yet (a new migration
+        target): its datafile names are the usual four, under its own oradata/."""
+        db = cls.create(root, threads=1, dbid=1, time_zone=time_zone)
+        with db.transaction() as st:
+            st.no_database = True
+            st.open_mode = "STARTED"
+            st.controlfile.archived_logs = []
+        return db
+
+    @classmethod
     def from_env(cls) -> SimulatedOracle:
         where = os.environ.get(ENV_DIR)
         if not where:
@@ -555,6 +582,10 @@ class SimulatedOracle:
                 st.current_scn += 1
             elif sql == "ALTER SYSTEM ARCHIVE LOG CURRENT":
                 archive_log_current(st, self.arch_dir)
+            elif sql == "ALTER SYSTEM ENABLE RESTRICTED SESSION":
+                st.restricted = True
+            elif sql == "ALTER SYSTEM DISABLE RESTRICTED SESSION":
+                st.restricted = False
             else:
                 raise SimulatedOracleError(
                     f"ORA-00900: invalid SQL statement (the simulator runs no {sql!r})"
@@ -778,6 +809,10 @@ def insert_row(st: State, value: str, *, thread: int = 1) -> Change:
     ts = _thread(st, thread)
     if ts.status != "OPEN" or not ts.enabled:
         raise SimulatedOracleError(f"ORA-01089: the instance of thread {thread} is not open")
+    if st.restricted:
+        raise SimulatedOracleError(
+            "ORA-01035: ORACLE only available to users with RESTRICTED SESSION privilege"
+        )
     change = Change(
         id=st.next_row_id,
         value=value,

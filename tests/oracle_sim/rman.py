@@ -68,6 +68,7 @@ _TOP = {
     "catalog": re.compile(rf"CATALOG START WITH {_Q} NOPROMPT"),
     "reset_incarnation": re.compile(r"RESET DATABASE TO INCARNATION (\d+)"),
     "open_resetlogs": re.compile(r"ALTER DATABASE OPEN RESETLOGS"),
+    "open_resetlogs_upgrade": re.compile(r"ALTER DATABASE OPEN RESETLOGS UPGRADE"),
 }
 _RUN = {
     "command_id": re.compile(rf"SET COMMAND ID TO {_Q}"),
@@ -88,6 +89,7 @@ _RUN = {
     "until_sequence": re.compile(r"SET UNTIL SEQUENCE (\d+) THREAD (\d+)"),
     "restore_database": re.compile(r"RESTORE DATABASE"),
     "recover_database": re.compile(r"RECOVER DATABASE"),
+    "recover_until_scn": re.compile(r"RECOVER DATABASE UNTIL SCN (\d+)"),
     "preview": re.compile(r"RESTORE DATABASE PREVIEW"),
     "validate_restore": re.compile(r"RESTORE DATABASE VALIDATE"),
     "validate_database": re.compile(r"VALIDATE CHECK LOGICAL DATABASE"),
@@ -177,7 +179,10 @@ def main(argv: list[str]) -> int:
         print("Recovery Manager complete.")
         return injection.exit_code
     st = db.read()
-    print(f"connected to target database: {DB_NAME} (DBID={st.controlfile.dbid})", flush=True)
+    if st.no_database:
+        print(f"connected to target database: {DB_NAME} (not mounted)", flush=True)
+    else:
+        print(f"connected to target database: {DB_NAME} (DBID={st.controlfile.dbid})", flush=True)
     session = Session(db)
     try:
         program = parse(script)
@@ -223,7 +228,8 @@ def _run_top(s: Session, stmt: Statement) -> None:
             s.encryption = a[0] == "ON"
             s.say("executing command: SET encryption")
         elif stmt.kind == "set_dbid":
-            if int(a[0] or 0) != st.controlfile.dbid:
+            # An instance with no database takes any DBID: it names the backups to restore.
+            if not st.no_database and int(a[0] or 0) != st.controlfile.dbid:
                 raise RmanError("RMAN-06195: the DBID of the database does not match SET DBID")
             s.say("executing command: SET DBID")
         elif stmt.kind == "startup_nomount":
@@ -254,6 +260,8 @@ def _run_top(s: Session, stmt: Statement) -> None:
             _reset_incarnation(s, st, int(a[0] or 0))
         elif stmt.kind == "open_resetlogs":
             _open_resetlogs(s, st)
+        elif stmt.kind == "open_resetlogs_upgrade":
+            _open_resetlogs(s, st, upgrade=True)
 
 
 def _wall(st: State) -> datetime:
@@ -293,9 +301,30 @@ def _restore_controlfile(s: Session, st: State, handle: str) -> None:
             "RMAN-03002: failure of restore command",
             f"ORA-19697: {handle} does not contain a control file backup",
         )
+    release = payload.get("release")
+    if release is not None and _release_key(release) > _release_key(instance_release(s.db)):
+        # The control file of a newer release cannot be mounted by this older software.
+        raise RmanError(
+            "RMAN-03002: failure of restore command",
+            f"ORA-00201: control file version {release} incompatible with ORACLE version "
+            f"{instance_release(s.db)}",
+        )
     s.say("channel ORA_DISK_1: restoring control file")
     st.controlfile = ControlFile.model_validate(payload["controlfile"])
+    st.no_database = False
+    st.database_release = release
     s.say("output file name=" + str(s.db.root / "oradata" / "control01.ctl"))
+
+
+def instance_release(db: SimulatedOracle) -> str:
+    """The release of this instance's software (its profile's version)."""
+    from tests.oracle_sim.sql import Profile
+
+    return Profile.load(db).version
+
+
+def _release_key(release: str) -> tuple[int, ...]:
+    return tuple(int(x) for x in release.split(".") if x.isdigit())
 
 
 def _catalog(s: Session, st: State, prefix: str) -> None:
@@ -698,8 +727,12 @@ def _rows_between(st: State, since: int, until: int) -> dict[int, str]:
     return {k: v for k, v in st.table.items() if since <= scn_of.get(k, 0) < until}
 
 
-def _controlfile_content(st: State) -> dict[str, Any]:
-    return {"kind": "controlfile", "controlfile": st.controlfile.model_dump(mode="json")}
+def _controlfile_content(s: Session, st: State) -> dict[str, Any]:
+    return {
+        "kind": "controlfile",
+        "controlfile": st.controlfile.model_dump(mode="json"),
+        "release": st.database_release or instance_release(s.db),
+    }
 
 
 def _backup_controlfile(s: Session, st: State, a: tuple[str | None, ...]) -> None:
@@ -719,7 +752,7 @@ def _backup_controlfile(s: Session, st: State, a: tuple[str | None, ...]) -> Non
         )
     ]
     st.controlfile.backup_sets.append(bset)
-    _write_piece(s, st, channel, fmt, bset, 1, a[0] or "", _controlfile_content(st))
+    _write_piece(s, st, channel, fmt, bset, 1, a[0] or "", _controlfile_content(s, st))
 
 
 def _backup_spfile(s: Session, st: State, a: tuple[str | None, ...]) -> None:
@@ -753,9 +786,8 @@ def _autobackup(s: Session, st: State) -> None:
         )
     ]
     st.controlfile.backup_sets.append(bset)
-    _write_piece(
-        s, st, "ORA_DISK_1", name, bset, 1, f"TAG{day}", _controlfile_content(st), autobackup=True
-    )
+    content = _controlfile_content(s, st)
+    _write_piece(s, st, "ORA_DISK_1", name, bset, 1, f"TAG{day}", content, autobackup=True)
     s.say(f"Finished Control File and SPFILE Autobackup at {_fmt(st.now())}")
 
 
@@ -877,6 +909,16 @@ def _restore_database(s: Session, st: State, a: tuple[str | None, ...]) -> None:
     s.say(f"Finished restore at {_fmt(st.now())}")
 
 
+def _recover_until_scn(s: Session, st: State, a: tuple[str | None, ...]) -> None:
+    # RECOVER DATABASE UNTIL SCN n is SET UNTIL SCN n for this one command.
+    scoped = s.until
+    s.until = ("until_scn", (int(a[0] or 0),))
+    try:
+        _recover_database(s, st, a)
+    finally:
+        s.until = scoped
+
+
 def _recover_database(s: Session, st: State, a: tuple[str | None, ...]) -> None:
     if st.media is None or not st.media.checkpoint_scn:
         raise RmanError(
@@ -884,6 +926,12 @@ def _recover_database(s: Session, st: State, a: tuple[str | None, ...]) -> None:
             "ORA-01113: file 1 needs media recovery (nothing restored)",
         )
     target = _target_scn(s, st)
+    if st.media.recovered_to is not None and target < st.media.recovered_to:
+        raise RmanError(
+            "RMAN-03002: failure of recover command",
+            "ORA-01547: warning: RECOVER succeeded but OPEN RESETLOGS would get error below",
+            "ORA-01152: file 1 was not restored from a sufficiently old backup",
+        )
     cf = st.controlfile
     media = st.media
     s.say(f"Starting recover at {_fmt(st.now())}")
@@ -896,6 +944,10 @@ def _recover_database(s: Session, st: State, a: tuple[str | None, ...]) -> None:
         if (thread.enabled or thread.thread in st.thread_disabled_at) and start < stop:
             _apply_thread(s, cf, media, thread, start, stop)
     media.recovered_to = target
+    # The datafile headers now stand at the recovery point: the next RECOVER of a copy rolled
+    # forward round by round starts there and needs no redo before it.
+    for file in media.checkpoint_scn:
+        media.checkpoint_scn[file] = max(media.checkpoint_scn[file], target)
     s.say("media recovery complete, elapsed time: 00:00:01")
     fuzzy = [(f, scn) for f, scn in sorted(media.fuzzy_scn.items()) if scn >= target]
     if fuzzy:
@@ -995,7 +1047,7 @@ def _expected_sequence(cf: ControlFile, thread: int, inc: Incarnation, pos: int)
     )
 
 
-def _open_resetlogs(s: Session, st: State) -> None:
+def _open_resetlogs(s: Session, st: State, *, upgrade: bool = False) -> None:
     media = st.media
     if st.open_mode != "MOUNTED" or media is None or media.recovered_to is None:
         raise RmanError(
@@ -1007,6 +1059,16 @@ def _open_resetlogs(s: Session, st: State) -> None:
         raise RmanError(
             "RMAN-03002: failure of sql statement command",
             f"ORA-01194: file {file} needs more recovery to be consistent",
+        )
+    release = st.database_release
+    newer = release is not None and _release_key(instance_release(s.db)) > _release_key(release)
+    if newer and not upgrade:
+        # A real instance terminates here (ORA-01092); the simulated one stays mounted.
+        raise RmanError(
+            "RMAN-03002: failure of sql statement command",
+            "ORA-01092: ORACLE instance terminated. Disconnection forced",
+            "ORA-00704: bootstrap process failure",
+            "ORA-39700: database must be opened with UPGRADE option",
         )
     cf = st.controlfile
     parent = cf.incarnation()
@@ -1035,6 +1097,7 @@ def _open_resetlogs(s: Session, st: State) -> None:
         df.checkpoint_scn = branch
     st.media = None
     st.open_mode = "READ WRITE"
+    st.upgrade_pending = upgrade
     s.say("Statement processed")
 
 
@@ -1087,6 +1150,7 @@ _RUN_ACTIONS = {
     "backup_spfile": _backup_spfile,
     "restore_database": _restore_database,
     "recover_database": _recover_database,
+    "recover_until_scn": _recover_until_scn,
     "preview": _preview,
     "validate_restore": _validate_restore,
     "validate_database": _validate_database,
