@@ -138,6 +138,13 @@ _TABLE: dict[str, Rule] = {
     "ORA-01209": _r(F, "a file is from before the last RESETLOGS", "wrong incarnation"),
     "ORA-19638": _r(F, "incremental backup does not follow the file's SCN", "re-plan the SCN"),
     "ORA-19625": _r(F, "error identifying a file", "re-plan"),
+    # -- ORA: a restored copy opened in another home (the `rman` migration)
+    "ORA-39700": _r(F, "database must be opened with UPGRADE option", "OPEN RESETLOGS UPGRADE"),
+    "ORA-01092": _r(X, "instance terminated, disconnection forced (the cause below)"),
+    "ORA-00704": _r(X, "bootstrap process failure (the cause below)"),
+    "ORA-00201": _r(F, "control file of a newer release than this home", "a home >= the source"),
+    "ORA-01507": _r(F, "database not mounted"),
+    "ORA-01035": _r(F, "only users with RESTRICTED SESSION may log on", "wait for the unfence"),
     # -- ORA: cross-platform encryption / compression
     "ORA-19990": _r(F, "encrypted backup cannot cross platforms"),
     "ORA-19991": _r(F, "encrypted backup cannot cross platforms"),
