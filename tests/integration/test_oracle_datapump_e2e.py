@@ -39,6 +39,7 @@ from schemas.messages import (
     MigrationStatusRequest,
     RequestAccepted,
     RequestMigration,
+    RequestRejected,
     TargetInstance,
 )
 from services.bus import ensure_topology
@@ -54,6 +55,7 @@ from tests.integration.bus_helpers import FAST, unique
 from tests.oracle_sim.datapump_sql import SimulatedDataPumpSql
 from tests.oracle_sim.db import SimulatedOracle
 from tests.oracle_sim.dictionary import SimulatedDictionary
+from tests.oracle_sim.sql import Profile
 from tests.oracle_sim.tools import install
 
 pytestmark = [pytest.mark.integration, pytest.mark.oracle]
@@ -72,6 +74,12 @@ class Stack:
     last: uuid.UUID | None = None
 
     async def migrate(self, **options: str) -> MigrationCompleted | MigrationFailed:
+        answer = await self.ask(**options)
+        assert isinstance(answer, RequestAccepted), answer
+        assert self.last is not None
+        return await self.ended(self.last)
+
+    async def ask(self, **options: str) -> RequestAccepted | RequestRejected:
         self.last = uuid.uuid4()
         now = utcnow()
         request = RequestMigration(
@@ -86,8 +94,8 @@ class Stack:
             reason="e2e: datapump",
         )
         answer = await PlannerClient(self.nc, timeout=30).request(request, self.source.uid)
-        assert isinstance(answer, RequestAccepted), answer
-        return await self.ended(request.migration_id)
+        assert isinstance(answer, (RequestAccepted, RequestRejected)), answer
+        return answer
 
     async def history(self, migration_id: uuid.UUID) -> list[str]:
         """The migration's phase history as `tidemark migrate status` reads it."""
@@ -279,3 +287,18 @@ async def test_a_datapump_migration_over_a_network_link_completes_with_no_dump_s
     for table in ("CUSTOMERS", "ORDERS"):
         assert stack.tgt.table_rows("APP", table) == stack.src.table_rows("APP", table), table
     assert stack.src.read().locked == ["APP"]
+
+
+async def test_the_validating_phase_refuses_what_the_doctor_finds_before_anything_changes(
+    stack: Stack,
+) -> None:
+    Profile(encrypted_tablespaces=1, wallet_status="CLOSED").save(stack.src.db)
+    refused = await stack.ask(schemas="APP")
+    assert isinstance(refused, RequestRejected), refused
+    assert refused.code == "TM-MIG-PREFLIGHT"
+    assert f"source: {stack.source.uid}: doctor tde_keystore: 1 encrypted tablespaces" in (
+        refused.reason
+    )
+    assert stack.src.db.runs("expdp") == []  # no estimate, no export
+    assert stack.src.read().locked == []
+    assert stack.tgt.db.runs("impdp") == []

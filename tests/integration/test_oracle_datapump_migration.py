@@ -36,6 +36,7 @@ from services.executor.settings import ExecutorSettings, HostedDatabase, OracleI
 from tests.oracle_sim.datapump_sql import SimulatedDataPumpSql
 from tests.oracle_sim.db import SimulatedOracle, SimulatedOracleError
 from tests.oracle_sim.dictionary import SimulatedDictionary
+from tests.oracle_sim.sql import Profile
 from tests.oracle_sim.tools import install
 
 pytestmark = [pytest.mark.oracle]
@@ -67,6 +68,11 @@ class Node:
     tgt: SimulatedDictionary
     tgt_db: SimulatedOracle
     store: MemoryStore
+
+    @property
+    def tgt_stage(self) -> Path:
+        assert self.target.oracle is not None
+        return self.target.oracle.staging_dir / "datapump"
 
     async def step(
         self, kind: type[MigrationStep], migration: uuid.UUID, options: dict[str, str], **extra: Any
@@ -277,3 +283,36 @@ async def test_a_target_not_declared_on_the_node_is_a_preflight_problem(node: No
         node.source, command, store=node.store, prefix="tm", ctx=_Ctx()
     )
     assert "not an Oracle database of this node" in found.problems[0]
+
+
+async def test_the_preflight_refuses_what_the_doctor_finds_on_either_side(node: Node) -> None:
+    # Source: encrypted tablespaces with the keystore closed. Target: the directory object names another path, no Data Pump role granted.
+    Profile(encrypted_tablespaces=2, wallet_status="CLOSED").save(node.src.db)
+    with node.tgt.transaction() as d:
+        d.directories["TM_MIG"] = "/elsewhere/dpdump"
+        d.roles = []
+    migration, options = uuid.uuid4(), {"schemas": "APP"}
+    source = await node.step(RunMigrationPreflight, migration, options, side="source")
+    assert source.problems == [
+        "ora-src: doctor tde_keystore: 2 encrypted tablespaces; FILE CLOSED, expected OPEN when a "
+        "tablespace is encrypted (encrypted tablespaces need an OPEN keystore (ORA-28365 "
+        "otherwise))"
+    ]
+    assert source.facts["doctor_checks"] == "release,tde_keystore,datapump_directory,datapump_roles"
+    assert source.facts["doctor_version"] == "19.0.0.0.0"
+    target = await node.step(RunMigrationPreflight, migration, options, side="target")
+    assert target.problems == [
+        f"ora-tgt: doctor datapump_directory: TM_MIG = /elsewhere/dpdump, expected the directory "
+        f"exists (the node stages dump files at {node.tgt_stage}: the directory object must "
+        "name that path)",
+        "ora-tgt: doctor datapump_roles: no DATAPUMP_EXP/IMP_FULL_DATABASE or DBA granted "
+        "directly, expected DATAPUMP_EXP/IMP_FULL_DATABASE (full and cross-schema jobs need them "
+        "(a role granted through another is not seen))",
+    ]
+    # Over a link the source writes no file, so its directory object is not checked there.
+    linked = await node.step(
+        RunMigrationPreflight, migration, {**options, "network_link": "SRC"}, side="source"
+    )
+    assert "datapump_directory" not in linked.facts["doctor_checks"]
+    assert node.src.read().locked == []  # nothing changed on either side
+    assert node.src.db.runs("expdp") == []

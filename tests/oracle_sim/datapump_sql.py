@@ -1,8 +1,9 @@
 """`DataPumpSql` over the simulated dictionary: the engine's Data Pump statements answered by
 statement, from `dictionary.py` and `db.py`. Not Oracle.
 
-Only the engine's own constants are answered (anything else raises ORA-00900, as a statement the
-simulator does not model should fail a test loudly). Rows are keyed by lower-case column name,
+Only the engine's own constants are answered, and the doctor's (`doctor_sql.py`, through
+`sql.py`, for the migration preflight); anything else raises ORA-00900, as a statement the
+simulator does not model should fail a test loudly. Rows are keyed by lower-case column name,
 as the real session keys them.
 """
 
@@ -15,9 +16,11 @@ from pathlib import Path
 from typing import Any
 
 from services.engines.oracle import datapump as dp
+from services.engines.oracle import doctor_sql as q
 from services.engines.oracle import migration_steps as ms
 from services.engines.oracle.session import OracleSessionError
 from tests.oracle_sim.dictionary import ORACLE_USERS, SimulatedDictionary
+from tests.oracle_sim.sql import Profile, SimulatedSql
 
 
 @dataclass
@@ -59,7 +62,12 @@ class SimulatedDataPumpSql:
             if binds["name"] not in d.users:
                 return []
             return [{"account_status": "LOCKED" if binds["name"] in d.locked else "OPEN"}]
-        if sql == ms.ROLES_SQL:
+        if sql == q.DATAPUMP_DIRECTORY_SQL:
+            path = d.directories.get(str(binds["name"]))
+            return (
+                [] if path is None else [{"directory_name": binds["name"], "directory_path": path}]
+            )
+        if sql == q.DATAPUMP_ROLES_SQL:
             return [{"granted_role": r} for r in sorted(d.roles)]
         if sql == dp.APP_USERS_SQL:
             return [{"username": u} for u in sorted(d.users) if u not in ORACLE_USERS]
@@ -88,6 +96,11 @@ class SimulatedDataPumpSql:
                 for o in sorted(mine, key=lambda o: o.name)
                 if o.type == "TABLE" and not o.dropped
             ]
+        # The doctor's other statements (`preflight.py`), answered as `tidemark doctor oracle`'s
+        # tests answer them: from the database and its profile (`sql.py`).
+        answer = SimulatedSql(self.dictionary.db).answers.get(sql)
+        if answer is not None:
+            return answer(Profile.load(self.dictionary.db), binds)
         raise OracleSessionError("ORA-00900: invalid SQL statement (simulated)", code="ORA-00900")
 
     def _call(self, sql: str, binds: dict[str, object]) -> None:

@@ -113,7 +113,7 @@ class SimulatedSql:
     def __init__(self, db: SimulatedOracle) -> None:
         self.db = db
         self.statements: list[str] = []
-        self._answers: dict[str, Callable[[Profile, Mapping[str, object]], Rows]] = {
+        self.answers: dict[str, Callable[[Profile, Mapping[str, object]], Rows]] = {
             DATABASE_SQL: self._database,
             INCARNATIONS_SQL: lambda p, b: db.incarnations(),
             THREADS_SQL: lambda p, b: db.threads(),
@@ -182,7 +182,7 @@ class SimulatedSql:
 
     async def rows(self, sql: str, binds: Mapping[str, object]) -> Rows:
         self.statements.append(sql)
-        answer = self._answers.get(sql)
+        answer = self.answers.get(sql)
         if answer is None:
             raise OracleSessionError(
                 "ORA-00942: table or view does not exist (simulated: statement not modelled)",

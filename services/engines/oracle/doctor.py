@@ -1,5 +1,5 @@
 """Does this Oracle database hold the facts Tidemark's Oracle workflows rely on? (`tidemark
-doctor oracle`, and later the migration saga's `validating` phase.)
+doctor oracle`, and the migration saga's `validating` phase through `preflight.py`.)
 
 `examine(source, options)` reads, never writes: V$ and DBA_ views through `source`, plus three
 probes that run only when asked (RMAN `RESTORE DATABASE PREVIEW` / `VALIDATE CHECK LOGICAL
@@ -29,6 +29,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from pathlib import PurePath
 from typing import Any, Protocol
 from zoneinfo import ZoneInfo
 
@@ -216,6 +217,10 @@ class DoctorOptions:
     datapump_estimate: str | None = None
     """A schema whose export size Data Pump estimates (ESTIMATE_ONLY=YES: nothing written)."""
     datapump_directory: str = "DATA_PUMP_DIR"
+    datapump_path: str | None = None
+    """The path that directory must have (where this node stages dump files); None: any."""
+    only: frozenset[str] | None = None
+    """Run only the checks of these names (the migration preflight's, `preflight.py`)."""
     switchover_target: str | None = None
     """The standby's DB_UNIQUE_NAME for SWITCHOVER … VERIFY (which changes no role)."""
     tool_timeout_s: float = 3600.0
@@ -702,7 +707,13 @@ async def _datapump_directory(ctx: _Ctx) -> _Outcome:
     rows = await ctx.rows(q.DATAPUMP_DIRECTORY_SQL, name=name)
     if not rows:
         return _fails(f"no directory {name}", "dump files and logs need a directory object")
-    return _holds(f"{name} = {rows[0]['directory_path']}")
+    path, wanted = str(rows[0]["directory_path"]), ctx.options.datapump_path
+    if wanted is not None and PurePath(path) != PurePath(wanted):
+        return _fails(
+            f"{name} = {path}",
+            f"the node stages dump files at {wanted}: the directory object must name that path",
+        )
+    return _holds(f"{name} = {path}")
 
 
 async def _datapump_roles(ctx: _Ctx) -> _Outcome:
@@ -942,6 +953,8 @@ async def examine(source: DoctorSource, options: DoctorOptions, *, dsn: str = ""
     checks: list[Check] = []
     for spec in CHECKS:
         if not set(spec.workflows) & options.workflows or not spec.asked(options):
+            continue
+        if options.only is not None and spec.name not in options.only:
             continue
         try:
             outcome = await spec.run(ctx)

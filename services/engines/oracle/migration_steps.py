@@ -1,9 +1,11 @@
 """The executor's migration steps on Oracle: a `migration.<step>` of the `datapump` method in,
 the Data Pump calls of `datapump.py` run in the saga's order, a `MigrationStepResult` out.
 
-    preflight    source: the directory object (not over a link), the schemas, the Data Pump
-                 roles; target: declared on this node, its directory object, the link, none
-                 of the schemas there yet, the roles. Problems are reported, nothing changes
+    preflight    the doctor's checks of the method on each side (`preflight.py`: release,
+                 TDE keystore, the directory object at the staging path (the source's not
+                 over a link), the Data Pump roles), then the source's schemas, and on the
+                 target: declared on this node, the link, none of the schemas there yet.
+                 Problems are reported, nothing changes
     prepare      `datapump.prepare` (both sides, and the export's ESTIMATE_ONLY size)
     fence        the schemas' users locked and their sessions killed, then expdp at the
                  current SCN into the store (over a link: the SCN and the source's inventory
@@ -57,6 +59,7 @@ from services.blobstore import BlobStore, BlobStoreError, ObjectConflict, valida
 from services.blobstore.layout import database_prefix
 from services.engines.base import EngineError
 from services.engines.oracle import datapump as dp
+from services.engines.oracle import preflight
 from services.engines.oracle.runner import OracleHome
 from services.engines.oracle.session import OracleSessionError
 from services.engines.settings import EngineSettings, HostedDatabase, OracleInstance
@@ -64,7 +67,6 @@ from services.engines.settings import EngineSettings, HostedDatabase, OracleInst
 __all__ = [
     "ACCOUNT_SQL",
     "LOCK_SQL",
-    "ROLES_SQL",
     "UNLOCK_SQL",
     "SqlFactory",
     "plan_of",
@@ -74,7 +76,7 @@ __all__ = [
 CODE_UNSUPPORTED = "TM-ORA-060"
 """A step this node cannot run: a side not declared here, a step the method has not, bad
 options."""
-METHODS = frozenset({MigrationMethod.DATAPUMP})
+METHODS = frozenset({MigrationMethod.DATAPUMP, MigrationMethod.DATAGUARD})
 
 SqlFactory = Callable[[HostedDatabase], dp.DataPumpSql]
 """The SQL of one database (called once per database; python-oracledb, or the simulator's)."""
@@ -96,13 +98,6 @@ UNLOCK_SQL = """\
 BEGIN
   EXECUTE IMMEDIATE 'ALTER USER ' || DBMS_ASSERT.ENQUOTE_NAME(:name, FALSE) || ' ACCOUNT UNLOCK';
 END;"""
-ROLES_SQL = """\
-SELECT granted_role
-  FROM dba_role_privs
- WHERE grantee = SYS_CONTEXT('USERENV', 'SESSION_USER')
-   AND granted_role IN ('DATAPUMP_EXP_FULL_DATABASE', 'DATAPUMP_IMP_FULL_DATABASE', 'DBA')
- ORDER BY granted_role"""
-"""`tidemark doctor oracle`'s `datapump_roles` check (doctor_sql.py): direct grants only."""
 
 _EASY_CONNECT = re.compile(
     r"^(?:[a-z]+://)?(?P<host>[A-Za-z0-9.-]+)(?::(?P<port>\d+))?/(?P<service>[A-Za-z0-9_$#.-]+)"
@@ -170,6 +165,7 @@ class Sides:
         self.source = declared(command.source)
         self.target = declared(command.target)
         self.target_db = db if db.uid == command.target else settings.database(command.target)
+        self.source_db = db if db.uid == command.source else settings.database(command.source)
 
     def need_source(self) -> dp.DataPumpSide:
         if self.source is None:
@@ -254,15 +250,22 @@ async def _call(side: dp.DataPumpSide, what: str, sql: str, **binds: object) -> 
         ) from None
 
 
-async def _roles(side: dp.DataPumpSide) -> tuple[str, list[str]]:
-    rows = await dp._rows(side, "reading DBA_ROLE_PRIVS", ROLES_SQL)
-    roles = ",".join(str(r["granted_role"]) for r in rows)
-    if roles:
-        return roles, []
-    return "", [
-        f"{side.name}: no DATAPUMP_EXP/IMP_FULL_DATABASE or DBA granted directly to the session's "
-        "user: jobs over other users' schemas need them"
-    ]
+async def _doctor(
+    sides: Sides, command: RunMigrationPreflight, side: dp.DataPumpSide
+) -> tuple[list[str], dict[str, str]]:
+    """The doctor's checks of the method on this side (`preflight.py`), through its session."""
+    db = sides.source_db if command.side == "source" else sides.target_db
+    assert db is not None
+    found = await preflight.examine_side(
+        command.method,
+        command.side,
+        command.options,
+        side.name,
+        _instance(db),
+        side.sql,
+        staging_path=str(side.directory_path),
+    )
+    return found.problems, found.facts
 
 
 async def _preflight(
@@ -278,22 +281,16 @@ async def _preflight(
             )
         source = sides.source
         try:
-            if plan.link is None:
-                await dp._check_directory(source)
+            problems, found = await _doctor(sides, command, source)
+            facts |= found
             owners = await dp._owners(source, plan)
             for owner in owners:
                 if not await dp._rows(source, "reading DBA_USERS", dp.USER_SQL, name=owner):
                     problems.append(f"{source.name}: schema {owner} was not found")
-            roles, missing = await _roles(source)
-            problems += missing
-            facts |= {
-                "owners": ",".join(owners)[:500],
-                "roles": roles,
-                "scn": str(await dp.current_scn(source)),
-            }
+            facts |= {"owners": ",".join(owners)[:500], "scn": str(await dp.current_scn(source))}
         except EngineError as exc:
             problems.append(f"{exc.failure.reason} ({exc.failure.code})")
-        return MigrationStepResult(step="preflight", facts=facts, problems=problems)
+        return MigrationStepResult(step="preflight", facts=facts, problems=problems[:32])
     if sides.target is None:
         return MigrationStepResult(
             step="preflight",
@@ -304,7 +301,8 @@ async def _preflight(
         )
     target = sides.target
     try:
-        await dp._check_directory(target)
+        problems, found = await _doctor(sides, command, target)
+        facts |= found
         if plan.link is not None and not await dp._rows(
             target, "reading DBA_DB_LINKS", dp.DB_LINK_SQL, name=plan.link
         ):
@@ -319,12 +317,9 @@ async def _preflight(
                     f"{target.name}: user {owner} already exists: the method imports into a "
                     "fresh schema only"
                 )
-        roles, missing = await _roles(target)
-        problems += missing
-        facts["roles"] = roles
     except EngineError as exc:
         problems.append(f"{exc.failure.reason} ({exc.failure.code})")
-    return MigrationStepResult(step="preflight", facts=facts, problems=problems)
+    return MigrationStepResult(step="preflight", facts=facts, problems=problems[:32])
 
 
 async def _fence(
@@ -423,9 +418,14 @@ async def run_step(
 ) -> MigrationStepResult:
     if command.method not in METHODS:
         raise EngineError.of(
-            f"the Oracle engine has no {command.method.value} steps yet (it has: datapump)",
+            f"the Oracle engine has no {command.method.value} steps yet "
+            "(it has: dataguard, datapump)",
             code=CODE_UNSUPPORTED,
         )
+    if command.method is MigrationMethod.DATAGUARD:
+        from services.engines.oracle import dataguard
+
+        return await dataguard.run_step(settings, db, command, sql_of=sql_of)
     plan = plan_of(command)
     sides = Sides(settings, db, command, sql_of)
     key_prefix, _, _ = _keys(prefix, command)
