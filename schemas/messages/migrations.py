@@ -173,6 +173,17 @@ METHOD_OPTIONS: dict[MigrationMethod, dict[str, str]] = {
         "network_link": "the target's database link to the source: import over it "
         "(NETWORK_LINK=), no dump set in the store",
     },
+    MigrationMethod.DATAGUARD: {
+        "primary_unique_name": "the source's DB_UNIQUE_NAME (also its wallet alias); default "
+        "its uid upper-cased, '-' as '_'",
+        "standby_unique_name": "the target's DB_UNIQUE_NAME (also its wallet alias); default "
+        "its uid upper-cased, '-' as '_'",
+        "channels": "RMAN channels on each side of the duplicate (1-16); default 2",
+        "lag_stale_s": "a DATUM_TIME older than this many seconds makes the lag unknown and "
+        "keeps the gate closed (1-3600); default 10",
+        "verify_wait_s": "how long SWITCHOVER ... VERIFY waits out ORA-16467 (0-600); default 30",
+        "broker": "yes: DGMGRL VALIDATE DATABASE must say ready before the switchover; default no",
+    },
 }
 """The `options` each method reads, with what they mean; any other option is refused."""
 
@@ -357,7 +368,35 @@ class RequestMigration(Command):
         link = self.options.get("network_link")
         if link is not None and not ORACLE_LINK.fullmatch(link):
             raise ValueError(f"option network_link is a database link name, not {link!r}")
+        if self.method is MigrationMethod.DATAGUARD:
+            _check_dataguard(self)
         return self
+
+
+UNIQUE_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,29}$")
+"""A DB_UNIQUE_NAME `dataguard` writes into SWITCHOVER TO (upper-cased)."""
+_DATAGUARD_NUMBERS = {
+    "channels": (1, 16),
+    "lag_stale_s": (1, 3600),
+    "verify_wait_s": (0, 600),
+}
+
+
+def _check_dataguard(request: RequestMigration) -> None:
+    if request.lag.max_seconds is None:
+        # V$DATAGUARD_STATS says how far behind in time, never in bytes.
+        raise ValueError("dataguard measures its lag in seconds: give lag.max_seconds")
+    for key in ("primary_unique_name", "standby_unique_name"):
+        value = request.options.get(key)
+        if value is not None and not UNIQUE_NAME.fullmatch(value):
+            raise ValueError(f"option {key} is a DB_UNIQUE_NAME, not {value!r}")
+    for key, (low, high) in _DATAGUARD_NUMBERS.items():
+        value = request.options.get(key)
+        if value is not None and not (value.isdigit() and low <= int(value) <= high):
+            raise ValueError(f"option {key} is a whole number {low} to {high}, not {value!r}")
+    broker = request.options.get("broker")
+    if broker is not None and broker not in ("yes", "no"):
+        raise ValueError(f"option broker is yes or no, not {broker!r}")
 
 
 class MigrationRequestError(ValueError):

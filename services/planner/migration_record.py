@@ -62,7 +62,12 @@ class MethodSteps:
     builds_target: bool = True
     """The target is a new database the method builds, so one an executor already hosts is
     refused at intake; `datapump` imports schemas into a database that exists (its preflight
-    refuses a schema already there)."""
+    refuses a schema already there), `dataguard` duplicates onto an instance declared on the
+    target's node and started NOMOUNT (its preflight refuses a database that exists)."""
+    roles: bool = False
+    """`verifying` also checks the roles the promote read back from both sides: the target
+    PRIMARY and open READ WRITE, the old source a PHYSICAL STANDBY with Redo Apply running
+    (the way back a switchover back needs)."""
 
 
 PHYSICAL = MethodSteps(prepare=False, copy=True, lag=True, parity=False, schema_watch=False)
@@ -77,6 +82,16 @@ METHOD_STEPS: dict[MigrationMethod, MethodSteps] = {
     ),
     MigrationMethod.DATAPUMP: MethodSteps(
         prepare=True, copy=False, lag=False, parity=True, schema_watch=False, builds_target=False
+    ),
+    # Physical (copy, then a lag gate, no parity): the standby is the source's own database.
+    MigrationMethod.DATAGUARD: MethodSteps(
+        prepare=False,
+        copy=True,
+        lag=True,
+        parity=False,
+        schema_watch=False,
+        builds_target=False,
+        roles=True,
     ),
 }
 """The methods the saga runs, each a row of steps; the others are refused at intake."""

@@ -149,6 +149,21 @@ P = MigrationPhase
 S = CutoverStep
 
 
+def _role_problems(facts: dict[str, str]) -> list[str]:
+    """What the roles read back from both sides after a role change say is wrong."""
+    want = {
+        "target_role": "PRIMARY",
+        "target_open_mode": "READ WRITE",
+        "source_role": "PHYSICAL STANDBY",
+        "source_apply": "running",
+    }
+    return [
+        f"{key.replace('_', ' ')} is {facts.get(key) or 'unknown'}, not {value}"
+        for key, value in want.items()
+        if facts.get(key) != value
+    ]
+
+
 class Migrations:
     """The migration saga kind, its intake and control commands, and its status query."""
 
@@ -471,12 +486,16 @@ class Migrations:
 
     def _within_budget(self, record: MigrationRecord, lag: MigrationStepResult) -> bool:
         budget = record.request.lag
+        if lag.lag_bytes is None and lag.lag_seconds is None:
+            return False  # the engine could not say (stale or empty statistics): gate closed
         if budget.max_bytes is not None and (lag.lag_bytes or 0) > budget.max_bytes:
             return False
         return budget.max_seconds is None or (lag.lag_seconds or 0.0) <= budget.max_seconds
 
     def _lag_text(self, record: MigrationRecord, lag: MigrationStepResult) -> str:
         budget = record.request.lag
+        if lag.lag_bytes is None and lag.lag_seconds is None:
+            return f"lag unknown ({lag.facts.get('unknown') or 'no measure'})"[:400]
         bounds = []
         if budget.max_bytes is not None:
             bounds.append(f"{lag.lag_bytes or 0} of {budget.max_bytes} bytes")
@@ -768,6 +787,8 @@ class Migrations:
                 f"the target was opened at {promoted.target_position}, not past the source's "
                 f"final {fence.source_position}"
             )
+        if record.steps.roles:
+            problems += _role_problems(promoted.facts)
         if problems:
             return Update(
                 {"failing": Failure(reason="parity: " + "; ".join(problems), code=CODE_PARITY)}

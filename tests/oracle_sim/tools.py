@@ -6,7 +6,9 @@ with the tool's name. They find the simulated database through TIDEMARK_ORACLE_S
 the installed script defaults to `sim_dir` (the engine's runner builds a clean environment and
 does not pass the variable through).
 
-dgmgrl is modelled only as far as the runner's contract needs. `rman` is the real model
+For a database that is a member of a simulated Data Guard configuration (`dataguard.py`: its
+root's parent holds one), `rman` and `dgmgrl` are that module's; otherwise dgmgrl is modelled
+only as far as the runner's contract needs. `rman` is the real model
 (`rman.py`), and so are `expdp`/`impdp` (`datapump.py`, over the dictionary of `dictionary.py`).
 """
 
@@ -53,6 +55,13 @@ def install(oracle_home: Path, sim_dir: Path) -> Path:
 
 
 def main(tool: str, argv: list[str]) -> int:
+    if tool in ("rman", "dgmgrl"):
+        from tests.oracle_sim import dataguard
+
+        found = dataguard.find_configuration(SimulatedOracle.from_env().root)
+        if found is not None:  # a member of a Data Guard configuration
+            run = dataguard.rman_main if tool == "rman" else dataguard.dgmgrl_main
+            return run(*found, argv)
     if tool == "rman":
         from tests.oracle_sim import rman
 

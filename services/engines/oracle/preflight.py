@@ -40,8 +40,25 @@ def _datapump(side: StepSide, options: Mapping[str, str]) -> tuple[str, ...]:
     return ("release", "tde_keystore", *staged, "datapump_roles")
 
 
+def _dataguard(side: StepSide, options: Mapping[str, str]) -> tuple[str, ...]:
+    if side == "target":
+        # An instance started NOMOUNT has no V$DATABASE: the method reads what it can say.
+        return ()
+    return (
+        "release",
+        "archivelog",
+        "force_logging",
+        "password_file",
+        "standby_redo_logs",
+        "standby_file_management",
+        "platform",
+        "tde_keystore",
+    )
+
+
 CHECKS_OF: dict[MigrationMethod, Selects] = {
     MigrationMethod.DATAPUMP: _datapump,
+    MigrationMethod.DATAGUARD: _dataguard,
 }
 """Each Oracle method's doctor checks, per side (`doctor.CHECKS` names)."""
 

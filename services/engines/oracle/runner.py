@@ -19,7 +19,8 @@ What every run gets, and the hazard each rule removes:
 - Exit codes: RMAN 0 = success, 1 = an error stack was printed. Data Pump 0 = success,
   5 = completed with errors, 1 = failure; no Data Pump code is benign everywhere, so a 5 is a
   failure here and `datapump.py` judges it by its workflow's allow-list (`errors.BENIGN_IN`).
-  dgmgrl: 0 = success.
+  dgmgrl exits 0 after a failed command: an error code it prints fails the run whatever the
+  exit status, and answers without a code ("Ready for Switchover: No") are read by the caller.
 - `stdin`: the commands of a Data Pump client attached to a job (`START_JOB`, `CONTINUE_CLIENT`);
   standard input is closed otherwise.
 """
@@ -71,6 +72,8 @@ class Connect:
     user: str = ""
     alias: str = ""
     password: str = field(default="", repr=False)
+    auxiliary: str = ""
+    """RMAN only: the wallet alias of an AUXILIARY connection (DUPLICATE FOR STANDBY)."""
 
     @classmethod
     def os_auth(cls) -> Connect:
@@ -162,7 +165,8 @@ OnLine = Callable[[str], Awaitable[None]]
 def _argv(home: OracleHome, tool: Tool, connect: Connect, script: Path) -> list[str]:
     binary = str(home.binary(tool))
     if tool is Tool.RMAN:
-        return [binary, "target", connect.argv_form, "nocatalog", f"cmdfile={script}"]
+        auxiliary = ["auxiliary", f"/@{connect.auxiliary}"] if connect.auxiliary else []
+        return [binary, "target", connect.argv_form, *auxiliary, "nocatalog", f"cmdfile={script}"]
     if tool in (Tool.EXPDP, Tool.IMPDP):
         return [binary, f"parfile={script}"]
     return [binary, "-silent", connect.argv_form, f"@{script}"]
@@ -279,6 +283,13 @@ async def _pump(
 
 def _judge(tool: Tool, exit_code: int, coded: list[str]) -> Classification | None:
     found = classify(coded) if coded else None
+    if (
+        exit_code == 0
+        and tool is Tool.DGMGRL
+        and found is not None
+        and found.verdict is not Verdict.WARNING
+    ):
+        return found
     if exit_code == 0:
         # Success; a warning code printed along the way is kept for the log.
         if found is not None and found.code is not None and found.verdict is Verdict.WARNING:
