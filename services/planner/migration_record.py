@@ -74,6 +74,11 @@ PHYSICAL = MethodSteps(prepare=False, copy=True, lag=True, parity=False, schema_
 METHOD_STEPS: dict[MigrationMethod, MethodSteps] = {
     MigrationMethod.PHYSICAL_STREAM: PHYSICAL,
     MigrationMethod.PHYSICAL_ARCHIVE: PHYSICAL,
+    # Physical, from the archive: the target is an instance declared on its node (its home and
+    # SID) that holds no database; the rman preflight refuses one that does.
+    MigrationMethod.RMAN: MethodSteps(
+        prepare=False, copy=True, lag=True, parity=False, schema_watch=False, builds_target=False
+    ),
     MigrationMethod.LOGICAL_UPGRADE: MethodSteps(
         prepare=True, copy=True, lag=True, parity=True, schema_watch=True
     ),

@@ -33,6 +33,7 @@ from schemas import Incarnation, Scn
 from schemas.messages import (
     BackupCompleted,
     BackupSpec,
+    MigrationMethod,
     MigrationStep,
     MigrationStepResult,
     RestoreResult,
@@ -43,7 +44,7 @@ from schemas.messages.backups import BackupKind
 from services.blobstore import BlobStore
 from services.engines.base import BackupOutcome, Description, EngineError, JobContext
 from services.engines.k8s import KubeApi, KubeError
-from services.engines.oracle import migration_steps
+from services.engines.oracle import migration_steps, rman_migration
 from services.engines.oracle.backup import (
     OracleManifest,
     OracleViews,
@@ -152,7 +153,18 @@ class OracleEngine:
         prefix: str,
         ctx: JobContext,
     ) -> MigrationStepResult:
-        """One step of an Oracle migration method (`migration_steps.py`: `datapump`)."""
+        """One step of an Oracle migration method (`migration_steps.py`: `datapump`,
+        `dataguard`; `rman_migration.py`: `rman`)."""
+        if command.method is MigrationMethod.RMAN:
+            return await rman_migration.run_step(
+                self.settings,
+                db,
+                command,
+                store=store,
+                prefix=prefix,
+                sql_of=self._migration_sql,
+                ctx=ctx,
+            )
         return await migration_steps.run_step(
             self.settings, db, command, store=store, prefix=prefix, sql_of=self._migration_sql
         )
