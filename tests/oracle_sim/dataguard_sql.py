@@ -53,6 +53,8 @@ class SimulatedDataGuardSql:
 
     async def call(self, what: str, sql: str, **binds: object) -> None:
         self.statements.append(sql)
+        # Kept beside the tools' runs, so a test can say which statement ran where, in order.
+        await asyncio.to_thread(self.dg.record_run, "sql", f"{self.name}: {sql}")
         try:
             await asyncio.to_thread(self.dg.execute, self.name, sql)
         except DataGuardError as exc:
