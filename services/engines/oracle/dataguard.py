@@ -67,6 +67,7 @@ from services.engines.base import EngineError
 from services.engines.oracle import dataguard_sql as q
 from services.engines.oracle import doctor_sql as dq
 from services.engines.oracle import preflight
+from services.engines.oracle.errors import benign_in
 from services.engines.oracle.runner import Connect, OracleHome, Tool, run_tool
 from services.engines.oracle.session import OracleSessionError
 from services.engines.settings import EngineSettings, HostedDatabase
@@ -380,7 +381,7 @@ async def _start_apply(side: Side) -> None:
     try:
         await side.sql.call("starting Redo Apply", q.START_APPLY_SQL)
     except OracleSessionError as exc:
-        if exc.code != "ORA-01153":  # started by someone in between: it runs
+        if benign_in("dataguard.start_apply", exc.code or "", exc.reason) is None:
             raise _engine_error(side, "starting Redo Apply", exc) from None
     if not await _apply_running(side):
         raise EngineError.of(
@@ -490,7 +491,7 @@ async def _validate(primary: Side, standby: Side) -> None:
     try:
         found = q.parse_validate(result.tail)
     except ValueError as exc:
-        raise EngineError.of(f"{primary.name}: {exc}", code="DGM-17016") from None
+        raise EngineError.of(f"{primary.name}: {exc}", code=CODE_DATAGUARD) from None
     if not found.ready:
         why = "; ".join(found.findings) or "Ready for Switchover: No"
         raise EngineError.of(

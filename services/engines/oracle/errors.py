@@ -242,6 +242,31 @@ _TABLE: dict[str, Rule] = {
     "ORA-16475": _r(W, "switchover verify succeeded with warnings", "read the alert log"),
     "ORA-16471": _r(F, "switchover failed midway", "ALTER DATABASE SWITCHOVER ... FORCE"),
     "ORA-16465": _r(F, "SWITCHOVER (or its VERIFY) must be issued on an open primary"),
+    # -- ORA: Data Guard roles, apply and the broker (reference/migration.md §3.6-3.7)
+    "ORA-16473": _r(F, "database is not in limbo: FORCE refused", "start Redo Apply, then FORCE"),
+    "ORA-16464": _r(F, "FORCE or FAILOVER must be issued on a physical standby"),
+    "ORA-16766": _r(F, "Redo Apply is stopped", "start Redo Apply"),
+    "ORA-16789": _r(F, "standby redo logs are not configured", "add N+1 per thread"),
+    "ORA-16853": _r(W, "apply lag exceeded ApplyLagThreshold", "the lag gate decides"),
+    "ORA-16855": _r(W, "transport lag exceeded TransportLagThreshold", "the lag gate decides"),
+    "ORA-16857": _r(R, "standby disconnected from the redo source too long", "network"),
+    "ORA-16501": _r(X, "the broker operation failed (the cause below)"),
+    "ORA-16502": _r(W, "the broker operation succeeded with warnings"),
+    "ORA-16608": _r(W, "one or more members have warnings"),
+    "ORA-16809": _r(W, "multiple warnings detected for the member", "SHOW DATABASE"),
+    "ORA-16810": _r(F, "multiple errors or warnings detected for the member", "SHOW DATABASE"),
+    "ORA-16661": _r(F, "the standby must be reinstated", "REINSTATE DATABASE"),
+    "ORA-16795": _r(F, "the standby must be re-created"),
+    "ORA-16541": _r(F, "the member is not enabled in the broker configuration"),
+    # Stopping apply that does not run, or starting apply that runs: benign where allowed.
+    "ORA-16136": _r(F, "Managed Standby Recovery not active"),
+    "ORA-01153": _r(F, "an incompatible media recovery is active"),
+    "ORA-01665": _r(F, "control file is not a standby control file (not a standby)"),
+    "ORA-01081": _r(F, "cannot start an instance that is running"),
+    "ORA-01531": _r(F, "the database is already open"),
+    "ORA-00600": _r(F, "internal error", "read the alert log and the trace"),
+    "RMAN-05500": _r(F, "the auxiliary must not be mounted for DUPLICATE", "start it NOMOUNT"),
+    "RMAN-06171": _r(F, "not connected to the target database"),
     # -- ORA: what `doctor oracle` meets reading views it may not be granted
     "ORA-00942": _r(F, "table or view does not exist (or is not granted)", "grant SELECT on it"),
     "ORA-00904": _r(F, "invalid identifier: a column this release does not have"),
@@ -373,6 +398,10 @@ BENIGN_IN: dict[str, tuple[Allowance, ...]] = {
             re.compile(r'USER:"SYS" failed due to insufficient privileges'),
             "SYS's own settings are not imported, by design",
         ),
+    ),
+    # Redo Apply is started when it is not seen running: one started in between runs.
+    "dataguard.start_apply": (
+        Allowance("ORA-01153", re.compile(r"incompatible media recovery"), "apply runs already"),
     ),
 }
 """Per workflow, the codes that are benign there (a Data Pump exit 5 is judged by these, never

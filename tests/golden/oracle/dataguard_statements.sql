@@ -1,0 +1,13 @@
+SELECT db_unique_name, dbid, database_role, open_mode, switchover_status, current_scn
+  FROM v$database
+SELECT name, value, unit, time_computed, datum_time
+  FROM v$dataguard_stats
+ WHERE name IN ('transport lag', 'apply lag')
+SELECT TO_CHAR(SYSDATE, 'MM/DD/YYYY HH24:MI:SS') AS now FROM dual
+SELECT name, action FROM v$dataguard_process WHERE name LIKE 'MRP%'
+ALTER DATABASE RECOVER MANAGED STANDBY DATABASE DISCONNECT FROM SESSION
+ALTER DATABASE RECOVER MANAGED STANDBY DATABASE CANCEL
+ALTER DATABASE OPEN
+ALTER DATABASE SWITCHOVER TO STBY_1 VERIFY
+ALTER DATABASE SWITCHOVER TO STBY_1
+ALTER DATABASE SWITCHOVER TO STBY_1 FORCE
