@@ -12,7 +12,10 @@ import os
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
+from schemas import DatabaseRef, Engine
+from schemas.messages import LagBudget, MigrationMethod, RequestMigration, TargetInstance
 from services.engines.oracle import dataguard_sql as q
 from services.engines.oracle.errors import Verdict, benign_in, classify, rule_for
 from services.engines.oracle.runner import Tool, _judge
@@ -297,3 +300,43 @@ def test_a_running_apply_is_benign_only_when_starting_apply() -> None:
     assert benign_in("dataguard.start_apply", "ORA-01153", line) is not None
     assert benign_in("datapump.schema_import", "ORA-01153", line) is None
     assert rule_for("ORA-01153").verdict is Verdict.FATAL
+
+
+# -- intake ----------------------------------------------------------------------------------------
+
+
+def _request(**changes: object) -> RequestMigration:
+    fields: dict[str, object] = {
+        "migration_id": "0190f7a2-5b1c-7d2e-8f00-000000000001",
+        "target_instance": TargetInstance(
+            database=DatabaseRef(uid="ora-stby", engine=Engine.ORACLE, name="TMSIM"), node="n1"
+        ),
+        "method": MigrationMethod.DATAGUARD,
+        "downtime_budget_s": 600.0,
+        "lag": LagBudget(max_seconds=5.0, hold_s=0.0),
+        **changes,
+    }
+    return RequestMigration.model_validate(fields)
+
+
+def test_a_dataguard_request_with_its_options_is_accepted() -> None:
+    options = {"standby_unique_name": "ORA_STBY", "channels": "4", "broker": "yes"}
+    assert _request(options=options).options == options
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"lag": LagBudget(max_bytes=1 << 20, hold_s=0.0)},  # Data Guard measures seconds
+        {"options": {"standby_unique_name": "stby; drop"}},  # not a name DDL can take
+        {"options": {"channels": "64"}},
+        {"options": {"lag_stale_s": "0"}},
+        {"options": {"broker": "maybe"}},
+        {"options": {"schemas": "APP"}},  # a Data Pump option
+    ],
+)
+def test_a_dataguard_request_that_cannot_run_is_refused_at_intake(
+    changes: dict[str, object],
+) -> None:
+    with pytest.raises(ValidationError):
+        _request(**changes)
