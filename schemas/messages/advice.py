@@ -10,7 +10,7 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Annotated
 
-from pydantic import Field, StringConstraints
+from pydantic import Field, StringConstraints, model_validator
 
 from schemas._base import StrictModel
 from schemas.database import Engine
@@ -43,6 +43,27 @@ MAX_NAMED_TABLES = 1000
 """Tables named per fact. One is enough to rule a method out; a preflight that finds more
 names the first ones (the reason names five and counts the rest)."""
 MAX_NAMED_EXTENSIONS = 100
+
+PlatformName = Annotated[
+    str,
+    StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9 ()\[\]._/-]{0,100}$"),
+    Field(description="Oracle: V$DATABASE.PLATFORM_NAME, e.g. 'Linux x86 64-bit'"),
+]
+PLATFORM_ENDIANNESS: dict[str, Endianness] = {
+    "linux x86 64-bit": Endianness.LITTLE,
+    "aix-based systems (64-bit)": Endianness.BIG,
+    "solaris[tm] oe (64-bit)": Endianness.BIG,
+    "solaris operating system (x86-64)": Endianness.LITTLE,
+    "microsoft windows x86 64-bit": Endianness.LITTLE,
+}
+"""Rows of V$TRANSPORTABLE_PLATFORM (PLATFORM_NAME lower-cased → ENDIAN_FORMAT): a platform
+named here must come with its own byte order. Others are taken as given."""
+OracleName = Annotated[
+    str,
+    StringConstraints(pattern=r"^[A-Za-z][A-Za-z0-9_$#]{0,127}$"),
+    Field(description="an Oracle schema (user) name, unquoted"),
+]
+MAX_SCHEMAS = 1000
 
 
 class MigrationFacts(StrictModel):
@@ -88,6 +109,38 @@ class MigrationFacts(StrictModel):
         description="PostgreSQL: extensions the source has installed that the target's binaries "
         "do not offer (not in its pg_available_extensions)",
     )
+    source_platform: PlatformName | None = Field(
+        default=None, description="Oracle: the source's platform; none: only its byte order"
+    )
+    target_platform: PlatformName | None = None
+    source_nchar_charset: Charset | None = Field(
+        default=None, description="Oracle: the national character set (NLS_NCHAR_CHARACTERSET)"
+    )
+    target_nchar_charset: Charset | None = None
+    schemas: list[OracleName] = Field(
+        default_factory=list,
+        max_length=MAX_SCHEMAS,
+        description="Oracle: the schemas to move (Data Pump SCHEMAS=); empty: the whole database",
+    )
+
+    @model_validator(mode="after")
+    def _consistent(self) -> MigrationFacts:
+        if self.schemas and self.engine is not Engine.ORACLE:
+            raise ValueError(
+                "schemas are an Oracle fact (Data Pump SCHEMAS=): a PostgreSQL migration moves "
+                "one database or the whole cluster"
+            )
+        for side, platform, endianness in (
+            ("source", self.source_platform, self.source_endianness),
+            ("target", self.target_platform, self.target_endianness),
+        ):
+            known = PLATFORM_ENDIANNESS.get((platform or "").lower())
+            if known is not None and known is not endianness:
+                raise ValueError(
+                    f"the {side} platform {platform} is {known} endian "
+                    f"(V$TRANSPORTABLE_PLATFORM), not {endianness}"
+                )
+        return self
 
 
 class AdviceConstraints(StrictModel):
@@ -105,6 +158,11 @@ class AdviceRequest(StrictModel):
 
 class MethodAdvice(StrictModel):
     method: MigrationMethod
+    built: bool = Field(
+        default=True,
+        description="the planner runs this method; false: advice only, a request is refused "
+        "(TM-MIG-METHOD) until its steps exist",
+    )
     rank: int = Field(ge=1)
     estimated_duration_s: float = Field(ge=0, description="request to ready, before cutover")
     estimated_downtime_s: float = Field(ge=0, description="fence to the target accepting writes")

@@ -68,7 +68,7 @@ from schemas.messages import (
     ResumeMigration,
     RollbackMigration,
 )
-from schemas.messages.advice import Endianness, Scope
+from schemas.messages.advice import PLATFORM_ENDIANNESS, Endianness, Scope
 from schemas.messages.migrations import (
     METHOD_ENGINE,
     POINT_OF_NO_RETURN,
@@ -246,6 +246,11 @@ _FLAGS: dict[str, str] = {
     "facts.source_charset": "--source-charset",
     "facts.target_charset": "--target-charset",
     "facts.databases_in_cluster": "--databases-in-cluster",
+    "facts.source_platform": "--source-platform",
+    "facts.target_platform": "--target-platform",
+    "facts.source_nchar_charset": "--source-nchar-charset",
+    "facts.target_nchar_charset": "--target-nchar-charset",
+    "facts.schemas": "--schema",
     "facts.tables_without_identity": "--table-without-identity",
     "facts.unlogged_tables": "--unlogged-table",
     "facts.large_objects": "--large-objects",
@@ -265,6 +270,9 @@ def _flag(loc: tuple[int | str, ...]) -> str | None:
 
 
 _PATTERN_WANTED = {
+    "--schema": "an Oracle user name, unquoted (APP, HR_2)",
+    "--source-platform": "a V$DATABASE.PLATFORM_NAME ('Linux x86 64-bit')",
+    "--target-platform": "a V$DATABASE.PLATFORM_NAME ('Linux x86 64-bit')",
     "--table-without-identity": "schema.table, quoted where PostgreSQL quotes (public.events)",
     "--unlogged-table": "schema.table, quoted where PostgreSQL quotes (public.events)",
 }
@@ -1010,7 +1018,7 @@ def render_advice(source: str, facts: MigrationFacts, advice: Advice) -> None:
         for m in advice.ranked:
             table.add_row(
                 str(m.rank),
-                m.method.value,
+                m.method.value if m.built else f"{m.method.value} (not built yet)",
                 span(m.estimated_duration_s),
                 span(m.estimated_downtime_s),
                 escape(m.why),
@@ -1122,11 +1130,36 @@ def advise_cmd(
     target_charset: Annotated[
         str | None, typer.Option("--target-charset", help="default: the source's")
     ] = None,
-    source_endianness: Annotated[Endianness, typer.Option("--source-endianness")] = (
-        Endianness.LITTLE
-    ),
+    source_endianness: Annotated[
+        Endianness | None,
+        typer.Option("--source-endianness", help="default: the source platform's, else little"),
+    ] = None,
     target_endianness: Annotated[
-        Endianness | None, typer.Option("--target-endianness", help="default: the source's")
+        Endianness | None,
+        typer.Option(
+            "--target-endianness", help="default: the target platform's, else the source's"
+        ),
+    ] = None,
+    source_platform: Annotated[
+        str | None,
+        typer.Option(
+            "--source-platform", help="Oracle: V$DATABASE.PLATFORM_NAME ('Linux x86 64-bit')"
+        ),
+    ] = None,
+    target_platform: Annotated[
+        str | None, typer.Option("--target-platform", help="default: the source's")
+    ] = None,
+    source_nchar_charset: Annotated[
+        str | None, typer.Option("--source-nchar-charset", help="Oracle: NLS_NCHAR_CHARACTERSET")
+    ] = None,
+    target_nchar_charset: Annotated[
+        str | None, typer.Option("--target-nchar-charset", help="default: the source's")
+    ] = None,
+    schemas: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--schema", help="Oracle: a schema to move, not the whole database (repeatable)"
+        ),
     ] = None,
     encrypted: Annotated[bool, typer.Option("--encrypted", help="TDE or an encrypting fork")] = (
         False
@@ -1180,8 +1213,10 @@ def advise_cmd(
         "size_bytes": parse_size(size, "--size"),
         "write_rate_bytes_s": parse_size(write_rate, "--write-rate"),
         "bandwidth_bytes_s": parse_size(bandwidth, "--bandwidth"),
-        "source_endianness": source_endianness,
-        "target_endianness": target_endianness or source_endianness,
+        **_platforms(source_platform, target_platform, source_endianness, target_endianness),
+        "source_nchar_charset": source_nchar_charset,
+        "target_nchar_charset": target_nchar_charset or source_nchar_charset,
+        "schemas": [s.upper() for s in schemas or []],
         "source_charset": source_charset,
         "target_charset": target_charset or source_charset,
         "encrypted": encrypted,
@@ -1221,6 +1256,31 @@ def advise_cmd(
     else:
         render_advice(source, final.facts, advice)
     raise typer.Exit(0 if advice.ranked else 1)
+
+
+def _platforms(
+    source: str | None,
+    target: str | None,
+    source_endianness: Endianness | None,
+    target_endianness: Endianness | None,
+) -> dict[str, Any]:
+    """Each side's platform and byte order; a byte order not given is the known platform's
+    (V$TRANSPORTABLE_PLATFORM), else the source's, else little."""
+    target = target or source
+    source_endianness = (
+        source_endianness or PLATFORM_ENDIANNESS.get((source or "").lower()) or Endianness.LITTLE
+    )
+    target_endianness = (
+        target_endianness
+        or (PLATFORM_ENDIANNESS.get((target or "").lower()) if target != source else None)
+        or source_endianness
+    )
+    return {
+        "source_platform": source,
+        "target_platform": target,
+        "source_endianness": source_endianness,
+        "target_endianness": target_endianness,
+    }
 
 
 def _args(**given: Any) -> MigrationArgs:

@@ -16,6 +16,14 @@ while the target lacks an extension the source uses. `dump` fences the source fo
 dump and restore, so its downtime is its whole duration, and a budget or window shorter than
 that rules it out with both figures.
 
+Oracle's rows follow Oracle's own order of preference (reference: MOS 2471245.1 and the cloud
+migration guides): Data Guard first for the same platform, release and character sets, whole
+databases; Data Pump for a character-set change, a subset of schemas, or small data (its
+downtime is the whole export and import, so a small database is where it fits a budget);
+XTTS for a byte-order change, a version jump or data too large to export in the window (its
+downtime is the final incremental and the metadata, not the size). A ranked method the planner
+does not run yet says so (`built: false`): `migrate start` refuses it (TM-MIG-METHOD).
+
 Estimates are first-order and say so: copy time is size over bandwidth, catch-up needs the
 bandwidth to exceed the write rate, and each method's fixed cutover cost is a named constant
 below (PostgreSQL's are bounds over what `bench/migrate` measures; Oracle's are Oracle's published
@@ -41,6 +49,7 @@ from schemas.messages.advice import (
     Scope,
 )
 from schemas.messages.migrations import METHOD_ENGINE, MigrationMethod
+from services.planner.migration_record import METHODS_BUILT
 
 __all__ = [
     "ADVISE_SUBJECT",
@@ -211,6 +220,58 @@ XTTS_TDE = Condition(
     "not encrypted across an endian change",
 )
 
+SAME_PLATFORM = Condition(
+    lambda f, c: (
+        f.source_platform is None
+        or f.target_platform is None
+        or f.source_platform.lower() == f.target_platform.lower()
+    ),
+    lambda f, c: (
+        f"a standby or a restore runs the source's datafiles on the target's platform: source "
+        f"is {f.source_platform}, target {f.target_platform}; a heterogeneous pair must be one "
+        "MOS 413484.1 lists, which the advisor does not judge: across platforms, xtts or datapump"
+    ),
+    "same platform (when both are given)",
+)
+SAME_NCHAR = Condition(
+    lambda f, c: (
+        f.source_nchar_charset is None
+        or f.target_nchar_charset is None
+        or f.source_nchar_charset.upper() == f.target_nchar_charset.upper()
+    ),
+    lambda f, c: (
+        f"datafiles keep the national character set: source is {f.source_nchar_charset}, "
+        f"target {f.target_nchar_charset} (a transportable plug-in fails with ORA-39123 + "
+        "ORA-19736); a change moves by datapump"
+    ),
+    "same national character set (when both are given)",
+)
+TRANSPORT_CHARSET = Condition(
+    lambda f, c: f.source_charset.upper() == f.target_charset.upper(),
+    lambda f, c: (
+        f"transported tablespaces keep the character set: source is {f.source_charset}, target "
+        f"{f.target_charset} (a strict binary subset also transports; the advisor does not "
+        "judge one); a change moves by datapump"
+    ),
+    "same character set",
+)
+WHOLE_DATABASE = Condition(
+    lambda f, c: not f.schemas,
+    lambda f, c: (
+        f"moves whole databases (or whole tablespaces), not a subset of schemas "
+        f"({_named(f.schemas)}): a subset moves by datapump (SCHEMAS=)"
+    ),
+    "the whole database, not a subset of schemas",
+)
+FTEX_RELEASES = Condition(
+    lambda f, c: f.source_version >= 11 and f.target_version >= 12,
+    lambda f, c: (
+        "full transportable export/import needs a source of 11.2.0.3 or later and a target "
+        f"of 12.1 or later: source is {f.source_version}, target {f.target_version}"
+    ),
+    "source 11.2.0.3 or later, target 12.1 or later (full transportable export/import)",
+)
+
 EXTENSIONS_ON_TARGET = Condition(
     lambda f, c: not f.extensions_missing_on_target,
     lambda f, c: (
@@ -301,7 +362,17 @@ RULES: tuple[MethodRule, ...] = (
     ),
     MethodRule(
         MigrationMethod.DATAGUARD,
-        (NOT_MANAGED, SAME_VERSION, SAME_ENDIAN, SAME_CHARSET, WHOLE_CDB, CATCHES_UP),
+        (
+            NOT_MANAGED,
+            SAME_VERSION,
+            SAME_PLATFORM,
+            SAME_ENDIAN,
+            SAME_CHARSET,
+            SAME_NCHAR,
+            WHOLE_CDB,
+            WHOLE_DATABASE,
+            CATCHES_UP,
+        ),
         lambda f: _copy_s(f) + _catch_up_s(f),
         lambda f: DATAGUARD_CUTOVER_S,
         f"duplicate = size / bandwidth, then apply; downtime = switchover "
@@ -309,7 +380,17 @@ RULES: tuple[MethodRule, ...] = (
     ),
     MethodRule(
         MigrationMethod.RMAN,
-        (NOT_MANAGED, SAME_VERSION, SAME_ENDIAN, WHOLE_CDB, CATCHES_UP),
+        (
+            NOT_MANAGED,
+            SAME_VERSION,
+            SAME_PLATFORM,
+            SAME_ENDIAN,
+            SAME_CHARSET,
+            SAME_NCHAR,
+            WHOLE_CDB,
+            WHOLE_DATABASE,
+            CATCHES_UP,
+        ),
         lambda f: _copy_s(f) + _catch_up_s(f),
         lambda f: RMAN_CUTOVER_S,
         "restore = size / bandwidth, then logs; downtime = last logs, recover, open "
@@ -317,7 +398,16 @@ RULES: tuple[MethodRule, ...] = (
     ),
     MethodRule(
         MigrationMethod.XTTS,
-        (NOT_MANAGED, NOT_NEWER_SOURCE, XTTS_TDE, CATCHES_UP),
+        (
+            NOT_MANAGED,
+            NOT_NEWER_SOURCE,
+            FTEX_RELEASES,
+            TRANSPORT_CHARSET,
+            SAME_NCHAR,
+            XTTS_TDE,
+            WHOLE_DATABASE,
+            CATCHES_UP,
+        ),
         lambda f: _copy_s(f) + _catch_up_s(f),
         lambda f: f.write_rate_bytes_s * XTTS_INCREMENT_S / f.bandwidth_bytes_s + XTTS_METADATA_S,
         "copy = size / bandwidth; downtime = final incremental (an hour of writes) + "
@@ -371,6 +461,7 @@ def advise(request: AdviceRequest) -> Advice:
     ranked = [
         MethodAdvice(
             method=rule.method,
+            built=rule.method in METHODS_BUILT,
             rank=rank,
             estimated_duration_s=duration,
             estimated_downtime_s=downtime,

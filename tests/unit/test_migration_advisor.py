@@ -20,6 +20,7 @@ from schemas.messages import (
 )
 from schemas.messages.advice import MAX_NAMED_TABLES
 from services.planner.advisor import RULES, advise, rules_table
+from services.planner.migration_record import METHODS_BUILT
 
 pytestmark = pytest.mark.unit
 
@@ -276,3 +277,86 @@ def test_the_tables_named_are_bounded() -> None:
     with pytest.raises(ValidationError) as refused:
         facts(tables_without_identity=[f"public.t{i}" for i in range(MAX_NAMED_TABLES + 1)])
     assert [e["type"] for e in refused.value.errors()] == ["too_long"]
+
+
+# --- Oracle's order of preference (Data Guard, Data Pump, XTTS) --------------------------------
+
+
+def ranked_advice(budget: float, **changes: Any) -> Any:
+    return advise(
+        AdviceRequest(
+            facts=facts(**oracle(**changes)),
+            constraints=AdviceConstraints(downtime_budget_s=budget),
+        )
+    )
+
+
+def test_oracle_same_platform_and_release_ranks_data_guard_first_and_says_what_is_built() -> None:
+    advice = ranked_advice(
+        3600 * 4, source_platform="Linux x86 64-bit", target_platform="linux x86 64-bit"
+    )
+    assert advice.ranked[0].method is M.DATAGUARD
+    built = {a.method: a.built for a in advice.ranked}
+    assert built[M.DATAGUARD] is (M.DATAGUARD in METHODS_BUILT)
+    assert built[M.XTTS] is (M.XTTS in METHODS_BUILT)
+
+
+def test_oracle_another_platform_of_the_same_byte_order_rules_out_standby_and_restore() -> None:
+    ranked, out = ask(
+        budget=3600 * 4,
+        **oracle(
+            source_platform="Microsoft Windows x86 64-bit", target_platform="Linux x86 64-bit"
+        ),
+    )
+    assert ranked[0] is M.XTTS
+    assert "MOS 413484.1" in out[M.DATAGUARD][0]
+    assert "MOS 413484.1" in out[M.RMAN][0]
+
+
+def test_oracle_a_character_set_change_leaves_data_pump_alone() -> None:
+    ranked, out = ask(budget=3600 * 48, **oracle(target_charset="WE8MSWIN1252"))
+    assert ranked == [M.DATAPUMP]
+    assert "transported tablespaces keep the character set" in out[M.XTTS][0]
+    assert "keeps the character set" in out[M.RMAN][0]
+    ranked, out = ask(
+        budget=3600 * 48, **oracle(source_nchar_charset="AL16UTF16", target_nchar_charset="UTF8")
+    )
+    assert ranked == [M.DATAPUMP]
+    assert "ORA-19736" in out[M.XTTS][0]
+
+
+def test_oracle_a_subset_of_schemas_moves_by_data_pump_only() -> None:
+    ranked, out = ask(budget=3600 * 48, **oracle(schemas=["APP", "HR"]))
+    assert ranked == [M.DATAPUMP]
+    for method in (M.DATAGUARD, M.RMAN, M.XTTS):
+        assert "not a subset of schemas (APP, HR)" in " ".join(out[method]), method
+
+
+def test_oracle_small_data_ranks_data_pump_before_a_standby() -> None:
+    ranked, _ = ask(budget=3600, **oracle(size_bytes=10 * GIB, bandwidth_bytes_s=1e9))
+    assert ranked[:2] == [M.DATAPUMP, M.DATAGUARD]  # 2 * 10 GiB at 1 GB/s: 21 s against 300 s
+
+
+def test_oracle_a_version_jump_of_a_large_database_is_xtts() -> None:
+    ranked, out = ask(budget=3600 * 4, **oracle(source_version=12, target_version=19))
+    assert ranked == [M.XTTS]
+    assert "keeps the release" in out[M.DATAGUARD][0]
+    assert "exceeds the budget" in out[M.DATAPUMP][0]  # 2 TiB export + import is not 4 hours
+    _, out = ask(budget=3600 * 4, **oracle(source_version=10, target_version=19))
+    assert "11.2.0.3 or later" in out[M.XTTS][0]
+
+
+def test_a_known_platform_with_the_other_byte_order_is_refused() -> None:
+    with pytest.raises(
+        ValidationError, match=re.escape("AIX-Based Systems (64-bit) is big endian")
+    ):
+        facts(**oracle(source_platform="AIX-Based Systems (64-bit)"))
+    # A platform the table does not list is taken with the byte order given.
+    facts(**oracle(source_platform="HP-UX IA (64-bit)", source_endianness=Endianness.BIG))
+
+
+def test_schemas_are_an_oracle_fact_and_oracle_names() -> None:
+    with pytest.raises(ValidationError, match="schemas are an Oracle fact"):
+        facts(schemas=["APP"])
+    with pytest.raises(ValidationError, match="schemas"):
+        facts(**oracle(schemas=["APP; DROP"]))
