@@ -397,7 +397,7 @@ async def test_an_rman_roll_forward_migration_ends_exactly_at_the_sources_final_
 
     st = src.read()
     rid = st.controlfile.incarnation().resetlogs_id
-    finals = {}
+    finals: dict[int, int] = {}
     for log in st.controlfile.archived_logs:
         if log.resetlogs_id == rid:
             finals[log.thread] = max(finals.get(log.thread, 0), log.next_scn)
