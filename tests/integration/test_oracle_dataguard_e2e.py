@@ -8,11 +8,13 @@ Data Guard configuration of two simulated databases declared on one node (not Or
 A writer commits on whichever database is the open primary all along, and the configuration's
 ledger says afterwards whether any acknowledged commit is missing. First a switchover whose
 old primary fails to convert: the documented matrix finds it still primary, opens it again,
-and the migration fails with the source serving. Then a migration whose standby applies slower
-than the writer commits: it waits at the lag gate, and once the lag is under budget, for its
-window; its switchover leaves both databases standby, and FORCE (after starting Redo Apply on
-ORA-16473) finishes it; it pauses after verifying with the roles swapped and nothing lost; a
-rollback switches back, the target following the old primary again, still nothing lost.
+and the migration fails with the source serving. Then a migration whose standby receives no
+redo (its statistics frozen at zero, DATUM_TIME ageing: lag unknown, the gate closed), then
+applies slower than the writer commits: it waits at the lag gate, and once the lag is under
+budget, for its window; its switchover leaves both databases standby, and FORCE (after
+starting Redo Apply on ORA-16473) finishes it; it pauses after verifying with the roles
+swapped and nothing lost; a rollback switches back, the target following the old primary
+again, still nothing lost.
 """
 
 from __future__ import annotations
@@ -110,14 +112,14 @@ class Stack:
     events: list[tuple[datetime, Envelope[Any]]] = field(default_factory=list)
 
     async def request(
-        self, *, window_in_s: float, pause_after: MigrationPhase | None
+        self, *, window_in_s: float, pause_after: MigrationPhase | None, lag_stale_s: str = "10"
     ) -> RequestMigration:
         now = utcnow()
         request = RequestMigration(
             migration_id=uuid.uuid4(),
             target_instance=TargetInstance(database=self.target.ref, node=NODE),
             method=MigrationMethod.DATAGUARD,
-            options={"verify_wait_s": "10"},
+            options={"verify_wait_s": "10", "lag_stale_s": lag_stale_s},
             windows=[
                 CutoverWindow(
                     start=now + timedelta(seconds=window_in_s), end=now + timedelta(minutes=10)
@@ -268,12 +270,31 @@ async def test_a_dataguard_migration_waits_for_its_lag_and_window_and_loses_noth
         assert (dg.member(prim).role, dg.member(prim).open_mode) == ("PRIMARY", "READ WRITE")
         assert dg.member(stby).role == "PHYSICAL STANDBY"
 
-        # 2. Apply slower than the load: the lag grows and the gate holds the migration.
-        dg.set_apply_rate(LOAD_TPS / 5)
-        await asyncio.sleep(2.0)
+        # 2. Transport stopped: the standby's numbers freeze at the zero they last were, and
+        # DATUM_TIME ages: the lag is unknown, and the gate stays closed.
+        dg.stop_transport()
+        await asyncio.sleep(2.5)  # older than lag_stale_s before the first sample
         dg.inject_switchover_fault("convert_target", [])
-        second = await stack.request(window_in_s=8.0, pause_after=MigrationPhase.VERIFYING)
+        second = await stack.request(
+            window_in_s=8.0, pause_after=MigrationPhase.VERIFYING, lag_stale_s="2"
+        )
         window_start = second.windows[0].start
+        await stack.until(
+            second.migration_id,
+            lambda d: (
+                _phase(MigrationPhase.CATCHING_UP)(d)
+                and d.progress.lag_seconds is None
+                and d.message == "lag measured"
+            ),
+        )
+        await asyncio.sleep(2.0)
+        assert not any(
+            isinstance(d, MigrationPhaseChanged) and d.phase is MigrationPhase.READY
+            for _, d in stack.of(second.migration_id)
+        ), "the gate opened on stale statistics"
+        # Transport again, apply slower than the load: the lag grows and the gate holds.
+        dg.set_apply_rate(LOAD_TPS / 5)
+        dg.start_transport()
         await stack.until(
             second.migration_id,
             lambda d: _phase(MigrationPhase.CATCHING_UP)(d) and (d.progress.lag_seconds or 0) > 1.0,
