@@ -43,7 +43,14 @@ from schemas.messages.jobs import (
     RestoreResult,
     VerifyResult,
 )
-from schemas.messages.logs import LogArchived, LogDeleted, LogIndexed, ThreadDisabled
+from schemas.messages.logs import (
+    IndexedLog,
+    LogArchived,
+    LogDeleted,
+    LogIndexed,
+    LogsIndexed,
+    ThreadDisabled,
+)
 from schemas.messages.migrations import (
     AbortMigration,
     AcknowledgeCutover,
@@ -161,6 +168,7 @@ __all__ = [
     "EntryState",
     "ErrorCode",
     "Failure",
+    "IndexedLog",
     "JobAccepted",
     "JobFailed",
     "JobProgress",
@@ -171,6 +179,7 @@ __all__ = [
     "LogArchived",
     "LogDeleted",
     "LogIndexed",
+    "LogsIndexed",
     "MethodAdvice",
     "MigrationCompleted",
     "MigrationFacts",

@@ -119,7 +119,11 @@ class LogArchived(Event):
 
 
 class LogIndexed(Event):
-    """The catalog holds the log; the archiver may release its local spool copy."""
+    """The catalog holds the log; the archiver may release its local spool copy.
+
+    Superseded by `logs.indexed` (one message for many logs): catalogs no longer publish it,
+    archivers still act on it, for the events an older catalog left in the stream.
+    """
 
     TYPE: ClassVar[str] = "log.indexed"
     SUBJECT: ClassVar[str] = "tm.evt.log.indexed.{database}"
@@ -130,6 +134,38 @@ class LogIndexed(Event):
     sequence: int = Field(ge=0, lt=1 << 63)
     object_key: ObjectKey
     crc32c: Crc32c
+
+
+MAX_INDEXED = 1024
+"""The most logs one `logs.indexed` names (the catalog's largest batch)."""
+
+
+class IndexedLog(StrictModel):
+    """One log of a `logs.indexed`: enough for its archiver to find and check its copy."""
+
+    thread: int = Field(ge=1, le=65535)
+    sequence: int = Field(ge=0, lt=1 << 63)
+    object_key: ObjectKey
+    crc32c: Crc32c
+
+
+class LogsIndexed(Event):
+    """The catalog holds these logs of one lineage; their archivers may release their local
+    spool copies.
+
+    One message per lineage per batch the catalog ingests, in the order it indexed them: an
+    announcement per log cost the catalog a third of its ingest. Each node's archiver acts on the
+    logs it holds and passes over the others (another node's thread).
+    """
+
+    TYPE: ClassVar[str] = "logs.indexed"
+    SUBJECT: ClassVar[str] = "tm.evt.logs.indexed.{database}"
+    SUMMARY: ClassVar[str] = (
+        "The catalog indexed stored logs of a lineage; their spool copies may be released."
+    )
+
+    lineage: Lineage
+    logs: tuple[IndexedLog, ...] = Field(min_length=1, max_length=MAX_INDEXED)
 
 
 class LogDeleted(Event):

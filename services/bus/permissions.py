@@ -10,7 +10,7 @@
                KV tm_nodes + tm_health
     archiver   log.archived and archive alarms, dead letters,      replies
                KV tm_health
-    catalog    log.indexed/log.deleted/window.changed,             replies, tm.qry.catalog.>,
+    catalog    logs.indexed/log.deleted/window.changed,            replies, tm.qry.catalog.>,
                dead letters, KV tm_health                          $SRV.>
     tool       the planner's commands (tm.cmd.planner.any.*,       replies, tm.evt.>
                migration commands and cutover acks,
@@ -60,7 +60,7 @@ from schemas.messages import (
     JobSucceeded,
     LogArchived,
     LogDeleted,
-    LogIndexed,
+    LogsIndexed,
     PolicyChanged,
     RequestAccepted,
     RequestBackup,
@@ -181,7 +181,7 @@ SENDS: dict[Role, tuple[type[Payload], ...]] = {
         # planner's (the saga is the one that knows what a step's result means).
     ),
     Role.ARCHIVER: (LogArchived, ArchiveAlarm),
-    Role.CATALOG: (LogIndexed, LogDeleted, WindowChanged),
+    Role.CATALOG: (LogsIndexed, LogDeleted, WindowChanged),
     Role.TOOL: (
         RequestBackup,
         RequestRestore,

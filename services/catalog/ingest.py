@@ -6,7 +6,7 @@ on `log.archived`, `log.deleted`, `backup.completed` and `backup.deleted` of eve
 in stream order, up to `catalog.ingest_batch` events at a time (a `BatchConsumer`). For each batch:
 
     store (one transaction for the batch, committed)  →  index, event by event
-        →  publish what follows (every `log.indexed` at once, then `window.changed`)  →  ack each
+        →  publish what follows (`logs.indexed`, then `window.changed`)  →  ack each
 
 One event at a time, a transaction and a wait for the stream per event cap the catalog at a few
 hundred logs a second; a batch pays each round trip once. The events of a batch are written and
@@ -17,16 +17,17 @@ Ack policy, per event (the bus's table in `services/bus/batch.py` applies):
 
 | event, outcome                                   | action                                      |
 |--------------------------------------------------|---------------------------------------------|
-| log.archived, new or already known               | store, index, publish `log.indexed`, ack    |
+| log.archived, new or already known               | store, index, announce in `logs.indexed`,   |
+|                                                  |   ack                                       |
 | log.archived, same log known with another range  | TerminalError: dead letter; the first log   |
-|   or crc32c (store or index refuses it)          |   stays, no `log.indexed` (copy kept)       |
+|   or crc32c (store or index refuses it)          |   stays, not announced (copy kept)          |
 | backup.completed, new / known                    | store, index, ack                           |
 | backup.completed of a backup deleted before      | ack: it stays deleted (tombstone)           |
 | backup.completed conflicting with a known one    | TerminalError: dead letter, first kept      |
 | backup.deleted, log.deleted                      | store (tombstone / delete), index, ack      |
 | envelope names no database                       | TerminalError                               |
 | subject names another database than the envelope | TerminalError: dead letter with that reason |
-| log.archived of a log deleted before (tombstone) | ack: it stays deleted, no `log.indexed`     |
+| log.archived of a log deleted before (tombstone) | ack: it stays deleted, not announced        |
 | store unreachable, publish not acknowledged      | raised: the whole batch nak'd with backoff, |
 |                                                  |   redelivered                               |
 
@@ -34,10 +35,12 @@ A refused event is refused alone: nothing of it is written (the store checks a l
 inserting it, and a backup is written under its own savepoint), and the rest of its batch is
 stored, indexed and acknowledged.
 
-Redelivery is a no-op in the store and the index, but `log.indexed` is published again: a crash
-between the commit and the publish must not leave the archiver holding its spool copy forever,
-and its handler is idempotent. The republish carries the same message id (derived from the
-`log.archived` id), so inside JetStream's duplicate window it is not even stored twice.
+The logs of a batch are announced together: one `logs.indexed` per database and lineage, its
+logs in stream order (an announcement per log was a third of the ingest's time). Redelivery is a
+no-op in the store and the index, but the logs are announced again: a crash between the commit
+and the publish must not leave the archiver holding its spool copies forever, and its handler is
+idempotent. An announcement's message id is derived from the `log.archived` ids it answers, so
+the same batch announced again inside JetStream's duplicate window is not even stored twice.
 
 After each batch, every lineage of a database it touched whose restorable windows differ from
 the last ones published gets a `window.changed` with its whole list (caused by that database's
@@ -48,7 +51,7 @@ Replicas each publish their own notices: the same whole state, so a repeat chang
 
 How far the store has applied TM_EVT (`stream_positions`, see `catchup.py`) is written in each
 batch's transaction, and is the last sequence of the batches *before* it: a batch counts once
-its `log.indexed` are published, so a crash between its commit and its publish replays it on
+its logs are announced, so a crash between its commit and its publish replays it on
 the next start. Below a batch that raised (nak'd, to be redelivered) the position does not
 move until that batch is handled: the events after it may be stored already, but it is not.
 """
@@ -69,12 +72,14 @@ from schemas import DatabaseRef, Envelope, envelope, utcnow, wildcard
 from schemas.messages import (
     BackupCompleted,
     BackupDeleted,
+    IndexedLog,
     LogArchived,
     LogDeleted,
-    LogIndexed,
+    LogsIndexed,
     WindowChanged,
     WindowSummary,
 )
+from schemas.messages.logs import MAX_INDEXED
 from services.bus import Delivery, Publisher, TerminalError
 from services.catalog.heap import FreezeSchedule
 from services.catalog.history import HistoryConflict
@@ -184,7 +189,7 @@ class Ingest:
         self.start_sequence = start_sequence
         self.stream_created = stream_created
         self.idle_s = idle_s
-        # The stream position: what is handled through (log.indexed published), what raised.
+        # The stream position: what is handled through (its logs announced), what raised.
         self._done = (start_sequence or 1) - 1
         self._recorded = self._done
         self._unsettled: set[int] = set()
@@ -244,12 +249,14 @@ class Ingest:
         done = [e for e in events if e.refused is None]
         self._heap.indexed(len(done))
         await self.publisher.publish_all(
-            [
-                self._indexed(e)
-                for e in done
-                # A deleted log is not held: saying it is indexed would be untrue.
-                if isinstance(e.data, LogArchived) and e.stored is not Recorded.DELETED
-            ]
+            self._announcements(
+                [
+                    e
+                    for e in done
+                    # A deleted log is not held: saying it is indexed would be untrue.
+                    if isinstance(e.data, LogArchived) and e.stored is not Recorded.DELETED
+                ]
+            )
         )
         last_of = {e.database.uid: e for e in done}
         for event in last_of.values():
@@ -373,20 +380,39 @@ class Ingest:
                 self.index.remove_backup(database.uid, data.backup_id)
         return False
 
-    def _indexed(self, event: _Event) -> Envelope[Any]:
-        data: LogArchived = event.data
-        indexed = LogIndexed(
-            lineage=data.lineage,
-            thread=data.thread,
-            sequence=data.sequence,
-            object_key=data.object_key,
-            crc32c=data.crc32c,
+    def _announcements(self, events: list[_Event]) -> list[Envelope[Any]]:
+        """One `logs.indexed` per database and lineage of `events`, logs in their order."""
+        groups: dict[tuple[str, str], list[_Event]] = {}
+        for event in events:
+            groups.setdefault((event.database.uid, event.data.lineage.key), []).append(event)
+        return [
+            self._indexed(group[i : i + MAX_INDEXED])
+            for group in groups.values()
+            for i in range(0, len(group), MAX_INDEXED)
+        ]
+
+    def _indexed(self, events: list[_Event]) -> Envelope[Any]:
+        first = events[0]
+        indexed = LogsIndexed(
+            lineage=first.data.lineage,
+            logs=tuple(
+                IndexedLog(
+                    thread=e.data.thread,
+                    sequence=e.data.sequence,
+                    object_key=e.data.object_key,
+                    crc32c=e.data.crc32c,
+                )
+                for e in events
+            ),
         )
+        # The same logs announced again (a redelivered batch) get the same id.
+        causes = hashlib.sha256(b"".join(e.message.id.bytes for e in events)).hexdigest()
         return envelope(
             indexed,
             source=self.publisher.source,
-            causation=event.message,
-            message_id=derived_id(event.message.id, LogIndexed.TYPE),
+            database=first.database,
+            causation=first.message,
+            message_id=derived_id(first.message.id, f"{LogsIndexed.TYPE}|{causes}"),
         )
 
     # -- window.changed -------------------------------------------------------------------------

@@ -26,7 +26,14 @@ from nats.js import JetStreamContext
 from nats.js.api import DeliverPolicy
 
 from schemas import DatabaseRef, Engine, Envelope, Timeline, decode, envelope
-from schemas.messages import AlarmReason, ArchiveAlarm, LogArchived, LogIndexed
+from schemas.messages import (
+    AlarmReason,
+    ArchiveAlarm,
+    IndexedLog,
+    LogArchived,
+    LogIndexed,
+    LogsIndexed,
+)
 from services.blobstore import BlobStore, ObjectInfo, crc32c_of_bytes, open_store
 from services.bus import Publisher, ensure_topology
 from services.engines.postgres import walpush
@@ -294,15 +301,26 @@ async def test_postgres_segments_are_stored_once_announced_and_released_when_ind
     # The catalog indexes them: the spool copies are released, and only then.
     ref = DatabaseRef(uid=uid, engine=Engine.POSTGRES, name="orders", system_id=system_id)
     catalog = Publisher(js, source="catalog")
-    for event in archived:
-        indexed = LogIndexed(
-            lineage=event.lineage,
-            thread=1,
-            sequence=event.sequence,
-            object_key=event.object_key,
-            crc32c=event.crc32c,
+    # The first as an older catalog announced a log (alone), the rest as one announcement.
+    first, *rest = archived
+    indexed = LogIndexed(
+        lineage=first.lineage,
+        thread=1,
+        sequence=first.sequence,
+        object_key=first.object_key,
+        crc32c=first.crc32c,
+    )
+    await catalog.publish(envelope(indexed, source="catalog", database=ref))
+    for lineage in {event.lineage for event in rest}:
+        together = LogsIndexed(
+            lineage=lineage,
+            logs=tuple(
+                IndexedLog(thread=1, sequence=e.sequence, object_key=e.object_key, crc32c=e.crc32c)
+                for e in rest
+                if e.lineage == lineage
+            ),
         )
-        await catalog.publish(envelope(indexed, source="catalog", database=ref))
+        await catalog.publish(envelope(together, source="catalog", database=ref))
     deadline = time.monotonic() + WAIT
     while any(spool.ready_dir.iterdir()):
         archiver.check_alive()

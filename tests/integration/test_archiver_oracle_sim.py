@@ -17,7 +17,7 @@ import pytest
 from nats.aio.client import Client
 
 from schemas import Envelope, decode
-from schemas.messages import ArchiveAlarm, LogArchived, LogIndexed
+from schemas.messages import ArchiveAlarm, LogArchived, LogsIndexed
 from services.archiver.oracle import OracleArchiveSource
 from services.archiver.service import ArchiverService
 from services.archiver.settings import ArchivedDatabase, ArchiverSettings
@@ -47,6 +47,10 @@ class Stack:
 
     def of(self, kind: type[Any]) -> list[Any]:
         return [m.data for m in self.outbox if isinstance(m.data, kind)]
+
+    def indexed(self) -> int:
+        """Logs the catalog has announced (`logs.indexed`)."""
+        return sum(len(m.logs) for m in self.of(LogsIndexed))
 
 
 @pytest.fixture
@@ -133,7 +137,7 @@ async def test_two_threads_are_archived_indexed_and_a_lost_log_is_a_gap(stack: S
     expected = {(r["thread#"], r["sequence#"]): r for r in sim.archived_logs(1)}
     assert sorted(expected) == [(1, 1), (1, 2), (1, 3), (2, 1), (2, 2), (2, 3)]
 
-    await wait_for(lambda: len(stack.of(LogIndexed)) == 6, timeout=30)
+    await wait_for(lambda: stack.indexed() == 6, timeout=30)
     archived: list[LogArchived] = stack.of(LogArchived)
     assert {(a.thread, a.sequence) for a in archived} == set(expected)
 
@@ -178,7 +182,7 @@ async def test_two_threads_are_archived_indexed_and_a_lost_log_is_a_gap(stack: S
     assert f"gap: thread 2 sequence {lost}" in alarm.detail
     assert alarm.object_key == f"{stack.uid}/inc-{rid}/logs/2/{lost:010d}"
     # The log after the gap is archived all the same, and the catalog sees the hole.
-    await wait_for(lambda: len(stack.of(LogIndexed)) == 7, timeout=30)
+    await wait_for(lambda: stack.indexed() == 7, timeout=30)
     assert {(a.thread, a.sequence) for a in stack.of(LogArchived)} == {
         *expected,
         (2, lost + 1),

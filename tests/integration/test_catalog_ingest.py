@@ -19,9 +19,10 @@ from nats.aio.msg import Msg
 from schemas import DatabaseRef, Engine, Envelope, Timeline, decode, envelope
 from schemas.messages import (
     BackupDeleted,
+    IndexedLog,
     LogArchived,
     LogDeleted,
-    LogIndexed,
+    LogsIndexed,
     WindowChanged,
 )
 from services.bus import Publisher, ensure_topology
@@ -72,6 +73,10 @@ class Outbox:
     def of(self, kind: type[Any]) -> list[Any]:
         """The payloads of one kind, in arrival order."""
         return [m.data for m in self.messages if isinstance(m.data, kind)]
+
+    def indexed(self) -> list[IndexedLog]:
+        """Every log announced in `logs.indexed`, in arrival order."""
+        return [log for announced in self.of(LogsIndexed) for log in announced.logs]
 
 
 @dataclass
@@ -152,15 +157,19 @@ async def until(predicate: Callable[[], bool], timeout: float = 15.0) -> None:
 async def test_logs_are_stored_indexed_and_announced(rig: Rig) -> None:
     service = await rig.start()
     published = [await rig.publish(log) for log in logs(rig, 1, 2, 3)]
-    await until(lambda: len(rig.outbox.of(LogIndexed)) == 3)
-    indexed: list[Envelope[Any]] = [m for m in rig.outbox.messages if m.type == "log.indexed"]
-    assert [m.data.object_key for m in indexed] == [m.data.object_key for m in published]
-    assert [m.data.crc32c for m in indexed] == [m.data.crc32c for m in published]
-    # Caused by the log.archived: same correlation, derived id, the catalog as source.
-    for cause, effect in zip(published, indexed, strict=True):
-        assert effect.causation_id == cause.id
+    await until(lambda: len(rig.outbox.indexed()) == 3)
+    assert [(o.object_key, o.crc32c, o.sequence) for o in rig.outbox.indexed()] == [
+        (m.data.object_key, m.data.crc32c, m.data.sequence) for m in published
+    ]
+    # Each announcement is caused by the first log.archived it answers (its correlation), and
+    # says its database and lineage; the catalog is its source.
+    causes = {m.id: m for m in published}
+    for effect in [m for m in rig.outbox.messages if m.type == "logs.indexed"]:
+        cause = causes[effect.causation_id]
+        assert effect.data.logs[0].object_key == cause.data.object_key
         assert effect.correlation_id == cause.correlation_id
-        assert effect.id == derived_id(cause.id, "log.indexed")
+        assert effect.database == rig.db
+        assert effect.data.lineage == cause.data.lineage
         assert effect.source == "catalog@catalog-node"
     assert service.index.database(rig.uid).history.threads("tl-00000001")[1].cover.intervals() == [
         (SEG, 4 * SEG)
@@ -171,7 +180,7 @@ async def test_a_backup_opens_a_window_and_its_deletion_closes_it(rig: Rig) -> N
     await rig.start()
     for log in logs(rig, 1, 2, 3):
         await rig.publish(log)
-    await until(lambda: len(rig.outbox.of(LogIndexed)) == 3)
+    await until(lambda: len(rig.outbox.indexed()) == 3)
     assert rig.outbox.of(WindowChanged) == []  # logs alone restore nothing
 
     b1 = backup("b1", SEG + 0x28, SEG + 0x100, Timeline(id=1), database=rig.db)
@@ -192,7 +201,7 @@ async def test_a_backup_opens_a_window_and_its_deletion_closes_it(rig: Rig) -> N
     # A late backup.completed (a replay) does not bring it back.
     await rig.publish(b1)
     await rig.publish(logs(rig, 5)[0])
-    await until(lambda: len(rig.outbox.of(LogIndexed)) == 5)
+    await until(lambda: len(rig.outbox.indexed()) == 5)
     assert len(rig.outbox.of(WindowChanged)) == 3
 
 
@@ -200,10 +209,10 @@ async def test_a_redelivered_log_changes_nothing_but_is_announced_again(rig: Rig
     await rig.start()
     log = logs(rig, 7)[0]
     first = await rig.publish(log)
-    await until(lambda: len(rig.outbox.of(LogIndexed)) == 1)
+    await until(lambda: len(rig.outbox.indexed()) == 1)
     # The same fact again under a new envelope id (a republish after the dedupe window).
     again = await rig.publish(log, message_id=derived_id(first.id, "republish"))
-    await until(lambda: len(rig.outbox.of(LogIndexed)) == 2)
+    await until(lambda: len(rig.outbox.indexed()) == 2)
     assert rig.outbox.messages[-1].causation_id == again.id
     await rig.stop()
     store = rig.store()
@@ -219,13 +228,13 @@ async def test_a_different_log_under_a_known_name_is_dead_lettered_and_the_first
     service = await rig.start()
     log = logs(rig, 7)[0]
     await rig.publish(log)
-    await until(lambda: len(rig.outbox.of(LogIndexed)) == 1)
+    await until(lambda: len(rig.outbox.indexed()) == 1)
     forged = log.model_copy(update={"crc32c": "AAAAAA=="})
     await rig.publish(forged)
     letter = await dead_letters(rig.nc.jetstream(), f"tm.evt.log.archived.{rig.uid}")
     assert letter.error == "terminal"
     assert "keeping the first" in letter.reason
-    assert len(rig.outbox.of(LogIndexed)) == 1  # the archiver keeps its copy of the forged one
+    assert len(rig.outbox.indexed()) == 1  # the archiver keeps its copy of the forged one
     held = service.index.database(rig.uid).objects[("tl-00000001", 1, 7)]
     assert held.crc32c == log.crc32c
 
@@ -254,7 +263,7 @@ async def test_one_batch_is_applied_in_stream_order_and_a_poison_event_refused_a
     for event in (w1, w2, forged, w3, deleted(w4), w4, deleted(w2), b1, moved, w5):
         await rig.publish(event)
     service = await rig.start()
-    await until(lambda: len(rig.outbox.of(LogIndexed)) == 4)
+    await until(lambda: len(rig.outbox.indexed()) == 4)
     js = rig.nc.jetstream()
     forged_letter = await dead_letters(js, f"tm.evt.log.archived.{rig.uid}")
     assert "keeping the first" in forged_letter.reason
@@ -265,9 +274,10 @@ async def test_one_batch_is_applied_in_stream_order_and_a_poison_event_refused_a
     db = service.index.database(rig.uid)
     assert sorted(seq for _, _, seq in db.objects) == [1, 3, 5]
     assert db.objects[("tl-00000001", 1, 1)].crc32c == w1.crc32c
-    assert [o.object_key for o in rig.outbox.of(LogIndexed)] == [
+    assert [o.object_key for o in rig.outbox.indexed()] == [
         log.object_key for log in (w1, w2, w3, w5)
     ]
+    assert len(rig.outbox.of(LogsIndexed)) == 1  # one batch, one announcement
     # One batch, one notice: the window as the whole batch left it (segment 2 is missing).
     [notice] = rig.outbox.of(WindowChanged)
     assert [(w.start.value, w.end.value) for w in notice.windows] == [(SEG + 0x100, 2 * SEG)]
@@ -296,7 +306,7 @@ async def test_a_restart_loads_the_same_index_from_the_store(rig: Rig) -> None:
     assert again.index.databases() == [rig.db]
     # Known windows are not announced again after a restart.
     await rig.publish(logs(rig, 9)[0])
-    await until(lambda: len(rig.outbox.of(LogIndexed)) == 5)
+    await until(lambda: len(rig.outbox.indexed()) == 5)
     assert len(rig.outbox.of(WindowChanged)) == 1
 
 

@@ -16,7 +16,7 @@ from nats.aio.client import Client
 from sqlalchemy import select
 
 from schemas import Timeline
-from schemas.messages import LogIndexed, WindowChanged
+from schemas.messages import WindowChanged
 from services.catalog.migrations import MIGRATIONS
 from services.catalog.store import CatalogStore
 from services.catalog.tables import logs
@@ -114,7 +114,7 @@ async def test_the_service_ingests_into_postgresql_and_reloads(pg_rig: Rig) -> N
     for log in wal_logs(rig, 1, 2, 3):
         await rig.publish(log)
     await rig.publish(backup("b1", SEG + 0x28, SEG + 0x100, Timeline(id=1), database=rig.db))
-    await until(lambda: len(rig.outbox.of(LogIndexed)) == 3)
+    await until(lambda: len(rig.outbox.indexed()) == 3)
     await until(lambda: len(rig.outbox.of(WindowChanged)) == 1)
     before = service.index.snapshot(rig.uid)
     assert before == [("tl-00000001", SEG + 0x100, 4 * SEG)]

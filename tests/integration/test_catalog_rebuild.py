@@ -8,7 +8,7 @@ Two histories, each on the filesystem store and on the GCS emulator:
   metadata functions, plus objects the rebuild must skip;
 - real: a PostgreSQL cluster archiving through walpush and the archiver process, a base backup
   taken with pg_backup_start/stop, then a promotion to timeline 2; the catalog indexes it from
-  the archiver's events (and the archiver releases its spool copies on `log.indexed`).
+  the archiver's events (and the archiver releases its spool copies on `logs.indexed`).
 
 Then the store is rebuilt from the bucket and its windows compared with the event-built ones.
 """
@@ -36,7 +36,6 @@ from schemas.messages import (
     BackupKind,
     BackupSpec,
     LogArchived,
-    LogIndexed,
 )
 from services.blobstore import BlobStore, open_store
 from services.blobstore.owner import claim_prefix
@@ -108,7 +107,7 @@ class Catalog:
             await sub.unsubscribe()
 
     def indexed(self) -> int:
-        return len(self.outbox.of(LogIndexed))
+        return len(self.outbox.indexed())
 
 
 @pytest.fixture

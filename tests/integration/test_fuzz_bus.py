@@ -26,7 +26,6 @@ from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
 from schemas import ContractError, DeadLetter, ServiceState, decode, envelope
-from schemas.messages import LogIndexed
 from tests.fuzzing import HUGE, json_values, settings_for, strings
 from tests.integration.bus_helpers import wait_for
 from tests.integration.test_catalog_ingest import Rig, logs, open_rig
@@ -147,8 +146,8 @@ async def test_malformed_events_are_dead_lettered_and_the_valid_ones_all_applied
                 await rig.publish(valid[n])
 
         # Every valid one applied, in order, none held up behind a bad one.
-        await wait_for(lambda: len(rig.outbox.of(LogIndexed)) == len(valid), timeout=30)
-        indexed = [e.sequence for e in rig.outbox.of(LogIndexed)]
+        await wait_for(lambda: len(rig.outbox.indexed()) == len(valid), timeout=30)
+        indexed = [e.sequence for e in rig.outbox.indexed()]
         assert indexed == [log.sequence for log in valid]
 
         # Every bad one dead-lettered once, whole, as a contract violation with a reason.
@@ -165,4 +164,4 @@ async def test_malformed_events_are_dead_lettered_and_the_valid_ones_all_applied
         assert all(not task.done() for c in service._consumers for task in c._tasks)
         last = logs(rig, VALID_MESSAGES + 1)[0]
         await rig.publish(last)
-        await wait_for(lambda: len(rig.outbox.of(LogIndexed)) == len(valid) + 1, timeout=15)
+        await wait_for(lambda: len(rig.outbox.indexed()) == len(valid) + 1, timeout=15)

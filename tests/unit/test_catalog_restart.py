@@ -159,7 +159,7 @@ def test_a_log_archived_replayed_after_its_deletion_stays_deleted(rig: CatalogRi
     rig.publisher.sent.clear()
     assert rig.send(ORA, logs[2]) is None  # a redelivery of the deleted log
     assert windows(rig) == [(130, 300)]
-    assert not [m for m in rig.publisher.sent if m.type == "log.indexed"]
+    assert not [m for m in rig.publisher.sent if m.type == "logs.indexed"]
     rig.restart()
     assert windows(rig) == [(130, 300)]
 

@@ -58,6 +58,7 @@ from schemas.messages import (
     CancelRequest,
     CloneSpec,
     Failure,
+    IndexedLog,
     JobAccepted,
     JobFailed,
     JobProgress,
@@ -65,6 +66,7 @@ from schemas.messages import (
     LogArchived,
     LogDeleted,
     LogIndexed,
+    LogsIndexed,
     Operation,
     PolicyChanged,
     RequestAccepted,
@@ -154,6 +156,21 @@ EXAMPLES: dict[str, Callable[[], tuple[Payload, DatabaseRef]]] = {
     ),
     "log.indexed": lambda: (
         LogIndexed(lineage=TL1, thread=1, sequence=0x16B3, object_key=WAL, crc32c="q83vEg=="),
+        PG,
+    ),
+    "logs.indexed": lambda: (
+        LogsIndexed(
+            lineage=TL1,
+            logs=(
+                IndexedLog(thread=1, sequence=0x16B3, object_key=WAL, crc32c="q83vEg=="),
+                IndexedLog(
+                    thread=1,
+                    sequence=0x16B4,
+                    object_key=WAL.removesuffix("B3") + "B4",
+                    crc32c="AAAAAA==",
+                ),
+            ),
+        ),
         PG,
     ),
     "log.deleted": lambda: (

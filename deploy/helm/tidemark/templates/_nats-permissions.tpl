@@ -134,7 +134,7 @@ edit that, not this. The NATS permissions matrix, one entry per role. */}}
         "$JS.API.>",
         "$JS.ACK.>",
         "$JS.FC.>",
-        "tm.evt.log.indexed.*",
+        "tm.evt.logs.indexed.*",
         "tm.evt.log.deleted.*",
         "tm.evt.window.changed.*",
         "tm.dlq.>",
