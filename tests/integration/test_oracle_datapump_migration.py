@@ -286,7 +286,8 @@ async def test_a_target_not_declared_on_the_node_is_a_preflight_problem(node: No
 
 
 async def test_the_preflight_refuses_what_the_doctor_finds_on_either_side(node: Node) -> None:
-    # Source: encrypted tablespaces with the keystore closed. Target: the directory object names another path, no Data Pump role granted.
+    # Source: encrypted tablespaces with the keystore closed. Target: the directory object
+    # names another path, no Data Pump role granted.
     Profile(encrypted_tablespaces=2, wallet_status="CLOSED").save(node.src.db)
     with node.tgt.transaction() as d:
         d.directories["TM_MIG"] = "/elsewhere/dpdump"
